@@ -1,0 +1,48 @@
+# FraiseQL Observers — every entry point a user or CI needs.
+#   make demo   the main job end to end on a private PostgreSQL cluster (PostgreSQL only)
+#   make test   the whole test suite against real services (what .ci/run calls)
+#   make bench  capture overhead + end-to-end delivery benchmarks
+# Each target installs what it needs first (scripts/install-deps.sh is idempotent).
+
+SHELL      := /bin/bash
+PG_CONFIG  ?= /usr/lib/postgresql/15/bin/pg_config
+CARGO      ?= cargo
+# The extension is always built with optimisations: it sits on users' write path, and the demo,
+# tests and benchmarks should all exercise the code users run.
+EXT_FLAGS  := --release
+
+.PHONY: all deps install-ext build build-release test test-sql test-rust demo bench clean-clusters fmt clippy
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+install-ext: deps
+	@echo "==> building and installing pg_observers into $$($(PG_CONFIG) --sharedir)"
+	$(CARGO) pgrx install -p pg_observers --pg-config $(PG_CONFIG) $(EXT_FLAGS)
+	@scripts/install-upgrade-scripts.sh $(PG_CONFIG)
+
+build: deps
+	$(CARGO) build --bins
+
+build-release: deps
+	$(CARGO) build --release --bins
+
+test: install-ext build
+	@scripts/test.sh
+
+demo: install-ext build
+	@scripts/demo.sh
+
+bench: install-ext build-release
+	@scripts/bench.sh
+
+clean-clusters:
+	@for d in /tmp/fraiseql-observers-*; do [ -d "$$d" ] && scripts/pgcluster.sh destroy "$$d" || true; done
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
