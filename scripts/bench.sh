@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make bench`: performance, measured side by side in one run on one throwaway cluster
+# (fsync and synchronous_commit on, as in production). Nothing here asserts a threshold: it prints
+# numbers and ratios against the baselines in the same run.
+#   1. capture overhead (scripts/bench-capture.sh, pgbench): plain table vs observed by us vs the
+#      usual PL/pgSQL row trigger, 1-row transactions x 8 clients and 100-row statements.
+#   2. end to end (target/release/bench-e2e): drain rate of a 100,000-event backlog delivered as
+#      webhooks to a local receiver, and commit-to-delivery latency at a steady 1,000 events/s.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+port=${BENCH_PGPORT:-55434}
+dir=/tmp/fraiseql-observers-bench
+scripts/pgcluster.sh destroy "$dir"
+scripts/pgcluster.sh start "$dir" "$port" "shared_buffers=1GB" "max_wal_size=4GB" "checkpoint_timeout=30min"
+trap 'scripts/pgcluster.sh destroy "$dir"' EXIT
+export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
+
+echo; echo "=== 1. capture overhead ==="
+scripts/bench-capture.sh
+
+echo; echo "=== 2. end to end ==="
+"$top/target/release/bench-e2e" --pgurl "postgres://postgres@127.0.0.1:$port/postgres" \
+  --worker-bin "$top/target/release/fraiseql-observers" "$@"
