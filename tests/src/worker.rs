@@ -1,0 +1,299 @@
+//! The real `fraiseql-observers` binary as a child process.
+//!
+//! [`Worker::start`] writes the YAML config to a temp file, runs `fraiseql-observers start
+//! --config FILE` with stdout+stderr appended to a log file under `target/e2e-logs/`, and lets a
+//! test SIGTERM it, `kill -9` it, restart it with the same config, wait for its exit status or
+//! for a log line. When a test panics while a `Worker` is alive, dropping it prints the tail of
+//! the log (and the path of the full log) into the test's output.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Env var overriding the binary path.
+pub const BIN_ENV: &str = "FRAISEQL_OBSERVERS_BIN";
+
+/// Root of the cargo workspace (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// The cargo target directory (`CARGO_TARGET_DIR` or `<workspace>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Path of the worker binary; panics with instructions when it does not exist.
+pub fn worker_bin() -> PathBuf {
+    let path = std::env::var_os(BIN_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug").join("fraiseql-observers"));
+    if !path.is_file() {
+        panic!(
+            "worker binary {} not found: run `cargo build -p observer-worker` first \
+             (or point {BIN_ENV} at a built fraiseql-observers binary)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// Directory for worker logs of the end-to-end tests: `target/e2e-logs/`.
+pub fn log_dir() -> PathBuf {
+    let d = std::env::var_os("OBSERVERS_TEST_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("e2e-logs"));
+    let _ = fs::create_dir_all(&d);
+    d
+}
+
+fn unique_suffix() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+/// A running (or exited) worker process.
+pub struct Worker {
+    name: String,
+    child: Option<Child>,
+    exit: Option<ExitStatus>,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    env: Vec<(String, String)>,
+    starts: u32,
+    /// Print the log when dropped (set on panic automatically).
+    pub dump_log_on_drop: bool,
+}
+
+impl Worker {
+    /// Write `yaml` to a temp file and run `fraiseql-observers start --config FILE`.
+    /// `env` is added to the inherited environment (`RUST_LOG` defaults to `info`).
+    pub fn start(name: &str, yaml: &str, env: &[(&str, &str)]) -> Worker {
+        let name = format!("{}-{}", sanitize(name), unique_suffix());
+        let dir = log_dir();
+        let config_path = dir.join(format!("{name}.yaml"));
+        fs::write(&config_path, yaml)
+            .unwrap_or_else(|e| panic!("cannot write worker config {}: {e}", config_path.display()));
+        let log_path = dir.join(format!("{name}.log"));
+        let mut w = Worker {
+            name,
+            child: None,
+            exit: None,
+            config_path,
+            log_path,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            starts: 0,
+            dump_log_on_drop: false,
+        };
+        w.spawn();
+        w
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "worker {} is still running", self.name);
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("cannot open worker log {}: {e}", self.log_path.display()));
+        let _ = writeln!(
+            log,
+            "=== observers-tests: start #{} of `fraiseql-observers start --config {}` ===",
+            self.starts,
+            self.config_path.display()
+        );
+        let err = log.try_clone().expect("dup log file handle");
+        let mut cmd = Command::new(worker_bin());
+        cmd.arg("start").arg("--config").arg(&self.config_path);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.env("NO_COLOR", "1").env("RUST_BACKTRACE", "1");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(err));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", worker_bin().display()));
+        self.child = Some(child);
+        self.exit = None;
+    }
+
+    /// Start it again (same config, same env, same log file) after it exited or was killed.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            panic!("restart() on a running worker: stop or kill it first");
+        }
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Send a signal to the running process.
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// SIGTERM: graceful shutdown.
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            self.exit = c.wait().ok();
+        }
+    }
+
+    /// Is the process still running? Reaps it if it exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(st))) => {
+                self.exit = Some(st);
+                self.child = None;
+                false
+            }
+            Some(Err(_)) | None => false,
+        }
+    }
+
+    /// Exit status of the last run, if it exited.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit
+    }
+
+    /// Wait for the process to exit; `None` on timeout (the process keeps running).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.is_running() {
+                return self.exit;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until the log contains `needle` (case-sensitive); `false` on timeout.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_log_where(timeout, |l| l.contains(needle)).await
+    }
+
+    /// Wait until some log line satisfies `pred`; `false` on timeout.
+    pub async fn wait_for_log_where(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().lines().any(&pred) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM and wait for the exit status (panics if it does not exit within `timeout`).
+    pub async fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        self.sigterm();
+        match self.wait_exit(timeout).await {
+            Some(st) => st,
+            None => {
+                self.dump_log();
+                panic!("worker {} did not exit within {timeout:?} after SIGTERM", self.name)
+            }
+        }
+    }
+
+    /// Print the last 300 lines of the log and its path to stderr.
+    pub fn dump_log(&self) {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(300);
+        eprintln!(
+            "----- worker log {} ({} lines{}) -----",
+            self.log_path.display(),
+            lines.len(),
+            if from > 0 { ", last 300 shown" } else { "" }
+        );
+        for l in &lines[from..] {
+            eprintln!("{l}");
+        }
+        eprintln!("----- end of worker log -----");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.dump_log_on_drop || std::thread::panicking() {
+            self.dump_log();
+        }
+    }
+}
+
+/// Run a one-shot CLI command (`validate-config FILE`, `status`, ...) with a timeout.
+pub async fn run_cli(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut cmd = tokio::process::Command::new(worker_bin());
+    cmd.args(args).env("NO_COLOR", "1").stdin(Stdio::null()).kill_on_drop(true);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    match tokio::time::timeout(timeout, cmd.output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("cannot run fraiseql-observers {args:?}: {e}"),
+        Err(_) => panic!("fraiseql-observers {args:?} did not finish within {timeout:?}"),
+    }
+}
+
+/// Write `content` to a fresh file in the log directory (configs for `validate-config` etc.).
+pub fn write_temp_file(name: &str, content: &str) -> PathBuf {
+    let path = log_dir().join(format!("{}-{}", unique_suffix(), sanitize(name)));
+    let mut f = File::create(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    f.write_all(content.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
+}

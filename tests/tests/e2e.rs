@@ -1,0 +1,1 @@
+//! End-to-end tests: the real worker binary, a real PostgreSQL with the extension, real HTTP.
