@@ -1,1 +1,28 @@
-//! End-to-end tests: the real worker binary, a real PostgreSQL with the extension, real HTTP.
+//! End-to-end tests: the real `fraiseql-observers` binary, a real PostgreSQL 15 with
+//! `CREATE EXTENSION pg_observers`, and a real HTTP receiver. One test binary (one shared
+//! cluster, one link step); each test has its own database. See docs/TESTING.md.
+//!
+//! Prerequisites: the extension installed into /usr/lib/postgresql/15 (`make install-ext`) and
+//! the worker built (`cargo build -p observer-worker`, or FRAISEQL_OBSERVERS_BIN).
+
+#[path = "e2e/common.rs"]
+mod common;
+
+#[path = "e2e/bad_config.rs"]
+mod bad_config;
+#[path = "e2e/crash.rs"]
+mod crash;
+#[path = "e2e/db_restart.rs"]
+mod db_restart;
+#[path = "e2e/delivery.rs"]
+mod delivery;
+#[path = "e2e/filters.rs"]
+mod filters;
+#[path = "e2e/late_commit.rs"]
+mod late_commit;
+#[path = "e2e/ordering.rs"]
+mod ordering;
+#[path = "e2e/retries.rs"]
+mod retries;
+#[path = "e2e/shutdown.rs"]
+mod shutdown;
