@@ -159,6 +159,7 @@ impl Delivery {
 struct Records {
     deliveries: Vec<Delivery>,
     seen_ids: HashSet<String>,
+    unique_by_path: HashMap<String, usize>,
     duplicates: u64,
     by_status: BTreeMap<u16, u64>,
 }
@@ -317,6 +318,16 @@ impl Receiver {
     /// Distinct `webhook-id` values seen (any status).
     pub fn unique_webhook_ids(&self) -> HashSet<String> {
         self.shared.records.lock().seen_ids.clone()
+    }
+
+    /// Number of distinct `webhook-id` values seen (cheap; no copy).
+    pub fn unique_count(&self) -> usize {
+        self.shared.records.lock().seen_ids.len()
+    }
+
+    /// Number of distinct `webhook-id` values seen on `path` (cheap; no copy).
+    pub fn unique_count_for(&self, path: &str) -> usize {
+        self.shared.records.lock().unique_by_path.get(path).copied().unwrap_or(0)
     }
 
     /// Requests whose `webhook-id` had been seen before.
@@ -535,7 +546,9 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     let index = {
         let mut r = shared.records.lock();
         if let Some(id) = &webhook_id {
-            if !r.seen_ids.insert(id.clone()) {
+            if r.seen_ids.insert(id.clone()) {
+                *r.unique_by_path.entry(path.clone()).or_insert(0) += 1;
+            } else {
                 r.duplicates += 1;
             }
         }
@@ -577,19 +590,8 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         }
     }
     if let Some(log) = &shared.log {
-        let line = LogLine {
-            received_at: fmt_time(received_at),
-            path: &path,
-            webhook_id: webhook_id.as_deref(),
-            webhook_timestamp: webhook_timestamp.as_deref(),
-            signature_valid,
-            status: reply.status,
-            body: body.unwrap_or_else(|| Value::String(String::from_utf8_lossy(&raw_body).into_owned())),
-        };
-        if let Ok(mut s) = serde_json::to_vec(&line) {
-            s.push(b'\n');
-            let _ = log.lock().write_all(&s);
-        }
+        let line = log_line(received_at, &path, &webhook_id, &webhook_timestamp, signature_valid, reply.status, body.as_ref(), &raw_body);
+        log.lock().write_all(&line).ok();
     }
 
     let mut resp = Response::builder().status(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK));
@@ -614,7 +616,41 @@ struct LogLine<'a> {
     webhook_timestamp: Option<&'a str>,
     signature_valid: Option<bool>,
     status: u16,
-    body: Value,
+}
+
+/// One log line: the fields above plus `"body"`, the request body verbatim when it is
+/// single-line JSON (numbers keep their formatting), else re-encoded, else as a string.
+#[allow(clippy::too_many_arguments)]
+fn log_line(
+    received_at: SystemTime,
+    path: &str,
+    webhook_id: &Option<String>,
+    webhook_timestamp: &Option<String>,
+    signature_valid: Option<bool>,
+    status: u16,
+    body: Option<&Value>,
+    raw_body: &[u8],
+) -> Vec<u8> {
+    let head = LogLine {
+        received_at: fmt_time(received_at),
+        path,
+        webhook_id: webhook_id.as_deref(),
+        webhook_timestamp: webhook_timestamp.as_deref(),
+        signature_valid,
+        status,
+    };
+    let mut out = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"body\":");
+    match body {
+        Some(_) if !raw_body.contains(&b'\n') && !raw_body.contains(&b'\r') => out.extend_from_slice(raw_body.trim_ascii()),
+        Some(v) => out.extend_from_slice(&serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec())),
+        None => out.extend_from_slice(
+            &serde_json::to_vec(&String::from_utf8_lossy(raw_body)).unwrap_or_else(|_| b"null".to_vec()),
+        ),
+    }
+    out.extend_from_slice(b"}\n");
+    out
 }
 
 /// RFC 3339 UTC with microseconds.
@@ -824,6 +860,7 @@ mod tests {
         assert_eq!(lines[1]["status"], 200);
         assert_eq!(lines[1]["webhook_id"], "b");
         assert_eq!(lines[1]["body"]["id"], 1);
+        assert!(text.lines().nth(1).unwrap().ends_with(r#","body":{"id":1}}"#), "body verbatim: {text}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -64,6 +64,7 @@ fn sanitize(name: &str) -> String {
 
 /// A running (or exited) worker process.
 pub struct Worker {
+    bin: PathBuf,
     name: String,
     child: Option<Child>,
     exit: Option<ExitStatus>,
@@ -79,6 +80,11 @@ impl Worker {
     /// Write `yaml` to a temp file and run `fraiseql-observers start --config FILE`.
     /// `env` is added to the inherited environment (`RUST_LOG` defaults to `info`).
     pub fn start(name: &str, yaml: &str, env: &[(&str, &str)]) -> Worker {
+        Self::start_bin(worker_bin(), name, yaml, env)
+    }
+
+    /// [`Worker::start`] with an explicit binary path (`bench-e2e --worker-bin`).
+    pub fn start_bin(bin: PathBuf, name: &str, yaml: &str, env: &[(&str, &str)]) -> Worker {
         let name = format!("{}-{}", sanitize(name), unique_suffix());
         let dir = log_dir();
         let config_path = dir.join(format!("{name}.yaml"));
@@ -86,6 +92,7 @@ impl Worker {
             .unwrap_or_else(|e| panic!("cannot write worker config {}: {e}", config_path.display()));
         let log_path = dir.join(format!("{name}.log"));
         let mut w = Worker {
+            bin,
             name,
             child: None,
             exit: None,
@@ -114,7 +121,7 @@ impl Worker {
             self.config_path.display()
         );
         let err = log.try_clone().expect("dup log file handle");
-        let mut cmd = Command::new(worker_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("start").arg("--config").arg(&self.config_path);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
@@ -126,7 +133,7 @@ impl Worker {
         cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(err));
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", worker_bin().display()));
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.bin.display()));
         self.child = Some(child);
         self.exit = None;
     }
