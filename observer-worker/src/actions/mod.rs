@@ -1,0 +1,81 @@
+//! Actions: each one knows only how to talk to its service, once.
+//!
+//! Retry, timeout and concurrency are layers applied around every action in
+//! one place (`pipeline::executor`), in one fixed order.
+
+pub mod webhook;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::ActionConfig;
+use crate::retry::RetryPolicy;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One (event, action) pair to execute.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event_id: i64,
+    pub action_index: usize,
+    /// `evt_<event id>_<action index>`: identical on every attempt and redelivery.
+    pub webhook_id: String,
+    /// The event body (JSON text), sent as is.
+    pub body: Bytes,
+}
+
+impl Delivery {
+    pub fn new(event_id: i64, action_index: usize, body: Bytes) -> Self {
+        Delivery { event_id, action_index, webhook_id: webhook_id(event_id, action_index), body }
+    }
+}
+
+/// The stable idempotency key of an (event, action) pair.
+pub fn webhook_id(event_id: i64, action_index: usize) -> String {
+    format!("evt_{event_id}_{action_index}")
+}
+
+/// Why one attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AttemptError {
+    /// Retrying may help (429, 5xx, timeout, connection problems).
+    pub retryable: bool,
+    /// Operator-readable; never contains secrets or header values.
+    pub message: String,
+    /// HTTP status, when a response was received.
+    pub status: Option<u16>,
+    /// The server's `Retry-After`, if it sent a usable one.
+    pub retry_after: Option<Duration>,
+}
+
+impl AttemptError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        AttemptError { retryable: true, message: message.into(), status: None, retry_after: None }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        AttemptError { retryable: false, message: message.into(), status: None, retry_after: None }
+    }
+}
+
+/// Something that runs for an event: talks to one service, one attempt at a time.
+pub trait Action: Send + Sync + 'static {
+    /// `webhook`, `slack`, ... (recorded with dead letters).
+    fn type_name(&self) -> &'static str;
+    /// Per-attempt time limit.
+    fn timeout(&self) -> Duration;
+    fn retry_policy(&self) -> &RetryPolicy;
+    /// One attempt.
+    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>>;
+}
+
+/// Builds the runtime action for a validated configuration.
+pub fn build(config: &ActionConfig, http: &reqwest::Client) -> Arc<dyn Action> {
+    match config {
+        ActionConfig::Webhook(w) => Arc::new(webhook::WebhookAction::new(w, http.clone())),
+    }
+}

@@ -1,0 +1,160 @@
+//! The CLI commands (other than the worker itself, see [`crate::worker`]).
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::cli::Format;
+use crate::config::{self, ConfigError, Defaults, ProcessEnv};
+use crate::db::{Db, StatusTable};
+use crate::error::{WorkerError, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
+
+/// `validate-config FILE`: pure validation. Prints the result to stdout and
+/// returns the exit code (0 valid, 2 invalid or unreadable).
+pub fn validate_config(file: &Path, format: Format, out: &mut dyn Write) -> i32 {
+    let result = config::load_file(file, &ProcessEnv, &Defaults::for_this_process());
+    let name = file.display().to_string();
+    let written = match (&result, format) {
+        (Ok(c), Format::Text) => writeln!(
+            out,
+            "{name}: valid ({} observer{} in group `{}`)",
+            c.observers.len(),
+            if c.observers.len() == 1 { "" } else { "s" },
+            c.worker.group
+        ),
+        (Ok(c), Format::Json) => writeln!(
+            out,
+            "{}",
+            serde_json::json!({"file": name, "valid": true, "observers": c.observers.len(), "group": c.worker.group, "problems": []})
+        ),
+        (Err(e), Format::Text) => writeln!(out, "{e}"),
+        (Err(e), Format::Json) => writeln!(out, "{}", problems_json(&name, e)),
+    };
+    match (result, written) {
+        (_, Err(_)) => EXIT_RUNTIME,
+        (Ok(_), Ok(())) => EXIT_OK,
+        (Err(_), Ok(())) => EXIT_CONFIG,
+    }
+}
+
+/// `{"file":…, "valid": false, "problems": [{"path","line","column","message"}]}`.
+pub fn problems_json(file: &str, e: &ConfigError) -> serde_json::Value {
+    let problems: Vec<serde_json::Value> = match e {
+        ConfigError::Read { .. } => vec![serde_json::json!({"path": "", "line": null, "column": null, "message": e.to_string()})],
+        ConfigError::Invalid { problems, .. } => problems
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "path": p.path,
+                    "line": p.mark.map(|m| m.line),
+                    "column": p.mark.map(|m| m.column),
+                    "message": p.message,
+                })
+            })
+            .collect(),
+    };
+    serde_json::json!({"file": file, "valid": false, "problems": problems})
+}
+
+/// `status`: one query, printed as a table or JSON.
+pub async fn status(database_url: &str, format: Format, out: &mut dyn Write) -> Result<(), WorkerError> {
+    let db = Db::new(database_url, std::time::Duration::from_secs(5))?;
+    match db.extension_version().await? {
+        Some(_) => {}
+        None => return Err(WorkerError::ExtensionMissing { target: db.target().to_owned() }),
+    }
+    let table = db.status().await?;
+    let text = match format {
+        Format::Text => render_table(&table),
+        Format::Json => serde_json::to_string_pretty(&status_json(&table)).unwrap_or_default() + "\n",
+    };
+    out.write_all(text.as_bytes()).map_err(|e| WorkerError::Fatal(format!("cannot write output: {e}")))
+}
+
+pub fn status_json(t: &StatusTable) -> serde_json::Value {
+    serde_json::Value::Array(
+        t.rows
+            .iter()
+            .map(|row| {
+                let mut obj = serde_json::Map::new();
+                for (c, v) in t.columns.iter().zip(row) {
+                    obj.insert(c.clone(), v.clone().map(serde_json::Value::String).unwrap_or(serde_json::Value::Null));
+                }
+                serde_json::Value::Object(obj)
+            })
+            .collect(),
+    )
+}
+
+/// A plain aligned table; NULL shown as `-`.
+pub fn render_table(t: &StatusTable) -> String {
+    if t.rows.is_empty() {
+        return "no observers\n".to_owned();
+    }
+    let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned()).replace('\n', " ");
+    let mut widths: Vec<usize> = t.columns.iter().map(|c| c.chars().count()).collect();
+    for row in &t.rows {
+        for (i, v) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell(v).chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let padded: Vec<String> =
+            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<width$}", width = *w)).collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(t.columns.iter().map(|c| c.to_uppercase()).collect(), &mut out);
+    for row in &t.rows {
+        line(row.iter().map(cell).collect(), &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_rendering() {
+        let t = StatusTable {
+            columns: vec!["observer".into(), "backlog".into()],
+            rows: vec![vec![Some("orders".into()), Some("12".into())], vec![Some("x".into()), None]],
+        };
+        assert_eq!(render_table(&t), "OBSERVER  BACKLOG\norders    12\nx         -\n");
+        assert_eq!(status_json(&t)[1]["backlog"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn validate_config_exit_codes_and_output() {
+        let dir = std::env::temp_dir().join(format!("ow-validate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.yaml");
+        std::fs::write(&good, "worker: { group: g1 }\n").unwrap();
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, "worker:\n  batch_size: lots\n  colour: red\n").unwrap();
+
+        let mut out = Vec::new();
+        assert_eq!(validate_config(&good, Format::Text, &mut out), 0);
+        assert!(String::from_utf8_lossy(&out).contains("valid (0 observers in group `g1`)"));
+
+        let mut out = Vec::new();
+        assert_eq!(validate_config(&bad, Format::Text, &mut out), 2);
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(text.contains("bad.yaml:2:15: worker.batch_size: expected a whole number"), "{text}");
+        assert!(text.contains("bad.yaml:3:3: worker.colour: unknown key `colour`"), "{text}");
+
+        let mut out = Vec::new();
+        assert_eq!(validate_config(&bad, Format::Json, &mut out), 2);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["valid"], false);
+        assert_eq!(v["problems"][1]["line"], 3);
+        assert_eq!(v["problems"][1]["column"], 3);
+
+        let mut out = Vec::new();
+        assert_eq!(validate_config(&dir.join("missing.yaml"), Format::Text, &mut out), 2);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

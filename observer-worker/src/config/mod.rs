@@ -1,0 +1,201 @@
+//! Configuration: parse (YAML tree) -> read + expand `${VAR}` -> validate.
+//! Everything here is pure except [`load_file`] reading the file.
+//!
+//! The reference for every key is docs/CONFIGURATION.md.
+
+pub mod actions;
+pub mod env;
+mod parse;
+pub mod reader;
+mod validate;
+pub mod yaml;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use actions::{ActionConfig, WebhookConfig};
+pub use env::{Env, ProcessEnv};
+pub use reader::Problem;
+
+use crate::retry::RetryPolicy;
+
+/// The validated configuration of a worker.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub worker: WorkerConfig,
+    /// Default retry policy of every action (an action may override fields).
+    pub retry: RetryPolicy,
+    pub checkpoints: CheckpointConfig,
+    pub concurrency: ConcurrencyConfig,
+    pub metrics: MetricsConfig,
+    /// TTL of the group's leader lease (`failover.lease_ttl`).
+    pub lease_ttl: Duration,
+    /// Observers from the file, applied to the database at start.
+    pub observers: Vec<ObserverConfig>,
+}
+
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// `database.url`; may be absent when given on the command line / `DATABASE_URL`.
+    pub url: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub id: String,
+    pub group: String,
+    /// Largest page fetched from the outbox at once.
+    pub batch_size: u32,
+    /// Safety poll when no NOTIFY arrives.
+    pub poll_interval: Duration,
+    /// How long SIGTERM waits for in-flight actions.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    /// When false, progress is only made durable when a whole batch is closed.
+    pub enabled: bool,
+    /// Save progress inside a batch at least this often...
+    pub interval: Duration,
+    /// ...or as soon as this many events finished since the last save.
+    pub every_events: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConcurrencyConfig {
+    pub enabled: bool,
+    pub max_in_flight: usize,
+}
+
+impl ConcurrencyConfig {
+    /// `concurrent_execution: disabled` runs one event at a time.
+    pub fn effective_max_in_flight(&self) -> usize {
+        if self.enabled {
+            self.max_in_flight
+        } else {
+            1
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+/// An observer as written in the file.
+#[derive(Debug, Clone)]
+pub struct ObserverConfig {
+    pub name: String,
+    pub table: String,
+    pub events: Vec<String>,
+    pub condition: Option<String>,
+    pub columns: Option<Vec<String>>,
+    pub ordering_key: Option<Vec<String>>,
+    /// The actions, validated with `${VAR}` expanded (never stored anywhere).
+    pub actions: Vec<ActionConfig>,
+    /// The `actions` subtree exactly as written (placeholders NOT expanded):
+    /// this is what is stored in the database.
+    pub actions_raw: serde_json::Value,
+}
+
+/// Defaults that depend on the running process.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub worker_id: String,
+}
+
+impl Defaults {
+    /// `hostname:pid`.
+    pub fn for_this_process() -> Self {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let host = if host.is_empty() { "localhost".to_owned() } else { host };
+        Defaults { worker_id: format!("{host}:{}", std::process::id()) }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", render_problems(.file, .problems))]
+    Invalid { file: String, problems: Vec<Problem> },
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+/// `config.yaml:12:5: observers[0].table: must not be empty`, one per line.
+pub fn render_problems(file: &str, problems: &[Problem]) -> String {
+    let mut out = format!(
+        "invalid configuration {file}: {} problem{}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(file);
+        out.push(':');
+        out.push_str(&p.to_string());
+    }
+    out
+}
+
+/// Parses, expands and validates a configuration text. Pure.
+pub fn parse_str(source: &str, env: &dyn Env, defaults: &Defaults) -> Result<Config, Vec<Problem>> {
+    let tree = match yaml::parse(source) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(vec![Problem {
+                path: String::new(),
+                mark: Some(e.mark),
+                message: format!("YAML syntax error: {}", e.message),
+            }])
+        }
+    };
+    let mut reader = reader::Reader::new(env);
+    let config = parse::read_config(&mut reader, &tree, defaults);
+    if let Some(config) = &config {
+        validate::validate(&mut reader, config, &tree);
+    }
+    let mut problems = reader.into_problems();
+    match config {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => {
+            // file order: by position, positionless last
+            problems.sort_by_key(|p| p.mark.map(|m| (m.line, m.column)).unwrap_or((usize::MAX, 0)));
+            Err(problems)
+        }
+    }
+}
+
+/// Reads and parses a configuration file.
+pub fn load_file(path: &Path, env: &dyn Env, defaults: &Defaults) -> Result<Config, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse_str(&source, env, defaults)
+        .map_err(|problems| ConfigError::Invalid { file: path.display().to_string(), problems })
+}
+
+#[cfg(test)]
+mod tests;

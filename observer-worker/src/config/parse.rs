@@ -1,0 +1,414 @@
+//! Reading the configuration tree into [`Config`]. Every field that cannot be
+//! read is reported and replaced by its default, so one pass finds every
+//! problem in the file.
+
+use std::time::Duration;
+
+use super::actions::{read_actions, read_retry};
+use super::reader::{index, Reader};
+use super::yaml::Node;
+use super::{
+    CheckpointConfig, ConcurrencyConfig, Config, DatabaseConfig, Defaults, MetricsConfig, ObserverConfig,
+    WorkerConfig,
+};
+use crate::retry::RetryPolicy;
+
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "database",
+    "worker",
+    "retry",
+    "checkpoints",
+    "concurrent_execution",
+    "deduplication",
+    "caching",
+    "redis",
+    "circuit_breaker",
+    "metrics",
+    "failover",
+    "job_queue",
+    "elasticsearch",
+    "lookups",
+    "observers",
+];
+
+pub const DEFAULT_GROUP: &str = "default";
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
+
+/// Reads the whole document. Returns `None` only when the document is not a map at all.
+pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<Config> {
+    if root.is_null() {
+        r.problem("", root.mark, "the configuration is empty (expected at least `observers:` or `database:`)");
+        return None;
+    }
+    let top = r.map(root, "", TOP_LEVEL_KEYS)?;
+
+    let database = read_database(r, top.get("database"));
+    let worker = read_worker(r, top.get("worker"), defaults);
+    let retry = match top.get("retry") {
+        Some(n) => read_retry(r, n, "retry", &RetryPolicy::default()),
+        None => RetryPolicy::default(),
+    };
+    let checkpoints = read_checkpoints(r, top.get("checkpoints"));
+    let concurrency = read_concurrency(r, top.get("concurrent_execution"));
+    let metrics = read_metrics(r, top.get("metrics"));
+    let lease_ttl = read_failover(r, top.get("failover"));
+    read_later_features(r, &top);
+
+    let mut observers = Vec::new();
+    if let Some(node) = top.get("observers") {
+        if let Some(items) = r.list(node, "observers") {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(o) = read_observer(r, item, &index("observers", i), &retry) {
+                    observers.push(o);
+                }
+            }
+        }
+    }
+
+    Some(Config { database, worker, retry, checkpoints, concurrency, metrics, lease_ttl, observers })
+}
+
+fn read_database(r: &mut Reader, node: Option<&Node>) -> DatabaseConfig {
+    let mut cfg = DatabaseConfig { url: None, connect_timeout: Duration::from_secs(5) };
+    let Some(node) = node else { return cfg };
+    let Some(f) = r.map(node, "database", &["url", "connect_timeout"]) else { return cfg };
+    if let Some(n) = f.get("url") {
+        if let Some(url) = r.non_empty_string(n, &f.path_of("url")) {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=')) {
+                r.problem(
+                    &f.path_of("url"),
+                    n.mark,
+                    "expected a PostgreSQL URL (postgres://user@host:port/db) or a key=value connection string",
+                );
+            } else {
+                cfg.url = Some(url);
+            }
+        }
+    }
+    if let Some(n) = f.get("connect_timeout") {
+        if let Some(d) = r.duration(n, &f.path_of("connect_timeout"), Duration::from_millis(100)) {
+            cfg.connect_timeout = d;
+        }
+    }
+    cfg
+}
+
+fn read_worker(r: &mut Reader, node: Option<&Node>, defaults: &Defaults) -> WorkerConfig {
+    let mut cfg = WorkerConfig {
+        id: defaults.worker_id.clone(),
+        group: DEFAULT_GROUP.to_owned(),
+        batch_size: 500,
+        poll_interval: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(30),
+    };
+    let Some(node) = node else { return cfg };
+    let Some(f) = r.map(node, "worker", &["id", "group", "batch_size", "poll_interval", "shutdown_timeout"]) else {
+        return cfg;
+    };
+    if let Some(n) = f.get("id") {
+        if let Some(id) = r.non_empty_string(n, &f.path_of("id")) {
+            cfg.id = id.trim().to_owned();
+        }
+    }
+    if let Some(n) = f.get("group") {
+        if let Some(g) = r.non_empty_string(n, &f.path_of("group")) {
+            cfg.group = g.trim().to_owned();
+        }
+    }
+    if let Some(n) = f.get("batch_size") {
+        if let Some(v) = r.integer(n, &f.path_of("batch_size"), 1, 100_000) {
+            cfg.batch_size = v as u32;
+        }
+    }
+    if let Some(n) = f.get("poll_interval") {
+        if let Some(d) = r.duration(n, &f.path_of("poll_interval"), Duration::from_millis(1)) {
+            cfg.poll_interval = d;
+        }
+    }
+    if let Some(n) = f.get("shutdown_timeout") {
+        if let Some(d) = r.duration(n, &f.path_of("shutdown_timeout"), Duration::ZERO) {
+            cfg.shutdown_timeout = d;
+        }
+    }
+    cfg
+}
+
+fn read_checkpoints(r: &mut Reader, node: Option<&Node>) -> CheckpointConfig {
+    let mut cfg = CheckpointConfig { enabled: true, interval: Duration::from_millis(250), every_events: 1000 };
+    let Some(node) = node else { return cfg };
+    let Some(feat) = r.feature(node, "checkpoints", &["interval", "every_events"], true) else { return cfg };
+    cfg.enabled = feat.enabled;
+    if let Some(n) = feat.fields.get("interval") {
+        if let Some(d) = r.duration(n, &feat.fields.path_of("interval"), Duration::from_millis(1)) {
+            cfg.interval = d;
+        }
+    }
+    if let Some(n) = feat.fields.get("every_events") {
+        if let Some(v) = r.integer(n, &feat.fields.path_of("every_events"), 1, 10_000_000) {
+            cfg.every_events = v as u32;
+        }
+    }
+    cfg
+}
+
+fn read_concurrency(r: &mut Reader, node: Option<&Node>) -> ConcurrencyConfig {
+    let mut cfg = ConcurrencyConfig { enabled: true, max_in_flight: 256 };
+    let Some(node) = node else { return cfg };
+    let Some(feat) = r.feature(node, "concurrent_execution", &["max_in_flight"], true) else { return cfg };
+    cfg.enabled = feat.enabled;
+    if let Some(n) = feat.fields.get("max_in_flight") {
+        if let Some(v) = r.integer(n, &feat.fields.path_of("max_in_flight"), 1, 65_536) {
+            cfg.max_in_flight = v as usize;
+        }
+    }
+    cfg
+}
+
+fn read_metrics(r: &mut Reader, node: Option<&Node>) -> MetricsConfig {
+    let mut cfg = MetricsConfig { enabled: true, listen: DEFAULT_METRICS_LISTEN.to_owned() };
+    let Some(node) = node else { return cfg };
+    let Some(feat) = r.feature(node, "metrics", &["listen"], true) else { return cfg };
+    cfg.enabled = feat.enabled;
+    if let Some(n) = feat.fields.get("listen") {
+        let path = feat.fields.path_of("listen");
+        if let Some(listen) = r.non_empty_string(n, &path) {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                r.problem(&path, n.mark, format!("expected an address like 127.0.0.1:9187, found {listen:?}"));
+            } else {
+                cfg.listen = listen;
+            }
+        }
+    }
+    cfg
+}
+
+/// `failover` itself comes later; its `lease_ttl` already sets the lease TTL.
+fn read_failover(r: &mut Reader, node: Option<&Node>) -> Duration {
+    let Some(node) = node else { return DEFAULT_LEASE_TTL };
+    let Some(feat) = r.feature(node, "failover", &["lease_ttl"], false) else { return DEFAULT_LEASE_TTL };
+    let mut ttl = DEFAULT_LEASE_TTL;
+    if let Some(n) = feat.fields.get("lease_ttl") {
+        if let Some(d) = r.duration(n, &feat.fields.path_of("lease_ttl"), Duration::from_secs(1)) {
+            ttl = d;
+        }
+    }
+    if feat.enabled {
+        r.problem(
+            "failover",
+            feat.mark,
+            "failover is not available in this version yet (the leader lease between workers of a group is always \
+             on; only `failover.lease_ttl` is used): write `failover: { enabled: false, lease_ttl: ... }` or remove \
+             the section",
+        );
+    }
+    ttl
+}
+
+/// Sections of features that come in later versions: their options are
+/// checked, and turning them on is an error rather than silently ignored.
+fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
+    let later: &[(&str, &[&str])] = &[
+        ("deduplication", &["backend", "ttl"]),
+        ("caching", &["backend", "default_ttl"]),
+        ("circuit_breaker", &["failure_ratio", "min_requests", "open_for", "half_open_requests"]),
+        ("job_queue", &["workers"]),
+        ("elasticsearch", &["url", "index"]),
+    ];
+    for (name, options) in later {
+        let Some(node) = top.get(name) else { continue };
+        let Some(feat) = r.feature(node, name, options, false) else { continue };
+        let f = &feat.fields;
+        match *name {
+            "deduplication" => {
+                check_choice(r, f, "backend", &["redis", "postgres"]);
+                check_duration(r, f, "ttl");
+            }
+            "caching" => {
+                check_choice(r, f, "backend", &["redis", "memory"]);
+                check_duration(r, f, "default_ttl");
+            }
+            "circuit_breaker" => {
+                if let Some(n) = f.get("failure_ratio") {
+                    r.number(n, &f.path_of("failure_ratio"), 0.0, 1.0);
+                }
+                for k in ["min_requests", "half_open_requests"] {
+                    if let Some(n) = f.get(k) {
+                        r.integer(n, &f.path_of(k), 1, 1_000_000);
+                    }
+                }
+                check_duration(r, f, "open_for");
+            }
+            "job_queue" => {
+                if let Some(n) = f.get("workers") {
+                    r.integer(n, &f.path_of("workers"), 1, 10_000);
+                }
+            }
+            "elasticsearch" => {
+                for k in ["url", "index"] {
+                    if let Some(n) = f.get(k) {
+                        r.non_empty_string(n, &f.path_of(k));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if feat.enabled {
+            r.problem(
+                name,
+                feat.mark,
+                format!("{name} is not available in this version yet: write `{name}: disabled` or remove the section"),
+            );
+        }
+    }
+
+    // `redis:` is connection settings only (used by deduplication/caching).
+    if let Some(node) = top.get("redis") {
+        if let Some(f) = r.map(node, "redis", &["url"]) {
+            if let Some(n) = f.get("url") {
+                if let Some(url) = r.non_empty_string(n, &f.path_of("url")) {
+                    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                        r.problem(&f.path_of("url"), n.mark, "expected a URL like redis://127.0.0.1:6379");
+                    }
+                }
+            }
+        }
+    }
+
+    if let Some(node) = top.get("lookups") {
+        if let Some(items) = r.list(node, "lookups") {
+            for (i, item) in items.iter().enumerate() {
+                let path = index("lookups", i);
+                if let Some(f) = r.map(item, &path, &["name", "sql", "args", "ttl"]) {
+                    for k in ["name", "sql"] {
+                        match f.get(k) {
+                            Some(n) => {
+                                r.non_empty_string(n, &f.path_of(k));
+                            }
+                            None => r.problem(&path, item.mark, format!("missing `{k}`")),
+                        }
+                    }
+                    if let Some(n) = f.get("args") {
+                        r.list(n, &f.path_of("args"));
+                    }
+                    check_duration(r, &f, "ttl");
+                }
+            }
+            if !items.is_empty() {
+                r.problem(
+                    "lookups",
+                    node.mark,
+                    "lookups are not available in this version yet (they come with templated actions): remove the \
+                     section",
+                );
+            }
+        }
+    }
+}
+
+fn check_choice(r: &mut Reader, f: &super::reader::Fields<'_>, key: &str, choices: &[&str]) {
+    if let Some(n) = f.get(key) {
+        let path = f.path_of(key);
+        if let Some(v) = r.string(n, &path) {
+            if !choices.contains(&v.trim()) {
+                r.problem(&path, n.mark, format!("expected one of {}, found {v:?}", choices.join(", ")));
+            }
+        }
+    }
+}
+
+fn check_duration(r: &mut Reader, f: &super::reader::Fields<'_>, key: &str) {
+    if let Some(n) = f.get(key) {
+        r.duration(n, &f.path_of(key), Duration::ZERO);
+    }
+}
+
+pub const OBSERVER_KEYS: &[&str] = &["name", "table", "events", "condition", "columns", "ordering_key", "actions"];
+
+fn read_observer(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> Option<ObserverConfig> {
+    let f = r.map(node, path, OBSERVER_KEYS)?;
+    let before = r.problem_count();
+
+    let name = match f.get("name") {
+        Some(n) => r.non_empty_string(n, &f.path_of("name")).and_then(|name| {
+            let ok = name.len() <= 63
+                && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if ok {
+                Some(name)
+            } else {
+                r.problem(
+                    &f.path_of("name"),
+                    n.mark,
+                    format!("invalid observer name {name:?}: use letters, digits, `_`, `-`, `.` (at most 63 characters)"),
+                );
+                None
+            }
+        }),
+        None => {
+            r.problem(path, node.mark, "missing `name`");
+            None
+        }
+    };
+    let table = match f.get("table") {
+        Some(n) => r.non_empty_string(n, &f.path_of("table")).map(|t| t.trim().to_owned()),
+        None => {
+            r.problem(path, node.mark, "missing `table` (e.g. `table: public.orders`)");
+            None
+        }
+    };
+    let events = match f.get("events") {
+        Some(n) => read_events(r, n, &f.path_of("events")),
+        None => Some(vec!["INSERT".to_owned(), "UPDATE".to_owned(), "DELETE".to_owned()]),
+    };
+    let condition = f.get("condition").and_then(|n| r.non_empty_string(n, &f.path_of("condition")));
+    let columns = f.get("columns").and_then(|n| r.string_list(n, &f.path_of("columns"))).filter(|c| !c.is_empty());
+    let ordering_key =
+        f.get("ordering_key").and_then(|n| r.string_list(n, &f.path_of("ordering_key"))).filter(|c| !c.is_empty());
+    let (actions, actions_raw) = match f.get("actions") {
+        Some(n) => {
+            let actions = read_actions(r, n, &f.path_of("actions"), retry);
+            (actions, n.to_json())
+        }
+        None => {
+            r.problem(path, node.mark, "missing `actions` (at least one action, e.g. `- type: webhook`)");
+            (None, serde_json::Value::Null)
+        }
+    };
+    if r.problem_count() != before {
+        return None;
+    }
+    Some(ObserverConfig {
+        name: name?,
+        table: table?,
+        events: events?,
+        condition,
+        columns,
+        ordering_key,
+        actions: actions?,
+        actions_raw,
+    })
+}
+
+fn read_events(r: &mut Reader, node: &Node, path: &str) -> Option<Vec<String>> {
+    let list = r.string_list(node, path)?;
+    let mut out: Vec<String> = Vec::new();
+    let mut ok = true;
+    for e in list {
+        let up = e.trim().to_ascii_uppercase();
+        if !matches!(up.as_str(), "INSERT" | "UPDATE" | "DELETE") {
+            r.problem(path, node.mark, format!("unknown event {e:?} (expected INSERT, UPDATE, DELETE)"));
+            ok = false;
+        } else if out.contains(&up) {
+            r.problem(path, node.mark, format!("event {up} is listed twice"));
+            ok = false;
+        } else {
+            out.push(up);
+        }
+    }
+    if out.is_empty() && ok {
+        r.problem(path, node.mark, "must list at least one of INSERT, UPDATE, DELETE");
+        return None;
+    }
+    ok.then_some(out)
+}

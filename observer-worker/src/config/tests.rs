@@ -1,0 +1,435 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+use crate::config::yaml::Mark;
+use crate::retry::Jitter;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn defaults() -> Defaults {
+    Defaults { worker_id: "host-a:42".into() }
+}
+
+fn parse(src: &str, e: &[(&str, &str)]) -> Result<Config, Vec<Problem>> {
+    parse_str(src, &env(e), &defaults())
+}
+
+fn problems(src: &str, e: &[(&str, &str)]) -> Vec<Problem> {
+    match parse(src, e) {
+        Ok(_) => panic!("expected problems for:\n{src}"),
+        Err(p) => p,
+    }
+}
+
+const MINIMAL: &str = "\
+database:
+  url: postgres://postgres@127.0.0.1:5432/app
+observers:
+  - name: orders_hook
+    table: public.orders
+    actions:
+      - type: webhook
+        url: http://127.0.0.1:8080/hooks/orders
+";
+
+#[test]
+fn minimal_config_gets_spec_defaults() {
+    let c = parse(MINIMAL, &[]).unwrap();
+    assert_eq!(c.database.url.as_deref(), Some("postgres://postgres@127.0.0.1:5432/app"));
+    assert_eq!(c.worker.id, "host-a:42");
+    assert_eq!(c.worker.group, "default");
+    assert_eq!(c.worker.batch_size, 500);
+    assert_eq!(c.worker.poll_interval, Duration::from_secs(1));
+    assert_eq!(c.worker.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(c.retry.max_attempts, 5);
+    assert_eq!(c.retry.initial_backoff, Duration::from_millis(500));
+    assert_eq!(c.retry.max_backoff, Duration::from_secs(300));
+    assert_eq!(c.retry.multiplier, 2.0);
+    assert_eq!(c.retry.jitter, Jitter::Full);
+    assert!(c.checkpoints.enabled);
+    assert!(c.concurrency.enabled);
+    assert_eq!(c.concurrency.max_in_flight, 256);
+    assert!(c.metrics.enabled);
+    assert_eq!(c.lease_ttl, Duration::from_secs(10));
+    let o = &c.observers[0];
+    assert_eq!(o.events, vec!["INSERT", "UPDATE", "DELETE"]);
+    assert_eq!(o.condition, None);
+    let ActionConfig::Webhook(w) = &o.actions[0];
+    assert_eq!(w.timeout, Duration::from_secs(10));
+    assert_eq!(w.retry, c.retry);
+    assert!(w.signing_key.is_none());
+}
+
+#[test]
+fn spec_example_parses_and_flags_every_unavailable_feature() {
+    let src = r#"
+database:
+  url: ${DATABASE_URL}
+worker:
+  id: ${HOSTNAME:-worker-1}
+  group: default
+  batch_size: 500
+  poll_interval: 1s
+  shutdown_timeout: 30s
+retry:
+  max_attempts: 5
+  initial_backoff: 500ms
+  max_backoff: 5m
+  multiplier: 2
+  jitter: full
+checkpoints: enabled
+concurrent_execution: { enabled: true, max_in_flight: 256 }
+deduplication: { enabled: true, backend: redis, ttl: 24h }
+caching: { enabled: true, backend: redis, default_ttl: 5m }
+redis: { url: redis://127.0.0.1:6379 }
+circuit_breaker: { enabled: true, failure_ratio: 0.5, min_requests: 20, open_for: 30s, half_open_requests: 3 }
+metrics: { enabled: true, listen: 127.0.0.1:9187 }
+failover: { enabled: true, lease_ttl: 10s }
+job_queue: { enabled: true, workers: 16 }
+elasticsearch: { enabled: false, url: http://127.0.0.1:9200, index: observer-events }
+lookups:
+  - name: customer
+    sql: "SELECT name, email FROM customers WHERE id = $1"
+    args: ["{{ new.customer_id }}"]
+    ttl: 10m
+observers:
+  - name: big_orders
+    table: public.orders
+    events: [INSERT, UPDATE]
+    condition: "NEW.total > 1000"
+    columns: [status, total]
+    ordering_key: [customer_id]
+    actions:
+      - type: webhook
+        url: http://127.0.0.1:8080/hooks/orders
+        headers: { Authorization: "Bearer ${HOOK_TOKEN}" }
+        secret: ${HOOK_SECRET}
+        timeout: 5s
+        retry: { max_attempts: 8 }
+      - type: slack
+        webhook_url: ${SLACK_WEBHOOK_URL}
+        text: "Order {{ new.id }}"
+      - type: email
+        to: [ops@example.com]
+        subject: "Big order {{ new.id }}"
+        body: "..."
+        mode: async
+"#;
+    let p = problems(src, &[("DATABASE_URL", "postgres://x@h/db"), ("HOOK_TOKEN", "t"), ("HOOK_SECRET", "s")]);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "deduplication",
+            "caching",
+            "circuit_breaker",
+            "failover",
+            "job_queue",
+            "lookups",
+            "observers[0].actions[1].type",
+            "observers[0].actions[2].type",
+        ],
+        "{p:#?}"
+    );
+    assert!(p[0].message.contains("deduplication is not available in this version yet"), "{}", p[0].message);
+    assert!(p[6].message.contains("`slack` is not available in this version yet"), "{}", p[6].message);
+    assert_eq!(p[0].mark, Some(Mark { line: 18, column: 16 }));
+}
+
+#[test]
+fn spec_example_without_later_features_is_valid() {
+    let src = r#"
+database: { url: "${DATABASE_URL}" }
+checkpoints: enabled
+deduplication: disabled
+caching: { enabled: false, backend: memory }
+failover: { enabled: false, lease_ttl: 3s }
+elasticsearch: { enabled: false, url: http://127.0.0.1:9200, index: observer-events }
+observers:
+  - name: big_orders
+    table: public.orders
+    events: [insert, Update]
+    condition: "NEW.total > 1000"
+    columns: [status, total]
+    ordering_key: [customer_id]
+    actions:
+      - type: webhook
+        url: http://127.0.0.1:8080/hooks/orders
+        headers: { Authorization: "Bearer ${HOOK_TOKEN}" }
+        secret: ${HOOK_SECRET}
+        timeout: 5s
+        retry: { max_attempts: 8 }
+"#;
+    let c = parse(
+        src,
+        &[("DATABASE_URL", "postgres://x@h/db"), ("HOOK_TOKEN", "tok"), ("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")],
+    )
+    .unwrap();
+    assert_eq!(c.lease_ttl, Duration::from_secs(3));
+    let o = &c.observers[0];
+    assert_eq!(o.events, vec!["INSERT", "UPDATE"]);
+    assert_eq!(o.ordering_key.as_deref(), Some(&["customer_id".to_string()][..]));
+    let ActionConfig::Webhook(w) = &o.actions[0];
+    assert_eq!(w.timeout, Duration::from_secs(5));
+    assert_eq!(w.retry.max_attempts, 8);
+    assert_eq!(w.retry.initial_backoff, Duration::from_millis(500), "unset retry fields come from the global policy");
+    assert!(w.signing_key.is_some());
+    assert_eq!(w.headers[0].0.as_str(), "authorization");
+    assert_eq!(w.headers[0].1.to_str().unwrap(), "Bearer tok");
+}
+
+#[test]
+fn secrets_stay_unexpanded_in_what_is_stored() {
+    let src = "\
+observers:
+  - name: o
+    table: t
+    actions:
+      - type: webhook
+        url: ${HOOK_URL:-http://127.0.0.1:9/x}
+        headers: { Authorization: \"Bearer ${HOOK_TOKEN}\" }
+        secret: ${HOOK_SECRET}
+        retry: { max_attempts: 3 }
+";
+    let c = parse(src, &[("HOOK_TOKEN", "very-secret-token"), ("HOOK_SECRET", "very-secret-key")]).unwrap();
+    let stored = c.observers[0].actions_raw.to_string();
+    assert!(stored.contains("${HOOK_SECRET}"), "{stored}");
+    assert!(stored.contains("Bearer ${HOOK_TOKEN}"), "{stored}");
+    assert!(!stored.contains("very-secret"), "{stored}");
+    assert_eq!(c.observers[0].actions_raw[0]["retry"]["max_attempts"], serde_json::json!(3));
+    // and Debug output of the parsed config shows no secret either
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("very-secret"), "{dbg}");
+}
+
+#[test]
+fn stored_actions_rebuild_with_the_worker_environment() {
+    let json = serde_json::json!([{
+        "type": "webhook",
+        "url": "http://127.0.0.1:8080/h",
+        "secret": "${HOOK_SECRET}",
+        "timeout": "${HOOK_TIMEOUT:-2s}",
+        "retry": {"max_attempts": 2}
+    }]);
+    let base = crate::retry::RetryPolicy::default();
+    let actions = actions::actions_from_json(&json, &env(&[("HOOK_SECRET", "k")]), &base).unwrap();
+    let ActionConfig::Webhook(w) = &actions[0];
+    assert_eq!(w.timeout, Duration::from_secs(2));
+    assert_eq!(w.retry.max_attempts, 2);
+    assert!(w.signing_key.is_some());
+
+    let err = actions::actions_from_json(&json, &env(&[]), &base).unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert_eq!(err[0].path, "actions[0].secret");
+    assert!(err[0].message.contains("HOOK_SECRET is not set"), "{}", err[0].message);
+}
+
+#[test]
+fn unknown_keys_name_path_and_position() {
+    let src = "\
+worker:
+  batch_sise: 10
+observers:
+  - name: o
+    table: t
+    colour: red
+    actions:
+      - type: webhook
+        url: http://h/x
+        retries: 3
+";
+    let p = problems(src, &[]);
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert_eq!(p[0].path, "worker.batch_sise");
+    assert_eq!(p[0].mark, Some(Mark { line: 2, column: 3 }));
+    assert!(p[0].message.contains("unknown key `batch_sise`"));
+    assert!(p[0].message.contains("did you mean `batch_size`"), "{}", p[0].message);
+    assert_eq!(p[1].path, "observers[0].colour");
+    assert_eq!(p[1].mark, Some(Mark { line: 6, column: 5 }));
+    assert_eq!(p[2].path, "observers[0].actions[0].retries");
+    assert_eq!(p[2].mark, Some(Mark { line: 10, column: 9 }));
+    assert_eq!(p[2].to_string(), format!("10:9: observers[0].actions[0].retries: {}", p[2].message));
+}
+
+#[test]
+fn rendered_problems_name_file_line_and_column() {
+    let err = ConfigError::Invalid { file: "w.yaml".into(), problems: problems("wrker: {}\n", &[]) };
+    let text = err.to_string();
+    assert!(text.contains("w.yaml:1:1: wrker: unknown key `wrker`"), "{text}");
+}
+
+#[test]
+fn missing_variable_names_variable_and_line() {
+    let src = "database:\n  url: ${NO_SUCH_DB_URL}\n";
+    let p = problems(src, &[]);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].path, "database.url");
+    assert_eq!(p[0].mark, Some(Mark { line: 2, column: 8 }));
+    assert!(p[0].message.contains("NO_SUCH_DB_URL"), "{}", p[0].message);
+}
+
+#[test]
+fn env_expansion_with_defaults_in_typed_fields() {
+    let src = "\
+worker:
+  id: ${POD_NAME:-worker-1}
+  batch_size: ${BATCH:-200}
+  poll_interval: ${POLL}
+concurrent_execution: { max_in_flight: \"${INFLIGHT:-32}\" }
+";
+    let c = parse(src, &[("POLL", "250ms")]).unwrap();
+    assert_eq!(c.worker.id, "worker-1");
+    assert_eq!(c.worker.batch_size, 200);
+    assert_eq!(c.worker.poll_interval, Duration::from_millis(250));
+    assert_eq!(c.concurrency.max_in_flight, 32);
+    let c = parse(src, &[("POLL", "2s"), ("POD_NAME", "pod-7"), ("BATCH", "50")]).unwrap();
+    assert_eq!(c.worker.id, "pod-7");
+    assert_eq!(c.worker.batch_size, 50);
+}
+
+#[test]
+fn durations_everywhere() {
+    let src = "\
+worker: { poll_interval: 250ms, shutdown_timeout: 10m }
+retry: { initial_backoff: 5s, max_backoff: 24h }
+checkpoints: { interval: 100ms, every_events: 50 }
+";
+    let c = parse(src, &[]).unwrap();
+    assert_eq!(c.worker.poll_interval, Duration::from_millis(250));
+    assert_eq!(c.worker.shutdown_timeout, Duration::from_secs(600));
+    assert_eq!(c.retry.initial_backoff, Duration::from_secs(5));
+    assert_eq!(c.retry.max_backoff, Duration::from_secs(86_400));
+    assert_eq!(c.checkpoints.interval, Duration::from_millis(100));
+    assert_eq!(c.checkpoints.every_events, 50);
+
+    let p = problems("worker: { poll_interval: 5 }\nretry: { max_backoff: soon }\n", &[]);
+    assert_eq!(p.len(), 2);
+    assert!(p[0].message.contains("expected a duration like 250ms"), "{}", p[0].message);
+}
+
+#[test]
+fn feature_shorthand_and_maps() {
+    let c = parse("checkpoints: disabled\nconcurrent_execution: disabled\nmetrics: disabled\n", &[]).unwrap();
+    assert!(!c.checkpoints.enabled);
+    assert!(!c.concurrency.enabled);
+    assert_eq!(c.concurrency.effective_max_in_flight(), 1);
+    assert!(!c.metrics.enabled);
+
+    let c = parse("concurrent_execution: { max_in_flight: 8 }\nmetrics: { listen: 0.0.0.0:9000 }\n", &[]).unwrap();
+    assert!(c.concurrency.enabled, "a map without `enabled:` turns the feature on");
+    assert_eq!(c.concurrency.effective_max_in_flight(), 8);
+    assert_eq!(c.metrics.listen, "0.0.0.0:9000");
+
+    let c = parse("checkpoints: enabled\ndeduplication: disabled\njob_queue: { enabled: false, workers: 4 }\n", &[]).unwrap();
+    assert!(c.checkpoints.enabled);
+
+    let p = problems("checkpoints: sometimes\n", &[]);
+    assert!(p[0].message.contains("expected `enabled`, `disabled`"), "{}", p[0].message);
+    let p = problems("caching: { backend: disk }\n", &[]);
+    assert_eq!(p.len(), 2, "{p:#?}"); // bad backend + not available
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let src = "\
+worker:
+  batch_size: 0
+  group: \"\"
+retry:
+  initial_backoff: 10s
+  max_backoff: 1s
+  jitter: half
+observers:
+  - name: a
+    table: t
+    events: [INSERT, TRUNCATE]
+    actions: []
+  - table: t
+    actions:
+      - type: webhook
+  - name: a
+    table: t
+    actions:
+      - type: carrier_pigeon
+";
+    let p = problems(src, &[]);
+    let summary: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+    let expect = [
+        "2:15: worker.batch_size: 0 is out of range",
+        "3:10: worker.group: must not be empty",
+        "6:16: retry.max_backoff: max_backoff (1s) is shorter than initial_backoff (10s)",
+        "7:11: retry.jitter: expected `full` or `none`",
+        "11:13: observers[0].events: unknown event \"TRUNCATE\"",
+        "12:14: observers[0].actions: at least one action is required",
+        "13:5: observers[1]: missing `name`",
+        "15:9: observers[1].actions[0]: missing `url`",
+        "19:15: observers[2].actions[0].type: unknown action type `carrier_pigeon`",
+    ];
+    for e in expect {
+        assert!(summary.iter().any(|s| s.starts_with(e)), "missing {e:?} in {summary:#?}");
+    }
+    assert_eq!(summary.len(), expect.len(), "{summary:#?}");
+}
+
+#[test]
+fn duplicate_observer_names() {
+    let src = "\
+observers:
+  - name: a
+    table: t
+    actions: [{ type: webhook, url: 'http://h/1' }]
+  - name: a
+    table: t2
+    actions: [{ type: webhook, url: 'http://h/2' }]
+";
+    let p = problems(src, &[]);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].path, "observers[1].name");
+    assert_eq!(p[0].mark, Some(Mark { line: 5, column: 11 }));
+}
+
+#[test]
+fn webhook_field_checks() {
+    let src = "\
+observers:
+  - name: a
+    table: t
+    actions:
+      - type: webhook
+        url: ftp://h/x
+        headers: { webhook-id: x, \"bad header\": y, X-Ok: \"fine\" }
+        secret: whsec_not*base64
+        timeout: 0s
+        mode: async
+";
+    let p = problems(src, &[]);
+    let msgs: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+    assert!(msgs[0].contains("url: webhook URL must be an absolute http://"), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("headers.webhook-id: header `webhook-id` is set by the worker")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("`bad header` is not a valid HTTP header name")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("secret: invalid secret: starts with `whsec_`")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("timeout: 0s is too short")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("mode: async (through the job queue) is not available")), "{msgs:#?}");
+    assert_eq!(msgs.len(), 6, "{msgs:#?}");
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let p = problems("worker:\n  id: [unclosed\n", &[]);
+    assert_eq!(p.len(), 1);
+    assert!(p[0].message.starts_with("YAML syntax error"), "{}", p[0].message);
+    assert!(p[0].mark.is_some());
+}
+
+#[test]
+fn wrong_shapes() {
+    let p = problems("- just\n- a list\n", &[]);
+    assert!(p[0].message.contains("expected a map"), "{p:#?}");
+    let p = problems("", &[]);
+    assert!(p[0].message.contains("empty"), "{p:#?}");
+    let p = problems("observers: {name: x}\n", &[]);
+    assert!(p[0].message.contains("expected a list"), "{p:#?}");
+}

@@ -1,0 +1,250 @@
+//! PostgreSQL access: one typed wrapper per SQL function of the extension.
+//!
+//! Three small connection pools keep unrelated traffic from starving each
+//! other: `main` (the consumer: batches, fetches, checkpoints), `lease`
+//! (lease renewal and heartbeats: must never wait behind a flood of dead
+//! letters) and `side` (dead letters, observer definitions, maintenance).
+//! Pools reconnect by themselves: a connection that died (database restart)
+//! is dropped when next checked out and a fresh one is opened.
+
+mod control;
+pub mod listener;
+mod outbox;
+pub mod queries;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+pub use control::{DeadLetterRecord, ObserverDefinition, StatusTable};
+pub use outbox::{FetchedEvent, OpenBatch};
+
+/// SQLSTATE raised by fenced functions when the caller's lease epoch is stale.
+pub const FENCED_SQLSTATE: &str = "OB001";
+
+/// Errors from the database, classified by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Cannot reach the database or the connection broke (restart, network).
+    /// Retryable: back off and try again.
+    #[error("database unreachable at {target}: {message}")]
+    Unavailable { target: String, message: String },
+    /// Our lease epoch is no longer current (SQLSTATE OB001). Stop processing,
+    /// go back to acquiring the lease.
+    #[error("fenced: another worker owns the group now ({0})")]
+    Fenced(String),
+    /// A transient server-side condition (serialization failure, deadlock,
+    /// too many connections). Retryable.
+    #[error("{context}: transient database error: {message}")]
+    Transient { context: &'static str, message: String },
+    /// Any other SQL error (permissions, missing function, bad input): not
+    /// fixed by retrying immediately. The message includes the SQLSTATE.
+    #[error("{context}: {message}")]
+    Sql { context: &'static str, code: Option<String>, message: String },
+    /// The connection string itself is unusable.
+    #[error("invalid database URL: {0}")]
+    BadUrl(String),
+}
+
+impl DbError {
+    /// True for errors that go away by retrying later (connection, transient).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DbError::Unavailable { .. } | DbError::Transient { .. })
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, DbError::Fenced(_))
+    }
+
+    /// The SQLSTATE of an SQL error, if any.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            DbError::Sql { code, .. } => code.as_deref(),
+            DbError::Fenced(_) => Some(FENCED_SQLSTATE),
+            _ => None,
+        }
+    }
+
+    /// Classifies a driver error.
+    pub fn classify(target: &str, context: &'static str, e: tokio_postgres::Error) -> DbError {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            if code == FENCED_SQLSTATE {
+                return DbError::Fenced(db.message().to_owned());
+            }
+            let mut message = format!("{} (SQLSTATE {code})", db.message());
+            if let Some(hint) = db.hint() {
+                message.push_str("; hint: ");
+                message.push_str(hint);
+            }
+            // 08: connection exception; 57P0x: shutdown/crash/starting up; 53300: too many connections.
+            if code.starts_with("08") || code.starts_with("57P") || code == SqlState::TOO_MANY_CONNECTIONS.code() {
+                return DbError::Unavailable { target: target.to_owned(), message };
+            }
+            if code == SqlState::T_R_SERIALIZATION_FAILURE.code()
+                || code == SqlState::T_R_DEADLOCK_DETECTED.code()
+                || code == SqlState::LOCK_NOT_AVAILABLE.code()
+            {
+                return DbError::Transient { context, message };
+            }
+            return DbError::Sql { context, code: Some(code.to_owned()), message };
+        }
+        // No SQLSTATE: closed connection, I/O, protocol, or a decoding problem.
+        let message = root_cause(&e);
+        if e.is_closed() || is_io(&e) || message.contains("connection") {
+            DbError::Unavailable { target: target.to_owned(), message }
+        } else {
+            DbError::Sql { context, code: None, message }
+        }
+    }
+}
+
+fn is_io(e: &tokio_postgres::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The innermost error message (the driver wraps e.g. "Connection refused").
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let m = s.to_string();
+        if !m.is_empty() {
+            msg = m;
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// Connection handle for everything the worker does in the database.
+#[derive(Clone)]
+pub struct Db {
+    main: Pool,
+    lease: Pool,
+    side: Pool,
+    pg: tokio_postgres::Config,
+    target: String,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db").field("target", &self.target).finish()
+    }
+}
+
+/// Which pool a call uses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Lane {
+    Main,
+    Lease,
+    Side,
+}
+
+impl Db {
+    /// Builds the pools (no I/O: connections are opened on first use).
+    pub fn new(url: &str, connect_timeout: Duration) -> Result<Db, DbError> {
+        let mut pg = tokio_postgres::Config::from_str(url).map_err(|e| DbError::BadUrl(root_cause(&e)))?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(connect_timeout);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("fraiseql-observers");
+        }
+        pg.keepalives_idle(Duration::from_secs(30));
+        let target = describe_target(&pg);
+        let make = |size: usize| -> Result<Pool, DbError> {
+            let mgr = Manager::from_config(
+                pg.clone(),
+                NoTls,
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
+            Pool::builder(mgr)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .create_timeout(Some(connect_timeout + Duration::from_secs(1)))
+                .build()
+                .map_err(|e| DbError::BadUrl(e.to_string()))
+        };
+        Ok(Db { main: make(3)?, lease: make(1)?, side: make(4)?, pg, target })
+    }
+
+    /// `host:port` (or socket path) for messages; never the password.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The driver configuration (for the dedicated LISTEN connection).
+    pub fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.pg
+    }
+
+    pub(crate) async fn client(&self, lane: Lane, context: &'static str) -> Result<Object, DbError> {
+        let pool = match lane {
+            Lane::Main => &self.main,
+            Lane::Lease => &self.lease,
+            Lane::Side => &self.side,
+        };
+        pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => DbError::classify(&self.target, context, e),
+            PoolError::Timeout(_) => DbError::Unavailable {
+                target: self.target.clone(),
+                message: "timed out connecting".to_owned(),
+            },
+            other => DbError::Unavailable { target: self.target.clone(), message: other.to_string() },
+        })
+    }
+
+    pub(crate) fn err(&self, context: &'static str, e: tokio_postgres::Error) -> DbError {
+        DbError::classify(&self.target, context, e)
+    }
+}
+
+fn describe_target(pg: &tokio_postgres::Config) -> String {
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => format!("{h}:{port}"),
+        Some(Host::Unix(p)) => format!("{}/.s.PGSQL.{port}", p.display()),
+        None => format!("localhost:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_never_contains_password() {
+        let db = Db::new("postgres://alice:hunter2@db.internal:6543/app", Duration::from_secs(1)).unwrap();
+        assert_eq!(db.target(), "db.internal:6543");
+        assert!(!format!("{db:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_urls_are_reported() {
+        let err = Db::new("postgres://h:notaport/db", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, DbError::BadUrl(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_database_is_retryable() {
+        // port 1 on loopback: nothing listens there
+        let db = Db::new("postgres://postgres@127.0.0.1:1/x", Duration::from_secs(2)).unwrap();
+        let err = db.client(Lane::Main, "test").await.unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("database unreachable at 127.0.0.1:1"), "{text}");
+    }
+}

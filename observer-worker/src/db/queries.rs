@@ -1,0 +1,52 @@
+//! Every SQL statement the worker sends, in one place. The functions are the
+//! contract in docs/ARCHITECTURE.md ("SQL contract between extension and worker").
+//!
+//! Casts through `text` (`$2::text::pg_snapshot`, `$2::text::regclass`) let the
+//! driver send plain strings for types it has no Rust mapping for.
+
+/// Is the extension installed (and which version)?
+pub const EXTENSION_VERSION: &str = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_observers'";
+
+/// `lease_acquire(group, worker_id, ttl)` -> epoch or NULL.
+pub const LEASE_ACQUIRE: &str = "SELECT observers.lease_acquire($1, $2, make_interval(secs => $3))";
+
+/// `lease_release(group, worker_id, epoch)` -> boolean.
+pub const LEASE_RELEASE: &str = "SELECT observers.lease_release($1, $2, $3)";
+
+/// `batch_open(group, epoch)` -> the open batch (fenced).
+pub const BATCH_OPEN: &str =
+    "SELECT snap_lo::text, snap_hi::text, last_id, max_id FROM observers.batch_open($1, $2)";
+
+/// `batch_fetch(group, snap_lo, snap_hi, after_id, max_id, lim)` -> events by id.
+pub const BATCH_FETCH: &str = "SELECT id, observer_id, ordering_key, body \
+     FROM observers.batch_fetch($1, $2::text::pg_snapshot, $3::text::pg_snapshot, $4, $5, $6)";
+
+/// `checkpoint_save(group, epoch, last_id)` (fenced).
+pub const CHECKPOINT_SAVE: &str = "SELECT observers.checkpoint_save($1, $2, $3)";
+
+/// `batch_close(group, epoch)` (fenced).
+pub const BATCH_CLOSE: &str = "SELECT observers.batch_close($1, $2)";
+
+/// `dlq_add(group, epoch, event_id, observer_id, action_index, action_type,
+/// webhook_id, payload, error, attempts, last_status)` (fenced) -> dead letter id.
+pub const DLQ_ADD: &str =
+    "SELECT observers.dlq_add($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11)";
+
+/// `heartbeat(group, worker_id, info)`.
+pub const HEARTBEAT: &str = "SELECT observers.heartbeat($1, $2, $3::jsonb)";
+
+/// `observer_definitions(group)` -> what the worker runs.
+pub const OBSERVER_DEFINITIONS: &str =
+    "SELECT id, name, table_name::text, actions, ordering_key, enabled FROM observers.observer_definitions($1)";
+
+/// Applies one observer of the configuration file. `actions` is the raw
+/// (unexpanded) subtree, so secrets written as `${VAR}` stay placeholders.
+pub const CREATE_OBSERVER: &str = "SELECT observers.create_observer(\
+     name => $1, table_name => $2::text::regclass, events => $3, condition => $4, columns => $5, \
+     ordering_key => $6, actions => $7::jsonb, group_name => $8, replace => true)";
+
+/// `maintain()` -> one-line summary.
+pub const MAINTAIN: &str = "SELECT observers.maintain()";
+
+/// `status()`, rendered generically (simple protocol: every column as text).
+pub const STATUS: &str = "SELECT * FROM observers.status()";

@@ -1,0 +1,21 @@
+//! FraiseQL Observers worker (`fraiseql-observers`).
+//!
+//! Layout:
+//! * [`config`] — parse, expand `${VAR}`, validate (pure).
+//! * [`db`] — typed wrappers for the extension's SQL functions, pools, LISTEN.
+//! * [`pipeline`] — lease, consumer loop, dispatcher, checkpoint tracker.
+//! * [`actions`] — the `Action` trait and the webhook action.
+//! * [`retry`], [`signing`] — backoff policy and Standard Webhooks signatures.
+//! * [`worker`] — assembles everything for `start`; [`commands`] — the CLI commands.
+
+pub mod actions;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod pipeline;
+pub mod retry;
+pub mod signing;
+pub mod telemetry;
+pub mod worker;

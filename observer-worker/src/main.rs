@@ -1,0 +1,142 @@
+//! `fraiseql-observers`: entry point. Exit codes: 0 ok (also after a clean
+//! SIGTERM/SIGINT shutdown), 1 runtime error, 2 bad configuration or usage.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use observer_worker::cli::{Cli, Command, Format};
+use observer_worker::commands;
+use observer_worker::config::{self, Config, Defaults, ProcessEnv};
+use observer_worker::error::{WorkerError, EXIT_CONFIG, EXIT_RUNTIME};
+use observer_worker::telemetry;
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches(); // usage errors exit 2 here
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let url_on_command_line = matches.value_source("database_url") == Some(ValueSource::CommandLine);
+
+    let code = match cli.command {
+        Command::ValidateConfig { ref file } => {
+            commands::validate_config(file, cli.format, &mut std::io::stdout().lock())
+        }
+        Command::Status { ref config } => run_status(&cli, config.as_deref()),
+        Command::Start { ref config } => run_start(&cli, config, url_on_command_line),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn run_status(cli: &Cli, config_path: Option<&Path>) -> i32 {
+    let url = match (&cli.database_url, config_path) {
+        (Some(u), _) => u.clone(),
+        (None, Some(path)) => match config::load_file(path, &ProcessEnv, &Defaults::for_this_process()) {
+            Ok(Config { database, .. }) => match database.url {
+                Some(u) => u,
+                None => return usage("no database URL: pass --database-url, set DATABASE_URL or set database.url"),
+            },
+            Err(e) => return report_config_error(&e, cli.format),
+        },
+        (None, None) => return usage("no database URL: pass --database-url, set DATABASE_URL, or --config FILE"),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    match rt.block_on(commands::status(&url, cli.format, &mut std::io::stdout().lock())) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run_start(cli: &Cli, config_path: &Path, url_on_command_line: bool) -> i32 {
+    let config = match config::load_file(config_path, &ProcessEnv, &Defaults::for_this_process()) {
+        Ok(c) => c,
+        Err(e) => return report_config_error(&e, cli.format),
+    };
+    // --database-url on the command line > database.url in the file > DATABASE_URL
+    let url = if url_on_command_line { cli.database_url.clone() } else { None }
+        .or_else(|| config.database.url.clone())
+        .or_else(|| cli.database_url.clone());
+    let Some(url) = url else {
+        return usage("no database URL: set database.url in the configuration, pass --database-url, or set DATABASE_URL");
+    };
+
+    telemetry::init_logging(cli.format);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    rt.block_on(async move {
+        let stop = CancellationToken::new();
+        tokio::spawn(watch_signals(stop.clone()));
+        match observer_worker::worker::run(config, &url, stop).await {
+            Ok(()) => 0,
+            Err(e) => {
+                let code = e.exit_code();
+                match &e {
+                    WorkerError::Config(_) | WorkerError::Usage(_) => eprintln!("error: {e}"),
+                    _ => error!(exit_code = code, "{e}"),
+                }
+                code
+            }
+        }
+    })
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit immediately.
+async fn watch_signals(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        warn!("cannot install signal handlers; stop the worker with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = name, "shutdown requested: finishing in-flight work (send the signal again to exit at once)");
+    stop.cancel();
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    warn!("second signal: exiting immediately; unfinished events will be delivered again");
+    std::process::exit(EXIT_RUNTIME);
+}
+
+fn report_config_error(e: &config::ConfigError, format: Format) -> i32 {
+    let mut err = std::io::stderr().lock();
+    let _ = match (format, e) {
+        (Format::Json, config::ConfigError::Invalid { file, .. }) => {
+            writeln!(err, "{}", commands::problems_json(file, e))
+        }
+        _ => writeln!(err, "error: {e}"),
+    };
+    EXIT_CONFIG
+}
+
+fn usage(message: &str) -> i32 {
+    eprintln!("error: {message}");
+    EXIT_CONFIG
+}
+
+fn fail(e: &anyhow::Error) -> i32 {
+    eprintln!("error: {e:#}");
+    EXIT_RUNTIME
+}

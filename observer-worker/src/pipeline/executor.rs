@@ -1,0 +1,211 @@
+//! The layers around every action, in one fixed order:
+//!
+//! ```text
+//! retry (policy, Retry-After, shutdown-aware sleeps)
+//!   └─ concurrency (semaphore: one permit per attempt, released while sleeping)
+//!        └─ timeout (per attempt)
+//!             └─ the action (talks to its service once)
+//! ```
+
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::actions::{Action, AttemptError, Delivery};
+
+/// Grace on top of the action's own timeout before the layer cuts it off
+/// (the webhook action enforces its timeout itself; this is the safety net).
+const TIMEOUT_GRACE: Duration = Duration::from_millis(500);
+
+/// The end result of running one (event, action) pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionOutcome {
+    Delivered { attempts: u32 },
+    /// Permanent failure or retries exhausted: goes to the dead-letter queue.
+    Failed { error: String, attempts: u32, last_status: Option<u16> },
+    /// Shutdown began while waiting to retry: not finished, delivered again later.
+    Abandoned { attempts: u32 },
+}
+
+/// Runs `action` for `delivery` until it succeeds, fails permanently, runs
+/// out of attempts, or `stop` fires while it waits to retry.
+pub async fn run(action: &dyn Action, delivery: &Delivery, limiter: &Semaphore, stop: &CancellationToken) -> ActionOutcome {
+    let policy = action.retry_policy();
+    let mut attempts: u32 = 0;
+    loop {
+        let Ok(permit) = limiter.acquire().await else {
+            return ActionOutcome::Abandoned { attempts };
+        };
+        attempts += 1;
+        let limit = action.timeout();
+        let result = match tokio::time::timeout(limit + TIMEOUT_GRACE, action.execute(delivery)).await {
+            Ok(r) => r,
+            Err(_) => Err(AttemptError::retryable(format!("timeout after {}", humantime::format_duration(limit)))),
+        };
+        drop(permit);
+
+        let err = match result {
+            Ok(()) => return ActionOutcome::Delivered { attempts },
+            Err(e) => e,
+        };
+        if !err.retryable || !policy.allows_another(attempts) {
+            return ActionOutcome::Failed { error: err.message, attempts, last_status: err.status };
+        }
+        let delay = policy.delay(attempts, err.retry_after);
+        debug!(
+            event_id = delivery.event_id,
+            action_index = delivery.action_index,
+            attempt = attempts,
+            error = %err.message,
+            retry_in = ?delay,
+            "attempt failed; will retry"
+        );
+        if stop.is_cancelled() {
+            return ActionOutcome::Abandoned { attempts };
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return ActionOutcome::Abandoned { attempts },
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::BoxFuture;
+    use crate::retry::{Jitter, RetryPolicy};
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    /// Returns scripted results, one per attempt.
+    struct Scripted {
+        results: Mutex<Vec<Result<(), AttemptError>>>,
+        calls: AtomicU32,
+        policy: RetryPolicy,
+        delay: Duration,
+    }
+
+    impl Scripted {
+        fn new(results: Vec<Result<(), AttemptError>>, max_attempts: u32) -> Self {
+            Scripted {
+                results: Mutex::new(results),
+                calls: AtomicU32::new(0),
+                policy: RetryPolicy {
+                    max_attempts,
+                    initial_backoff: Duration::from_millis(1),
+                    max_backoff: Duration::from_millis(5),
+                    multiplier: 2.0,
+                    jitter: Jitter::Full,
+                },
+                delay: Duration::ZERO,
+            }
+        }
+    }
+
+    impl Action for Scripted {
+        fn type_name(&self) -> &'static str {
+            "scripted"
+        }
+        fn timeout(&self) -> Duration {
+            Duration::from_millis(50)
+        }
+        fn retry_policy(&self) -> &RetryPolicy {
+            &self.policy
+        }
+        fn execute<'a>(&'a self, _d: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>> {
+            Box::pin(async move {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                let mut r = self.results.lock().unwrap();
+                if r.is_empty() {
+                    Ok(())
+                } else {
+                    r.remove(0)
+                }
+            })
+        }
+    }
+
+    fn http(status: u16, retryable: bool) -> Result<(), AttemptError> {
+        Err(AttemptError { retryable, message: format!("HTTP {status}"), status: Some(status), retry_after: None })
+    }
+
+    fn delivery() -> Delivery {
+        Delivery::new(7, 0, Bytes::from_static(b"{}"))
+    }
+
+    #[tokio::test]
+    async fn retries_until_success() {
+        let a = Scripted::new(vec![http(503, true), http(429, true)], 5);
+        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
+        assert_eq!(out, ActionOutcome::Delivered { attempts: 3 });
+    }
+
+    #[tokio::test]
+    async fn permanent_failure_is_not_retried() {
+        let a = Scripted::new(vec![http(400, false)], 5);
+        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
+        assert_eq!(out, ActionOutcome::Failed { error: "HTTP 400".into(), attempts: 1, last_status: Some(400) });
+        assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn exhausted_retries_fail_with_the_last_error() {
+        let a = Scripted::new(vec![http(500, true), http(502, true), http(503, true), http(504, true)], 3);
+        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
+        assert_eq!(out, ActionOutcome::Failed { error: "HTTP 503".into(), attempts: 3, last_status: Some(503) });
+    }
+
+    #[tokio::test]
+    async fn timeouts_are_retryable_failures() {
+        let mut a = Scripted::new(vec![], 2);
+        a.delay = Duration::from_secs(5);
+        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
+        match out {
+            ActionOutcome::Failed { error, attempts: 2, last_status: None } => {
+                assert!(error.starts_with("timeout after 50ms"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_abandons_instead_of_sleeping() {
+        let mut a = Scripted::new(vec![http(503, true)], 5);
+        a.policy.initial_backoff = Duration::from_secs(60);
+        a.policy.max_backoff = Duration::from_secs(60);
+        a.policy.jitter = Jitter::None;
+        let stop = CancellationToken::new();
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s2.cancel();
+        });
+        let started = std::time::Instant::now();
+        let out = run(&a, &delivery(), &Semaphore::new(1), &stop).await;
+        assert_eq!(out, ActionOutcome::Abandoned { attempts: 1 });
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured() {
+        let mut a = Scripted::new(
+            vec![Err(AttemptError {
+                retryable: true,
+                message: "HTTP 429".into(),
+                status: Some(429),
+                retry_after: Some(Duration::from_millis(150)),
+            })],
+            3,
+        );
+        a.policy.max_backoff = Duration::from_secs(1);
+        let started = std::time::Instant::now();
+        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
+        assert_eq!(out, ActionOutcome::Delivered { attempts: 2 });
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+}

@@ -1,0 +1,153 @@
+//! What happens to one event: run each action of its observer (concurrently),
+//! dead-letter the ones that fail, and report the event finished only when
+//! every action succeeded or its dead letter is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use super::dispatcher::{EventHandler, EventOutcome};
+use super::executor::{self, ActionOutcome};
+use super::lease::LeaseState;
+use super::registry::{ObserverRegistry, RuntimeObserver};
+use crate::actions::{Action, BoxFuture, Delivery};
+use crate::db::{Db, DeadLetterRecord, FetchedEvent};
+use crate::telemetry::Stats;
+
+pub struct Deliverer {
+    pub registry: Arc<ObserverRegistry>,
+    pub db: Db,
+    pub group: String,
+    pub lease: watch::Receiver<LeaseState>,
+    pub fenced: Arc<Notify>,
+    /// One permit per running attempt (`concurrent_execution.max_in_flight`).
+    pub limiter: Arc<Semaphore>,
+    /// Soft shutdown: no new retries, no waiting for broken observers.
+    pub stop: CancellationToken,
+    pub stats: Arc<Stats>,
+}
+
+impl EventHandler for Deliverer {
+    fn handle(self: Arc<Self>, event: FetchedEvent) -> BoxFuture<'static, EventOutcome> {
+        Box::pin(async move { self.deliver(event).await })
+    }
+}
+
+impl Deliverer {
+    async fn deliver(&self, event: FetchedEvent) -> EventOutcome {
+        let Some(observer) = self.registry.runnable(event.observer_id, event.id, &self.stop).await else {
+            return EventOutcome::Unfinished;
+        };
+        let results = if observer.actions.len() == 1 {
+            vec![self.deliver_action(&observer, &observer.actions[0], &event, 0).await]
+        } else {
+            join_all(
+                observer.actions.iter().enumerate().map(|(i, a)| self.deliver_action(&observer, a, &event, i)),
+            )
+            .await
+        };
+        if results.iter().all(|done| *done) {
+            Stats::add(&self.stats.events_finished, 1);
+            EventOutcome::Finished
+        } else {
+            EventOutcome::Unfinished
+        }
+    }
+
+    /// True when the pair is finished (delivered or durably dead-lettered).
+    async fn deliver_action(
+        &self,
+        observer: &RuntimeObserver,
+        action: &Arc<dyn Action>,
+        event: &FetchedEvent,
+        index: usize,
+    ) -> bool {
+        let delivery = Delivery::new(event.id, index, event.body.clone());
+        match executor::run(action.as_ref(), &delivery, &self.limiter, &self.stop).await {
+            ActionOutcome::Delivered { attempts } => {
+                Stats::add(&self.stats.actions_delivered, 1);
+                Stats::add(&self.stats.attempts_failed, u64::from(attempts - 1));
+                debug!(observer = %observer.name, event_id = event.id, action_index = index, attempts, "delivered");
+                true
+            }
+            ActionOutcome::Abandoned { attempts } => {
+                Stats::add(&self.stats.attempts_failed, u64::from(attempts));
+                debug!(observer = %observer.name, event_id = event.id, action_index = index, "not finished at shutdown; will be delivered again");
+                false
+            }
+            ActionOutcome::Failed { error, attempts, last_status } => {
+                Stats::add(&self.stats.attempts_failed, u64::from(attempts));
+                warn!(
+                    observer = %observer.name,
+                    event_id = event.id,
+                    action_index = index,
+                    webhook_id = %delivery.webhook_id,
+                    attempts,
+                    last_status = last_status.map(i64::from),
+                    error = %error,
+                    "action failed; moving it to the dead-letter queue"
+                );
+                let record = DeadLetterRecord {
+                    event_id: event.id,
+                    observer_id: observer.id,
+                    action_index: index as i32,
+                    action_type: action.type_name(),
+                    webhook_id: &delivery.webhook_id,
+                    payload: std::str::from_utf8(&event.body).unwrap_or("null"),
+                    error: &error,
+                    attempts: attempts as i32,
+                    last_status: last_status.map(i32::from),
+                };
+                self.dead_letter(&record).await
+            }
+        }
+    }
+
+    /// Writes the dead letter, retrying until it is durable. The event is not
+    /// finished before that, so a database outage cannot lose a failure.
+    /// Returns false only if the lease is lost for good (the task is then
+    /// aborted by the consumer) — in practice it returns true or never.
+    async fn dead_letter(&self, record: &DeadLetterRecord<'_>) -> bool {
+        let mut lease = self.lease.clone();
+        let mut backoff = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            let epoch = match lease.wait_for(|s| s.held_epoch().is_some()).await {
+                Ok(state) => match state.held_epoch() {
+                    Some(e) => e,
+                    None => continue,
+                },
+                Err(_) => return false, // lease task gone: we are shutting down
+            };
+            match self.db.dlq_add(&self.group, epoch, record).await {
+                Ok(id) => {
+                    Stats::add(&self.stats.actions_dead_lettered, 1);
+                    if warned {
+                        warn!(event_id = record.event_id, dead_letter_id = id, "dead letter recorded after retrying");
+                    }
+                    return true;
+                }
+                Err(e) if e.is_fenced() => {
+                    self.fenced.notify_one();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), lease.changed()).await;
+                }
+                Err(e) => {
+                    if !warned {
+                        if e.is_retryable() {
+                            warn!(event_id = record.event_id, error = %e, "cannot record dead letter yet; retrying until it is durable");
+                        } else {
+                            error!(event_id = record.event_id, error = %e, "cannot record dead letter; retrying until it is durable");
+                        }
+                        warned = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The group's leader lease: acquire, renew every `ttl/3`, publish the state.
+//!
+//! The consumer only claims events while the state is [`LeaseState::Held`].
+//! Every write that matters is fenced by the epoch in the database, so a
+//! worker that *thinks* it still leads can never move the checkpoint of a
+//! group someone else took over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::db::Db;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Another worker holds the lease (or we have not asked yet).
+    Standby,
+    /// We hold the lease with this epoch.
+    Held(i64),
+    /// We held it with this epoch, but the last renewal failed (database
+    /// unreachable): claim nothing until it is confirmed again.
+    Unknown(i64),
+}
+
+impl LeaseState {
+    pub fn held_epoch(&self) -> Option<i64> {
+        match self {
+            LeaseState::Held(e) => Some(*e),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub group: String,
+    pub worker_id: String,
+    pub ttl: Duration,
+}
+
+/// Runs until `stop` fires. `fenced` is signalled by anyone who got SQLSTATE
+/// OB001: the lease is then re-checked immediately.
+pub async fn run(
+    db: Db,
+    s: LeaseSettings,
+    tx: watch::Sender<LeaseState>,
+    fenced: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let renew_every = (s.ttl / 3).max(Duration::from_millis(100));
+    let mut error_backoff = Duration::from_millis(100);
+    let mut announced_standby = false;
+    let mut failures = 0u32;
+    loop {
+        let current = *tx.borrow();
+        let wait = match db.lease_acquire(&s.group, &s.worker_id, s.ttl).await {
+            Ok(Some(epoch)) => {
+                error_backoff = Duration::from_millis(100);
+                if failures > 0 {
+                    info!(group = %s.group, "database reachable again");
+                    failures = 0;
+                }
+                match current {
+                    LeaseState::Held(e) if e == epoch => {}
+                    LeaseState::Unknown(e) if e == epoch => {
+                        info!(group = %s.group, epoch, "leader lease confirmed again; resuming");
+                        tx.send_replace(LeaseState::Held(epoch));
+                    }
+                    _ => {
+                        info!(group = %s.group, worker_id = %s.worker_id, epoch, ttl = ?s.ttl, "leader lease acquired; consuming events");
+                        tx.send_replace(LeaseState::Held(epoch));
+                    }
+                }
+                announced_standby = false;
+                renew_every
+            }
+            Ok(None) => {
+                error_backoff = Duration::from_millis(100);
+                failures = 0;
+                match current {
+                    LeaseState::Held(epoch) | LeaseState::Unknown(epoch) => {
+                        warn!(group = %s.group, epoch, "leader lease lost: another worker holds it now; stopped claiming events");
+                        announced_standby = true;
+                    }
+                    LeaseState::Standby if !announced_standby => {
+                        info!(group = %s.group, retry_every = ?renew_every, "standby: another worker holds the leader lease");
+                        announced_standby = true;
+                    }
+                    LeaseState::Standby => {}
+                }
+                tx.send_replace(LeaseState::Standby);
+                renew_every
+            }
+            Err(e) => {
+                failures += 1;
+                if let LeaseState::Held(epoch) = current {
+                    warn!(group = %s.group, epoch, error = %e, "leader lease renewal failed; stopped claiming events until it is renewed");
+                    tx.send_replace(LeaseState::Unknown(epoch));
+                } else if failures == 1 {
+                    warn!(group = %s.group, error = %e, "cannot reach the database for the leader lease; retrying");
+                } else {
+                    debug!(group = %s.group, error = %e, "leader lease: still cannot reach the database");
+                }
+                let w = error_backoff;
+                error_backoff = (error_backoff * 2).min(renew_every.min(Duration::from_secs(1)));
+                w
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = fenced.notified() => {
+                debug!(group = %s.group, "fenced: re-checking the leader lease now");
+                // our epoch is stale whatever we believed
+                if let LeaseState::Held(epoch) = *tx.borrow() {
+                    tx.send_replace(LeaseState::Unknown(epoch));
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

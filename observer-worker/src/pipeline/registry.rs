@@ -1,0 +1,172 @@
+//! The observers the worker runs, built from `observers.observer_definitions(group)`.
+//!
+//! The database is the source of truth: observers from the YAML file were
+//! applied there at start, observers created in SQL are picked up the same
+//! way. `${VAR}` placeholders in actions are expanded here, from the worker's
+//! environment.
+//!
+//! An observer whose actions cannot be built (unset variable, unknown action
+//! type, bad URL) is **broken**: its events are held — neither delivered nor
+//! skipped — and the problem is logged as an error on every reload until it
+//! is fixed (in SQL, or by setting the variable and restarting).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info};
+
+use crate::actions::{self, Action};
+use crate::config::actions::actions_from_json;
+use crate::config::Env;
+use crate::db::{Db, DbError};
+use crate::retry::RetryPolicy;
+
+/// How often a held event re-checks its observer (reloading definitions).
+pub const BROKEN_RECHECK: Duration = Duration::from_secs(10);
+/// Minimum time between reloads triggered by an unknown observer id.
+const UNKNOWN_RELOAD_MIN: Duration = Duration::from_millis(500);
+
+pub struct RuntimeObserver {
+    pub id: i32,
+    pub name: String,
+    pub actions: Vec<Arc<dyn Action>>,
+}
+
+#[derive(Clone)]
+pub enum ObserverEntry {
+    Ready(Arc<RuntimeObserver>),
+    Broken { name: String, problems: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadSummary {
+    pub ready: usize,
+    pub broken: usize,
+}
+
+pub struct ObserverRegistry {
+    db: Db,
+    group: String,
+    env: Arc<dyn Env>,
+    retry: RetryPolicy,
+    http: reqwest::Client,
+    entries: RwLock<HashMap<i32, ObserverEntry>>,
+    last_reload: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl ObserverRegistry {
+    pub fn new(db: Db, group: String, env: Arc<dyn Env>, retry: RetryPolicy, http: reqwest::Client) -> Self {
+        ObserverRegistry {
+            db,
+            group,
+            env,
+            retry,
+            http,
+            entries: RwLock::new(HashMap::new()),
+            last_reload: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn get(&self, id: i32) -> Option<ObserverEntry> {
+        self.entries.read().ok().and_then(|m| m.get(&id).cloned())
+    }
+
+    /// Loads all definitions of the group and replaces the registry.
+    pub async fn reload(&self) -> Result<LoadSummary, DbError> {
+        let mut guard = self.last_reload.lock().await;
+        let summary = self.reload_locked().await?;
+        *guard = Some(Instant::now());
+        Ok(summary)
+    }
+
+    /// Reloads unless another reload happened less than `min_age` ago.
+    async fn reload_if_older(&self, min_age: Duration) -> Result<(), DbError> {
+        let mut guard = self.last_reload.lock().await;
+        if guard.is_some_and(|t| t.elapsed() < min_age) {
+            return Ok(());
+        }
+        self.reload_locked().await?;
+        *guard = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn reload_locked(&self) -> Result<LoadSummary, DbError> {
+        let defs = self.db.observer_definitions(&self.group).await?;
+        let mut map = HashMap::with_capacity(defs.len());
+        let mut summary = LoadSummary::default();
+        for def in defs {
+            let entry = match actions_from_json(&def.actions, self.env.as_ref(), &self.retry) {
+                Ok(configs) => {
+                    summary.ready += 1;
+                    let built = configs.iter().map(|c| actions::build(c, &self.http)).collect();
+                    ObserverEntry::Ready(Arc::new(RuntimeObserver { id: def.id, name: def.name.clone(), actions: built }))
+                }
+                Err(problems) => {
+                    summary.broken += 1;
+                    let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                    error!(
+                        observer = %def.name,
+                        observer_id = def.id,
+                        problems = %problems.join("; "),
+                        "observer is broken: its events are held (not delivered, not skipped) until it is fixed"
+                    );
+                    ObserverEntry::Broken { name: def.name.clone(), problems }
+                }
+            };
+            debug!(observer = %def.name, observer_id = def.id, table = %def.table_name, enabled = def.enabled, "observer loaded");
+            map.insert(def.id, entry);
+        }
+        if let Ok(mut entries) = self.entries.write() {
+            *entries = map;
+        }
+        Ok(summary)
+    }
+
+    /// The runnable observer for an event, waiting (and reloading) while it is
+    /// unknown or broken. `None` only when `stop` fires first.
+    pub async fn runnable(&self, observer_id: i32, event_id: i64, stop: &CancellationToken) -> Option<Arc<RuntimeObserver>> {
+        let mut announced = false;
+        loop {
+            match self.get(observer_id) {
+                Some(ObserverEntry::Ready(o)) => {
+                    if announced {
+                        info!(observer = %o.name, event_id, "observer is runnable again; delivering held events");
+                    }
+                    return Some(o);
+                }
+                Some(ObserverEntry::Broken { .. }) => {
+                    if !announced {
+                        debug!(observer_id, event_id, "event held: its observer is broken");
+                        announced = true;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(BROKEN_RECHECK) => {}
+                    }
+                    if let Err(e) = self.reload_if_older(BROKEN_RECHECK).await {
+                        debug!(error = %e, "reloading observer definitions failed");
+                    }
+                }
+                None => {
+                    // created after our last load (e.g. in SQL): load it now
+                    if let Err(e) = self.reload_if_older(UNKNOWN_RELOAD_MIN).await {
+                        debug!(error = %e, "reloading observer definitions failed");
+                    }
+                    if self.get(observer_id).is_some() {
+                        continue;
+                    }
+                    if !announced {
+                        error!(observer_id, event_id, "event belongs to an observer this worker cannot find; it is held");
+                        announced = true;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Logging setup and the worker's internal counters (reported in heartbeats
+//! and the shutdown summary; the Prometheus endpoint comes in a later version).
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::Format;
+
+/// Installs the global subscriber: stderr, `RUST_LOG` filter (default `info`),
+/// text or JSON lines.
+pub fn init_logging(format: Format) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match format {
+        Format::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        Format::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
+    // a second init (tests) is harmless
+    let _ = result;
+}
+
+/// Counters since start. Names follow `<thing>_<unit>` so they map 1:1 to
+/// the later `observer_*` Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub events_fetched: AtomicU64,
+    pub events_finished: AtomicU64,
+    pub actions_delivered: AtomicU64,
+    pub actions_dead_lettered: AtomicU64,
+    pub attempts_failed: AtomicU64,
+    pub batches_closed: AtomicU64,
+    pub checkpoints_saved: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "events_fetched": Self::get(&self.events_fetched),
+            "events_finished": Self::get(&self.events_finished),
+            "actions_delivered": Self::get(&self.actions_delivered),
+            "actions_dead_lettered": Self::get(&self.actions_dead_lettered),
+            "attempts_failed": Self::get(&self.attempts_failed),
+            "batches_closed": Self::get(&self.batches_closed),
+            "checkpoints_saved": Self::get(&self.checkpoints_saved),
+        })
+    }
+}

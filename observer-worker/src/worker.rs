@@ -1,0 +1,304 @@
+//! `start`: the build step (the only one with I/O) and the task layout.
+//!
+//! ```text
+//! connect (retry) ─► check extension ─► apply YAML observers ─► load definitions
+//!     ─► tasks: lease │ LISTEN │ heartbeat │ maintenance │ definitions refresh
+//!     ─► consumer (until SIGTERM) ─► drain ─► checkpoint ─► release lease
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::actions::webhook;
+use crate::config::{Config, ProcessEnv};
+use crate::db::{listener, Db, DbError};
+use crate::error::WorkerError;
+use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_INTERVAL};
+use crate::pipeline::handler::Deliverer;
+use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
+use crate::pipeline::registry::{LoadSummary, ObserverRegistry};
+use crate::telemetry::Stats;
+
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFINITIONS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Runs the worker until `stop` fires (clean exit) or a fatal error.
+pub async fn run(config: Config, database_url: &str, stop: CancellationToken) -> Result<(), WorkerError> {
+    let started = Instant::now();
+    let group = config.worker.group.clone();
+    let worker_id = config.worker.id.clone();
+    let db = Db::new(database_url, config.database.connect_timeout)?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        group = %group,
+        worker_id = %worker_id,
+        database = %db.target(),
+        observers_in_file = config.observers.len(),
+        "fraiseql-observers starting"
+    );
+    if config.metrics.enabled {
+        info!(listen = %config.metrics.listen, "metrics: the /metrics endpoint is not served by this version yet (section accepted)");
+    }
+
+    // 1. Database reachable, extension installed.
+    let Some(version) = wait_for_database(&db, &stop).await? else {
+        info!("stopped before the database became reachable");
+        return Ok(());
+    };
+    info!(database = %db.target(), extension_version = %version, "connected to the database");
+
+    // 2. Observers of the file -> database (actions stored unexpanded).
+    if !apply_observers(&db, &config, &stop).await? {
+        return Ok(());
+    }
+
+    // 3. What we run comes from the database.
+    let max_in_flight = config.concurrency.effective_max_in_flight();
+    let http = webhook::http_client(max_in_flight).map_err(|e| WorkerError::Http(e.to_string()))?;
+    let registry = Arc::new(ObserverRegistry::new(
+        db.clone(),
+        group.clone(),
+        Arc::new(ProcessEnv),
+        config.retry.clone(),
+        http,
+    ));
+    let Some(loaded) = load_definitions(&registry, &db, &stop).await? else { return Ok(()) };
+    info!(group = %group, observers = loaded.ready, broken = loaded.broken, "observers loaded");
+    if loaded.ready + loaded.broken == 0 {
+        warn!(group = %group, "no observers in this group: nothing will be delivered until one is created");
+    }
+
+    // 4. Background tasks. They stop after the consumer has drained, so the
+    //    lease stays renewed while in-flight work finishes.
+    let background = CancellationToken::new();
+    let stats = Arc::new(Stats::default());
+    let (lease_tx, lease_rx) = watch::channel(LeaseState::Standby);
+    let fenced = Arc::new(Notify::new());
+    let wake = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+
+    tasks.spawn(lease::run(
+        db.clone(),
+        LeaseSettings { group: group.clone(), worker_id: worker_id.clone(), ttl: config.lease_ttl },
+        lease_tx,
+        fenced.clone(),
+        background.clone(),
+    ));
+    tasks.spawn(listener::run(db.pg_config().clone(), db.target().to_owned(), wake.clone(), background.clone()));
+    tasks.spawn(heartbeat(db.clone(), group.clone(), worker_id.clone(), lease_rx.clone(), stats.clone(), background.clone()));
+    tasks.spawn(maintenance(db.clone(), background.clone()));
+    tasks.spawn(refresh_definitions(registry.clone(), background.clone()));
+
+    // 5. Consume until stopped.
+    let handler = Arc::new(Deliverer {
+        registry: registry.clone(),
+        db: db.clone(),
+        group: group.clone(),
+        lease: lease_rx.clone(),
+        fenced: fenced.clone(),
+        limiter: Arc::new(Semaphore::new(max_in_flight)),
+        stop: stop.clone(),
+        stats: stats.clone(),
+    });
+    let consumer = Consumer::new(
+        db.clone(),
+        ConsumerSettings {
+            group: group.clone(),
+            batch_size: config.worker.batch_size,
+            max_in_flight,
+            poll_interval: config.worker.poll_interval,
+            wake_poll_interval: WAKE_POLL_INTERVAL,
+            linger: LINGER,
+            checkpoints: config.checkpoints.clone(),
+            shutdown_timeout: config.worker.shutdown_timeout,
+        },
+        handler,
+        lease_rx.clone(),
+        fenced,
+        wake,
+        stop.clone(),
+        stats.clone(),
+    );
+    let report = consumer.run().await;
+    if stop.is_cancelled() {
+        info!("shutdown requested: stopped fetching");
+    }
+
+    // 6. Release the lease so a standby takes over at once.
+    let last_state = *lease_rx.borrow();
+    background.cancel();
+    while tasks.join_next().await.is_some() {}
+    if let LeaseState::Held(epoch) | LeaseState::Unknown(epoch) = last_state {
+        match tokio::time::timeout(Duration::from_secs(3), db.lease_release(&group, &worker_id, epoch)).await {
+            Ok(Ok(true)) => info!(group = %group, epoch, "leader lease released"),
+            Ok(Ok(false)) => debug!(group = %group, epoch, "leader lease was no longer ours"),
+            Ok(Err(e)) => warn!(group = %group, error = %e, "could not release the leader lease; it expires by itself"),
+            Err(_) => warn!(group = %group, "releasing the leader lease timed out; it expires by itself"),
+        }
+    }
+
+    info!(
+        uptime = %humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
+        events_finished = Stats::get(&stats.events_finished),
+        actions_delivered = Stats::get(&stats.actions_delivered),
+        actions_dead_lettered = Stats::get(&stats.actions_dead_lettered),
+        failed_attempts = Stats::get(&stats.attempts_failed),
+        unfinished = report.unfinished_at_shutdown,
+        final_checkpoint = report.final_checkpoint,
+        "fraiseql-observers stopped"
+    );
+    match report.fatal {
+        Some(f) => {
+            error!(error = %f, "fatal error");
+            Err(WorkerError::Fatal(f))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Retries until the database answers. `Ok(None)` if stopped first.
+async fn wait_for_database(db: &Db, stop: &CancellationToken) -> Result<Option<String>, WorkerError> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match db.extension_version().await {
+            Ok(Some(v)) => return Ok(Some(v)),
+            Ok(None) => return Err(WorkerError::ExtensionMissing { target: db.target().to_owned() }),
+            Err(e) if e.is_retryable() => {
+                warn!(
+                    retry_in = %humantime::format_duration(backoff),
+                    "{e}; retrying in {} (check that PostgreSQL is running and that database.url / DATABASE_URL points to it)",
+                    humantime::format_duration(backoff)
+                );
+            }
+            Err(e) => return Err(WorkerError::Db(e)),
+        }
+        if !sleep_or_stop(backoff, stop).await {
+            return Ok(None);
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Creates/replaces every observer of the file. `Ok(false)` if stopped first.
+async fn apply_observers(db: &Db, config: &Config, stop: &CancellationToken) -> Result<bool, WorkerError> {
+    for (i, o) in config.observers.iter().enumerate() {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match db.create_observer(o, &config.worker.group).await {
+                Ok(()) => {
+                    info!(observer = %o.name, table = %o.table, events = ?o.events, actions = o.actions.len(), "observer applied");
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    warn!(observer = %o.name, retry_in = %humantime::format_duration(backoff), "{e}");
+                    if !sleep_or_stop(backoff, stop).await {
+                        return Ok(false);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    return Err(WorkerError::ObserverRejected {
+                        name: o.name.clone(),
+                        path: format!("observers[{i}]"),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+async fn load_definitions(
+    registry: &ObserverRegistry,
+    db: &Db,
+    stop: &CancellationToken,
+) -> Result<Option<LoadSummary>, WorkerError> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match registry.reload().await {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) if e.is_retryable() => {
+                warn!(database = %db.target(), retry_in = %humantime::format_duration(backoff), "{e}");
+            }
+            Err(e) => return Err(WorkerError::Db(e)),
+        }
+        if !sleep_or_stop(backoff, stop).await {
+            return Ok(None);
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Best-effort `observers.heartbeat` every few seconds.
+async fn heartbeat(
+    db: Db,
+    group: String,
+    worker_id: String,
+    lease: watch::Receiver<LeaseState>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let started_at = httpdate::fmt_http_date(std::time::SystemTime::now());
+    loop {
+        let state = *lease.borrow();
+        let (role, epoch) = match state {
+            LeaseState::Held(e) => ("leader", Some(e)),
+            LeaseState::Unknown(e) => ("unknown", Some(e)),
+            LeaseState::Standby => ("standby", None),
+        };
+        let info = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "role": role,
+            "epoch": epoch,
+            "started_at": started_at,
+            "stats": stats.snapshot(),
+        });
+        if let Err(e) = db.heartbeat(&group, &worker_id, &info).await {
+            debug!(error = %e, "heartbeat failed");
+        }
+        if !sleep_or_stop(HEARTBEAT_INTERVAL, &stop).await {
+            return;
+        }
+    }
+}
+
+/// `observers.maintain()` at start and hourly (best effort).
+async fn maintenance(db: Db, stop: CancellationToken) {
+    loop {
+        match db.maintain().await {
+            Ok(summary) => info!(summary = %summary, "outbox maintenance done"),
+            Err(DbError::Unavailable { .. }) => debug!("outbox maintenance skipped: database unreachable"),
+            Err(e) => warn!(error = %e, "outbox maintenance failed"),
+        }
+        if !sleep_or_stop(MAINTENANCE_INTERVAL, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Picks up observers changed in SQL while running.
+async fn refresh_definitions(registry: Arc<ObserverRegistry>, stop: CancellationToken) {
+    loop {
+        if !sleep_or_stop(DEFINITIONS_REFRESH, &stop).await {
+            return;
+        }
+        if let Err(e) = registry.reload().await {
+            debug!(error = %e, "refreshing observer definitions failed");
+        }
+    }
+}
