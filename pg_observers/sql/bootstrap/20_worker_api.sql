@@ -1,0 +1,330 @@
+-- pg_observers: the worker API (docs/ARCHITECTURE.md, "SQL contract between extension and worker")
+--
+-- Every function is SECURITY DEFINER with search_path = pg_catalog, pg_temp and fully
+-- qualified names inside. Fenced functions raise SQLSTATE OB001 ("fenced: ...") when the
+-- caller's epoch is not the group's current lease epoch or the lease has expired.
+
+-- Fencing: lock the group's lease row (FOR SHARE, so a takeover by another worker waits for
+-- this transaction) and check the caller's epoch against it.
+CREATE FUNCTION observers._fence(p_group text, p_epoch bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l observers.leader_lease;
+BEGIN
+    SELECT * INTO l FROM observers.leader_lease WHERE group_name = p_group FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'OB001',
+            MESSAGE = format('fenced: group %L has no leader lease', p_group),
+            HINT = 'Call observers.lease_acquire() first and pass the epoch it returns.';
+    END IF;
+    IF p_epoch IS DISTINCT FROM l.epoch THEN
+        RAISE EXCEPTION USING ERRCODE = 'OB001',
+            MESSAGE = format('fenced: epoch %s is not the current lease epoch %s of group %L (held by %L)',
+                             coalesce(p_epoch::text, 'NULL'), l.epoch, p_group, l.worker_id),
+            HINT = 'Another worker took over the lease; stop processing and re-acquire it.';
+    END IF;
+    IF l.expires_at <= clock_timestamp() THEN
+        RAISE EXCEPTION USING ERRCODE = 'OB001',
+            MESSAGE = format('fenced: the lease of group %L (epoch %s) expired at %s',
+                             p_group, l.epoch, l.expires_at),
+            HINT = 'Renew the lease (observers.lease_acquire) more often than its ttl.';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION observers._require_text(p_what text, p_value text)
+RETURNS void
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_value IS NULL OR btrim(p_value) = '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s must be a non-empty string', p_what);
+    END IF;
+END
+$$;
+
+-- Leader lease -------------------------------------------------------------------------------
+
+-- Returns the epoch if the caller now holds the lease: the same epoch when it renewed its own
+-- unexpired lease, epoch + 1 when it took over an expired or absent lease. NULL when another
+-- worker holds an unexpired lease.
+CREATE FUNCTION observers.lease_acquire(group_name text, worker_id text, ttl interval)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_now   timestamptz := clock_timestamp();
+    v_epoch bigint;
+BEGIN
+    PERFORM observers._require_text('group_name', lease_acquire.group_name);
+    PERFORM observers._require_text('worker_id', lease_acquire.worker_id);
+    IF ttl IS NULL OR ttl <= interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('ttl must be a positive interval, got %s', coalesce(ttl::text, 'NULL'));
+    END IF;
+
+    INSERT INTO observers.leader_lease AS l
+           (group_name, worker_id, epoch, acquired_at, renewed_at, expires_at)
+    VALUES (lease_acquire.group_name, lease_acquire.worker_id, 1, v_now, v_now, v_now + ttl)
+    ON CONFLICT (group_name) DO UPDATE
+       SET epoch       = CASE WHEN l.worker_id = excluded.worker_id AND l.expires_at > v_now
+                              THEN l.epoch ELSE l.epoch + 1 END,
+           acquired_at = CASE WHEN l.worker_id = excluded.worker_id AND l.expires_at > v_now
+                              THEN l.acquired_at ELSE v_now END,
+           worker_id   = excluded.worker_id,
+           renewed_at  = v_now,
+           expires_at  = excluded.expires_at
+     WHERE l.worker_id = excluded.worker_id OR l.expires_at <= v_now
+    RETURNING l.epoch INTO v_epoch;
+    RETURN v_epoch;
+END
+$$;
+
+-- Expire the lease now if the caller still holds it with that epoch.
+CREATE FUNCTION observers.lease_release(group_name text, worker_id text, epoch bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    UPDATE observers.leader_lease AS l
+       SET expires_at = v_now, renewed_at = v_now
+     WHERE l.group_name = lease_release.group_name
+       AND l.worker_id = lease_release.worker_id
+       AND l.epoch = lease_release.epoch
+       AND l.expires_at > v_now;
+    RETURN FOUND;
+END
+$$;
+
+-- Batches ------------------------------------------------------------------------------------
+--
+-- The batch of a group is the set of its observers' events visible in snap_hi and not visible
+-- in snap_lo. txid >= xmin(snap_lo) AND txid < xmax(snap_hi) is implied by that and lets the
+-- BRIN index on txid find the batch.
+
+CREATE FUNCTION observers.batch_open(group_name text, epoch bigint)
+RETURNS TABLE (snap_lo pg_snapshot, snap_hi pg_snapshot, last_id bigint, max_id bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    c     observers.checkpoint;
+    v_hi  pg_snapshot;
+    v_max bigint;
+BEGIN
+    PERFORM observers._fence(batch_open.group_name, batch_open.epoch);
+
+    INSERT INTO observers.checkpoint (group_name, epoch)
+    VALUES (batch_open.group_name, batch_open.epoch)
+    ON CONFLICT (group_name) DO NOTHING;
+    SELECT * INTO STRICT c FROM observers.checkpoint AS k
+     WHERE k.group_name = batch_open.group_name FOR UPDATE;
+
+    IF c.snap_hi IS NULL THEN
+        v_hi := pg_current_snapshot();
+        SELECT max(e.id) INTO v_max
+          FROM observers.event AS e
+         WHERE e.observer_id IN (SELECT o.id FROM observers.observer AS o
+                                  WHERE o.group_name = batch_open.group_name)
+           AND e.txid >= pg_snapshot_xmin(c.snap_lo)
+           AND e.txid < pg_snapshot_xmax(v_hi)
+           AND pg_visible_in_snapshot(e.txid, v_hi)
+           AND NOT pg_visible_in_snapshot(e.txid, c.snap_lo);
+        UPDATE observers.checkpoint AS k
+           SET snap_hi = v_hi, max_id = v_max, last_id = 0,
+               epoch = batch_open.epoch, updated_at = now()
+         WHERE k.group_name = batch_open.group_name
+        RETURNING * INTO c;
+    END IF;
+
+    snap_lo := c.snap_lo;
+    snap_hi := c.snap_hi;
+    last_id := c.last_id;
+    max_id  := c.max_id;
+    RETURN NEXT;
+END
+$$;
+
+-- The events of an open batch after `after_id`, up to `max_id`, in id order, at most `lim`.
+-- body is the webhook JSON (SPEC section 4), keys in this order:
+-- id, observer, op, table, new, old, changed, txid, captured_at.
+CREATE FUNCTION observers.batch_fetch(group_name text, snap_lo pg_snapshot, snap_hi pg_snapshot,
+                                      after_id bigint, max_id bigint, lim int)
+RETURNS TABLE (id bigint, observer_id int, ordering_key text, captured_at timestamptz, body text)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.id,
+           e.observer_id,
+           CASE WHEN o.ordering_key IS NOT NULL THEN
+               (SELECT jsonb_agg(coalesce(e.new, e.old) -> k.col ORDER BY k.ord)
+                  FROM unnest(o.ordering_key) WITH ORDINALITY AS k(col, ord))::text
+           END,
+           e.captured_at,
+           json_build_object(
+               'id', e.id,
+               'observer', o.name,
+               'op', e.op,
+               'table', coalesce(n.nspname || '.' || c.relname, o.table_name::oid::text),
+               'new', e.new,
+               'old', e.old,
+               'changed', e.changed,
+               'txid', e.txid::text::bigint,
+               'captured_at', to_char(e.captured_at AT TIME ZONE 'UTC',
+                                      'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+           )::text
+      FROM observers.event AS e
+      JOIN observers.observer AS o ON o.id = e.observer_id
+      LEFT JOIN pg_class AS c ON c.oid = o.table_name
+      LEFT JOIN pg_namespace AS n ON n.oid = c.relnamespace
+     WHERE o.group_name = $1
+       AND e.id > $4
+       AND e.id <= $5
+       AND e.txid >= pg_snapshot_xmin($2)
+       AND e.txid < pg_snapshot_xmax($3)
+       AND pg_visible_in_snapshot(e.txid, $3)
+       AND NOT pg_visible_in_snapshot(e.txid, $2)
+     ORDER BY e.id
+     LIMIT $6
+$$;
+
+-- Record progress inside the open batch; last_id only moves forward.
+CREATE FUNCTION observers.checkpoint_save(group_name text, epoch bigint, last_id bigint)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    c observers.checkpoint;
+BEGIN
+    PERFORM observers._fence(checkpoint_save.group_name, checkpoint_save.epoch);
+    SELECT * INTO c FROM observers.checkpoint AS k
+     WHERE k.group_name = checkpoint_save.group_name FOR UPDATE;
+    IF NOT FOUND OR c.snap_hi IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('group %L has no open batch', checkpoint_save.group_name),
+            HINT = 'Call observers.batch_open() first.';
+    END IF;
+    IF checkpoint_save.last_id IS NULL
+       OR checkpoint_save.last_id > coalesce(c.max_id, 0) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('last_id %s is outside the open batch of group %L (max_id %s)',
+                             coalesce(checkpoint_save.last_id::text, 'NULL'),
+                             checkpoint_save.group_name, coalesce(c.max_id::text, 'NULL'));
+    END IF;
+    UPDATE observers.checkpoint AS k
+       SET last_id = greatest(k.last_id, checkpoint_save.last_id),
+           epoch = checkpoint_save.epoch,
+           updated_at = now()
+     WHERE k.group_name = checkpoint_save.group_name;
+END
+$$;
+
+-- Finish the open batch: snap_lo := snap_hi, and no batch is open any more.
+CREATE FUNCTION observers.batch_close(group_name text, epoch bigint)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM observers._fence(batch_close.group_name, batch_close.epoch);
+    UPDATE observers.checkpoint AS k
+       SET snap_lo = k.snap_hi, snap_hi = NULL, last_id = 0, max_id = NULL,
+           epoch = batch_close.epoch, updated_at = now()
+     WHERE k.group_name = batch_close.group_name
+       AND k.snap_hi IS NOT NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('group %L has no open batch', batch_close.group_name),
+            HINT = 'Call observers.batch_open() first.';
+    END IF;
+END
+$$;
+
+-- Dead letters and heartbeats ----------------------------------------------------------------
+
+CREATE FUNCTION observers.dlq_add(group_name text, epoch bigint, event_id bigint, observer_id int,
+                                  action_index int, action_type text, webhook_id text,
+                                  payload jsonb, error text, attempts int, last_status int)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_id bigint;
+BEGIN
+    PERFORM observers._fence(group_name, epoch);
+    IF event_id IS NULL OR observer_id IS NULL OR action_index IS NULL OR attempts IS NULL
+       OR payload IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'event_id, observer_id, action_index, attempts and payload must not be NULL';
+    END IF;
+    PERFORM observers._require_text('action_type', action_type);
+    PERFORM observers._require_text('error', error);
+    INSERT INTO observers.dlq (group_name, event_id, observer_id, action_index, action_type,
+                               webhook_id, payload, error, attempts, last_status, epoch)
+    VALUES (group_name, event_id, observer_id, action_index, action_type,
+            webhook_id, payload, error, attempts, last_status, epoch)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+
+CREATE FUNCTION observers.heartbeat(group_name text, worker_id text, info jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+    PERFORM observers._require_text('group_name', group_name);
+    PERFORM observers._require_text('worker_id', worker_id);
+    INSERT INTO observers.worker AS w (group_name, worker_id, info, started_at, last_seen)
+    VALUES (group_name, worker_id, coalesce(info, '{}'), now(), now())
+    ON CONFLICT ON CONSTRAINT worker_pkey DO UPDATE
+       SET info = excluded.info, last_seen = excluded.last_seen;
+END
+$$;
+
+-- What the worker runs: the observers of a group.
+CREATE FUNCTION observers.observer_definitions(group_name text)
+RETURNS TABLE (id int, name text, table_name text, actions jsonb, ordering_key text[], enabled bool)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT o.id, o.name,
+           coalesce(n.nspname || '.' || c.relname, o.table_name::oid::text),
+           o.actions, o.ordering_key, o.enabled
+      FROM observers.observer AS o
+      LEFT JOIN pg_class AS c ON c.oid = o.table_name
+      LEFT JOIN pg_namespace AS n ON n.oid = c.relnamespace
+     WHERE o.group_name = $1
+     ORDER BY o.id
+$$;

@@ -1,0 +1,57 @@
+-- pg_observers: privileges (runs last)
+--
+-- PUBLIC gets nothing: no USAGE on the schema, no EXECUTE on any function, no access to any
+-- table (payloads are copies of user rows). See 00_roles.sql for the three roles.
+
+REVOKE ALL ON SCHEMA observers FROM PUBLIC;
+GRANT USAGE ON SCHEMA observers TO observers_admin, observers_worker, observers_capture;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA observers FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA observers FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA observers FROM PUBLIC;
+
+-- Operators read everything (status, outbox, checkpoints, leases, dead letters, heartbeats).
+GRANT SELECT ON ALL TABLES IN SCHEMA observers TO observers_admin;
+
+-- The capture trigger runs as observers_capture: it may append to the outbox, nothing else.
+-- Observer conditions are compiled (at creation) and evaluated (at capture) with these rights.
+GRANT INSERT ON observers.event TO observers_capture;
+GRANT USAGE ON SEQUENCE observers.event_id_seq TO observers_capture;
+
+ALTER FUNCTION observers.capture()
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION observers.capture() OWNER TO observers_capture;
+
+ALTER FUNCTION observers._probe_condition(oid, text, text)
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION observers._probe_condition(oid, text, text) OWNER TO observers_capture;
+
+-- The worker.
+GRANT EXECUTE ON FUNCTION
+    observers.lease_acquire(text, text, interval),
+    observers.lease_release(text, text, bigint),
+    observers.batch_open(text, bigint),
+    observers.batch_fetch(text, pg_snapshot, pg_snapshot, bigint, bigint, int),
+    observers.checkpoint_save(text, bigint, bigint),
+    observers.batch_close(text, bigint),
+    observers.dlq_add(text, bigint, bigint, int, int, text, text, jsonb, text, int, int),
+    observers.heartbeat(text, text, jsonb),
+    observers.observer_definitions(text),
+    observers.maintain(),
+    observers.status(),
+    -- the worker applies the observers of its YAML file at start (create or replace)
+    observers.create_observer(text, regclass, text[], text, text[], text[], jsonb, text, boolean)
+TO observers_worker;
+
+-- Operators.
+GRANT EXECUTE ON FUNCTION
+    observers.create_observer(text, regclass, text[], text, text[], text[], jsonb, text, boolean),
+    observers.drop_observer(text),
+    observers.enable_observer(text),
+    observers.disable_observer(text),
+    observers.status(),
+    observers.maintain(),
+    observers.observer_definitions(text)
+TO observers_admin;

@@ -1,0 +1,220 @@
+//! The capture trigger `observers.capture(observer_id, observer_name, condition)`.
+//!
+//! This is the only code of the project that runs on the users' write path, so it does as
+//! little as possible per call:
+//! * INSERT and DELETE on plain tables: one AFTER ... FOR EACH STATEMENT trigger per observer
+//!   and operation, with a transition table. One cached statement inserts the events of every
+//!   row of the statement (`INSERT INTO observers.event ... SELECT ... FROM <transition table>`).
+//! * UPDATE, and every operation on partitioned tables, partitions and inheritance children
+//!   (where statement-level triggers would miss rows written through another table of the
+//!   hierarchy): AFTER ... FOR EACH ROW, one cached statement per row. For UPDATE the trigger's
+//!   WHEN clause filters on `columns` before the function is even called, and the function
+//!   computes `changed`.
+//! * No catalog or registry look-ups: trigger arguments carry the observer, prepared statements
+//!   are cached per backend (see `plan_cache`).
+//! * At most one NOTIFY per backend per `observers.notify_interval` (see `notify`).
+//!
+//! The function is SECURITY DEFINER, owned by role `observers_capture` (which may only INSERT
+//! into `observers.event`), with `search_path = pg_catalog, pg_temp`: writers need no rights on
+//! the outbox, and observer conditions never run with more rights than that.
+
+mod changed;
+pub mod notify;
+pub mod plan_cache;
+pub mod query;
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::prelude::*;
+use pgrx::trigger_support::{
+    trigger_fired_after, trigger_fired_by_delete, trigger_fired_by_insert, trigger_fired_by_update,
+    trigger_fired_for_row,
+};
+use crate::error::raise;
+use plan_cache::TriggerArgs;
+use query::Op;
+use std::ffi::{CStr, c_char};
+
+pub fn init() {
+    plan_cache::init();
+    notify::init();
+}
+
+#[pg_trigger(sql = r#"
+-- The capture trigger. Privileges (SECURITY DEFINER, owner observers_capture, pinned
+-- search_path) are set in 90_privileges.sql.
+CREATE FUNCTION observers.capture() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#)]
+fn capture<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    let td: *const pg_sys::TriggerData = trigger.trigger_data();
+    // SAFETY: PostgreSQL called us as a trigger; `td` is valid for the duration of the call.
+    unsafe { capture_impl(td.cast_mut()) };
+    Ok(None)
+}
+
+unsafe fn trigger_args(trigger: &pg_sys::Trigger) -> TriggerArgs<'_> {
+    unsafe {
+        let tgname = CStr::from_ptr(trigger.tgname).to_string_lossy();
+        if trigger.tgnargs != 3 || trigger.tgargs.is_null() {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "trigger \"{tgname}\" passes {} arguments to observers.capture(); it expects (observer id, observer name, condition)",
+                    trigger.tgnargs
+                ),
+                Some("Capture triggers are managed by observers.create_observer(); do not create them by hand."),
+            );
+        }
+        let arg = |i: usize| CStr::from_ptr(*trigger.tgargs.add(i) as *const c_char);
+        TriggerArgs { id: arg(0), name: arg(1), condition: arg(2) }
+    }
+}
+
+unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
+    unsafe {
+        let tdr = &*td;
+        let trigger = &*tdr.tg_trigger;
+        let event = tdr.tg_event;
+        let op = if trigger_fired_by_insert(event) {
+            Op::Insert
+        } else if trigger_fired_by_update(event) {
+            Op::Update
+        } else if trigger_fired_by_delete(event) {
+            Op::Delete
+        } else {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "observers.capture() captures INSERT, UPDATE and DELETE only (TRUNCATE is not captured)"
+            );
+        };
+        if !trigger_fired_after(event) {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "observers.capture() must be fired AFTER the change"
+            );
+        }
+        let row_level = trigger_fired_for_row(event);
+        if op == Op::Update && !row_level {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "observers.capture() captures UPDATE only FOR EACH ROW"
+            );
+        }
+        let args = trigger_args(trigger);
+        plan_cache::process_invalidations();
+        let cached = plan_cache::lookup(trigger.tgoid, tdr.tg_relation, &args);
+
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+            run(td, op, row_level, &args, cached.clone())
+        }))
+        .catch_others(|e| rethrow_with_context(e, &args, tdr.tg_relation))
+        .execute();
+        drop(cached);
+        if result > 0 {
+            notify::after_capture();
+        }
+    }
+}
+
+/// Run the capture statement; returns the number of events inserted.
+unsafe fn run(
+    td: *mut pg_sys::TriggerData,
+    op: Op,
+    row_level: bool,
+    args: &TriggerArgs,
+    cached: Option<std::rc::Rc<plan_cache::Entry>>,
+) -> u64 {
+    unsafe {
+        let tdr = &*td;
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_connect failed");
+        }
+        if !row_level && pg_sys::SPI_register_trigger_data(td) != pg_sys::SPI_OK_TD_REGISTER as i32 {
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_register_trigger_data failed");
+        }
+        let entry = match cached {
+            Some(e) => e,
+            None => plan_cache::build(tdr, op, row_level, args),
+        };
+
+        let mut values = [pg_sys::Datum::from(0); 4];
+        let nulls = [b' ' as c_char; 4];
+        values[0] = pg_sys::Datum::from(entry.observer_id);
+        if row_level {
+            let tupdesc = (*tdr.tg_relation).rd_att;
+            match op {
+                Op::Insert | Op::Delete => {
+                    values[1] = pg_sys::heap_copy_tuple_as_datum(tdr.tg_trigtuple, tupdesc);
+                }
+                Op::Update => {
+                    values[1] = pg_sys::heap_copy_tuple_as_datum(tdr.tg_newtuple, tupdesc);
+                    values[2] = pg_sys::heap_copy_tuple_as_datum(tdr.tg_trigtuple, tupdesc);
+                    values[3] = changed::changed_columns(&entry.columns, tdr.tg_trigslot, tdr.tg_newslot);
+                }
+            }
+        }
+        let rc = pg_sys::SPI_execute_plan(entry.plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+        if rc != pg_sys::SPI_OK_INSERT as i32 {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("capture statement of observer {} returned SPI code {rc}", entry.observer_id)
+            );
+        }
+        let processed = pg_sys::SPI_processed;
+        pg_sys::SPI_finish();
+        processed
+    }
+}
+
+/// Re-raise an error of the capture statement naming the observer, so that the application
+/// developer who sees it in their write knows where it comes from and how to stop it.
+fn rethrow_with_context(e: CaughtError, args: &TriggerArgs, rel: pg_sys::Relation) -> u64 {
+    let report = match &e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { .. } => e.rethrow(),
+    };
+    let code = report.sql_error_code();
+    // Cancellation, shutdown, lack of resources, serialization/deadlock: pass through untouched.
+    let passthrough = matches!(
+        code,
+        PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+            | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+            | PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN
+            | PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY
+            | PgSqlErrorCode::ERRCODE_DISK_FULL
+            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+            | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+    );
+    if passthrough {
+        e.rethrow();
+    }
+    let name = args.name.to_string_lossy();
+    // SAFETY: the relation is open for the duration of the trigger call.
+    let table = unsafe { CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy() };
+    let mut out = ErrorReport::new(
+        code,
+        format!(
+            "observer \"{name}\" (id {}) could not capture a change of table {table}: {}",
+            args.id.to_string_lossy(),
+            report.message()
+        ),
+        "observers.capture",
+    )
+    .set_hint(format!(
+        "Fix the observer (observers.create_observer(..., replace => true)) or stop it: SELECT observers.disable_observer('{name}');"
+    ));
+    if let Some(detail) = report.detail() {
+        out = out.set_detail(detail);
+    }
+    out.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}

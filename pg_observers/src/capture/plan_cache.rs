@@ -1,0 +1,232 @@
+//! Per-backend cache of prepared capture statements, keyed by trigger OID.
+//!
+//! The write path never reads the observer registry: everything a trigger needs (observer id,
+//! name, condition) is in its arguments, and re-creating an observer's triggers gives them new
+//! OIDs. An entry is dropped
+//! * when a relcache invalidation arrives for its table (ALTER TABLE, DROP/CREATE TRIGGER,
+//!   VACUUM/ANALYZE statistics updates, ...), or for all relations;
+//! * when the table's row shape or the trigger's condition no longer match (belt and braces).
+//!
+//! Entries are reference counted: a capture that is still executing a plan (a condition that
+//! writes to another observed table re-enters the trigger) keeps it alive until it returns.
+
+use super::changed::{self, Column};
+use super::query::{self, Level, Op};
+use crate::error::raise;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::rc::Rc;
+
+/// A prepared capture statement for one trigger.
+pub struct Entry {
+    pub relid: pg_sys::Oid,
+    pub observer_id: i32,
+    pub plan: pg_sys::SPIPlanPtr,
+    /// UPDATE only: the columns compared to compute `changed`.
+    pub columns: Vec<Column>,
+    condition: Vec<u8>,
+    shape: Vec<(pg_sys::Oid, i32, bool)>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // SAFETY: the plan was kept with SPI_keepplan and nobody else holds it (Rc).
+        unsafe { pg_sys::SPI_freeplan(self.plan) };
+    }
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Entry>>> = RefCell::new(HashMap::new());
+    static INVALIDATED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
+    static FLUSH_ALL: Cell<bool> = const { Cell::new(false) };
+}
+
+const MAX_PENDING_INVALIDATIONS: usize = 64;
+
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // Never raise or panic here: only record what to drop at the next capture.
+    if relid == pg_sys::InvalidOid {
+        FLUSH_ALL.with(|f| f.set(true));
+        return;
+    }
+    let relevant = CACHE.with(|c| match c.try_borrow() {
+        Ok(cache) => cache.values().any(|e| e.relid == relid),
+        Err(_) => true,
+    });
+    if !relevant {
+        return;
+    }
+    INVALIDATED.with(|v| match v.try_borrow_mut() {
+        Ok(mut pending) if pending.len() < MAX_PENDING_INVALIDATIONS => pending.push(relid),
+        _ => FLUSH_ALL.with(|f| f.set(true)),
+    });
+}
+
+pub fn init() {
+    // SAFETY: registering a backend-local callback from _PG_init.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+}
+
+/// Apply invalidations recorded since the last capture.
+pub fn process_invalidations() {
+    let flush_all = FLUSH_ALL.with(|f| f.replace(false));
+    let relids: Vec<pg_sys::Oid> = INVALIDATED.with(|v| std::mem::take(&mut *v.borrow_mut()));
+    if !flush_all && relids.is_empty() {
+        return;
+    }
+    // Remove under the borrow, free the plans after releasing it.
+    let removed: Vec<Rc<Entry>> = CACHE.with(|c| {
+        let mut cache = c.borrow_mut();
+        if flush_all {
+            cache.drain().map(|(_, e)| e).collect()
+        } else {
+            let stale: Vec<pg_sys::Oid> = cache
+                .iter()
+                .filter(|(_, e)| relids.contains(&e.relid))
+                .map(|(k, _)| *k)
+                .collect();
+            stale.iter().filter_map(|k| cache.remove(k)).collect()
+        }
+    });
+    drop(removed);
+}
+
+/// Shape of a row type: what the prepared statement was planned against.
+unsafe fn shape_of(tupdesc: pg_sys::TupleDesc) -> Vec<(pg_sys::Oid, i32, bool)> {
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        let attrs = (*tupdesc).attrs.as_ptr();
+        (0..natts)
+            .map(|i| {
+                let a = &*attrs.add(i);
+                (a.atttypid, a.atttypmod, a.attisdropped)
+            })
+            .collect()
+    }
+}
+
+unsafe fn shape_matches(shape: &[(pg_sys::Oid, i32, bool)], tupdesc: pg_sys::TupleDesc) -> bool {
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        if natts != shape.len() {
+            return false;
+        }
+        let attrs = (*tupdesc).attrs.as_ptr();
+        shape.iter().enumerate().all(|(i, s)| {
+            let a = &*attrs.add(i);
+            *s == (a.atttypid, a.atttypmod, a.attisdropped)
+        })
+    }
+}
+
+/// The trigger's arguments: (observer id, observer name, condition or '').
+pub struct TriggerArgs<'a> {
+    pub id: &'a CStr,
+    pub name: &'a CStr,
+    pub condition: &'a CStr,
+}
+
+/// The cached entry for `tgoid`, if it is still valid for `rel` and `args`.
+///
+/// # Safety
+/// `rel` must be the trigger's open relation.
+pub unsafe fn lookup(tgoid: pg_sys::Oid, rel: pg_sys::Relation, args: &TriggerArgs) -> Option<Rc<Entry>> {
+    let entry = CACHE.with(|c| c.borrow().get(&tgoid).cloned())?;
+    let valid = unsafe {
+        entry.relid == (*rel).rd_id
+            && entry.condition == args.condition.to_bytes()
+            && shape_matches(&entry.shape, (*rel).rd_att)
+    };
+    if valid {
+        return Some(entry);
+    }
+    let stale = CACHE.with(|c| c.borrow_mut().remove(&tgoid));
+    drop(stale);
+    drop(entry);
+    None
+}
+
+/// Prepare and cache the capture statement of a trigger. Must run inside an SPI connection
+/// (with the transition tables registered for statement-level triggers).
+///
+/// # Safety
+/// `td` must be the current trigger call's data.
+pub unsafe fn build(td: &pg_sys::TriggerData, op: Op, row_level: bool, args: &TriggerArgs) -> Rc<Entry> {
+    unsafe {
+        let trigger = &*td.tg_trigger;
+        let rel = td.tg_relation;
+        let observer_id: i32 = match args.id.to_str().ok().and_then(|s| s.parse().ok()) {
+            Some(id) => id,
+            None => raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "trigger \"{}\" passes an invalid observer id {:?} to observers.capture()",
+                    CStr::from_ptr(trigger.tgname).to_string_lossy(),
+                    args.id
+                ),
+                Some("Capture triggers are managed by observers.create_observer(); do not create them by hand."),
+            ),
+        };
+        let condition_text = args.condition.to_string_lossy();
+        let condition = if condition_text.trim().is_empty() { None } else { Some(condition_text.as_ref()) };
+
+        let level = if row_level {
+            Level::Row
+        } else {
+            let name = match op {
+                Op::Insert => trigger.tgnewtable,
+                _ => trigger.tgoldtable,
+            };
+            if name.is_null() {
+                raise(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!(
+                        "statement-level capture trigger \"{}\" has no {} transition table",
+                        CStr::from_ptr(trigger.tgname).to_string_lossy(),
+                        if op == Op::Insert { "NEW" } else { "OLD" }
+                    ),
+                    Some("Re-create the observer with observers.create_observer(..., replace => true)."),
+                );
+            }
+            Level::Statement {
+                transition_table: CStr::from_ptr(pg_sys::quote_identifier(name)).to_string_lossy().into_owned(),
+            }
+        };
+
+        // everything that can fail before the plan exists, so that an error cannot leak it
+        let columns = if op == Op::Update { changed::columns_of((*rel).rd_att) } else { Vec::new() };
+        let shape = shape_of((*rel).rd_att);
+        let sql = query::capture_sql(op, &level, condition);
+        let reltype = (*(*rel).rd_rel).reltype;
+        let mut argtypes = [pg_sys::INT4OID, reltype, reltype, pg_sys::TEXTARRAYOID];
+        let nargs = query::capture_nargs(op, &level);
+        let csql = CString::new(sql).expect("generated SQL contains no NUL byte");
+        let plan = pg_sys::SPI_prepare(csql.as_ptr(), nargs as i32, argtypes.as_mut_ptr());
+        if plan.is_null() {
+            let code = pg_sys::SPI_result;
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("SPI_prepare failed for the capture statement of observer {observer_id}: SPI code {code}"),
+                None,
+            );
+        }
+        if pg_sys::SPI_keepplan(plan) != 0 {
+            pg_sys::SPI_freeplan(plan);
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_keepplan failed");
+        }
+        let entry = Rc::new(Entry {
+            relid: (*rel).rd_id,
+            observer_id,
+            plan,
+            columns,
+            condition: args.condition.to_bytes().to_vec(),
+            shape,
+        });
+        let replaced = CACHE.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::clone(&entry)));
+        drop(replaced);
+        entry
+    }
+}

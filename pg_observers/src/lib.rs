@@ -1,0 +1,75 @@
+//! pg_observers: the PostgreSQL side of FraiseQL Observers.
+//!
+//! * `capture/`  the capture trigger (the only code on the users' write path)
+//! * `condition` validation of observer conditions at creation time
+//! * `api`       small Rust helpers behind the SQL API
+//! * `gucs`      configuration parameters
+//! * `sql/bootstrap/*.sql` everything else: tables, the worker API, the admin API,
+//!   partition maintenance, privileges (see docs/ARCHITECTURE.md and docs/SQL.md)
+
+use pgrx::prelude::*;
+
+mod api;
+mod capture;
+mod condition;
+mod error;
+mod gucs;
+
+::pgrx::pg_module_magic!(name, version);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    capture::init();
+}
+
+extension_sql_file!("../sql/bootstrap/00_roles.sql", name = "roles", bootstrap);
+extension_sql_file!("../sql/bootstrap/10_tables.sql", name = "tables", requires = ["roles"]);
+extension_sql_file!(
+    "../sql/bootstrap/20_worker_api.sql",
+    name = "worker_api",
+    requires = ["tables"]
+);
+extension_sql_file!(
+    "../sql/bootstrap/30_admin_api.sql",
+    name = "admin_api",
+    requires = ["worker_api", capture::capture, api::calling_role, api::probe_condition]
+);
+extension_sql_file!(
+    "../sql/bootstrap/40_maintain.sql",
+    name = "maintain",
+    requires = ["admin_api", api::retention_setting]
+);
+extension_sql_file!("../sql/bootstrap/90_privileges.sql", name = "privileges", finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn single_expression_accepted() {
+        crate::condition::check_single_expression("NEW.total > 1000 AND (OLD.status IS DISTINCT FROM NEW.status)");
+    }
+
+    #[pg_test(error = "condition must be a single SQL expression, but it contains a FROM clause")]
+    fn from_clause_rejected() {
+        crate::condition::check_single_expression("true FROM pg_class");
+    }
+
+    #[pg_test(error = "condition must be a single SQL expression, but it is a list of 2")]
+    fn list_rejected() {
+        crate::condition::check_single_expression("1, 2");
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
