@@ -65,24 +65,30 @@ pub async fn status(database_url: &str, format: Format, out: &mut dyn Write) -> 
     let table = db.status().await?;
     let text = match format {
         Format::Text => render_table(&table),
-        Format::Json => serde_json::to_string_pretty(&status_json(&table)).unwrap_or_default() + "\n",
+        Format::Json => status_json(&table),
     };
     out.write_all(text.as_bytes()).map_err(|e| WorkerError::Fatal(format!("cannot write output: {e}")))
 }
 
-pub fn status_json(t: &StatusTable) -> serde_json::Value {
-    serde_json::Value::Array(
-        t.rows
-            .iter()
-            .map(|row| {
-                let mut obj = serde_json::Map::new();
-                for (c, v) in t.columns.iter().zip(row) {
-                    obj.insert(c.clone(), v.clone().map(serde_json::Value::String).unwrap_or(serde_json::Value::Null));
-                }
-                serde_json::Value::Object(obj)
-            })
-            .collect(),
-    )
+/// A JSON array with one object per row, keys in column order, values as
+/// PostgreSQL prints them (strings) or `null`.
+pub fn status_json(t: &StatusTable) -> String {
+    let quote = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let mut out = String::from("[");
+    for (i, row) in t.rows.iter().enumerate() {
+        out.push_str(if i == 0 { "\n  {" } else { ",\n  {" });
+        for (j, (c, v)) in t.columns.iter().zip(row).enumerate() {
+            if j > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&quote(c));
+            out.push_str(": ");
+            out.push_str(&v.as_deref().map(quote).unwrap_or_else(|| "null".to_owned()));
+        }
+        out.push('}');
+    }
+    out.push_str(if t.rows.is_empty() { "]\n" } else { "\n]\n" });
+    out
 }
 
 /// A plain aligned table; NULL shown as `-`.
@@ -124,7 +130,11 @@ mod tests {
             rows: vec![vec![Some("orders".into()), Some("12".into())], vec![Some("x".into()), None]],
         };
         assert_eq!(render_table(&t), "OBSERVER  BACKLOG\norders    12\nx         -\n");
-        assert_eq!(status_json(&t)[1]["backlog"], serde_json::Value::Null);
+        let json = status_json(&t);
+        assert!(json.contains(r#"{"observer": "orders", "backlog": "12"}"#), "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[1]["backlog"], serde_json::Value::Null);
+        assert_eq!(status_json(&StatusTable::default()), "[]\n");
     }
 
     #[test]

@@ -113,7 +113,16 @@ fn read_worker(r: &mut Reader, node: Option<&Node>, defaults: &Defaults) -> Work
     }
     if let Some(n) = f.get("group") {
         if let Some(g) = r.non_empty_string(n, &f.path_of("group")) {
-            cfg.group = g.trim().to_owned();
+            let g = g.trim().to_owned();
+            if valid_group_name(&g) {
+                cfg.group = g;
+            } else {
+                r.problem(
+                    &f.path_of("group"),
+                    n.mark,
+                    format!("invalid group name {g:?}: use 1 to 63 letters, digits and `_ . : -`, starting with a letter or digit"),
+                );
+            }
         }
     }
     if let Some(n) = f.get("batch_size") {
@@ -331,16 +340,15 @@ fn read_observer(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -
 
     let name = match f.get("name") {
         Some(n) => r.non_empty_string(n, &f.path_of("name")).and_then(|name| {
-            let ok = name.len() <= 63
-                && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            if ok {
+            if valid_observer_name(&name) {
                 Some(name)
             } else {
                 r.problem(
                     &f.path_of("name"),
                     n.mark,
-                    format!("invalid observer name {name:?}: use letters, digits, `_`, `-`, `.` (at most 63 characters)"),
+                    format!(
+                        "invalid observer name {name:?}: use 1 to 63 lowercase letters, digits and `_`, starting with a letter"
+                    ),
                 );
                 None
             }
@@ -411,4 +419,18 @@ fn read_events(r: &mut Reader, node: &Node, path: &str) -> Option<Vec<String>> {
         return None;
     }
     ok.then_some(out)
+}
+
+/// The extension's rule for observer names: `^[a-z][a-z0-9_]{0,62}$`.
+pub fn valid_observer_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The extension's rule for group names: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$`.
+pub fn valid_group_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
 }

@@ -433,3 +433,18 @@ fn wrong_shapes() {
     let p = problems("observers: {name: x}\n", &[]);
     assert!(p[0].message.contains("expected a list"), "{p:#?}");
 }
+
+#[test]
+fn names_follow_the_extension_rules() {
+    let base = |name: &str, group: &str| {
+        format!("worker: {{ group: '{group}' }}\nobservers:\n  - name: '{name}'\n    table: t\n    actions: [{{ type: webhook, url: 'http://h/' }}]\n")
+    };
+    assert!(parse(&base("big_orders2", "default"), &[]).is_ok());
+    assert!(parse(&base("orders", "team-a:eu.1"), &[]).is_ok());
+    for bad in ["Big", "1abc", "with-dash", "with.dot", ""] {
+        let p = problems(&base(bad, "default"), &[]);
+        assert_eq!(p[0].path, "observers[0].name", "{bad}: {p:#?}");
+    }
+    let p = problems(&base("ok", "-bad"), &[]);
+    assert_eq!(p[0].path, "worker.group", "{p:#?}");
+}

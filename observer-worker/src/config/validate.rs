@@ -16,10 +16,6 @@ pub fn validate(r: &mut Reader, config: &Config, tree: &Node) {
             seen.push(&o.name);
         }
     }
-
-    if config.worker.group.len() > 63 {
-        r.problem("worker.group", None, "group names are at most 63 characters");
-    }
 }
 
 /// Path and position of the `nth` (0-based) later occurrence of an observer name.

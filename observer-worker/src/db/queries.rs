@@ -41,7 +41,7 @@ pub const OBSERVER_DEFINITIONS: &str =
 
 /// Applies one observer of the configuration file. `actions` is the raw
 /// (unexpanded) subtree, so secrets written as `${VAR}` stay placeholders.
-pub const CREATE_OBSERVER: &str = "SELECT observers.create_observer(\
+pub const CREATE_OBSERVER: &str = "SELECT id FROM observers.create_observer(\
      name => $1, table_name => $2::text::regclass, events => $3, condition => $4, columns => $5, \
      ordering_key => $6, actions => $7::jsonb, group_name => $8, replace => true)";
 
