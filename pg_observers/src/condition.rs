@@ -15,30 +15,30 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CString, c_char};
 
-fn invalid(message: String, hint: &str) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_SYNTAX_ERROR, message, Some(hint))
+fn invalid(message: String) -> ! {
+    // no hint: observers._check_condition adds one that shows what a condition looks like
+    raise(PgSqlErrorCode::ERRCODE_SYNTAX_ERROR, message, None)
 }
 
 /// Raise unless `condition` parses as exactly one SQL expression.
 pub fn check_single_expression(condition: &str) {
-    const HINT: &str = "A condition is one SQL boolean expression over NEW and/or OLD, e.g. NEW.total > 1000 AND NEW.status <> OLD.status";
     if condition.trim().is_empty() {
-        invalid("condition is empty".into(), "Pass NULL for an observer without condition.");
+        invalid("condition is empty".into());
     }
     let c = match CString::new(condition) {
         Ok(c) => c,
-        Err(_) => invalid("condition contains a NUL byte".into(), HINT),
+        Err(_) => invalid("condition contains a NUL byte".into()),
     };
     // SAFETY: raw_parser only reads the string; syntax errors are raised as PostgreSQL errors.
     unsafe {
         let list = pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_PLPGSQL_EXPR);
         if list.is_null() || (*list).length != 1 {
-            invalid("condition is not a single SQL expression".into(), HINT);
+            invalid("condition is not a single SQL expression".into());
         }
         let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
         let stmt = (*raw).stmt;
         if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_SelectStmt {
-            invalid("condition is not a single SQL expression".into(), HINT);
+            invalid("condition is not a single SQL expression".into());
         }
         let s = &*(stmt as *mut pg_sys::SelectStmt);
         let non_empty = |l: *mut pg_sys::List| !l.is_null() && (*l).length > 0;
@@ -62,18 +62,15 @@ pub fn check_single_expression(condition: &str) {
             None
         };
         if let Some(what) = extra {
-            invalid(format!("condition must be a single SQL expression, but it contains {what}"), HINT);
+            invalid(format!("condition must be a single SQL expression, but it contains {what}"));
         }
         let n_targets = if s.targetList.is_null() { 0 } else { (*s.targetList).length };
         if n_targets != 1 {
-            invalid(
-                format!("condition must be a single SQL expression, but it is a list of {n_targets}"),
-                HINT,
-            );
+            invalid(format!("condition must be a single SQL expression, but it is a list of {n_targets}"));
         }
         let target = (*(*s.targetList).elements).ptr_value as *mut pg_sys::ResTarget;
         if !(*target).name.is_null() {
-            invalid("condition must be a single SQL expression, without AS".into(), HINT);
+            invalid("condition must be a single SQL expression, without AS".into());
         }
     }
 }

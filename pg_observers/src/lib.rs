@@ -19,6 +19,15 @@ mod gucs;
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // Errors raised through Rust would carry a Rust backtrace in their DETAIL whenever the server
+    // was started with RUST_BACKTRACE set. Application developers see our errors (a condition
+    // failing in their INSERT), so keep them clean unless explicitly asked for with
+    // RUST_LIB_BACKTRACE=1. A PostgreSQL backend is single-threaded: setting a variable of its
+    // own environment here is safe.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists in a backend process.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     gucs::init();
     capture::init();
 }

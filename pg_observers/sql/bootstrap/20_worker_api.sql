@@ -17,18 +17,18 @@ BEGIN
     SELECT * INTO l FROM observers.leader_lease WHERE group_name = p_group FOR SHARE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'OB001',
-            MESSAGE = format('fenced: group %L has no leader lease', p_group),
+            MESSAGE = format('fenced: group "%s" has no leader lease', p_group),
             HINT = 'Call observers.lease_acquire() first and pass the epoch it returns.';
     END IF;
     IF p_epoch IS DISTINCT FROM l.epoch THEN
         RAISE EXCEPTION USING ERRCODE = 'OB001',
-            MESSAGE = format('fenced: epoch %s is not the current lease epoch %s of group %L (held by %L)',
+            MESSAGE = format('fenced: epoch %s is not the current lease epoch %s of group "%s" (held by "%s")',
                              coalesce(p_epoch::text, 'NULL'), l.epoch, p_group, l.worker_id),
             HINT = 'Another worker took over the lease; stop processing and re-acquire it.';
     END IF;
     IF l.expires_at <= clock_timestamp() THEN
         RAISE EXCEPTION USING ERRCODE = 'OB001',
-            MESSAGE = format('fenced: the lease of group %L (epoch %s) expired at %s',
+            MESSAGE = format('fenced: the lease of group "%s" (epoch %s) expired at %s',
                              p_group, l.epoch, l.expires_at),
             HINT = 'Renew the lease (observers.lease_acquire) more often than its ttl.';
     END IF;
@@ -222,13 +222,13 @@ BEGIN
      WHERE k.group_name = checkpoint_save.group_name FOR UPDATE;
     IF NOT FOUND OR c.snap_hi IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = format('group %L has no open batch', checkpoint_save.group_name),
+            MESSAGE = format('group "%s" has no open batch', checkpoint_save.group_name),
             HINT = 'Call observers.batch_open() first.';
     END IF;
     IF checkpoint_save.last_id IS NULL
        OR checkpoint_save.last_id > coalesce(c.max_id, 0) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('last_id %s is outside the open batch of group %L (max_id %s)',
+            MESSAGE = format('last_id %s is outside the open batch of group "%s" (max_id %s)',
                              coalesce(checkpoint_save.last_id::text, 'NULL'),
                              checkpoint_save.group_name, coalesce(c.max_id::text, 'NULL'));
     END IF;
@@ -257,7 +257,7 @@ BEGIN
        AND k.snap_hi IS NOT NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = format('group %L has no open batch', batch_close.group_name),
+            MESSAGE = format('group "%s" has no open batch', batch_close.group_name),
             HINT = 'Call observers.batch_open() first.';
     END IF;
 END

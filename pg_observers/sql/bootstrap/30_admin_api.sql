@@ -33,7 +33,7 @@ BEGIN
     END IF;
     IF p_name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('invalid observer name %L', p_name),
+            MESSAGE = format('invalid observer name "%s"', p_name),
             HINT = 'Use 1 to 63 lowercase letters, digits and underscores, starting with a letter (^[a-z][a-z0-9_]{0,62}$).';
     END IF;
 END
@@ -48,7 +48,7 @@ AS $$
 BEGIN
     IF p_group IS NULL OR p_group !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('invalid group name %s', coalesce(quote_literal(p_group), 'NULL')),
+            MESSAGE = format('invalid group name %s', coalesce('"' || p_group || '"', 'NULL')),
             HINT = 'Use 1 to 63 letters, digits and _ . : - starting with a letter or digit.';
     END IF;
 END
@@ -97,7 +97,8 @@ BEGIN
     END IF;
     IF r.relpersistence = 't' THEN
         RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
-            MESSAGE = format('cannot observe temporary table %s', observers._table_label(p_table));
+            MESSAGE = format('cannot observe temporary table %s',
+                             (SELECT relname FROM pg_class WHERE oid = p_table));
     END IF;
     IF NOT has_table_privilege(observers._calling_role(), p_table, 'SELECT') THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
@@ -124,12 +125,15 @@ BEGIN
             MESSAGE = 'events must name at least one of INSERT, UPDATE, DELETE';
     END IF;
     FOREACH v_event IN ARRAY p_events LOOP
+        IF upper(btrim(v_event)) = 'TRUNCATE' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('unknown event "%s": events are INSERT, UPDATE and DELETE', v_event),
+                HINT = 'TRUNCATE is not captured: it removes rows without row events.';
+        END IF;
         IF v_event IS NULL OR upper(btrim(v_event)) NOT IN ('INSERT', 'UPDATE', 'DELETE') THEN
             RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
                 MESSAGE = format('unknown event %s: events are INSERT, UPDATE and DELETE',
-                                 coalesce(quote_literal(v_event), 'NULL')),
-                HINT = CASE WHEN upper(btrim(v_event)) = 'TRUNCATE'
-                            THEN 'TRUNCATE is not captured: it removes rows without row events.' END;
+                                 coalesce('"' || v_event || '"', 'NULL'));
         END IF;
         v_norm := v_norm || upper(btrim(v_event));
     END LOOP;
@@ -159,8 +163,8 @@ BEGIN
                 WHERE attrelid = p_table AND attname = v_col AND attnum > 0 AND NOT attisdropped)
         THEN
             RAISE EXCEPTION USING ERRCODE = 'undefined_column',
-                MESSAGE = format('column %s of %s does not exist (in %s)',
-                                 coalesce(quote_ident(v_col), 'NULL'),
+                MESSAGE = format('column %s of table %s does not exist (in %s)',
+                                 coalesce('"' || v_col || '"', 'NULL'),
                                  observers._table_label(p_table), p_what),
                 HINT = format('Columns of %s: %s.', observers._table_label(p_table),
                               (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
@@ -415,7 +419,7 @@ BEGIN
     SELECT * INTO o FROM observers.observer WHERE name = p_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-            MESSAGE = format('observer %s does not exist', coalesce(quote_literal(p_name), 'NULL')),
+            MESSAGE = format('observer %s does not exist', coalesce('"' || p_name || '"', 'NULL')),
             HINT = 'SELECT name FROM observers.observer lists the observers.';
     END IF;
     RETURN o;
@@ -459,7 +463,7 @@ BEGIN
     v_columns := observers._check_columns(v_table, create_observer.columns, 'columns');
     IF v_columns IS NOT NULL AND NOT 'UPDATE' = ANY (v_events) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('columns only filter UPDATE events, and observer %L does not capture UPDATE', v_name),
+            MESSAGE = format('columns only filter UPDATE events, and observer "%s" does not capture UPDATE', v_name),
             HINT = 'Add UPDATE to events or leave columns NULL.';
     END IF;
     v_key := observers._check_columns(v_table, create_observer.ordering_key, 'ordering_key');
@@ -473,7 +477,7 @@ BEGIN
     IF FOUND THEN
         IF NOT coalesce(create_observer.replace, false) THEN
             RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
-                MESSAGE = format('observer %L already exists', v_name),
+                MESSAGE = format('observer "%s" already exists', v_name),
                 HINT = 'Pass replace => true to update its definition, or drop it first.';
         END IF;
         IF v_old.table_name = v_table
@@ -572,7 +576,7 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = o.table_name) THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_table',
-            MESSAGE = format('the table of observer %L (OID %s) no longer exists', o.name, o.table_name::oid),
+            MESSAGE = format('the table of observer "%s" no longer exists', o.name),
             HINT = 'Drop the observer, or re-create it on an existing table with replace => true.';
     END IF;
     PERFORM observers._set_triggers_enabled(o, true);

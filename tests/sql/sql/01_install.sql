@@ -1,0 +1,85 @@
+-- CREATE EXTENSION and what it creates (the contract of docs/ARCHITECTURE.md).
+\set SHOW_CONTEXT never
+CREATE EXTENSION pg_observers;
+
+SELECT e.extname, e.extversion ~ '^\d+\.\d+\.\d+$' AS cargo_version, e.extrelocatable,
+       n.nspname AS schema
+  FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
+ WHERE e.extname = 'pg_observers';
+
+-- tables and sequences (daily partitions listed separately below)
+SELECT c.relname, c.relkind
+  FROM pg_class AS c
+ WHERE c.relnamespace = 'observers'::regnamespace AND c.relkind IN ('r', 'p', 'S')
+   AND c.relname !~ '^event_p\d{8}$'
+ ORDER BY 1;
+
+-- the outbox
+SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid) AS default
+  FROM pg_attribute AS a LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE a.attrelid = 'observers.event'::regclass AND a.attnum > 0
+ ORDER BY a.attnum;
+SELECT pg_get_partkeydef('observers.event'::regclass);
+SELECT i.indexrelid::regclass AS index, pg_get_indexdef(i.indexrelid)
+  FROM pg_index AS i WHERE i.indrelid = 'observers.event'::regclass ORDER BY 1;
+SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class AS c WHERE c.oid = 'observers.event_default'::regclass;
+SELECT seqcache FROM pg_sequence WHERE seqrelid = 'observers.event_id_seq'::regclass;
+
+-- eight daily partitions (UTC), today .. today + 7, members of the extension
+SELECT count(*) AS partitions,
+       min(c.relname) = observers._partition_name((now() AT TIME ZONE 'UTC')::date) AS first_is_today,
+       max(c.relname) = observers._partition_name((now() AT TIME ZONE 'UTC')::date + 7) AS last_is_today_plus_7,
+       bool_and(observers._is_extension_member(c.oid)) AS members
+  FROM pg_class AS c
+ WHERE c.relnamespace = 'observers'::regnamespace AND c.relname ~ '^event_p\d{8}$';
+SELECT pg_get_expr(c.relpartbound, c.oid) =
+       format('FOR VALUES FROM (%L) TO (%L)',
+              ((now() AT TIME ZONE 'UTC')::date)::timestamp AT TIME ZONE 'UTC',
+              ((now() AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC') AS utc_day_bounds
+  FROM pg_class AS c
+ WHERE c.oid = ('observers.' || observers._partition_name((now() AT TIME ZONE 'UTC')::date))::regclass;
+
+-- roles
+SELECT rolname, rolcanlogin, rolsuper FROM pg_roles WHERE rolname LIKE 'observers\_%' ORDER BY 1;
+
+-- public functions: signatures
+SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args
+  FROM pg_proc AS p
+ WHERE p.pronamespace = 'observers'::regnamespace AND p.proname !~ '^_'
+ ORDER BY 1;
+SELECT p.proname, pg_get_function_result(p.oid) AS result
+  FROM pg_proc AS p
+ WHERE p.pronamespace = 'observers'::regnamespace AND p.proname !~ '^_'
+ ORDER BY 1;
+
+-- SECURITY DEFINER, pinned search_path, owner, who may call them
+SELECT p.proname,
+       p.prosecdef AS secdef,
+       p.proconfig,
+       CASE WHEN p.proowner = 'observers_capture'::regrole THEN 'observers_capture'
+            ELSE 'extension owner' END AS owner,
+       has_function_privilege('observers_worker', p.oid, 'EXECUTE') AS worker,
+       has_function_privilege('observers_admin', p.oid, 'EXECUTE') AS admin
+  FROM pg_proc AS p
+ WHERE p.pronamespace = 'observers'::regnamespace
+ ORDER BY 1;
+
+-- every function that runs with elevated rights pins search_path
+SELECT p.proname FROM pg_proc AS p
+ WHERE p.pronamespace = 'observers'::regnamespace AND p.prosecdef
+   AND NOT coalesce(p.proconfig @> '{"search_path=pg_catalog, pg_temp"}', false);
+
+-- PUBLIC can execute none of them
+SELECT p.proname FROM pg_proc AS p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) AS a
+ WHERE p.pronamespace = 'observers'::regnamespace AND a.grantee = 0 AND a.privilege_type = 'EXECUTE';
+
+-- GUCs are registered when the library loads (any capture or call of one of our functions)
+SELECT observers._retention_setting();
+SELECT name, setting, unit, context FROM pg_settings WHERE name LIKE 'observers.%' ORDER BY 1;
+
+-- an unknown observers.* setting is rejected once the prefix is reserved
+SET observers.no_such_setting = 1;
+
+-- maintain() right after CREATE EXTENSION has nothing to do
+SELECT observers.maintain();
