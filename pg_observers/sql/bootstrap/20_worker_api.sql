@@ -28,8 +28,9 @@ BEGIN
     END IF;
     IF l.expires_at <= clock_timestamp() THEN
         RAISE EXCEPTION USING ERRCODE = 'OB001',
-            MESSAGE = format('fenced: the lease of group "%s" (epoch %s) expired at %s',
-                             p_group, l.epoch, l.expires_at),
+            MESSAGE = format('fenced: the lease of group "%s" (epoch %s) expired at %s UTC',
+                             p_group, l.epoch,
+                             to_char(l.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')),
             HINT = 'Renew the lease (observers.lease_acquire) more often than its ttl.';
     END IF;
 END
