@@ -12,6 +12,9 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA observers FROM PUBLIC;
 
 -- Operators read everything (status, outbox, checkpoints, leases, dead letters, heartbeats).
 GRANT SELECT ON ALL TABLES IN SCHEMA observers TO observers_admin;
+-- The worker reads the metadata (no payloads: not the outbox, not the dead letters).
+GRANT SELECT ON observers.observer, observers.checkpoint, observers.leader_lease, observers.worker
+    TO observers_worker;
 
 -- The capture trigger runs as observers_capture: it may append to the outbox, nothing else.
 -- Observer conditions are compiled (at creation) and evaluated (at capture) with these rights.
