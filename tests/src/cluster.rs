@@ -332,6 +332,27 @@ fn sweep_stale_clusters() {
     }
 }
 
+/// A database error with its SQLSTATE, message, detail and hint (`Display` of
+/// `tokio_postgres::Error` says only "db error").
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; detail: {d}"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            if let Some(w) = db.where_() {
+                s.push_str(&format!("; where: {w}"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
 /// Connect and drive the connection on the current tokio runtime.
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
@@ -438,6 +459,8 @@ pub async fn fresh_db(name_hint: &str) -> TestDb {
     fresh_db_on(&url, name_hint).await
 }
 
+static INSTALL_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A new database on the cluster at `server_url` with `CREATE EXTENSION pg_observers`.
 pub async fn fresh_db_on(server_url: &str, name_hint: &str) -> TestDb {
     let name = unique_db_name(name_hint);
@@ -447,16 +470,24 @@ pub async fn fresh_db_on(server_url: &str, name_hint: &str) -> TestDb {
     admin
         .batch_execute(&format!("CREATE DATABASE \"{name}\""))
         .await
-        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {}", pg_error(&e)));
     let url = with_database(server_url, &name);
     let client = connect(&url)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-    if let Err(e) = client.batch_execute("CREATE EXTENSION pg_observers").await {
+    // Installs are serialised within this process: concurrent first installs in two databases
+    // race on the cluster-wide roles (FINDINGS-tests.md F1; covered by
+    // install::concurrent_create_extension_in_several_databases).
+    let installed = {
+        let _one_at_a_time = INSTALL_LOCK.lock().await;
+        client.batch_execute("CREATE EXTENSION pg_observers").await
+    };
+    if let Err(e) = installed {
         panic!(
-            "CREATE EXTENSION pg_observers failed in {name}: {e}\n\
+            "CREATE EXTENSION pg_observers failed in {name}: {}\n\
              Is the extension installed? (`make install-ext`, or \
-             `cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config` in pg_observers/)"
+             `cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config` in pg_observers/)",
+            pg_error(&e)
         );
     }
     TestDb { name, url, client }

@@ -29,7 +29,7 @@ pub async fn scalar_i64(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync
     let row = client
         .query_one(sql, params)
         .await
-        .unwrap_or_else(|e| panic!("query failed: {sql}: {e}"));
+        .unwrap_or_else(|e| panic!("query failed: {sql}: {}", crate::cluster::pg_error(&e)));
     let col = &row.columns()[0];
     match col.type_().name() {
         "int2" => row.get::<_, Option<i16>>(0).map(i64::from),

@@ -18,6 +18,8 @@ mod db_restart;
 mod delivery;
 #[path = "e2e/filters.rs"]
 mod filters;
+#[path = "e2e/install.rs"]
+mod install;
 #[path = "e2e/late_commit.rs"]
 mod late_commit;
 #[path = "e2e/ordering.rs"]

@@ -76,6 +76,24 @@ async fn sigterm_finishes_in_flight_work_checkpoints_and_exits_0() {
         checkpoint_rows(&db.client).await
     );
 
+    // The checkpoint was saved up to the last finished event: the batch (all 60 events, one
+    // transaction) is still open and `last_id` covers every event that was delivered.
+    let cp = db
+        .client
+        .query_one(
+            "SELECT snap_hi IS NOT NULL, last_id FROM observers.checkpoint WHERE group_name = 'default'",
+            &[],
+        )
+        .await
+        .expect("observers.checkpoint row of group default");
+    let (open, last_id): (bool, i64) = (cp.get(0), cp.get(1));
+    let max_done = done.iter().copied().max().unwrap();
+    assert!(open, "the batch was closed although {} of {EVENTS} events are not delivered", EVENTS as usize - done.len());
+    assert!(
+        last_id >= max_done,
+        "checkpoint last_id {last_id} is behind the last event delivered before shutdown ({max_done})"
+    );
+
     // Restart: the rest is delivered, and nothing that was finished is sent again.
     let count_before = rx.count();
     worker.restart();

@@ -1,0 +1,48 @@
+//! `CREATE EXTENSION pg_observers` as users run it: several databases of one fresh cluster
+//! installing at the same time (parallel test suites, multi-tenant setups).
+
+use std::sync::Arc;
+
+use observers_tests::cluster::{connect, pg_error, with_database, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_create_extension_in_several_databases() {
+    // A fresh cluster: the extension's cluster-wide roles do not exist yet.
+    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap().expect("private cluster"));
+    let admin = connect(&cluster.url()).await.unwrap();
+    let names: Vec<String> = (0..4).map(|i| format!("install_{i}")).collect();
+    for n in &names {
+        admin.batch_execute(&format!("CREATE DATABASE {n}")).await.unwrap();
+    }
+    let mut clients = vec![];
+    for n in &names {
+        clients.push(connect(&with_database(&cluster.url(), n)).await.unwrap());
+    }
+    let results = futures_util::future::join_all(
+        clients.iter().map(|c| async move { c.batch_execute("CREATE EXTENSION pg_observers").await }),
+    )
+    .await;
+    let failures: Vec<String> = results
+        .iter()
+        .zip(&names)
+        .filter_map(|(r, n)| r.as_ref().err().map(|e| format!("{n}: {}", pg_error(e))))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "concurrent CREATE EXTENSION failed in {} of {} databases:\n{}",
+        failures.len(),
+        names.len(),
+        failures.join("\n")
+    );
+    for c in &clients {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_roles WHERE rolname IN ('observers_admin','observers_worker','observers_capture')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 3);
+    }
+    drop(clients);
+    drop(admin);
+    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
+}
