@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: the main job, end to end, on the embedded default (PostgreSQL only).
 #
-#   1. a private PostgreSQL 15 cluster (/tmp/fraiseql-observers-demo, port 55433)
+#   1. a private PostgreSQL 15 cluster (/tmp/fraiseql-observers-demo, a free port)
 #   2. database `demo` with the extension and an `orders` table
-#   3. a local webhook receiver (127.0.0.1:18080) that logs every delivery
+#   3. a local webhook receiver (127.0.0.1, a free port) that logs every delivery
 #   4. the worker, started from scripts/demo/config.yaml, which observes `orders`
 #   5. some changes (insert, update, delete, a rolled-back insert, a late-committing transaction)
 #   6. what the receiver got, and what observers.status() says
@@ -14,8 +14,9 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-port=${DEMO_PGPORT:-55433}
-rport=${DEMO_RECEIVER_PORT:-18080}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=${DEMO_PGPORT:-$(free_port)}
+rport=${DEMO_RECEIVER_PORT:-$(free_port)}
 dir=/tmp/fraiseql-observers-demo
 run=$top/.run/demo
 bin=$top/target/debug
@@ -57,6 +58,11 @@ b "3. webhook receiver on $RECEIVER_URL (logs to .run/demo/deliveries.jsonl)"
 "$bin/webhook-receiver" --listen "127.0.0.1:$rport" --log "$run/deliveries.jsonl" \
   --secret "$HOOK_SECRET" >"$run/receiver.log" 2>&1 &
 receiver_pid=$!
+for _ in $(seq 1 50); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break
+  kill -0 "$receiver_pid" 2>/dev/null || { cat "$run/receiver.log" >&2; echo "the receiver did not start" >&2; exit 1; }
+  sleep 0.1
+done
 
 b "4. the worker: fraiseql-observers start --config scripts/demo/config.yaml"
 sed -n '1,200p' scripts/demo/config.yaml | sed 's/^/    /'
@@ -94,16 +100,23 @@ for _ in $(seq 1 100); do
 done
 python3 - "$run/deliveries.jsonl" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{len(rows)} deliveries (signature checked by the receiver)\n")
-print(f"{'event':>5}  {'observer':<14} {'op':<7} {'sig':<4} {'webhook-id':<18} payload")
+from decimal import Decimal
+# parse numbers as Decimal so they print exactly as delivered (1800.00 stays 1800.00)
+rows = [json.loads(l, parse_float=Decimal) for l in open(sys.argv[1]) if l.strip()]
+def show(d):
+    return "{" + ", ".join(f'"{k}": {json.dumps(v) if not isinstance(v, Decimal) else v}' for k, v in d.items()) + "}"
+print(f"{len(rows)} deliveries, in the order they arrived (signatures checked by the receiver)\n")
+print(f"{'event':>5}  {'observer':<14} {'op':<7} {'sig':<4} {'webhook-id':<12} row")
 for r in rows:
     body = r.get("body") or {}
     data = body.get("new") or body.get("old") or {}
-    extra = f" changed={body['changed']}" if body.get("changed") else ""
+    extra = f"  changed={body['changed']}" if body.get("changed") else ""
     sig = {True: "ok", False: "BAD", None: "-"}.get(r.get("signature_valid"))
     print(f"{body.get('id', '?'):>5}  {body.get('observer', '?'):<14} {body.get('op', '?'):<7} "
-          f"{sig:<4} {r.get('webhook_id', '?'):<18} {json.dumps(data)}{extra}")
+          f"{sig:<4} {r.get('webhook_id', '?'):<12} {show(data)}{extra}")
+print("\nNot delivered, by design: the rolled-back insert (customer 9) and the UPDATE that changed")
+print("no column in `columns`. The late transaction (customer 4) has lower event ids than")
+print("customer 5's but committed later: it is delivered after it, not skipped.")
 PY
 
 b "7. observers.status()"
