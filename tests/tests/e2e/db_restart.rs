@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use observers_tests::cluster::{connect, Cluster};
-use observers_tests::receiver::Receiver;
+use observers_tests::receiver::{Receiver, Reply};
 use observers_tests::util::wait_observer_ready;
 
 use crate::common::*;
@@ -33,7 +33,7 @@ async fn writer(url: String, name: &'static str, stop: Arc<AtomicBool>) -> usize
             Ok(_) => ok += 1,
             Err(_) => client = None,
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     ok
 }
@@ -51,13 +51,15 @@ async fn database_restart_mid_stream_loses_nothing_and_worker_keeps_going() {
     let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap().expect("private cluster"));
     let db = observers_tests::fresh_db_on(&cluster.url(), "db_restart").await;
     let rx = Receiver::start().await.unwrap();
+    // A slightly slow receiver and few permits: the worker has a backlog when the database goes.
+    rx.set_default("/hooks/flow", Reply::ok().random_delay(Duration::from_millis(2), Duration::from_millis(10)));
     db.client
         .batch_execute("CREATE TABLE public.flow (id bigserial PRIMARY KEY, label text UNIQUE NOT NULL)")
         .await
         .unwrap();
     let yaml = config(
         "w-restart",
-        "concurrent_execution: { enabled: true, max_in_flight: 32 }\n\
+        "concurrent_execution: { enabled: true, max_in_flight: 4 }\n\
          retry: { max_attempts: 10, initial_backoff: 100ms, max_backoff: 1s }\n",
         &format!(
             "  - name: flow
@@ -84,6 +86,7 @@ async fn database_restart_mid_stream_loses_nothing_and_worker_keeps_going() {
     // 1. pg_ctl restart -m fast while events flow.
     assert!(rx.wait_for(100, SHORT).await, "no deliveries before the restart; {}", rx.summary());
     let c = cluster.clone();
+    let in_flight_at_restart = rx.in_flight();
     tokio::task::spawn_blocking(move || c.restart()).await.unwrap().expect("pg_ctl restart");
     let before = rx.count();
     assert!(
@@ -138,7 +141,11 @@ async fn database_restart_mid_stream_loses_nothing_and_worker_keeps_going() {
     );
     assert!(worker.is_running(), "worker exited");
     assert!(wait_backlog_zero(&client, LONG).await, "backlog did not return to 0");
-    eprintln!("db restart test: {} rows, {}", committed.len() + 10, rx.summary());
+    eprintln!(
+        "db restart test: {} rows, {in_flight_at_restart} requests in flight at the fast restart; {}",
+        committed.len() + 10,
+        rx.summary()
+    );
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
     drop(client);
     tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
