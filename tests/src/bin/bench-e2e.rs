@@ -9,7 +9,7 @@
 //!    every event. Reported from worker start (includes start-up) and from first to last
 //!    delivery, plus duplicate deliveries (expected 0).
 //! 2. **latency**: with the worker running, writers insert 1-row transactions at a steady rate
-//!    (default 1,000/s for 15 s). Latency of an event = time the receiver got the request -
+//!    (default 1,000/s for 15 s, shared by 16 connections). Latency of an event = time the receiver got the request -
 //!    time the writer's COMMIT returned (both clocks are this process's). p50/p95/p99/max.
 //!
 //! Prints a table and one machine-readable JSON line starting with `{"bench":"e2e"`.
@@ -55,8 +55,9 @@ struct Args {
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     duration: Duration,
 
-    /// Writer connections sharing the steady rate.
-    #[arg(long, default_value_t = 4)]
+    /// Writer connections sharing the steady rate (enough that commit latency with fsync on
+    /// does not hold the rate back).
+    #[arg(long, default_value_t = 16)]
     writers: u64,
 
     /// Worker `concurrent_execution.max_in_flight`.
@@ -74,6 +75,10 @@ struct Args {
     /// Skip the latency phase.
     #[arg(long)]
     skip_latency: bool,
+
+    /// Write one CSV line per latency event (row id, commit, receive, as unix seconds) to FILE.
+    #[arg(long, value_name = "FILE")]
+    latency_csv: Option<PathBuf>,
 
     /// Keep the benchmark database afterwards.
     #[arg(long)]
@@ -286,12 +291,17 @@ async fn latency(args: &Args, url: &str, rx: &Receiver) -> anyhow::Result<serde_
     let mut lat_ms: Vec<f64> = vec![];
     let mut seen = std::collections::HashSet::new();
     let mut negative = 0u64;
+    let mut csv = String::from("row_id,committed_unix_s,received_unix_s\n");
     for d in rx.deliveries_for("/bench/latency") {
         let Some(row_id) = d.body.as_ref().and_then(|b| b["new"]["id"].as_i64()) else { continue };
         if !seen.insert(row_id) {
             continue;
         }
         let Some(c) = commits.get(&row_id) else { continue };
+        if args.latency_csv.is_some() {
+            let unix = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            csv.push_str(&format!("{row_id},{:.6},{:.6}\n", unix(*c), unix(d.received_at)));
+        }
         match d.received_at.duration_since(*c) {
             Ok(dt) => lat_ms.push(dt.as_secs_f64() * 1e3),
             // The receiver can get the request before the writer's COMMIT reply arrives.
@@ -300,6 +310,9 @@ async fn latency(args: &Args, url: &str, rx: &Receiver) -> anyhow::Result<serde_
                 lat_ms.push(0.0);
             }
         }
+    }
+    if let Some(path) = &args.latency_csv {
+        std::fs::write(path, csv).with_context(|| format!("cannot write {}", path.display()))?;
     }
     lat_ms.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| -> f64 {
