@@ -44,13 +44,30 @@ pub fn worker_bin() -> PathBuf {
     path
 }
 
-/// Directory for worker logs of the end-to-end tests: `target/e2e-logs/`.
+/// Directory for worker logs of the end-to-end tests: `target/e2e-logs/`. Files older than
+/// two days are pruned once per process.
 pub fn log_dir() -> PathBuf {
+    static PRUNED: std::sync::Once = std::sync::Once::new();
     let d = std::env::var_os("OBSERVERS_TEST_LOG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| target_dir().join("e2e-logs"));
     let _ = fs::create_dir_all(&d);
+    PRUNED.call_once(|| prune_old_files(&d, Duration::from_secs(2 * 24 * 3600)));
     d
+}
+
+fn prune_old_files(dir: &Path, older_than: Duration) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default() > older_than)
+            .unwrap_or(false);
+        if old && e.path().is_file() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 fn unique_suffix() -> String {

@@ -142,3 +142,42 @@ async fn every_op_is_delivered_with_exact_payload_headers_and_signature() {
     assert!(!log.contains(&secret), "the webhook secret appears in the worker log {}", worker.log_path().display());
     assert!(!log.contains(&token), "the header token appears in the worker log {}", worker.log_path().display());
 }
+
+/// SPEC §2.2: NOTIFY is a hint only. With notifications switched off for the database
+/// (`observers.notify_interval = 0`) the safety poll still delivers everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_any_notification_the_safety_poll_delivers_everything() {
+    let (db, rx) = setup("no_notify").await;
+    db.client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET observers.notify_interval = 0;
+             CREATE TABLE public.quiet (id serial PRIMARY KEY, n int);",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let yaml = config(
+        "w-no-notify",
+        "",
+        &format!(
+            "  - name: quiet\n    table: public.quiet\n    events: [INSERT]\n    actions:\n      - type: webhook\n        url: {}\n",
+            rx.url("/hooks/quiet")
+        ),
+    );
+    let mut worker = start_worker("no_notify", &db, &yaml, &[]);
+    wait_observer_ready(&db.client, "quiet", "public.quiet", SHORT).await;
+    // A new session picks up the database setting; prove it is in effect.
+    let writer = db.connect().await;
+    let setting: String = writer.query_one("SHOW observers.notify_interval", &[]).await.map(|r| r.get(0)).unwrap_or_default();
+    assert!(setting == "0" || setting == "0ms", "notify_interval not switched off: {setting:?}");
+    for i in 0..3 {
+        writer
+            .execute("INSERT INTO public.quiet (n) SELECT g FROM generate_series($1::int, $1::int + 9) g", &[&(i * 10)])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(rx.wait_for_events(30, SHORT).await, "without NOTIFY not everything was delivered; {}", rx.summary());
+    assert!(wait_backlog_zero(&db.client, SHORT).await);
+    assert_eq!(worker.stop(SHORT).await.code(), Some(0));
+}
