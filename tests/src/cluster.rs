@@ -82,7 +82,10 @@ fn run(mut cmd: Command) -> Result<Output, ClusterError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| ClusterError::Spawn { cmd: desc.clone(), source })?;
+        .map_err(|source| ClusterError::Spawn {
+            cmd: desc.clone(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(ClusterError::Failed {
             cmd: desc,
@@ -106,7 +109,10 @@ fn describe(cmd: &Command) -> String {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
-    move |source| ClusterError::Io { path: path.to_owned(), source }
+    move |source| ClusterError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -140,10 +146,14 @@ impl Cluster {
         let base = make_base_dir()?;
         let data = base.join("data");
         let mut initdb = pg_command("initdb");
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        ]);
         if let Err(e) = run(initdb) {
             let _ = fs::remove_dir_all(&base);
             return Err(e);
@@ -202,7 +212,11 @@ impl Cluster {
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), ClusterError> {
         let mut c = pg_command("pg_ctl");
-        c.arg("-D").arg(&self.data).arg("-l").arg(self.log_path()).args(args);
+        c.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .args(args);
         run(c).map(|_| ())
     }
 
@@ -246,7 +260,10 @@ impl Cluster {
             let _ = self.pg_ctl(&["-w", "-t", "30", "-m", "immediate", "stop"]);
         }
         if self.keep {
-            eprintln!("OBSERVERS_TEST_KEEP set: leaving cluster directory {}", self.base.display());
+            eprintln!(
+                "OBSERVERS_TEST_KEEP set: leaving cluster directory {}",
+                self.base.display()
+            );
         } else {
             let _ = fs::remove_dir_all(&self.base);
         }
@@ -309,7 +326,9 @@ fn write_conf(data: &Path, port: u16) -> Result<(), ClusterError> {
 
 /// Remove clusters left behind by test processes that died without cleaning up.
 fn sweep_stale_clusters() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -317,15 +336,21 @@ fn sweep_stale_clusters() {
             continue;
         }
         let base = entry.path();
-        let Ok(owner) = fs::read_to_string(base.join("owner.pid")) else { continue };
-        let Ok(pid) = owner.trim().parse::<i32>() else { continue };
+        let Ok(owner) = fs::read_to_string(base.join("owner.pid")) else {
+            continue;
+        };
+        let Ok(pid) = owner.trim().parse::<i32>() else {
+            continue;
+        };
         if pid_alive(pid) {
             continue;
         }
         let data = base.join("data");
         if data.join("postmaster.pid").exists() {
             let mut c = pg_command("pg_ctl");
-            c.arg("-D").arg(&data).args(["-w", "-t", "30", "-m", "immediate", "stop"]);
+            c.arg("-D")
+                .arg(&data)
+                .args(["-w", "-t", "30", "-m", "immediate", "stop"]);
             let _ = run(c);
         }
         let _ = fs::remove_dir_all(&base);
@@ -337,7 +362,12 @@ fn sweep_stale_clusters() {
 pub fn pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
-            let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+            let mut s = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
             if let Some(d) = db.detail() {
                 s.push_str(&format!("; detail: {d}"));
             }
@@ -394,7 +424,8 @@ pub fn shared_url() -> String {
     let shared = SHARED.get_or_init(|| match std::env::var(SHARED_URL_ENV) {
         Ok(url) if !url.trim().is_empty() => Shared::External(url.trim().to_owned()),
         _ => {
-            let c = Cluster::start().unwrap_or_else(|e| panic!("cannot start the shared test cluster: {e}"));
+            let c = Cluster::start()
+                .unwrap_or_else(|e| panic!("cannot start the shared test cluster: {e}"));
             // Statics are never dropped: stop the cluster when the process exits.
             // SAFETY: registering a plain extern "C" fn with no captured state.
             unsafe {
@@ -447,10 +478,20 @@ fn unique_db_name(hint: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let clean: String = hint
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
-    format!("t_{clean}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t_{clean}_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A new database on the shared cluster with `CREATE EXTENSION pg_observers`.
@@ -521,32 +562,69 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn private_cluster_start_restart_stop() {
-        let c = tokio::task::spawn_blocking(Cluster::start).await.unwrap().expect("start cluster");
+        let c = tokio::task::spawn_blocking(Cluster::start)
+            .await
+            .unwrap()
+            .expect("start cluster");
         let client = connect(&c.url()).await.expect("connect");
-        let v: String = client.query_one("SHOW server_version", &[]).await.unwrap().get(0);
+        let v: String = client
+            .query_one("SHOW server_version", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert!(v.starts_with("15"), "server version {v}");
-        let listen: String = client.query_one("SHOW listen_addresses", &[]).await.unwrap().get(0);
+        let listen: String = client
+            .query_one("SHOW listen_addresses", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(listen, "127.0.0.1");
 
         // restart kills existing sessions; a new one works
         let c = std::sync::Arc::new(c);
         let c2 = c.clone();
-        tokio::task::spawn_blocking(move || c2.restart()).await.unwrap().expect("restart");
-        assert!(client.query_one("SELECT 1", &[]).await.is_err(), "old session survived a restart");
-        let client = connect_retry(&c.url(), Duration::from_secs(30)).await.expect("reconnect");
-        client.query_one("SELECT 1", &[]).await.expect("query after restart");
+        tokio::task::spawn_blocking(move || c2.restart())
+            .await
+            .unwrap()
+            .expect("restart");
+        assert!(
+            client.query_one("SELECT 1", &[]).await.is_err(),
+            "old session survived a restart"
+        );
+        let client = connect_retry(&c.url(), Duration::from_secs(30))
+            .await
+            .expect("reconnect");
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .expect("query after restart");
 
         let c2 = c.clone();
-        tokio::task::spawn_blocking(move || c2.stop_immediate()).await.unwrap().expect("stop");
-        assert!(connect(&c.url()).await.is_err(), "connect succeeded on a stopped cluster");
+        tokio::task::spawn_blocking(move || c2.stop_immediate())
+            .await
+            .unwrap()
+            .expect("stop");
+        assert!(
+            connect(&c.url()).await.is_err(),
+            "connect succeeded on a stopped cluster"
+        );
         let c2 = c.clone();
-        tokio::task::spawn_blocking(move || c2.start_again()).await.unwrap().expect("start again");
-        connect_retry(&c.url(), Duration::from_secs(30)).await.expect("connect after start");
+        tokio::task::spawn_blocking(move || c2.start_again())
+            .await
+            .unwrap()
+            .expect("start again");
+        connect_retry(&c.url(), Duration::from_secs(30))
+            .await
+            .expect("connect after start");
 
         let base = c.base.clone();
         drop(client);
         let c = std::sync::Arc::try_unwrap(c).expect("sole owner");
         drop(c);
-        assert!(!base.exists(), "cluster directory {} not removed", base.display());
+        assert!(
+            !base.exists(),
+            "cluster directory {} not removed",
+            base.display()
+        );
     }
 }

@@ -59,7 +59,12 @@ impl Reply {
         Reply::status(200)
     }
     pub fn status(status: u16) -> Reply {
-        Reply { status, retry_after: None, delay: None, body: None }
+        Reply {
+            status,
+            retry_after: None,
+            delay: None,
+            body: None,
+        }
     }
     pub fn retry_after(mut self, value: impl Into<String>) -> Reply {
         self.retry_after = Some(value.into());
@@ -99,7 +104,12 @@ struct Behaviour {
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Behaviour { script: VecDeque::new(), default: Reply::ok(), fail_rate: 0.0, fail: Reply::status(500) }
+        Behaviour {
+            script: VecDeque::new(),
+            default: Reply::ok(),
+            fail_rate: 0.0,
+            fail: Reply::status(500),
+        }
     }
 }
 
@@ -220,7 +230,11 @@ pub enum ReceiverError {
 impl Receiver {
     /// Start on `127.0.0.1:<free port>`, recording everything, answering 200.
     pub async fn start() -> Result<Receiver, ReceiverError> {
-        Self::start_with(ReceiverOptions { keep_deliveries: true, ..Default::default() }).await
+        Self::start_with(ReceiverOptions {
+            keep_deliveries: true,
+            ..Default::default()
+        })
+        .await
     }
 
     /// Start recording everything and verifying signatures with `secret`.
@@ -234,12 +248,16 @@ impl Receiver {
     }
 
     pub async fn start_with(opts: ReceiverOptions) -> Result<Receiver, ReceiverError> {
-        let addr = opts.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = opts
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let secret = opts.secret.as_deref().map(secret_key).transpose()?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ReceiverError::Bind { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| ReceiverError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ReceiverError::Bind { addr, source })?;
         let mut global = Behaviour::default();
         if let Some(r) = opts.default_reply {
             global.default = r;
@@ -255,7 +273,9 @@ impl Receiver {
             secret,
             reject_invalid: opts.reject_invalid_signatures,
             keep: opts.keep_deliveries,
-            log: opts.log.map(|f| Mutex::new(BufWriter::with_capacity(1 << 20, f))),
+            log: opts
+                .log
+                .map(|f| Mutex::new(BufWriter::with_capacity(1 << 20, f))),
             seq: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -263,7 +283,12 @@ impl Receiver {
         });
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(listener, shared.clone(), shutdown.clone()));
-        Ok(Receiver { addr, shared, shutdown, server: Some(server) })
+        Ok(Receiver {
+            addr,
+            shared,
+            shutdown,
+            server: Some(server),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -278,7 +303,10 @@ impl Receiver {
     /// Queue replies for `path` (used one per request, in order), appended to any queued ones.
     pub fn script(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
         let mut b = self.shared.behaviours.lock();
-        b.1.entry(path.to_owned()).or_default().script.extend(replies);
+        b.1.entry(path.to_owned())
+            .or_default()
+            .script
+            .extend(replies);
     }
 
     /// The reply for `path` once its script is used up.
@@ -312,7 +340,14 @@ impl Receiver {
 
     /// Recorded requests for one path.
     pub fn deliveries_for(&self, path: &str) -> Vec<Delivery> {
-        self.shared.records.lock().deliveries.iter().filter(|d| d.path == path).cloned().collect()
+        self.shared
+            .records
+            .lock()
+            .deliveries
+            .iter()
+            .filter(|d| d.path == path)
+            .cloned()
+            .collect()
     }
 
     /// Distinct `webhook-id` values seen (any status).
@@ -327,7 +362,13 @@ impl Receiver {
 
     /// Number of distinct `webhook-id` values seen on `path` (cheap; no copy).
     pub fn unique_count_for(&self, path: &str) -> usize {
-        self.shared.records.lock().unique_by_path.get(path).copied().unwrap_or(0)
+        self.shared
+            .records
+            .lock()
+            .unique_by_path
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests whose `webhook-id` had been seen before.
@@ -338,7 +379,11 @@ impl Receiver {
     /// Distinct event ids (body `id`) that were answered with 2xx.
     pub fn delivered_event_ids(&self) -> HashSet<i64> {
         let r = self.shared.records.lock();
-        r.deliveries.iter().filter(|d| d.succeeded()).filter_map(Delivery::event_id).collect()
+        r.deliveries
+            .iter()
+            .filter(|d| d.succeeded())
+            .filter_map(Delivery::event_id)
+            .collect()
     }
 
     /// Requests per path.
@@ -372,11 +417,16 @@ impl Receiver {
 
     /// Wait until `count` distinct event ids were answered with 2xx. `false` on timeout.
     pub async fn wait_for_events(&self, count: usize, timeout: Duration) -> bool {
-        self.wait_until(timeout, |rx| rx.delivered_event_ids().len() >= count).await
+        self.wait_until(timeout, |rx| rx.delivered_event_ids().len() >= count)
+            .await
     }
 
     /// Wait until `pred(self)` holds (checked every 10 ms). `false` on timeout.
-    pub async fn wait_until(&self, timeout: Duration, mut pred: impl FnMut(&Receiver) -> bool) -> bool {
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Receiver) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if pred(self) {
@@ -478,7 +528,9 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellatio
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, shared.clone()));
-            let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
+            let conn = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}
@@ -488,7 +540,10 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellatio
 }
 
 fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
-    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Decrements the in-flight gauge even when the connection is dropped mid-delay.
@@ -499,11 +554,16 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let received_at = SystemTime::now();
     let now_in_flight = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight(&shared.in_flight);
-    shared.max_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
+    shared
+        .max_in_flight
+        .fetch_max(now_in_flight, Ordering::SeqCst);
     let seq = shared.seq.fetch_add(1, Ordering::SeqCst);
 
     let method = req.method().to_string();
@@ -515,16 +575,23 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let raw_body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
     let body: Option<Value> = serde_json::from_slice(&raw_body).ok();
-    let signature_valid = shared.secret.as_ref().map(|key| match (&webhook_id, &webhook_timestamp, &webhook_signature) {
-        (Some(id), Some(ts), Some(sig)) => verify_with_key(key, id, ts, &raw_body, sig),
-        _ => false,
+    let signature_valid = shared.secret.as_ref().map(|key| {
+        match (&webhook_id, &webhook_timestamp, &webhook_signature) {
+            (Some(id), Some(ts), Some(sig)) => verify_with_key(key, id, ts, &raw_body, sig),
+            _ => false,
+        }
     });
     shared.total.fetch_add(1, Ordering::SeqCst);
 
@@ -590,11 +657,21 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         }
     }
     if let Some(log) = &shared.log {
-        let line = log_line(received_at, &path, &webhook_id, &webhook_timestamp, signature_valid, reply.status, body.as_ref(), &raw_body);
+        let line = log_line(
+            received_at,
+            &path,
+            &webhook_id,
+            &webhook_timestamp,
+            signature_valid,
+            reply.status,
+            body.as_ref(),
+            &raw_body,
+        );
         log.lock().write_all(&line).ok();
     }
 
-    let mut resp = Response::builder().status(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK));
+    let mut resp =
+        Response::builder().status(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK));
     if let Some(ra) = &reply.retry_after {
         resp = resp.header("retry-after", ra.as_str());
     }
@@ -605,7 +682,9 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         }
         None => Bytes::new(),
     };
-    Ok(resp.body(Full::new(body)).unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+    Ok(resp
+        .body(Full::new(body))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
 }
 
 #[derive(Serialize)]
@@ -643,10 +722,15 @@ fn log_line(
     out.pop(); // the closing brace
     out.extend_from_slice(b",\"body\":");
     match body {
-        Some(_) if !raw_body.contains(&b'\n') && !raw_body.contains(&b'\r') => out.extend_from_slice(raw_body.trim_ascii()),
-        Some(v) => out.extend_from_slice(&serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec())),
+        Some(_) if !raw_body.contains(&b'\n') && !raw_body.contains(&b'\r') => {
+            out.extend_from_slice(raw_body.trim_ascii())
+        }
+        Some(v) => {
+            out.extend_from_slice(&serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
+        }
         None => out.extend_from_slice(
-            &serde_json::to_vec(&String::from_utf8_lossy(raw_body)).unwrap_or_else(|_| b"null".to_vec()),
+            &serde_json::to_vec(&String::from_utf8_lossy(raw_body))
+                .unwrap_or_else(|_| b"null".to_vec()),
         ),
     }
     out.extend_from_slice(b"}\n");
@@ -656,16 +740,23 @@ fn log_line(
 /// RFC 3339 UTC with microseconds.
 pub fn fmt_time(t: SystemTime) -> String {
     let dt: time::OffsetDateTime = t.into();
-    dt.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 mod rfc3339 {
-    pub fn serialize<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        t: &std::time::SystemTime,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::fmt_time(*t))
     }
 }
 mod rfc3339_opt {
-    pub fn serialize<S: serde::Serializer>(t: &Option<std::time::SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<std::time::SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => s.serialize_str(&super::fmt_time(*t)),
             None => s.serialize_none(),
@@ -686,11 +777,16 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, ReceiverError> {
 
 /// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`
 pub fn sign(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> Result<String, ReceiverError> {
-    Ok(format!("v1,{}", sign_with_key(&secret_key(secret)?, id, timestamp, body)))
+    Ok(format!(
+        "v1,{}",
+        sign_with_key(&secret_key(secret)?, id, timestamp, body)
+    ))
 }
 
 fn sign_with_key(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return String::new() };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
     mac.update(id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.as_bytes());
@@ -701,7 +797,13 @@ fn sign_with_key(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
 
 /// Standard Webhooks verification: the header holds space-separated `v1,<sig>` entries; one
 /// must match (constant-time compare).
-pub fn verify_signature(secret: &str, id: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
+pub fn verify_signature(
+    secret: &str,
+    id: &str,
+    timestamp: &str,
+    body: &[u8],
+    header: &str,
+) -> bool {
     match secret_key(secret) {
         Ok(key) => verify_with_key(&key, id, timestamp, body, header),
         Err(_) => false,
@@ -709,22 +811,31 @@ pub fn verify_signature(secret: &str, id: &str, timestamp: &str, body: &[u8], he
 }
 
 fn verify_with_key(key: &[u8], id: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return false };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return false;
+    };
     mac.update(id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
     header.split_whitespace().any(|entry| {
-        let Some(sig) = entry.strip_prefix("v1,") else { return false };
-        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(sig) else { return false };
+        let Some(sig) = entry.strip_prefix("v1,") else {
+            return false;
+        };
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(sig) else {
+            return false;
+        };
         mac.clone().verify_slice(&bytes).is_ok()
     })
 }
 
 /// Open `path` for appending (the CLI's `--log`).
 pub fn open_log(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new().create(true).append(true).open(path)
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -741,7 +852,13 @@ mod tests {
         let body = br#"{"test": 2432232314}"#;
         let sig = sign(SECRET, id, ts, body).unwrap();
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert!(verify_signature(SECRET, id, ts, body, &format!("v1,bogus {sig}")));
+        assert!(verify_signature(
+            SECRET,
+            id,
+            ts,
+            body,
+            &format!("v1,bogus {sig}")
+        ));
         assert!(!verify_signature(SECRET, id, ts, b"{}", &sig));
         assert!(!verify_signature(SECRET, "other", ts, body, &sig));
         assert!(!verify_signature("whsec_AAAA", id, ts, body, &sig));
@@ -773,7 +890,10 @@ mod tests {
                 .send()
                 .await
                 .unwrap();
-            let ra = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            let ra = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
             statuses.push((r.status().as_u16(), ra, r.text().await.unwrap()));
         }
         assert_eq!(statuses[0].0, 500);
@@ -782,7 +902,12 @@ mod tests {
         assert_eq!(statuses[2].2, "<html>bad gateway</html>");
         assert_eq!(statuses[3].0, 200);
         // another path is unaffected by /a's script
-        let r = http.post(rx.url("/b")).body("not json").send().await.unwrap();
+        let r = http
+            .post(rx.url("/b"))
+            .body("not json")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
 
         assert!(rx.wait_for(5, Duration::from_secs(5)).await);
@@ -811,13 +936,26 @@ mod tests {
         let started = Instant::now();
         let reqs = (0..4).map(|_| http.post(rx.url("/slow")).body("{}").send());
         let results = futures_util::future::join_all(reqs).await;
-        assert!(results.iter().all(|r| r.as_ref().map(|r| r.status() == 200).unwrap_or(false)));
+        assert!(results
+            .iter()
+            .all(|r| r.as_ref().map(|r| r.status() == 200).unwrap_or(false)));
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(300), "delay not applied: {took:?}");
-        assert!(rx.max_concurrency() >= 2, "requests were not concurrent: {}", rx.summary());
+        assert!(
+            took >= Duration::from_millis(300),
+            "delay not applied: {took:?}"
+        );
+        assert!(
+            rx.max_concurrency() >= 2,
+            "requests were not concurrent: {}",
+            rx.summary()
+        );
         assert_eq!(rx.in_flight(), 0);
         for d in rx.deliveries() {
-            let dt = d.responded_at.unwrap().duration_since(d.received_at).unwrap();
+            let dt = d
+                .responded_at
+                .unwrap()
+                .duration_since(d.received_at)
+                .unwrap();
             assert!(dt >= Duration::from_millis(290), "{dt:?}");
         }
     }
@@ -837,7 +975,13 @@ mod tests {
         .await
         .unwrap();
         let http = reqwest::Client::new();
-        let r = http.post(rx.url("/x")).header("webhook-id", "a").body("{}").send().await.unwrap();
+        let r = http
+            .post(rx.url("/x"))
+            .header("webhook-id", "a")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 401);
         let sig = sign(SECRET, "b", "1", b"{\"id\":1}").unwrap();
         let r = http
@@ -850,17 +994,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
-        assert!(rx.deliveries().is_empty(), "keep_deliveries=false must not record");
+        assert!(
+            rx.deliveries().is_empty(),
+            "keep_deliveries=false must not record"
+        );
         rx.shutdown().await;
         let text = std::fs::read_to_string(&log_path).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["status"], 401);
         assert_eq!(lines[0]["signature_valid"], false);
         assert_eq!(lines[1]["status"], 200);
         assert_eq!(lines[1]["webhook_id"], "b");
         assert_eq!(lines[1]["body"]["id"], 1);
-        assert!(text.lines().nth(1).unwrap().ends_with(r#","body":{"id":1}}"#), "body verbatim: {text}");
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with(r#","body":{"id":1}}"#),
+            "body verbatim: {text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -43,14 +43,19 @@ pub async fn scalar_i64(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync
 pub async fn wait_observer(client: &Client, name: &str, timeout: Duration) -> i64 {
     let found = poll(timeout, Duration::from_millis(100), || async {
         client
-            .query_opt("SELECT id::bigint FROM observers.observer WHERE name = $1", &[&name])
+            .query_opt(
+                "SELECT id::bigint FROM observers.observer WHERE name = $1",
+                &[&name],
+            )
             .await
             .ok()
             .flatten()
             .map(|r| r.get::<_, i64>(0))
     })
     .await;
-    found.unwrap_or_else(|| panic!("observer {name} did not appear in observers.observer within {timeout:?}"))
+    found.unwrap_or_else(|| {
+        panic!("observer {name} did not appear in observers.observer within {timeout:?}")
+    })
 }
 
 /// Is the capture trigger installed on `table`? (Any trigger whose function lives in schema
@@ -66,7 +71,12 @@ pub async fn capture_trigger_installed(client: &Client, table: &str) -> bool {
 }
 
 /// Wait for the observer row *and* its capture trigger on `table`.
-pub async fn wait_observer_ready(client: &Client, name: &str, table: &str, timeout: Duration) -> i64 {
+pub async fn wait_observer_ready(
+    client: &Client,
+    name: &str,
+    table: &str,
+    timeout: Duration,
+) -> i64 {
     let id = wait_observer(client, name, timeout).await;
     let ok = poll(timeout, Duration::from_millis(100), || async {
         capture_trigger_installed(client, table).await.then_some(())

@@ -57,7 +57,9 @@ pub fn log_dir() -> PathBuf {
 }
 
 fn prune_old_files(dir: &Path, older_than: Duration) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let old = e
             .metadata()
@@ -72,11 +74,23 @@ fn prune_old_files(dir: &Path, older_than: Duration) {
 
 fn unique_suffix() -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A running (or exited) worker process.
@@ -105,8 +119,9 @@ impl Worker {
         let name = format!("{}-{}", sanitize(name), unique_suffix());
         let dir = log_dir();
         let config_path = dir.join(format!("{name}.yaml"));
-        fs::write(&config_path, yaml)
-            .unwrap_or_else(|e| panic!("cannot write worker config {}: {e}", config_path.display()));
+        fs::write(&config_path, yaml).unwrap_or_else(|e| {
+            panic!("cannot write worker config {}: {e}", config_path.display())
+        });
         let log_path = dir.join(format!("{name}.log"));
         let mut w = Worker {
             bin,
@@ -115,7 +130,10 @@ impl Worker {
             exit: None,
             config_path,
             log_path,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             starts: 0,
             dump_log_on_drop: false,
         };
@@ -124,7 +142,11 @@ impl Worker {
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "worker {} is still running", self.name);
+        assert!(
+            self.child.is_none(),
+            "worker {} is still running",
+            self.name
+        );
         self.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)
@@ -147,7 +169,9 @@ impl Worker {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(err));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.bin.display()));
@@ -237,7 +261,8 @@ impl Worker {
 
     /// Wait until the log contains `needle` (case-sensitive); `false` on timeout.
     pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        self.wait_for_log_where(timeout, |l| l.contains(needle)).await
+        self.wait_for_log_where(timeout, |l| l.contains(needle))
+            .await
     }
 
     /// Wait until some log line satisfies `pred`; `false` on timeout.
@@ -261,7 +286,10 @@ impl Worker {
             Some(st) => st,
             None => {
                 self.dump_log();
-                panic!("worker {} did not exit within {timeout:?} after SIGTERM", self.name)
+                panic!(
+                    "worker {} did not exit within {timeout:?} after SIGTERM",
+                    self.name
+                )
             }
         }
     }
@@ -299,7 +327,10 @@ impl Drop for Worker {
 /// Run a one-shot CLI command (`validate-config FILE`, `status`, ...) with a timeout.
 pub async fn run_cli(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
     let mut cmd = tokio::process::Command::new(worker_bin());
-    cmd.args(args).env("NO_COLOR", "1").stdin(Stdio::null()).kill_on_drop(true);
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
@@ -316,7 +347,8 @@ pub async fn run_cli(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> 
 /// Write `content` to a fresh file in the log directory (configs for `validate-config` etc.).
 pub fn write_temp_file(name: &str, content: &str) -> PathBuf {
     let path = log_dir().join(format!("{}-{}", unique_suffix(), sanitize(name)));
-    let mut f = File::create(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    let mut f =
+        File::create(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
     f.write_all(content.as_bytes())
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path

@@ -29,7 +29,11 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
-#[command(name = "bench-e2e", version, about = "End-to-end benchmark: backlog drain rate and commit-to-delivery latency")]
+#[command(
+    name = "bench-e2e",
+    version,
+    about = "End-to-end benchmark: backlog drain rate and commit-to-delivery latency"
+)]
 struct Args {
     /// Superuser URL of a running cluster with pg_observers installed (any database).
     #[arg(long, env = "BENCH_PGURL")]
@@ -96,7 +100,9 @@ fn main() -> anyhow::Result<()> {
     if args.rate == 0 || args.writers == 0 {
         bail!("--rate and --writers must be positive");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(args))
 }
 
@@ -119,13 +125,21 @@ fn worker_yaml(args: &Args, rx: &Receiver) -> String {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let db_name = format!("bench_e2e_{}", std::process::id());
-    let admin = connect(&args.pgurl).await.with_context(|| format!("cannot connect to {}", args.pgurl))?;
-    admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await.context("CREATE DATABASE")?;
+    let admin = connect(&args.pgurl)
+        .await
+        .with_context(|| format!("cannot connect to {}", args.pgurl))?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db_name}"))
+        .await
+        .context("CREATE DATABASE")?;
     let url = with_database(&args.pgurl, &db_name);
     let result = bench(&args, &url).await;
     if args.keep_db {
         eprintln!("database kept: {url}");
-    } else if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await {
+    } else if let Err(e) = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+        .await
+    {
         eprintln!("warning: could not drop {db_name}: {e}");
     }
     result
@@ -141,7 +155,11 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         )
         .await
         .context("set up the benchmark database (is pg_observers installed?)")?;
-    let rx = Receiver::start_with(ReceiverOptions { keep_deliveries: true, ..Default::default() }).await?;
+    let rx = Receiver::start_with(ReceiverOptions {
+        keep_deliveries: true,
+        ..Default::default()
+    })
+    .await?;
     let yaml = worker_yaml(args, &rx);
     let env = [("DATABASE_URL", url)];
 
@@ -149,8 +167,20 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
     let mut worker = Worker::start_bin(args.worker_bin.clone(), "bench-e2e", &yaml, &env);
     eprintln!("worker log: {}", worker.log_path().display());
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
-        wait_observer_ready(&client, "bench_backlog", "public.bench_backlog", Duration::from_secs(60)).await;
-        wait_observer_ready(&client, "bench_latency", "public.bench_latency", Duration::from_secs(60)).await;
+        wait_observer_ready(
+            &client,
+            "bench_backlog",
+            "public.bench_backlog",
+            Duration::from_secs(60),
+        )
+        .await;
+        wait_observer_ready(
+            &client,
+            "bench_latency",
+            "public.bench_latency",
+            Duration::from_secs(60),
+        )
+        .await;
     })
     .await;
     if ready.is_err() {
@@ -185,7 +215,12 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drain(args: &Args, client: &tokio_postgres::Client, rx: &Receiver, worker: &mut Worker) -> anyhow::Result<serde_json::Value> {
+async fn drain(
+    args: &Args,
+    client: &tokio_postgres::Client,
+    rx: &Receiver,
+    worker: &mut Worker,
+) -> anyhow::Result<serde_json::Value> {
     let n = args.events;
     let per = args.backlog_txn_rows.max(1);
     let t = Instant::now();
@@ -202,7 +237,11 @@ async fn drain(args: &Args, client: &tokio_postgres::Client, rx: &Receiver, work
         written += rows;
     }
     let write_s = t.elapsed().as_secs_f64();
-    println!("{:<44} {:>14}", format!("backlog written ({per}-row txns)"), format!("{n} events"));
+    println!(
+        "{:<44} {:>14}",
+        format!("backlog written ({per}-row txns)"),
+        format!("{n} events")
+    );
     println!("{:<44} {:>14.1}", "  write time (s)", write_s);
 
     let base_count = rx.count();
@@ -211,7 +250,9 @@ async fn drain(args: &Args, client: &tokio_postgres::Client, rx: &Receiver, work
     worker.restart();
     let timeout = Duration::from_secs(600);
     let ok = rx
-        .wait_until(timeout, |rx| rx.unique_count_for("/bench/drain") >= n as usize)
+        .wait_until(timeout, |rx| {
+            rx.unique_count_for("/bench/drain") >= n as usize
+        })
         .await;
     let total_s = t0.elapsed().as_secs_f64();
     if !ok {
@@ -222,15 +263,32 @@ async fn drain(args: &Args, client: &tokio_postgres::Client, rx: &Receiver, work
     let requests = rx.count() - base_count;
     let first = d.iter().map(|x| x.received_at).min().unwrap_or(started);
     let last = d.iter().map(|x| x.received_at).max().unwrap_or(started);
-    let active_s = last.duration_since(first).unwrap_or_default().as_secs_f64().max(1e-9);
-    let startup_s = first.duration_since(started).unwrap_or_default().as_secs_f64();
-    let unique: std::collections::HashSet<&str> = d.iter().filter_map(|x| x.webhook_id.as_deref()).collect();
+    let active_s = last
+        .duration_since(first)
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(1e-9);
+    let startup_s = first
+        .duration_since(started)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let unique: std::collections::HashSet<&str> =
+        d.iter().filter_map(|x| x.webhook_id.as_deref()).collect();
     let duplicates = d.len() - unique.len();
     let rate_total = n as f64 / total_s;
     let rate_active = n as f64 / active_s;
-    println!("{:<44} {:>14.0}", "drain rate, from worker start (events/s)", rate_total);
-    println!("{:<44} {:>14.0}", "drain rate, first to last delivery (events/s)", rate_active);
-    println!("{:<44} {:>14.2}", "  worker start to first delivery (s)", startup_s);
+    println!(
+        "{:<44} {:>14.0}",
+        "drain rate, from worker start (events/s)", rate_total
+    );
+    println!(
+        "{:<44} {:>14.0}",
+        "drain rate, first to last delivery (events/s)", rate_active
+    );
+    println!(
+        "{:<44} {:>14.2}",
+        "  worker start to first delivery (s)", startup_s
+    );
     println!("{:<44} {:>14}", "  duplicate deliveries", duplicates);
     Ok(json!({
         "events": n,
@@ -282,10 +340,15 @@ async fn latency(args: &Args, url: &str, rx: &Receiver) -> anyhow::Result<serde_
     let write_s = (Instant::now() - t0).as_secs_f64();
     let written = commits.lock().len();
     let ok = rx
-        .wait_until(Duration::from_secs(120), |rx| rx.unique_count_for("/bench/latency") >= written)
+        .wait_until(Duration::from_secs(120), |rx| {
+            rx.unique_count_for("/bench/latency") >= written
+        })
         .await;
     if !ok {
-        bail!("latency phase: not every event was delivered within 120 s: {}", rx.summary());
+        bail!(
+            "latency phase: not every event was delivered within 120 s: {}",
+            rx.summary()
+        );
     }
     let commits = commits.lock().clone();
     let mut lat_ms: Vec<f64> = vec![];
@@ -293,14 +356,26 @@ async fn latency(args: &Args, url: &str, rx: &Receiver) -> anyhow::Result<serde_
     let mut negative = 0u64;
     let mut csv = String::from("row_id,committed_unix_s,received_unix_s\n");
     for d in rx.deliveries_for("/bench/latency") {
-        let Some(row_id) = d.body.as_ref().and_then(|b| b["new"]["id"].as_i64()) else { continue };
+        let Some(row_id) = d.body.as_ref().and_then(|b| b["new"]["id"].as_i64()) else {
+            continue;
+        };
         if !seen.insert(row_id) {
             continue;
         }
-        let Some(c) = commits.get(&row_id) else { continue };
+        let Some(c) = commits.get(&row_id) else {
+            continue;
+        };
         if args.latency_csv.is_some() {
-            let unix = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-            csv.push_str(&format!("{row_id},{:.6},{:.6}\n", unix(*c), unix(d.received_at)));
+            let unix = |t: SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            };
+            csv.push_str(&format!(
+                "{row_id},{:.6},{:.6}\n",
+                unix(*c),
+                unix(d.received_at)
+            ));
         }
         match d.received_at.duration_since(*c) {
             Ok(dt) => lat_ms.push(dt.as_secs_f64() * 1e3),
@@ -323,7 +398,12 @@ async fn latency(args: &Args, url: &str, rx: &Receiver) -> anyhow::Result<serde_
         lat_ms[i.min(lat_ms.len() - 1)]
     };
     let achieved = written as f64 / write_s;
-    let (p50, p95, p99, max) = (pct(50.0), pct(95.0), pct(99.0), lat_ms.last().copied().unwrap_or(f64::NAN));
+    let (p50, p95, p99, max) = (
+        pct(50.0),
+        pct(95.0),
+        pct(99.0),
+        lat_ms.last().copied().unwrap_or(f64::NAN),
+    );
     println!(
         "{:<44} {:>14}",
         format!("latency: steady writes ({} writers)", args.writers),

@@ -66,15 +66,22 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !(0.0..=1.0).contains(&args.fail_rate) {
-        bail!("--fail-rate must be between 0.0 and 1.0, got {}", args.fail_rate);
+        bail!(
+            "--fail-rate must be between 0.0 and 1.0, got {}",
+            args.fail_rate
+        );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let log = match &args.log {
-        Some(p) => Some(open_log(p).with_context(|| format!("cannot open log file {}", p.display()))?),
+        Some(p) => {
+            Some(open_log(p).with_context(|| format!("cannot open log file {}", p.display()))?)
+        }
         None => None,
     };
     let with_extras = |mut r: Reply| {
@@ -97,14 +104,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         default_reply: Some(with_extras(Reply::ok())),
         fail_rate: args.fail_rate,
         fail_reply: Some(with_extras(Reply::status(args.fail_status))),
-        script: args.script.iter().map(|s| with_extras(Reply::status(*s))).collect(),
+        script: args
+            .script
+            .iter()
+            .map(|s| with_extras(Reply::status(*s)))
+            .collect(),
     })
     .await
     .context("cannot start the receiver")?;
     println!("webhook-receiver listening on http://{}", rx.addr());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stats_every = if args.stats_interval.is_zero() { Duration::from_secs(3600 * 24 * 365) } else { args.stats_interval };
+    let stats_every = if args.stats_interval.is_zero() {
+        Duration::from_secs(3600 * 24 * 365)
+    } else {
+        args.stats_interval
+    };
     let mut tick = tokio::time::interval(stats_every);
     tick.tick().await;
     let mut last = 0u64;

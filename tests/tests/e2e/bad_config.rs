@@ -12,7 +12,11 @@ use observers_tests::worker::{run_cli, write_temp_file, Worker};
 use crate::common::*;
 
 fn output_text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,15 +27,32 @@ async fn unknown_key_exits_2_with_path_and_line() {
     let file = file.to_str().unwrap();
 
     let mut w = Worker::start("bad_config_unknown_key", yaml, &[]);
-    let status = w.wait_exit(SHORT).await.expect("a config error must make `start` exit, not hang");
+    let status = w
+        .wait_exit(SHORT)
+        .await
+        .expect("a config error must make `start` exit, not hang");
     let log = w.log();
-    assert_eq!(status.code(), Some(2), "unknown key: exit code 2 expected; output:\n{log}");
-    assert!(log.contains("worker.batch_sizee"), "the error must name the YAML path worker.batch_sizee:\n{log}");
-    assert!(log.contains("5:3") || log.contains("line 5"), "the error must give line 5 (column 3):\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "unknown key: exit code 2 expected; output:\n{log}"
+    );
+    assert!(
+        log.contains("worker.batch_sizee"),
+        "the error must name the YAML path worker.batch_sizee:\n{log}"
+    );
+    assert!(
+        log.contains("5:3") || log.contains("line 5"),
+        "the error must give line 5 (column 3):\n{log}"
+    );
 
     let out = run_cli(&["validate-config", file], &[], SHORT).await;
     let text = output_text(&out);
-    assert_eq!(out.status.code(), Some(2), "validate-config with an unknown key: exit 2 expected:\n{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "validate-config with an unknown key: exit 2 expected:\n{text}"
+    );
     assert!(text.contains("worker.batch_sizee"), "{text}");
     assert!(text.contains("5:3") || text.contains("line 5"), "{text}");
 }
@@ -45,17 +66,33 @@ async fn validate_config_reports_every_problem_at_once() {
     let file = write_temp_file("many-problems.yaml", yaml);
     let out = run_cli(&["validate-config", file.to_str().unwrap()], &[], SHORT).await;
     let text = output_text(&out);
-    assert_ne!(out.status.code(), Some(0), "an invalid config must not validate:\n{text}");
-    assert!(text.contains("worker.poll_interval"), "bad duration not reported with its path:\n{text}");
-    assert!(text.contains("retry.max_attemps"), "unknown key not reported with its path:\n{text}");
-    assert!(text.contains("carrier_pigeon"), "unknown action type not reported:\n{text}");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "an invalid config must not validate:\n{text}"
+    );
+    assert!(
+        text.contains("worker.poll_interval"),
+        "bad duration not reported with its path:\n{text}"
+    );
+    assert!(
+        text.contains("retry.max_attemps"),
+        "unknown key not reported with its path:\n{text}"
+    );
+    assert!(
+        text.contains("carrier_pigeon"),
+        "unknown action type not reported:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_env_var_is_a_clear_error() {
     let yaml = "database:\n  url: ${OBSERVERS_TEST_SURELY_UNSET_VAR}\nworker:\n  id: w-env\nobservers: []\n";
     let mut w = Worker::start("bad_config_missing_env", yaml, &[]);
-    let status = w.wait_exit(SHORT).await.expect("a missing env var must make `start` exit, not hang");
+    let status = w
+        .wait_exit(SHORT)
+        .await
+        .expect("a missing env var must make `start` exit, not hang");
     let log = w.log();
     assert_ne!(status.code(), Some(0), "missing env var must fail:\n{log}");
     assert!(
@@ -66,7 +103,12 @@ async fn missing_env_var_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_database_at_start_is_retried_until_it_comes_up() {
-    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap().expect("private cluster"));
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(Cluster::start)
+            .await
+            .unwrap()
+            .expect("private cluster"),
+    );
     let db = observers_tests::fresh_db_on(&cluster.url(), "db_down_at_start").await;
     db.client
         .batch_execute("CREATE TABLE public.later (id serial PRIMARY KEY, label text)")
@@ -89,28 +131,61 @@ async fn unreachable_database_at_start_is_retried_until_it_comes_up() {
     );
     drop(db.client);
     let c = cluster.clone();
-    tokio::task::spawn_blocking(move || c.stop()).await.unwrap().expect("stop cluster");
+    tokio::task::spawn_blocking(move || c.stop())
+        .await
+        .unwrap()
+        .expect("stop cluster");
 
-    let mut worker = Worker::start("db_down_at_start", &yaml, &[("DATABASE_URL", db.url.as_str())]);
+    let mut worker = Worker::start(
+        "db_down_at_start",
+        &yaml,
+        &[("DATABASE_URL", db.url.as_str())],
+    );
     let said_so = worker
         .wait_for_log_where(SHORT, |l| {
             let l = l.to_lowercase();
             (l.contains("database") || l.contains("connect") || l.contains("postgres"))
-                && (l.contains("retry") || l.contains("retrying") || l.contains("backoff") || l.contains("unreachable"))
+                && (l.contains("retry")
+                    || l.contains("retrying")
+                    || l.contains("backoff")
+                    || l.contains("unreachable"))
         })
         .await;
-    assert!(said_so, "the worker must log that the database is unreachable and it is retrying");
+    assert!(
+        said_so,
+        "the worker must log that the database is unreachable and it is retrying"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(worker.is_running(), "the worker gave up on an unreachable database instead of retrying");
+    assert!(
+        worker.is_running(),
+        "the worker gave up on an unreachable database instead of retrying"
+    );
 
     let c = cluster.clone();
-    tokio::task::spawn_blocking(move || c.start_again()).await.unwrap().expect("start cluster");
-    let client = observers_tests::cluster::connect_retry(&db.url, SHORT).await.unwrap();
+    tokio::task::spawn_blocking(move || c.start_again())
+        .await
+        .unwrap()
+        .expect("start cluster");
+    let client = observers_tests::cluster::connect_retry(&db.url, SHORT)
+        .await
+        .unwrap();
     wait_observer_ready(&client, "later", "public.later", LONG).await;
-    client.execute("INSERT INTO public.later (label) VALUES ('hello')", &[]).await.unwrap();
-    assert!(rx.wait_for_events(1, LONG).await, "nothing delivered after the database came up; {}", rx.summary());
-    assert_eq!(rx.deliveries()[0].body.as_ref().unwrap()["new"]["label"], "hello");
+    client
+        .execute("INSERT INTO public.later (label) VALUES ('hello')", &[])
+        .await
+        .unwrap();
+    assert!(
+        rx.wait_for_events(1, LONG).await,
+        "nothing delivered after the database came up; {}",
+        rx.summary()
+    );
+    assert_eq!(
+        rx.deliveries()[0].body.as_ref().unwrap()["new"]["label"],
+        "hello"
+    );
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
     drop(client);
-    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
 }

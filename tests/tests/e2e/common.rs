@@ -64,7 +64,9 @@ pub fn top_level_keys(raw: &[u8]) -> Vec<String> {
             d.deserialize_map(V)
         }
     }
-    serde_json::from_slice::<Keys>(raw).map(|k| k.0).unwrap_or_default()
+    serde_json::from_slice::<Keys>(raw)
+        .map(|k| k.0)
+        .unwrap_or_default()
 }
 
 /// The first successful delivery of each event id, in arrival order.
@@ -79,7 +81,9 @@ pub fn first_successes(deliveries: &[Delivery]) -> Vec<Delivery> {
 }
 
 /// event id -> distinct webhook-ids it was delivered with.
-pub fn webhook_ids_by_event(deliveries: &[Delivery]) -> HashMap<i64, std::collections::BTreeSet<String>> {
+pub fn webhook_ids_by_event(
+    deliveries: &[Delivery],
+) -> HashMap<i64, std::collections::BTreeSet<String>> {
     let mut m: HashMap<i64, std::collections::BTreeSet<String>> = HashMap::new();
     for d in deliveries {
         if let (Some(id), Some(w)) = (d.event_id(), &d.webhook_id) {
@@ -119,7 +123,9 @@ pub async fn dlq_rows(client: &Client) -> Vec<BTreeMap<String, Option<String>>> 
 /// Wait until `observers.dlq` has at least `n` rows.
 pub async fn wait_dlq(client: &Client, n: i64, timeout: Duration) -> bool {
     observers_tests::util::poll(timeout, Duration::from_millis(100), || async {
-        let c = scalar_i64(client, "SELECT count(*) FROM observers.dlq", &[]).await.unwrap_or(0);
+        let c = scalar_i64(client, "SELECT count(*) FROM observers.dlq", &[])
+            .await
+            .unwrap_or(0);
         (c >= n).then_some(())
     })
     .await
@@ -156,5 +162,8 @@ pub fn random_secret() -> String {
     use rand::RngCore;
     let mut key = [0u8; 24];
     rand::rng().fill_bytes(&mut key);
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
 }

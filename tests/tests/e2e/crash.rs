@@ -17,7 +17,10 @@ const WRITERS: u64 = 4;
 async fn kill_9_mid_stream_loses_nothing() {
     let (db, rx) = setup("crash_kill9").await;
     // Slightly slow receiver: plenty of requests in flight when the worker dies.
-    rx.set_default("/hooks/stream", Reply::ok().random_delay(Duration::from_millis(1), Duration::from_millis(8)));
+    rx.set_default(
+        "/hooks/stream",
+        Reply::ok().random_delay(Duration::from_millis(1), Duration::from_millis(8)),
+    );
     db.client
         .batch_execute("CREATE TABLE public.stream (id bigserial PRIMARY KEY, writer int, n int)")
         .await
@@ -74,9 +77,14 @@ async fn kill_9_mid_stream_loses_nothing() {
             rx.summary()
         );
         // Prefer a moment with requests in flight (best effort: the receiver is slow enough).
-        rx.wait_until(Duration::from_secs(2), |rx| rx.in_flight() > 0).await;
+        rx.wait_until(Duration::from_secs(2), |rx| rx.in_flight() > 0)
+            .await;
         worker.kill9();
-        eprintln!("kill -9 #{round} after {} requests ({} rows written)", rx.count(), written.load(Ordering::SeqCst));
+        eprintln!(
+            "kill -9 #{round} after {} requests ({} rows written)",
+            rx.count(),
+            written.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         worker.restart();
     }
@@ -88,17 +96,41 @@ async fn kill_9_mid_stream_loses_nothing() {
     let ok = rx.wait_for_events(TOTAL as usize, LONG).await;
     let delivered = rx.delivered_event_ids();
     let outbox = outbox_ids(&db.client, "stream").await;
-    assert_eq!(outbox.len() as u64, TOTAL, "one outbox event per inserted row");
-    let missing: Vec<i64> = outbox.iter().copied().filter(|id| !delivered.contains(id)).take(20).collect();
-    assert!(ok && missing.is_empty(), "events lost after kill -9 (first 20 missing: {missing:?}); {}", rx.summary());
-    assert_eq!(delivered.len() as u64, TOTAL, "delivered ids must be exactly the outbox ids");
-    assert!(delivered.iter().all(|id| outbox.binary_search(id).is_ok()), "delivered an id that is not in the outbox");
+    assert_eq!(
+        outbox.len() as u64,
+        TOTAL,
+        "one outbox event per inserted row"
+    );
+    let missing: Vec<i64> = outbox
+        .iter()
+        .copied()
+        .filter(|id| !delivered.contains(id))
+        .take(20)
+        .collect();
+    assert!(
+        ok && missing.is_empty(),
+        "events lost after kill -9 (first 20 missing: {missing:?}); {}",
+        rx.summary()
+    );
+    assert_eq!(
+        delivered.len() as u64,
+        TOTAL,
+        "delivered ids must be exactly the outbox ids"
+    );
+    assert!(
+        delivered.iter().all(|id| outbox.binary_search(id).is_ok()),
+        "delivered an id that is not in the outbox"
+    );
 
     // A redelivery is the same (event, action) pair: same webhook-id, never a new one.
     rx.settle(Duration::from_secs(2), LONG).await;
     let deliveries = rx.deliveries();
     for (id, wids) in webhook_ids_by_event(&deliveries) {
-        assert_eq!(wids.len(), 1, "event {id} was delivered with different webhook-ids: {wids:?}");
+        assert_eq!(
+            wids.len(),
+            1,
+            "event {id} was delivered with different webhook-ids: {wids:?}"
+        );
     }
     assert_eq!(rx.unique_webhook_ids().len() as u64, TOTAL);
     eprintln!(
@@ -108,8 +140,14 @@ async fn kill_9_mid_stream_loses_nothing() {
     );
 
     // observers.status(): nothing left, nothing dead-lettered.
-    assert!(wait_backlog_zero(&db.client, LONG).await, "backlog did not return to 0");
+    assert!(
+        wait_backlog_zero(&db.client, LONG).await,
+        "backlog did not return to 0"
+    );
     assert_eq!(status_sum(&db.client, "dlq_count").await, 0);
-    assert_eq!(scalar_i64(&db.client, "SELECT count(*) FROM observers.dlq", &[]).await, Some(0));
+    assert_eq!(
+        scalar_i64(&db.client, "SELECT count(*) FROM observers.dlq", &[]).await,
+        Some(0)
+    );
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
 }

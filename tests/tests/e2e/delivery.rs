@@ -49,19 +49,31 @@ async fn every_op_is_delivered_with_exact_payload_headers_and_signature() {
         "delivery_ops",
         &db,
         &yaml,
-        &[("HOOK_SECRET", secret.as_str()), ("HOOK_TOKEN", token.as_str())],
+        &[
+            ("HOOK_SECRET", secret.as_str()),
+            ("HOOK_TOKEN", token.as_str()),
+        ],
     );
     let observer_id = wait_observer_ready(&db.client, "order_events", "public.orders", SHORT).await;
 
     // The secret and the token are not stored in the database (placeholders stay placeholders).
     let actions: String = db
         .client
-        .query_one("SELECT actions::text FROM observers.observer WHERE name = 'order_events'", &[])
+        .query_one(
+            "SELECT actions::text FROM observers.observer WHERE name = 'order_events'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert!(!actions.contains(&secret), "webhook secret stored in observers.observer.actions: {actions}");
-    assert!(!actions.contains(&token), "header secret stored in observers.observer.actions: {actions}");
+    assert!(
+        !actions.contains(&secret),
+        "webhook secret stored in observers.observer.actions: {actions}"
+    );
+    assert!(
+        !actions.contains(&token),
+        "header secret stored in observers.observer.actions: {actions}"
+    );
 
     // Three transactions; remember each one's txid.
     let mut txids = vec![];
@@ -71,34 +83,68 @@ async fn every_op_is_delivered_with_exact_payload_headers_and_signature() {
         "DELETE FROM public.orders WHERE id = 1",
     ] {
         db.client.batch_execute("BEGIN").await.unwrap();
-        let n = db.client.execute(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let n = db
+            .client
+            .execute(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         assert_eq!(n, 1, "{sql}");
-        let row = db.client.query_one("SELECT pg_current_xact_id()::text::bigint", &[]).await.unwrap();
+        let row = db
+            .client
+            .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+            .await
+            .unwrap();
         txids.push(row.get::<_, i64>(0));
         db.client.batch_execute("COMMIT").await.unwrap();
     }
 
-    assert!(rx.wait_for_events(3, SHORT).await, "expected 3 deliveries; {}", rx.summary());
+    assert!(
+        rx.wait_for_events(3, SHORT).await,
+        "expected 3 deliveries; {}",
+        rx.summary()
+    );
     rx.settle(Duration::from_secs(2), SHORT).await;
     let deliveries = rx.deliveries();
-    assert_eq!(deliveries.len(), 3, "exactly one request per event expected; {}", rx.summary());
+    assert_eq!(
+        deliveries.len(),
+        3,
+        "exactly one request per event expected; {}",
+        rx.summary()
+    );
 
     let outbox = outbox_ids(&db.client, "order_events").await;
-    assert_eq!(outbox.len(), 3, "outbox should hold one event per change: {outbox:?}");
+    assert_eq!(
+        outbox.len(),
+        3,
+        "outbox should hold one event per change: {outbox:?}"
+    );
 
-    let row_insert = json!({"id": 1, "customer_id": 3, "total": 1500.00, "status": "new", "note": null});
-    let row_paid = json!({"id": 1, "customer_id": 3, "total": 1500.00, "status": "paid", "note": null});
+    let row_insert =
+        json!({"id": 1, "customer_id": 3, "total": 1500.00, "status": "new", "note": null});
+    let row_paid =
+        json!({"id": 1, "customer_id": 3, "total": 1500.00, "status": "paid", "note": null});
     let expected = [
         ("INSERT", row_insert.clone(), Value::Null, Value::Null),
-        ("UPDATE", row_paid.clone(), row_insert.clone(), json!(["status"])),
+        (
+            "UPDATE",
+            row_paid.clone(),
+            row_insert.clone(),
+            json!(["status"]),
+        ),
         ("DELETE", Value::Null, row_paid.clone(), Value::Null),
     ];
     let mut by_id = deliveries.clone();
     by_id.sort_by_key(|d| d.event_id());
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     for (i, d) in by_id.iter().enumerate() {
         let (op, new, old, changed) = &expected[i];
-        let body = d.body.as_ref().unwrap_or_else(|| panic!("body is not JSON: {:?}", d.raw_body));
+        let body = d
+            .body
+            .as_ref()
+            .unwrap_or_else(|| panic!("body is not JSON: {:?}", d.raw_body));
         let ctx = format!("delivery {i} ({op}): {body}");
         assert_eq!(d.method, "POST", "{ctx}");
         assert_eq!(body["id"].as_i64(), Some(outbox[i]), "{ctx}");
@@ -109,38 +155,98 @@ async fn every_op_is_delivered_with_exact_payload_headers_and_signature() {
         assert_eq!(body["old"], *old, "{ctx}");
         assert_eq!(body["changed"], *changed, "{ctx}");
         assert!(body["txid"].is_u64(), "txid must be a JSON number: {ctx}");
-        assert_eq!(body["txid"].as_i64(), Some(txids[i]), "txid of the writing transaction: {ctx}");
-        let captured = body["captured_at"].as_str().unwrap_or_else(|| panic!("captured_at not a string: {ctx}"));
+        assert_eq!(
+            body["txid"].as_i64(),
+            Some(txids[i]),
+            "txid of the writing transaction: {ctx}"
+        );
+        let captured = body["captured_at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("captured_at not a string: {ctx}"));
         let ts = OffsetDateTime::parse(captured, &Rfc3339)
             .unwrap_or_else(|e| panic!("captured_at {captured:?} is not RFC 3339 ({e}): {ctx}"));
-        assert!(ts.offset().is_utc(), "captured_at {captured:?} must be UTC as in SPEC §4: {ctx}");
-        assert!((ts.unix_timestamp() - now).abs() < 600, "captured_at {captured:?} is not now: {ctx}");
+        assert!(
+            ts.offset().is_utc(),
+            "captured_at {captured:?} must be UTC as in SPEC §4: {ctx}"
+        );
+        assert!(
+            (ts.unix_timestamp() - now).abs() < 600,
+            "captured_at {captured:?} is not now: {ctx}"
+        );
         assert_eq!(
             top_level_keys(&d.raw_body),
-            ["id", "observer", "op", "table", "new", "old", "changed", "txid", "captured_at"],
+            [
+                "id",
+                "observer",
+                "op",
+                "table",
+                "new",
+                "old",
+                "changed",
+                "txid",
+                "captured_at"
+            ],
             "key order as in SPEC §4"
         );
 
         // Standard Webhooks headers.
-        assert_eq!(d.content_type.as_deref().map(|c| c.starts_with("application/json")), Some(true), "{ctx}");
-        let wid = d.webhook_id.as_deref().unwrap_or_else(|| panic!("no webhook-id: {ctx}"));
-        assert_eq!(wid, format!("evt_{}_0", outbox[i]), "webhook-id is evt_<event id>_<action index>");
-        let wts = d.webhook_timestamp.as_deref().unwrap_or_else(|| panic!("no webhook-timestamp: {ctx}"));
-        let wts_n: i64 = wts.parse().unwrap_or_else(|_| panic!("webhook-timestamp {wts:?} is not integer seconds"));
-        assert!((wts_n - now).abs() < 600, "webhook-timestamp {wts} is not now ({now})");
-        let sig = d.webhook_signature.as_deref().unwrap_or_else(|| panic!("no webhook-signature: {ctx}"));
+        assert_eq!(
+            d.content_type
+                .as_deref()
+                .map(|c| c.starts_with("application/json")),
+            Some(true),
+            "{ctx}"
+        );
+        let wid = d
+            .webhook_id
+            .as_deref()
+            .unwrap_or_else(|| panic!("no webhook-id: {ctx}"));
+        assert_eq!(
+            wid,
+            format!("evt_{}_0", outbox[i]),
+            "webhook-id is evt_<event id>_<action index>"
+        );
+        let wts = d
+            .webhook_timestamp
+            .as_deref()
+            .unwrap_or_else(|| panic!("no webhook-timestamp: {ctx}"));
+        let wts_n: i64 = wts
+            .parse()
+            .unwrap_or_else(|_| panic!("webhook-timestamp {wts:?} is not integer seconds"));
+        assert!(
+            (wts_n - now).abs() < 600,
+            "webhook-timestamp {wts} is not now ({now})"
+        );
+        let sig = d
+            .webhook_signature
+            .as_deref()
+            .unwrap_or_else(|| panic!("no webhook-signature: {ctx}"));
         assert!(sig.starts_with("v1,"), "signature {sig:?}");
-        assert!(verify_signature(&secret, wid, wts, &d.raw_body, sig), "signature does not verify: {ctx}");
+        assert!(
+            verify_signature(&secret, wid, wts, &d.raw_body, sig),
+            "signature does not verify: {ctx}"
+        );
         assert_eq!(d.signature_valid, Some(true));
-        assert_eq!(d.headers.get("authorization").map(String::as_str), Some(format!("Bearer {token}").as_str()));
+        assert_eq!(
+            d.headers.get("authorization").map(String::as_str),
+            Some(format!("Bearer {token}").as_str())
+        );
     }
     let _ = observer_id;
 
     let status = worker.stop(SHORT).await;
     assert_eq!(status.code(), Some(0), "SIGTERM must end with exit 0");
     let log = worker.log();
-    assert!(!log.contains(&secret), "the webhook secret appears in the worker log {}", worker.log_path().display());
-    assert!(!log.contains(&token), "the header token appears in the worker log {}", worker.log_path().display());
+    assert!(
+        !log.contains(&secret),
+        "the webhook secret appears in the worker log {}",
+        worker.log_path().display()
+    );
+    assert!(
+        !log.contains(&token),
+        "the header token appears in the worker log {}",
+        worker.log_path().display()
+    );
 }
 
 /// SPEC §2.2: NOTIFY is a hint only. With notifications switched off for the database
@@ -168,8 +274,15 @@ async fn without_any_notification_the_safety_poll_delivers_everything() {
     wait_observer_ready(&db.client, "quiet", "public.quiet", SHORT).await;
     // A new session picks up the database setting; prove it is in effect.
     let writer = db.connect().await;
-    let setting: String = writer.query_one("SHOW observers.notify_interval", &[]).await.map(|r| r.get(0)).unwrap_or_default();
-    assert!(setting == "0" || setting == "0ms", "notify_interval not switched off: {setting:?}");
+    let setting: String = writer
+        .query_one("SHOW observers.notify_interval", &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_default();
+    assert!(
+        setting == "0" || setting == "0ms",
+        "notify_interval not switched off: {setting:?}"
+    );
     for i in 0..3 {
         writer
             .execute("INSERT INTO public.quiet (n) SELECT g FROM generate_series($1::int, $1::int + 9) g", &[&(i * 10)])
@@ -177,7 +290,11 @@ async fn without_any_notification_the_safety_poll_delivers_everything() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(rx.wait_for_events(30, SHORT).await, "without NOTIFY not everything was delivered; {}", rx.summary());
+    assert!(
+        rx.wait_for_events(30, SHORT).await,
+        "without NOTIFY not everything was delivered; {}",
+        rx.summary()
+    );
     assert!(wait_backlog_zero(&db.client, SHORT).await);
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
 }

@@ -47,17 +47,29 @@ async fn condition_columns_events_filters_and_rollback() {
 
     let c = &db.client;
     // id 1: small -> no event (condition false)
-    c.batch_execute("INSERT INTO public.orders (customer_id, total) VALUES (1, 500)").await.unwrap();
+    c.batch_execute("INSERT INTO public.orders (customer_id, total) VALUES (1, 500)")
+        .await
+        .unwrap();
     // id 2: big -> event 1
-    c.batch_execute("INSERT INTO public.orders (customer_id, total) VALUES (2, 1500)").await.unwrap();
+    c.batch_execute("INSERT INTO public.orders (customer_id, total) VALUES (2, 1500)")
+        .await
+        .unwrap();
     // column not in `columns` changed -> no event
-    c.batch_execute("UPDATE public.orders SET note = 'gift wrap' WHERE id = 2").await.unwrap();
+    c.batch_execute("UPDATE public.orders SET note = 'gift wrap' WHERE id = 2")
+        .await
+        .unwrap();
     // an UPDATE that changes nothing at all -> no event
-    c.batch_execute("UPDATE public.orders SET status = status WHERE id = 2").await.unwrap();
+    c.batch_execute("UPDATE public.orders SET status = status WHERE id = 2")
+        .await
+        .unwrap();
     // status changed on a big order -> event 2 with changed = [status]
-    c.batch_execute("UPDATE public.orders SET status = 'paid' WHERE id = 2").await.unwrap();
+    c.batch_execute("UPDATE public.orders SET status = 'paid' WHERE id = 2")
+        .await
+        .unwrap();
     // status changed on a small order -> no event (condition false)
-    c.batch_execute("UPDATE public.orders SET status = 'paid' WHERE id = 1").await.unwrap();
+    c.batch_execute("UPDATE public.orders SET status = 'paid' WHERE id = 1")
+        .await
+        .unwrap();
     // rolled back: nothing, for either observer
     c.batch_execute(
         "BEGIN; INSERT INTO public.orders (customer_id, total) VALUES (9, 5000);
@@ -73,9 +85,13 @@ async fn condition_columns_events_filters_and_rollback() {
     .await
     .unwrap();
     // big -> small: condition is on NEW, so no event
-    c.batch_execute("UPDATE public.orders SET total = 900 WHERE customer_id = 11").await.unwrap();
+    c.batch_execute("UPDATE public.orders SET total = 900 WHERE customer_id = 11")
+        .await
+        .unwrap();
     // DELETE goes only to the deletions observer
-    c.batch_execute("DELETE FROM public.orders WHERE id = 1").await.unwrap();
+    c.batch_execute("DELETE FROM public.orders WHERE id = 1")
+        .await
+        .unwrap();
 
     assert!(rx.wait_for(4, SHORT).await, "{}", rx.summary());
     rx.settle(Duration::from_secs(3), SHORT).await;
@@ -87,7 +103,11 @@ async fn condition_columns_events_filters_and_rollback() {
         .iter()
         .map(|d| {
             let b = d.body.clone().unwrap();
-            (b["op"].as_str().unwrap().to_owned(), b["new"].clone(), b["changed"].clone())
+            (
+                b["op"].as_str().unwrap().to_owned(),
+                b["new"].clone(),
+                b["changed"].clone(),
+            )
         })
         .collect();
     assert_eq!(
@@ -120,7 +140,10 @@ async fn condition_columns_events_filters_and_rollback() {
     assert_eq!(b["new"], serde_json::Value::Null);
 
     // Filtered and rolled-back changes never reached the outbox.
-    assert_eq!(scalar_i64(&db.client, "SELECT count(*) FROM observers.event", &[]).await, Some(4));
+    assert_eq!(
+        scalar_i64(&db.client, "SELECT count(*) FROM observers.event", &[]).await,
+        Some(4)
+    );
     assert!(wait_backlog_zero(&db.client, SHORT).await);
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
 }

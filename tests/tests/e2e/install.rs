@@ -8,18 +8,28 @@ use observers_tests::cluster::{connect, pg_error, with_database, Cluster};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_create_extension_in_several_databases() {
     // A fresh cluster: the extension's cluster-wide roles do not exist yet.
-    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap().expect("private cluster"));
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(Cluster::start)
+            .await
+            .unwrap()
+            .expect("private cluster"),
+    );
     let admin = connect(&cluster.url()).await.unwrap();
     let names: Vec<String> = (0..4).map(|i| format!("install_{i}")).collect();
     for n in &names {
-        admin.batch_execute(&format!("CREATE DATABASE {n}")).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {n}"))
+            .await
+            .unwrap();
     }
     let mut clients = vec![];
     for n in &names {
         clients.push(connect(&with_database(&cluster.url(), n)).await.unwrap());
     }
     let results = futures_util::future::join_all(
-        clients.iter().map(|c| async move { c.batch_execute("CREATE EXTENSION pg_observers").await }),
+        clients
+            .iter()
+            .map(|c| async move { c.batch_execute("CREATE EXTENSION pg_observers").await }),
     )
     .await;
     let failures: Vec<String> = results
@@ -44,5 +54,7 @@ async fn concurrent_create_extension_in_several_databases() {
     }
     drop(clients);
     drop(admin);
-    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
 }

@@ -36,23 +36,41 @@ async fn late_commit_with_lower_id_is_delivered_after_higher_ids() {
 
     // Session A inserts first (lower event id) and keeps its transaction open.
     let a = db.connect().await;
-    a.batch_execute("BEGIN; INSERT INTO public.items (label) VALUES ('A')").await.unwrap();
-    let a_event = scalar_i64(&a, "SELECT max(id) FROM observers.event", &[]).await.expect("A's event id");
+    a.batch_execute("BEGIN; INSERT INTO public.items (label) VALUES ('A')")
+        .await
+        .unwrap();
+    let a_event = scalar_i64(&a, "SELECT max(id) FROM observers.event", &[])
+        .await
+        .expect("A's event id");
 
     // Session B inserts second (higher id) and commits first.
     let b = db.connect().await;
-    b.batch_execute("INSERT INTO public.items (label) VALUES ('B')").await.unwrap();
-    assert!(rx.wait_for_events(1, SHORT).await, "B was not delivered; {}", rx.summary());
+    b.batch_execute("INSERT INTO public.items (label) VALUES ('B')")
+        .await
+        .unwrap();
+    assert!(
+        rx.wait_for_events(1, SHORT).await,
+        "B was not delivered; {}",
+        rx.summary()
+    );
     let first = rx.deliveries();
     assert_eq!(first.len(), 1);
     let b_event = first[0].event_id().expect("event id");
     assert_eq!(first[0].body.as_ref().unwrap()["new"]["label"], "B");
-    assert!(a_event < b_event, "A must hold the lower id ({a_event} vs {b_event})");
+    assert!(
+        a_event < b_event,
+        "A must hold the lower id ({a_event} vs {b_event})"
+    );
 
     // Let the worker go around several times (safety poll is 1s) with A still open: a plain
     // id cursor would now be past A's id for good.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(rx.count(), 1, "nothing else may be delivered while A is open; {}", rx.summary());
+    assert_eq!(
+        rx.count(),
+        1,
+        "nothing else may be delivered while A is open; {}",
+        rx.summary()
+    );
 
     a.batch_execute("COMMIT").await.unwrap();
     assert!(
@@ -61,10 +79,19 @@ async fn late_commit_with_lower_id_is_delivered_after_higher_ids() {
         rx.summary()
     );
     let d = rx.deliveries();
-    let second = d.iter().find(|x| x.event_id() == Some(a_event)).expect("A's delivery");
+    let second = d
+        .iter()
+        .find(|x| x.event_id() == Some(a_event))
+        .expect("A's delivery");
     assert_eq!(second.body.as_ref().unwrap()["new"]["label"], "A");
-    assert_eq!(second.webhook_id.as_deref(), Some(format!("evt_{a_event}_0").as_str()));
-    assert!(wait_backlog_zero(&db.client, SHORT).await, "backlog did not return to 0");
+    assert_eq!(
+        second.webhook_id.as_deref(),
+        Some(format!("evt_{a_event}_0").as_str())
+    );
+    assert!(
+        wait_backlog_zero(&db.client, SHORT).await,
+        "backlog did not return to 0"
+    );
 
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
 }
@@ -100,7 +127,9 @@ async fn many_interleaved_late_transactions_leave_no_gap() {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let label = format!("steady-{i}");
-                c.execute("INSERT INTO public.items (label) VALUES ($1)", &[&label]).await.unwrap();
+                c.execute("INSERT INTO public.items (label) VALUES ($1)", &[&label])
+                    .await
+                    .unwrap();
                 committed.lock().insert(label);
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -115,14 +144,20 @@ async fn many_interleaved_late_transactions_leave_no_gap() {
         late.push(tokio::spawn(async move {
             let (start_delay, hold, rows) = {
                 let mut r = rand::rng();
-                (r.random_range(0..1500u64), r.random_range(0..1500u64), r.random_range(1..=3))
+                (
+                    r.random_range(0..1500u64),
+                    r.random_range(0..1500u64),
+                    r.random_range(1..=3),
+                )
             };
             tokio::time::sleep(Duration::from_millis(start_delay)).await;
             let c = observers_tests::cluster::connect(&url).await.unwrap();
             c.batch_execute("BEGIN").await.unwrap();
             let labels: Vec<String> = (0..rows).map(|k| format!("late-{t}-{k}")).collect();
             for l in &labels {
-                c.execute("INSERT INTO public.items (label) VALUES ($1)", &[l]).await.unwrap();
+                c.execute("INSERT INTO public.items (label) VALUES ($1)", &[l])
+                    .await
+                    .unwrap();
             }
             tokio::time::sleep(Duration::from_millis(hold)).await;
             if t % 5 == 4 {
@@ -160,13 +195,34 @@ async fn many_interleaved_late_transactions_leave_no_gap() {
         .filter_map(|d| d.body.as_ref()?["new"]["label"].as_str().map(str::to_owned))
         .collect();
     let missing: Vec<&String> = committed.iter().filter(|l| !got.contains(*l)).collect();
-    assert!(ok, "{} committed rows never delivered (gap): {:?}; {}", missing.len(), missing, rx.summary());
+    assert!(
+        ok,
+        "{} committed rows never delivered (gap): {:?}; {}",
+        missing.len(),
+        missing,
+        rx.summary()
+    );
     rx.settle(Duration::from_secs(2), SHORT).await;
     let ghosts: Vec<&String> = rolled_back.iter().filter(|l| got.contains(*l)).collect();
-    assert!(ghosts.is_empty(), "rolled-back rows were delivered: {ghosts:?}");
+    assert!(
+        ghosts.is_empty(),
+        "rolled-back rows were delivered: {ghosts:?}"
+    );
     let outbox = outbox_ids(&db.client, "late").await;
-    assert_eq!(outbox.len(), committed.len(), "one outbox event per committed row");
-    assert_eq!(rx.delivered_event_ids().len(), committed.len(), "{}", rx.summary());
-    assert!(wait_backlog_zero(&db.client, SHORT).await, "backlog did not return to 0");
+    assert_eq!(
+        outbox.len(),
+        committed.len(),
+        "one outbox event per committed row"
+    );
+    assert_eq!(
+        rx.delivered_event_ids().len(),
+        committed.len(),
+        "{}",
+        rx.summary()
+    );
+    assert!(
+        wait_backlog_zero(&db.client, SHORT).await,
+        "backlog did not return to 0"
+    );
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
 }

@@ -17,7 +17,10 @@ const UPDATES_PER_WRITER: usize = 120;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_in_commit_order_different_keys_in_parallel() {
     let (db, rx) = setup("ordering").await;
-    rx.set_default("/hooks/acct", Reply::ok().random_delay(Duration::ZERO, Duration::from_millis(15)));
+    rx.set_default(
+        "/hooks/acct",
+        Reply::ok().random_delay(Duration::ZERO, Duration::from_millis(15)),
+    );
     // One row per customer: every event of a key is a change of that one row, so commit order
     // is both event-id order and `seq` order (a second writer waits for the row lock before
     // its change -- and its event id -- exists).
@@ -63,9 +66,12 @@ async fn same_key_in_commit_order_different_keys_in_parallel() {
                     let mut r = rand::rng();
                     (r.random_range(1..=CUSTOMERS), r.random_range(0..3u64))
                 };
-                c.execute("UPDATE public.accounts SET seq = seq + 1 WHERE customer_id = $1", &[&customer])
-                    .await
-                    .unwrap();
+                c.execute(
+                    "UPDATE public.accounts SET seq = seq + 1 WHERE customer_id = $1",
+                    &[&customer],
+                )
+                .await
+                .unwrap();
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         }));
@@ -74,7 +80,11 @@ async fn same_key_in_commit_order_different_keys_in_parallel() {
         w.await.unwrap();
     }
     let total = CUSTOMERS as usize + WRITERS * UPDATES_PER_WRITER;
-    assert!(rx.wait_for_events(total, LONG).await, "not everything delivered; {}", rx.summary());
+    assert!(
+        rx.wait_for_events(total, LONG).await,
+        "not everything delivered; {}",
+        rx.summary()
+    );
     rx.settle(Duration::from_secs(1), SHORT).await;
 
     let deliveries = rx.deliveries();
@@ -87,16 +97,29 @@ async fn same_key_in_commit_order_different_keys_in_parallel() {
     assert_eq!(per_key.len(), CUSTOMERS as usize);
     for (key, ds) in &per_key {
         let ids: Vec<i64> = ds.iter().map(|d| d.event_id().unwrap()).collect();
-        let seqs: Vec<i64> = ds.iter().map(|d| d.body.as_ref().unwrap()["new"]["seq"].as_i64().unwrap()).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "customer {key}: delivered out of event-id order: {ids:?}");
+        let seqs: Vec<i64> = ds
+            .iter()
+            .map(|d| d.body.as_ref().unwrap()["new"]["seq"].as_i64().unwrap())
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "customer {key}: delivered out of event-id order: {ids:?}"
+        );
         let expected: Vec<i64> = (0..seqs.len() as i64).collect();
-        assert_eq!(seqs, expected, "customer {key}: same-row changes not delivered in commit order");
+        assert_eq!(
+            seqs, expected,
+            "customer {key}: same-row changes not delivered in commit order"
+        );
     }
     // One at a time per key: the next request of a key arrives only after the previous was
     // answered (every request counts here, retries included).
     let mut all_per_key: BTreeMap<i64, Vec<_>> = BTreeMap::new();
     for d in &deliveries {
-        if let Some(k) = d.body.as_ref().and_then(|b| b["new"]["customer_id"].as_i64()) {
+        if let Some(k) = d
+            .body
+            .as_ref()
+            .and_then(|b| b["new"]["customer_id"].as_i64())
+        {
             all_per_key.entry(k).or_default().push(d.clone());
         }
     }
@@ -116,6 +139,9 @@ async fn same_key_in_commit_order_different_keys_in_parallel() {
         "different keys never ran in parallel (max concurrency {})",
         rx.max_concurrency()
     );
-    eprintln!("ordering test: {total} events over {CUSTOMERS} keys; {}", rx.summary());
+    eprintln!(
+        "ordering test: {total} events over {CUSTOMERS} keys; {}",
+        rx.summary()
+    );
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
 }

@@ -37,13 +37,18 @@ async fn sigterm_finishes_in_flight_work_checkpoints_and_exits_0() {
     let mut worker = start_worker("shutdown", &db, &yaml, &[]);
     wait_observer_ready(&db.client, "jobs", "public.jobs", SHORT).await;
     db.client
-        .execute("INSERT INTO public.jobs (n) SELECT g FROM generate_series(1, $1::int) g", &[&(EVENTS as i32)])
+        .execute(
+            "INSERT INTO public.jobs (n) SELECT g FROM generate_series(1, $1::int) g",
+            &[&(EVENTS as i32)],
+        )
         .await
         .unwrap();
 
     // Wait until some requests have been answered and others are in flight, then SIGTERM.
     assert!(
-        rx.wait_until(SHORT, |rx| rx.delivered_event_ids().len() >= 8 && rx.in_flight() > 0).await,
+        rx.wait_until(SHORT, |rx| rx.delivered_event_ids().len() >= 8
+            && rx.in_flight() > 0)
+            .await,
         "never saw requests in flight; {}",
         rx.summary()
     );
@@ -54,14 +59,28 @@ async fn sigterm_finishes_in_flight_work_checkpoints_and_exits_0() {
         worker.dump_log();
         panic!("worker did not exit within {SHORT:?} after SIGTERM")
     });
-    assert_eq!(status.code(), Some(0), "SIGTERM must end with exit 0 (got {status:?})");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM must end with exit 0 (got {status:?})"
+    );
 
     // In-flight requests were completed, not cut off: every request that reached the receiver
     // was answered and the worker read the answer (no request left half-done).
     let before = rx.deliveries();
-    assert_eq!(rx.in_flight(), 0, "requests still in flight after the worker exited");
-    let cut = before.iter().filter(|d| d.responded_at.is_none() || d.status == 0).count();
-    assert_eq!(cut, 0, "{cut} requests were abandoned mid-flight at shutdown");
+    assert_eq!(
+        rx.in_flight(),
+        0,
+        "requests still in flight after the worker exited"
+    );
+    let cut = before
+        .iter()
+        .filter(|d| d.responded_at.is_none() || d.status == 0)
+        .count();
+    assert_eq!(
+        cut, 0,
+        "{cut} requests were abandoned mid-flight at shutdown"
+    );
     let arrived_before_term = before.iter().filter(|d| d.received_at <= term_at).count();
     assert!(arrived_before_term >= 8);
     let done: HashSet<i64> = rx.delivered_event_ids();
@@ -88,7 +107,11 @@ async fn sigterm_finishes_in_flight_work_checkpoints_and_exits_0() {
         .expect("observers.checkpoint row of group default");
     let (open, last_id): (bool, i64) = (cp.get(0), cp.get(1));
     let max_done = done.iter().copied().max().unwrap();
-    assert!(open, "the batch was closed although {} of {EVENTS} events are not delivered", EVENTS as usize - done.len());
+    assert!(
+        open,
+        "the batch was closed although {} of {EVENTS} events are not delivered",
+        EVENTS as usize - done.len()
+    );
     assert!(
         last_id >= max_done,
         "checkpoint last_id {last_id} is behind the last event delivered before shutdown ({max_done})"
@@ -97,10 +120,22 @@ async fn sigterm_finishes_in_flight_work_checkpoints_and_exits_0() {
     // Restart: the rest is delivered, and nothing that was finished is sent again.
     let count_before = rx.count();
     worker.restart();
-    assert!(rx.wait_for_events(EVENTS as usize, LONG).await, "not everything delivered after restart; {}", rx.summary());
+    assert!(
+        rx.wait_for_events(EVENTS as usize, LONG).await,
+        "not everything delivered after restart; {}",
+        rx.summary()
+    );
     rx.settle(Duration::from_secs(2), SHORT).await;
-    let after: Vec<_> = rx.deliveries().into_iter().skip(count_before as usize).collect();
-    let resent: Vec<i64> = after.iter().filter_map(|d| d.event_id()).filter(|id| done.contains(id)).collect();
+    let after: Vec<_> = rx
+        .deliveries()
+        .into_iter()
+        .skip(count_before as usize)
+        .collect();
+    let resent: Vec<i64> = after
+        .iter()
+        .filter_map(|d| d.event_id())
+        .filter(|id| done.contains(id))
+        .collect();
     assert!(
         resent.is_empty(),
         "events finished before a graceful shutdown were delivered again after restart: {resent:?} \
