@@ -8,8 +8,9 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 /// `observers.notify_interval`: minimum time between two `NOTIFY observers_wakeup` sent by one
-/// backend, in milliseconds. `0` disables notifications (the worker's safety poll still
-/// delivers everything).
+/// backend, in milliseconds (on top of the one-notifier-at-a-time election in
+/// `capture::notify`). `0` disables notifications (the worker's safety poll still delivers
+/// everything).
 pub static NOTIFY_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10);
 
 /// `observers.retention`: how long `observers.maintain()` keeps outbox partitions after their
@@ -24,9 +25,11 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"observers.notify_interval",
         c"Minimum interval between two wake-up notifications sent by one backend.",
-        c"The capture trigger sends NOTIFY observers_wakeup at most once per this interval per \
-          backend, because every notifying transaction serializes on a cluster-wide lock at \
-          commit. 0 disables notifications; the worker then relies on its safety poll.",
+        c"A committing transaction that captured events sends NOTIFY observers_wakeup only if its \
+          backend has not notified within this interval and no other transaction of the database \
+          is notifying at the same moment, because every notifying transaction serializes on a \
+          cluster-wide lock at commit. 0 disables notifications; the worker then relies on its \
+          safety poll.",
         &NOTIFY_INTERVAL_MS,
         0,
         3_600_000,

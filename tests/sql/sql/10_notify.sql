@@ -93,6 +93,23 @@ SELECT dblink_exec('writer', 'COMMIT');
 SELECT received() AS released_savepoint;
 SELECT dblink_disconnect('writer');
 
+-- at most one notifying commit per database at a time: while another transaction holds the
+-- wake-up lock (what a notifying commit holds until it completes), a capture commits without
+-- waiting and without notifying; its next commit notifies again
+SELECT dblink_connect('holder', connstr());
+SELECT dblink_exec('holder', 'BEGIN');
+SELECT dblink_exec('holder', 'SELECT pg_advisory_xact_lock(1868723058, 1)');
+SELECT dblink_connect('writer', connstr());
+SELECT dblink_exec('writer', 'SET observers.notify_interval = ''1h''');
+SELECT dblink_exec('writer', 'SET lock_timeout = ''5s''');
+SELECT dblink_exec('writer', 'INSERT INTO orders VALUES (10, 500)');
+SELECT received('300 ms') AS while_lock_held;
+SELECT dblink_exec('holder', 'COMMIT');
+SELECT dblink_exec('writer', 'INSERT INTO orders VALUES (11, 500)');
+SELECT received() AS after_lock_released;
+SELECT dblink_disconnect('writer');
+SELECT dblink_disconnect('holder');
+
 SELECT count(*) AS events FROM observers.event;
 SELECT dblink_disconnect('listener');
 DROP TABLE orders;
