@@ -17,6 +17,11 @@ use observer_worker::config::{self, Config, Defaults, ProcessEnv};
 use observer_worker::error::{WorkerError, EXIT_CONFIG, EXIT_RUNTIME};
 use observer_worker::telemetry;
 
+/// mimalloc: the worker allocates many small, short-lived buffers per request
+/// on several threads, where glibc malloc spends a noticeable share of the CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches(); // usage errors exit 2 here
     let cli = match Cli::from_arg_matches(&matches) {

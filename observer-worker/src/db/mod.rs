@@ -165,7 +165,21 @@ impl Db {
         }
         pg.keepalives_idle(Duration::from_secs(30));
         let target = describe_target(&pg);
-        let make = |size: usize| -> Result<Pool, DbError> {
+        // The consumer's own bookkeeping (batch_open/close, checkpoint_save)
+        // commits without waiting for the WAL flush. If PostgreSQL itself
+        // crashes, the newest of these commits may be lost: the checkpoint is
+        // then slightly older and those events are delivered again (same
+        // webhook-id), never skipped, because WAL is durable in order (a dead
+        // letter, written synchronously on another lane, is always durable
+        // before the checkpoint that passes its event). The lease stays
+        // synchronous: an epoch must never be handed out twice.
+        let mut pg_main = pg.clone();
+        let options = match pg.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} -c synchronous_commit=off"),
+            _ => "-c synchronous_commit=off".to_owned(),
+        };
+        pg_main.options(options);
+        let make = |pg: &tokio_postgres::Config, size: usize| -> Result<Pool, DbError> {
             let mgr = Manager::from_config(
                 pg.clone(),
                 NoTls,
@@ -178,7 +192,7 @@ impl Db {
                 .build()
                 .map_err(|e| DbError::BadUrl(e.to_string()))
         };
-        Ok(Db { main: make(3)?, lease: make(1)?, side: make(4)?, pg, target })
+        Ok(Db { main: make(&pg_main, 3)?, lease: make(&pg, 1)?, side: make(&pg, 4)?, pg, target })
     }
 
     /// `host:port` (or socket path) for messages; never the password.

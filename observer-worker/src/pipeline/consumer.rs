@@ -32,6 +32,16 @@ use crate::config::CheckpointConfig;
 use crate::db::{Db, DbError, FetchedEvent, OpenBatch};
 use crate::telemetry::Stats;
 
+/// After a full page, the next fetch asks only for ids in
+/// `(after, after + limit * FETCH_WINDOW]`, so each call scans a bounded id
+/// range however large the rest of the batch is (a fetch over the whole rest
+/// of a big batch costs time proportional to that rest). Ids of one group are
+/// nearly dense, so a window of 4x the page almost always fills the page. The
+/// first fetch of a batch, and the one after a short page, search the whole
+/// rest of the batch so gaps in the ids (other groups, a new batch starting
+/// far above the last one) are jumped in one call.
+pub const FETCH_WINDOW: i64 = 4;
+
 /// After a wake-up, poll this often...
 pub const WAKE_POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// ...until this long after the last event found.
@@ -63,10 +73,13 @@ pub struct ConsumerReport {
 
 struct Batch {
     info: Arc<OpenBatch>,
-    /// Highest id handed to the dispatcher.
+    /// Fetch cursor: every event of the batch with an id up to here has been
+    /// handed to the dispatcher.
     fetched_to: i64,
     /// No more events to fetch in this batch.
     fetch_done: bool,
+    /// The last fetch returned a full page: the next one may use a window.
+    dense: bool,
     tracker: CheckpointTracker,
     last_save: Instant,
 }
@@ -81,6 +94,7 @@ impl Batch {
             fetched_to: info.last_id,
             tracker: CheckpointTracker::new(info.last_id),
             fetch_done,
+            dense: false,
             info: Arc::new(info),
             last_save: Instant::now(),
         }
@@ -119,15 +133,15 @@ type SaveTask = JoinHandle<Result<(), DbError>>;
 /// Fetch and save run as tasks next to the loop so delivery never waits for them.
 #[derive(Default)]
 struct Background {
-    /// The running fetch and its row limit.
-    fetch: Option<(FetchTask, usize)>,
+    /// The running fetch, its row limit and the end of its id window.
+    fetch: Option<(FetchTask, usize, i64)>,
     /// The running checkpoint save and what it makes durable.
     save: Option<(SaveTask, SavePoint)>,
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some((h, _)) = &self.fetch {
+        if let Some((h, _, _)) = &self.fetch {
             h.abort();
         }
         if let Some((h, _)) = &self.save {
@@ -137,10 +151,10 @@ impl Drop for Background {
 }
 
 async fn join_fetch(
-    slot: &mut Option<(FetchTask, usize)>,
+    slot: &mut Option<(FetchTask, usize, i64)>,
 ) -> Result<Result<Vec<FetchedEvent>, DbError>, tokio::task::JoinError> {
     match slot {
-        Some((h, _)) => h.await,
+        Some((h, _, _)) => h.await,
         None => std::future::pending().await,
     }
 }
@@ -372,8 +386,14 @@ impl<H: EventHandler> Consumer<H> {
                     let limit = free.min(self.s.batch_size as usize);
                     let (db, g, info, after) = (self.db.clone(), group.clone(), b.info.clone(), b.fetched_to);
                     let max_id = info.max_id.unwrap_or(after);
-                    let handle = tokio::spawn(async move { db.batch_fetch(&g, &info, after, max_id, limit as i32).await });
-                    bg.fetch = Some((handle, limit));
+                    let window_end = if b.dense {
+                        after.saturating_add((limit as i64).saturating_mul(FETCH_WINDOW)).min(max_id)
+                    } else {
+                        max_id
+                    };
+                    let handle =
+                        tokio::spawn(async move { db.batch_fetch(&g, &info, after, window_end, limit as i32).await });
+                    bg.fetch = Some((handle, limit, window_end));
                 }
             }
 
@@ -407,9 +427,9 @@ impl<H: EventHandler> Consumer<H> {
                     self.drain_ready_completions().map_err(LeadError::Fatal)?;
                 }
                 r = join_fetch(&mut bg.fetch) => {
-                    let limit = bg.fetch.take().map(|(_, l)| l).unwrap_or(0);
+                    let (limit, window_end) = bg.fetch.take().map(|(_, l, w)| (l, w)).unwrap_or((0, 0));
                     let rows = r.map_err(|e| join_failed("fetch", e))??;
-                    self.on_rows(rows, limit);
+                    self.on_rows(rows, limit, window_end);
                 }
                 r = join_save(&mut bg.save) => {
                     let point = bg.save.take().map(|(_, p)| p);
@@ -449,20 +469,25 @@ impl<H: EventHandler> Consumer<H> {
         }
     }
 
-    fn on_rows(&mut self, rows: Vec<FetchedEvent>, limit: usize) {
+    /// Hands fetched events to the dispatcher and moves the fetch cursor:
+    /// to the last row if the page is full, else to the end of the window
+    /// (every event of the batch up to there has been returned).
+    fn on_rows(&mut self, rows: Vec<FetchedEvent>, limit: usize, window_end: i64) {
         let Some(b) = self.batch.as_mut() else { return };
         let n = rows.len();
+        let mut last = None;
         for ev in rows {
             if b.tracker.register(ev.id) {
-                b.fetched_to = ev.id;
+                last = Some(ev.id);
                 self.dispatcher.submit(ev);
             } else {
                 warn!(event_id = ev.id, after = b.fetched_to, "batch_fetch returned an event out of order; ignored");
             }
         }
         Stats::add(&self.stats.events_fetched, n as u64);
-        let reached_max = b.info.max_id.is_none_or(|m| b.fetched_to >= m);
-        if n < limit || reached_max {
+        b.dense = n >= limit;
+        b.fetched_to = if n >= limit { last.unwrap_or(b.fetched_to) } else { window_end.max(b.fetched_to) };
+        if b.info.max_id.is_none_or(|m| b.fetched_to >= m) {
             b.fetch_done = true;
         }
         if n > 0 {
