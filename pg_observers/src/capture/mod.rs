@@ -3,25 +3,30 @@
 //! This is the only code of the project that runs on the users' write path, so it does as
 //! little as possible per call:
 //! * INSERT and DELETE on plain tables: one AFTER ... FOR EACH STATEMENT trigger per observer
-//!   and operation, with a transition table. One cached statement inserts the events of every
-//!   row of the statement (`INSERT INTO observers.event ... SELECT ... FROM <transition table>`).
+//!   and operation, with a transition table: one call per statement, whatever its row count.
 //! * UPDATE, and every operation on partitioned tables, partitions and inheritance children
 //!   (where statement-level triggers would miss rows written through another table of the
-//!   hierarchy): AFTER ... FOR EACH ROW, one cached statement per row. For UPDATE the trigger's
-//!   WHEN clause filters on `columns` before the function is even called, and the function
-//!   computes `changed`.
-//! * No catalog or registry look-ups: trigger arguments carry the observer, prepared statements
-//!   are cached per backend (see `plan_cache`).
-//! * At most one NOTIFY per backend per `observers.notify_interval` (see `notify`).
+//!   hierarchy): AFTER ... FOR EACH ROW. For UPDATE the trigger's WHEN clause filters on
+//!   `columns` before the function is even called; the function computes `changed`.
+//! * Observers without condition (the common case) append their events directly (`writer`:
+//!   one partition routing per call, `heap_multi_insert`, index tuples) with payloads built by
+//!   a per-table jsonb builder (`jsonb`). Observers with a condition run one prepared
+//!   `INSERT ... SELECT ... WHERE <condition>` through SPI, so the condition is plain SQL.
+//! * No catalog or registry look-ups per row: trigger arguments carry the observer; builders
+//!   and prepared statements are cached per backend (`plan_cache`).
+//! * Wake-up: the trigger only marks the transaction; at pre-commit it notifies if its backend's
+//!   `observers.notify_interval` passed and it wins the database's notify try-lock (`notify`).
 //!
 //! The function is SECURITY DEFINER, owned by role `observers_capture` (which may only INSERT
 //! into `observers.event`), with `search_path = pg_catalog, pg_temp`: writers need no rights on
 //! the outbox, and observer conditions never run with more rights than that.
 
 mod changed;
+mod jsonb;
 pub mod notify;
 pub mod plan_cache;
 pub mod query;
+mod writer;
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
@@ -31,7 +36,8 @@ use pgrx::trigger_support::{
     trigger_fired_for_row,
 };
 use crate::error::raise;
-use plan_cache::TriggerArgs;
+use jsonb::RowJsonb;
+use plan_cache::{Path, TriggerArgs};
 use query::Op;
 use std::ffi::{CStr, c_char};
 
@@ -86,64 +92,158 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
         } else if trigger_fired_by_delete(event) {
             Op::Delete
         } else {
-            ereport!(
-                ERROR,
+            raise(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "observers.capture() captures INSERT, UPDATE and DELETE only (TRUNCATE is not captured)"
+                "observers.capture() captures INSERT, UPDATE and DELETE only (TRUNCATE is not captured)",
+                None,
             );
         };
         if !trigger_fired_after(event) {
-            ereport!(
-                ERROR,
+            raise(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "observers.capture() must be fired AFTER the change"
+                "observers.capture() must be fired AFTER the change",
+                None,
             );
         }
         let row_level = trigger_fired_for_row(event);
         if op == Op::Update && !row_level {
-            ereport!(
-                ERROR,
+            raise(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "observers.capture() captures UPDATE only FOR EACH ROW"
+                "observers.capture() captures UPDATE only FOR EACH ROW",
+                None,
             );
         }
         let args = trigger_args(trigger);
         plan_cache::process_invalidations();
         let cached = plan_cache::lookup(trigger.tgoid, tdr.tg_relation, &args);
 
-        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-            run(td, op, row_level, &args, cached.clone())
+        let written = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+            let entry = match cached.clone() {
+                Some(e) => e,
+                None => {
+                    // building an SPI entry prepares a statement over the transition table
+                    connect_spi(td, row_level);
+                    let e = plan_cache::build(tdr, op, row_level, &args);
+                    pg_sys::SPI_finish();
+                    e
+                }
+            };
+            match &entry.path {
+                Path::Direct { json } => write_direct(tdr, op, row_level, &entry, json),
+                Path::Spi { plan } => run_spi(td, op, row_level, &entry, *plan),
+            }
         }))
         .catch_others(|e| rethrow_with_context(e, &args, tdr.tg_relation))
         .execute();
         drop(cached);
-        if result > 0 {
+        if written > 0 {
             notify::after_capture();
         }
     }
 }
 
-/// Run the capture statement; returns the number of events inserted.
-unsafe fn run(
+unsafe fn connect_spi(td: *mut pg_sys::TriggerData, row_level: bool) {
+    unsafe {
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_connect failed", None);
+        }
+        if !row_level && pg_sys::SPI_register_trigger_data(td) != pg_sys::SPI_OK_TD_REGISTER as i32 {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_register_trigger_data failed", None);
+        }
+    }
+}
+
+/// The values of a slot's row, deformed.
+unsafe fn row_of(slot: *mut pg_sys::TupleTableSlot) -> (*const pg_sys::Datum, *const bool) {
+    unsafe {
+        pg_sys::slot_getallattrs(slot);
+        ((*slot).tts_values, (*slot).tts_isnull)
+    }
+}
+
+/// Build a payload in the writer's chunk memory.
+unsafe fn payload(writer: &writer::Writer, json: &RowJsonb, slot: *mut pg_sys::TupleTableSlot) -> pg_sys::Datum {
+    unsafe {
+        let (values, isnull) = row_of(slot);
+        let old = pg_sys::CurrentMemoryContext;
+        pg_sys::CurrentMemoryContext = writer.payload_context();
+        let datum = json.build(values, isnull);
+        pg_sys::CurrentMemoryContext = old;
+        datum
+    }
+}
+
+/// No condition: every row of the call becomes an event, written directly.
+unsafe fn write_direct(
+    tdr: &pg_sys::TriggerData,
+    op: Op,
+    row_level: bool,
+    entry: &plan_cache::Entry,
+    json: &RowJsonb,
+) -> u64 {
+    unsafe {
+        let mut writer = writer::Writer::open();
+        let opname = op.as_cstr();
+        if row_level {
+            let event = match op {
+                Op::Insert => writer::Event {
+                    observer_id: entry.observer_id,
+                    op: opname,
+                    new: Some(payload(&writer, json, tdr.tg_trigslot)),
+                    old: None,
+                    changed: None,
+                },
+                Op::Delete => writer::Event {
+                    observer_id: entry.observer_id,
+                    op: opname,
+                    new: None,
+                    old: Some(payload(&writer, json, tdr.tg_trigslot)),
+                    changed: None,
+                },
+                Op::Update => {
+                    let new = payload(&writer, json, tdr.tg_newslot);
+                    let old = payload(&writer, json, tdr.tg_trigslot);
+                    let ctx = pg_sys::CurrentMemoryContext;
+                    pg_sys::CurrentMemoryContext = writer.payload_context();
+                    let changed = changed::changed_columns(&entry.columns, tdr.tg_trigslot, tdr.tg_newslot);
+                    pg_sys::CurrentMemoryContext = ctx;
+                    writer::Event { observer_id: entry.observer_id, op: opname, new: Some(new), old: Some(old), changed: Some(changed) }
+                }
+            };
+            writer.push(event);
+        } else {
+            // statement level: every row of the transition table (INSERT: new, DELETE: old)
+            let store = if op == Op::Insert { tdr.tg_newtable } else { tdr.tg_oldtable };
+            if !store.is_null() {
+                let slot = pg_sys::MakeSingleTupleTableSlot((*tdr.tg_relation).rd_att, &pg_sys::TTSOpsMinimalTuple);
+                // our own read pointer: other observers' triggers read the same transition table
+                let reader = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+                pg_sys::tuplestore_select_read_pointer(store, reader);
+                pg_sys::tuplestore_rescan(store);
+                while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
+                    let datum = payload(&writer, json, slot);
+                    let (new, old) = if op == Op::Insert { (Some(datum), None) } else { (None, Some(datum)) };
+                    writer.push(writer::Event { observer_id: entry.observer_id, op: opname, new, old, changed: None });
+                }
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+        }
+        writer.finish()
+    }
+}
+
+/// With a condition: run the prepared INSERT ... SELECT ... WHERE <condition> through SPI;
+/// returns the number of events inserted.
+unsafe fn run_spi(
     td: *mut pg_sys::TriggerData,
     op: Op,
     row_level: bool,
-    args: &TriggerArgs,
-    cached: Option<std::rc::Rc<plan_cache::Entry>>,
+    entry: &plan_cache::Entry,
+    plan: pg_sys::SPIPlanPtr,
 ) -> u64 {
     unsafe {
         let tdr = &*td;
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_connect failed");
-        }
-        if !row_level && pg_sys::SPI_register_trigger_data(td) != pg_sys::SPI_OK_TD_REGISTER as i32 {
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_register_trigger_data failed");
-        }
-        let entry = match cached {
-            Some(e) => e,
-            None => plan_cache::build(tdr, op, row_level, args),
-        };
-
+        connect_spi(td, row_level);
         let mut values = [pg_sys::Datum::from(0); 4];
         let nulls = [b' ' as c_char; 4];
         values[0] = pg_sys::Datum::from(entry.observer_id);
@@ -160,12 +260,12 @@ unsafe fn run(
                 }
             }
         }
-        let rc = pg_sys::SPI_execute_plan(entry.plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+        let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
         if rc != pg_sys::SPI_OK_INSERT as i32 {
-            ereport!(
-                ERROR,
+            raise(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("capture statement of observer {} returned SPI code {rc}", entry.observer_id)
+                format!("capture statement of observer {} returned SPI code {rc}", entry.observer_id),
+                None,
             );
         }
         let processed = pg_sys::SPI_processed;

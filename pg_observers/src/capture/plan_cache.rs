@@ -1,4 +1,6 @@
-//! Per-backend cache of prepared capture statements, keyed by trigger OID.
+//! Per-backend cache of what a capture trigger needs, keyed by trigger OID: the jsonb builder
+//! for the table's rows, the columns compared for `changed`, and for observers with a
+//! condition the prepared SPI statement that evaluates it.
 //!
 //! The write path never reads the observer registry: everything a trigger needs (observer id,
 //! name, condition) is in its arguments, and re-creating an observer's triggers gives them new
@@ -11,6 +13,7 @@
 //! writes to another observed table re-enters the trigger) keeps it alive until it returns.
 
 use super::changed::{self, Column};
+use super::jsonb::RowJsonb;
 use super::query::{self, Level, Op};
 use crate::error::raise;
 use pgrx::pg_sys;
@@ -20,11 +23,19 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::rc::Rc;
 
-/// A prepared capture statement for one trigger.
+/// How a trigger writes its events.
+pub enum Path {
+    /// No condition: events are appended directly (`writer`), payloads built by `json`.
+    Direct { json: RowJsonb },
+    /// A condition: a prepared `INSERT ... SELECT ... WHERE <condition>` run through SPI.
+    Spi { plan: pg_sys::SPIPlanPtr },
+}
+
+/// What one capture trigger needs, built on its first call in a backend.
 pub struct Entry {
     pub relid: pg_sys::Oid,
     pub observer_id: i32,
-    pub plan: pg_sys::SPIPlanPtr,
+    pub path: Path,
     /// UPDATE only: the columns compared to compute `changed`.
     pub columns: Vec<Column>,
     condition: Vec<u8>,
@@ -33,8 +44,10 @@ pub struct Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        // SAFETY: the plan was kept with SPI_keepplan and nobody else holds it (Rc).
-        unsafe { pg_sys::SPI_freeplan(self.plan) };
+        if let Path::Spi { plan } = self.path {
+            // SAFETY: the plan was kept with SPI_keepplan and nobody else holds it (Rc).
+            unsafe { pg_sys::SPI_freeplan(plan) };
+        }
     }
 }
 
@@ -149,8 +162,9 @@ pub unsafe fn lookup(tgoid: pg_sys::Oid, rel: pg_sys::Relation, args: &TriggerAr
     None
 }
 
-/// Prepare and cache the capture statement of a trigger. Must run inside an SPI connection
-/// (with the transition tables registered for statement-level triggers).
+/// Build and cache the entry of a trigger. For observers with a condition this prepares the SPI
+/// statement, so it must run inside an SPI connection (with the transition tables registered
+/// for statement-level triggers).
 ///
 /// # Safety
 /// `td` must be the current trigger call's data.
@@ -199,28 +213,34 @@ pub unsafe fn build(td: &pg_sys::TriggerData, op: Op, row_level: bool, args: &Tr
         // everything that can fail before the plan exists, so that an error cannot leak it
         let columns = if op == Op::Update { changed::columns_of((*rel).rd_att) } else { Vec::new() };
         let shape = shape_of((*rel).rd_att);
-        let sql = query::capture_sql(op, &level, condition);
-        let reltype = (*(*rel).rd_rel).reltype;
-        let mut argtypes = [pg_sys::INT4OID, reltype, reltype, pg_sys::TEXTARRAYOID];
-        let nargs = query::capture_nargs(op, &level);
-        let csql = CString::new(sql).expect("generated SQL contains no NUL byte");
-        let plan = pg_sys::SPI_prepare(csql.as_ptr(), nargs as i32, argtypes.as_mut_ptr());
-        if plan.is_null() {
-            let code = pg_sys::SPI_result;
-            raise(
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("SPI_prepare failed for the capture statement of observer {observer_id}: SPI code {code}"),
-                None,
-            );
-        }
-        if pg_sys::SPI_keepplan(plan) != 0 {
-            pg_sys::SPI_freeplan(plan);
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_keepplan failed");
-        }
+        let path = match condition {
+            None => Path::Direct { json: RowJsonb::new((*rel).rd_att) },
+            Some(condition) => {
+                let sql = query::capture_sql(op, &level, Some(condition));
+                let reltype = (*(*rel).rd_rel).reltype;
+                let mut argtypes = [pg_sys::INT4OID, reltype, reltype, pg_sys::TEXTARRAYOID];
+                let nargs = query::capture_nargs(op, &level);
+                let csql = CString::new(sql).expect("generated SQL contains no NUL byte");
+                let plan = pg_sys::SPI_prepare(csql.as_ptr(), nargs as i32, argtypes.as_mut_ptr());
+                if plan.is_null() {
+                    let code = pg_sys::SPI_result;
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                        format!("SPI_prepare failed for the capture statement of observer {observer_id}: SPI code {code}"),
+                        None,
+                    );
+                }
+                if pg_sys::SPI_keepplan(plan) != 0 {
+                    pg_sys::SPI_freeplan(plan);
+                    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_keepplan failed", None);
+                }
+                Path::Spi { plan }
+            }
+        };
         let entry = Rc::new(Entry {
             relid: (*rel).rd_id,
             observer_id,
-            plan,
+            path,
             columns,
             condition: args.condition.to_bytes().to_vec(),
             shape,

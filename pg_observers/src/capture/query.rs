@@ -28,6 +28,14 @@ impl Op {
         }
     }
 
+    pub fn as_cstr(self) -> &'static std::ffi::CStr {
+        match self {
+            Op::Insert => c"INSERT",
+            Op::Update => c"UPDATE",
+            Op::Delete => c"DELETE",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Op> {
         match s {
             "INSERT" => Some(Op::Insert),

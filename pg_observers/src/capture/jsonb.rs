@@ -1,0 +1,290 @@
+//! `to_jsonb(row)` for the rows of one table, without the per-row catalog work.
+//!
+//! `to_jsonb(record)` looks up the row type and categorizes every column's type (syscache
+//! look-ups) for every row, and turns integers into JSON numbers through their text form. This
+//! builder decides once per table shape how each column is converted, then only converts
+//! values. It mirrors PostgreSQL 15's `composite_to_jsonb` / `datum_to_jsonb` category by
+//! category (`jsonb_categorize_type`): the result is the same jsonb value. Column types it has
+//! no shortcut for (arrays, composites, json, types with a cast to json, ...) go through
+//! `to_jsonb` itself, one value at a time. `tests/sql` compares both paths on many types.
+
+use pgrx::pg_sys;
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::ptr;
+
+/// How one column's value becomes a JSON value.
+enum Kind {
+    Bool,
+    /// int2/int4/int8: a JSON number (to_jsonb goes through text and numeric_in; same value)
+    Int { typlen: i16 },
+    /// numeric: a JSON number, NaN/Infinity as strings (their output contains an 'N' or 'n')
+    Numeric { typoutput: pg_sys::Oid },
+    /// float4/float8: output text, then a number unless it contains 'N'/'n' (NaN, Infinity)
+    Float { typoutput: pg_sys::Oid },
+    /// date, timestamp, timestamptz: ISO 8601 strings (JsonEncodeDateTime)
+    DateTime { typid: pg_sys::Oid },
+    /// text, varchar, bpchar: the string itself (their output function returns it unchanged)
+    Text,
+    /// jsonb: embedded as is
+    Jsonb,
+    /// everything else to_jsonb turns into a string: the type's output function
+    Output { typoutput: pg_sys::Oid },
+    /// arrays, composites, json, user types (which may have a cast to json): to_jsonb(value)
+    ToJsonb { finfo: *mut pg_sys::FmgrInfo },
+}
+
+struct JsonColumn {
+    index: usize,
+    key: CString,
+    kind: Kind,
+}
+
+/// The converter for rows of one tuple descriptor.
+pub struct RowJsonb {
+    columns: Vec<JsonColumn>,
+    /// long-lived memory for the FmgrInfos of `Kind::ToJsonb`
+    context: pg_sys::MemoryContext,
+    numeric_in: *mut pg_sys::FmgrInfo,
+}
+
+impl Drop for RowJsonb {
+    fn drop(&mut self) {
+        // SAFETY: the context was created by us and nothing else points into it.
+        unsafe { pg_sys::MemoryContextDelete(self.context) };
+    }
+}
+
+unsafe fn alloc_in<T>(context: pg_sys::MemoryContext) -> *mut T {
+    unsafe { pg_sys::MemoryContextAllocZero(context, std::mem::size_of::<T>()) as *mut T }
+}
+
+impl RowJsonb {
+    /// Categorize the columns of `tupdesc` (dropped columns are skipped, as to_jsonb does).
+    ///
+    /// # Safety
+    /// `tupdesc` must be valid; must run inside a transaction (catalog look-ups).
+    pub unsafe fn new(tupdesc: pg_sys::TupleDesc) -> RowJsonb {
+        unsafe {
+            let context = pg_sys::AllocSetContextCreateInternal(
+                pg_sys::CacheMemoryContext,
+                c"pg_observers row jsonb".as_ptr(),
+                0,
+                1024,
+                8 * 1024,
+            );
+            let mut builder = RowJsonb { columns: Vec::new(), context, numeric_in: ptr::null_mut() };
+            let numeric_in = alloc_in::<pg_sys::FmgrInfo>(context);
+            pg_sys::fmgr_info_cxt(pg_sys::Oid::from(pg_sys::F_NUMERIC_IN), numeric_in, context);
+            builder.numeric_in = numeric_in;
+
+            let natts = (*tupdesc).natts as usize;
+            let attrs = (*tupdesc).attrs.as_ptr();
+            for index in 0..natts {
+                let att = &*attrs.add(index);
+                if att.attisdropped {
+                    continue;
+                }
+                let kind = builder.categorize(att);
+                builder.columns.push(JsonColumn {
+                    index,
+                    key: CStr::from_ptr(att.attname.data.as_ptr()).to_owned(),
+                    kind,
+                });
+            }
+            builder
+        }
+    }
+
+    /// `jsonb_categorize_type`, resolved down to what this builder does per value.
+    unsafe fn categorize(&self, att: &pg_sys::FormData_pg_attribute) -> Kind {
+        unsafe {
+            let base = pg_sys::getBaseType(att.atttypid);
+            let output = |typid: pg_sys::Oid| {
+                let mut typoutput = pg_sys::InvalidOid;
+                let mut is_varlena = false;
+                pg_sys::getTypeOutputInfo(typid, &mut typoutput, &mut is_varlena);
+                typoutput
+            };
+            match base {
+                pg_sys::BOOLOID => Kind::Bool,
+                pg_sys::INT2OID => Kind::Int { typlen: 2 },
+                pg_sys::INT4OID => Kind::Int { typlen: 4 },
+                pg_sys::INT8OID => Kind::Int { typlen: 8 },
+                pg_sys::NUMERICOID => Kind::Numeric { typoutput: output(base) },
+                pg_sys::FLOAT4OID | pg_sys::FLOAT8OID => Kind::Float { typoutput: output(base) },
+                pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => {
+                    Kind::DateTime { typid: base }
+                }
+                pg_sys::JSONBOID => Kind::Jsonb,
+                pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => Kind::Text,
+                _ => {
+                    let is_array = pg_sys::get_element_type(base) != pg_sys::InvalidOid
+                        || base == pg_sys::ANYARRAYOID
+                        || base == pg_sys::ANYCOMPATIBLEARRAYOID
+                        || base == pg_sys::RECORDARRAYOID;
+                    let generic = is_array
+                        || base == pg_sys::JSONOID
+                        || pg_sys::type_is_rowtype(base)
+                        || base.to_u32() >= pg_sys::FirstNormalObjectId;
+                    if generic {
+                        Kind::ToJsonb { finfo: self.to_jsonb_finfo(att) }
+                    } else {
+                        Kind::Output { typoutput: output(base) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// An FmgrInfo for `to_jsonb(anyelement)` whose call expression tells it the argument type.
+    unsafe fn to_jsonb_finfo(&self, att: &pg_sys::FormData_pg_attribute) -> *mut pg_sys::FmgrInfo {
+        unsafe {
+            let old = pg_sys::CurrentMemoryContext;
+            pg_sys::CurrentMemoryContext = self.context;
+            let arg = pg_sys::makeNullConst(att.atttypid, att.atttypmod, att.attcollation);
+            let args = pg_sys::lappend(ptr::null_mut(), arg.cast());
+            let expr = pg_sys::makeFuncExpr(
+                pg_sys::Oid::from(pg_sys::F_TO_JSONB),
+                pg_sys::JSONBOID,
+                args,
+                pg_sys::InvalidOid,
+                pg_sys::InvalidOid,
+                pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+            );
+            pg_sys::CurrentMemoryContext = old;
+            let finfo = alloc_in::<pg_sys::FmgrInfo>(self.context);
+            pg_sys::fmgr_info_cxt(pg_sys::Oid::from(pg_sys::F_TO_JSONB), finfo, self.context);
+            (*finfo).fn_expr = expr.cast();
+            finfo
+        }
+    }
+
+    /// The jsonb object of one row (allocated in the current memory context).
+    ///
+    /// # Safety
+    /// `values`/`isnull` must hold a deformed row of the descriptor this builder was made for.
+    pub unsafe fn build(&self, values: *const pg_sys::Datum, isnull: *const bool) -> pg_sys::Datum {
+        use pg_sys::JsonbIteratorToken::*;
+        unsafe {
+            let mut state: *mut pg_sys::JsonbParseState = ptr::null_mut();
+            pg_sys::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, ptr::null_mut());
+            for c in &self.columns {
+                let key_bytes = c.key.as_bytes();
+                let mut key = string_value(key_bytes.as_ptr().cast(), key_bytes.len());
+                pg_sys::pushJsonbValue(&mut state, WJB_KEY, &mut key);
+                let mut value = if *isnull.add(c.index) {
+                    null_value()
+                } else {
+                    self.convert(&c.kind, *values.add(c.index))
+                };
+                pg_sys::pushJsonbValue(&mut state, WJB_VALUE, &mut value);
+            }
+            let result = pg_sys::pushJsonbValue(&mut state, WJB_END_OBJECT, ptr::null_mut());
+            pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(result))
+        }
+    }
+
+    unsafe fn convert(&self, kind: &Kind, value: pg_sys::Datum) -> pg_sys::JsonbValue {
+        unsafe {
+            match *kind {
+                Kind::Bool => {
+                    let mut v = null_value();
+                    v.type_ = pg_sys::jbvType::jbvBool;
+                    v.val.boolean = value.value() & 0xff != 0;
+                    v
+                }
+                Kind::Int { typlen } => {
+                    let n: i64 = match typlen {
+                        2 => value.value() as i16 as i64,
+                        4 => value.value() as i32 as i64,
+                        _ => value.value() as i64,
+                    };
+                    numeric_value(pg_sys::int64_to_numeric(n))
+                }
+                Kind::Numeric { typoutput } => {
+                    let num = pg_sys::pg_detoast_datum(value.cast_mut_ptr()) as pg_sys::Numeric;
+                    if pg_sys::numeric_is_nan(num) || pg_sys::numeric_is_inf(num) {
+                        output_string(typoutput, value)
+                    } else {
+                        numeric_value(num)
+                    }
+                }
+                Kind::Float { typoutput } => {
+                    let text = pg_sys::OidOutputFunctionCall(typoutput, value);
+                    let s = CStr::from_ptr(text).to_bytes();
+                    if s.contains(&b'N') || s.contains(&b'n') {
+                        string_value(text, s.len())
+                    } else {
+                        let num = pg_sys::InputFunctionCall(
+                            self.numeric_in,
+                            text,
+                            pg_sys::InvalidOid,
+                            -1,
+                        );
+                        numeric_value(num.cast_mut_ptr())
+                    }
+                }
+                Kind::DateTime { typid } => {
+                    let text = pg_sys::JsonEncodeDateTime(ptr::null_mut(), value, typid, ptr::null::<c_int>());
+                    string_value(text, CStr::from_ptr(text).to_bytes().len())
+                }
+                Kind::Text => {
+                    let v = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
+                    string_value(
+                        pgrx::varlena::vardata_any(v),
+                        pgrx::varlena::varsize_any_exhdr(v),
+                    )
+                }
+                Kind::Jsonb => binary_value(pg_sys::pg_detoast_datum(value.cast_mut_ptr())),
+                Kind::Output { typoutput } => output_string(typoutput, value),
+                Kind::ToJsonb { finfo } => {
+                    let jb = pg_sys::FunctionCall1Coll(finfo, pg_sys::InvalidOid, value);
+                    binary_value(pg_sys::pg_detoast_datum(jb.cast_mut_ptr()))
+                }
+            }
+        }
+    }
+}
+
+fn null_value() -> pg_sys::JsonbValue {
+    // SAFETY: JsonbValue is plain data; an all-zero value is jbvNull.
+    let mut v: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
+    v.type_ = pg_sys::jbvType::jbvNull;
+    v
+}
+
+fn string_value(s: *const c_char, len: usize) -> pg_sys::JsonbValue {
+    let mut v = null_value();
+    v.type_ = pg_sys::jbvType::jbvString;
+    v.val.string = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 { len: len as c_int, val: s.cast_mut() };
+    v
+}
+
+fn numeric_value(num: pg_sys::Numeric) -> pg_sys::JsonbValue {
+    let mut v = null_value();
+    v.type_ = pg_sys::jbvType::jbvNumeric;
+    v.val.numeric = num;
+    v
+}
+
+/// A jsonb datum (detoasted, 4-byte header) pushed as a whole; pushJsonbValue unpacks it,
+/// scalar roots included.
+unsafe fn binary_value(jb: *mut pg_sys::varlena) -> pg_sys::JsonbValue {
+    unsafe {
+        let mut v = null_value();
+        v.type_ = pg_sys::jbvType::jbvBinary;
+        let jsonb = jb as *mut pg_sys::Jsonb;
+        v.val.binary = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_4 {
+            len: (pgrx::varlena::varsize(jb) - pg_sys::VARHDRSZ) as c_int,
+            data: ptr::addr_of_mut!((*jsonb).root),
+        };
+        v
+    }
+}
+
+unsafe fn output_string(typoutput: pg_sys::Oid, value: pg_sys::Datum) -> pg_sys::JsonbValue {
+    unsafe {
+        let text = pg_sys::OidOutputFunctionCall(typoutput, value);
+        string_value(text, CStr::from_ptr(text).to_bytes().len())
+    }
+}

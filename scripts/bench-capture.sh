@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Capture overhead of pg_observers on the users' write path, measured side by side in ONE run
+# with pgbench against an existing cluster (PGHOST / PGPORT / PGUSER, a superuser):
+#
+#   plain        a 5-column table, no trigger
+#   observed     the same table observed by pg_observers (one observer, INSERT, no condition,
+#                default observers.notify_interval = 10ms)
+#   plpgsql      the usual PL/pgSQL AFTER ROW trigger: INSERT INTO ev(payload) VALUES (row_to_json(NEW))
+#   and, for 1-row transactions, the wake-up variants:
+#   observed_nonotify     observers.notify_interval = 0 (no NOTIFY at all)
+#   observed_notify_each  observers.notify_interval = 0 plus a pg_notify() in every transaction
+#                         (what a naive capture trigger does)
+#
+# Workloads: 1-row INSERT transactions with BENCH_CLIENTS_1 (8) clients, and 100-row INSERT
+# statements with BENCH_CLIENTS_100 (4) clients, BENCH_SECONDS (10) per run, BENCH_ROUNDS (3)
+# rounds; the variants alternate inside each round to spread the machine's noise evenly. Every
+# run starts from empty tables after a CHECKPOINT. Prints tps per round, the median, and the
+# ratio plain/x (1.00 = no overhead). Nothing here asserts a threshold.
+#
+# The extension must be installed with optimisations for meaningful numbers:
+#   cargo pgrx install --release -p pg_observers --pg-config "$(which pg_config)"   (make install-ext)
+set -euo pipefail
+
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+bindir=$("$PG_CONFIG" --bindir)
+psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1)
+pgbench=$bindir/pgbench
+: "${PGHOST:?set PGHOST/PGPORT/PGUSER to a running cluster (see scripts/pgcluster.sh)}"
+: "${PGPORT:?set PGPORT}"
+export PGUSER=${PGUSER:-postgres}
+db=${BENCH_DB:-observers_bench}
+seconds=${BENCH_SECONDS:-10}
+rounds=${BENCH_ROUNDS:-3}
+clients1=${BENCH_CLIENTS_1:-8}
+clients100=${BENCH_CLIENTS_100:-4}
+threads=${BENCH_THREADS:-2}
+work=$(mktemp -d /tmp/bench-capture.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+so="$("$PG_CONFIG" --pkglibdir)/pg_observers.so"
+if [ ! -f "$so" ]; then
+  echo "pg_observers is not installed ($so missing): run make install-ext" >&2
+  exit 2
+fi
+if readelf -S "$so" 2>/dev/null | grep -q '\.debug_info'; then
+  build="DEBUG build (has debug info) -- numbers are NOT representative; install with --release"
+else
+  build="release build (no debug info)"
+fi
+
+"${psql[@]}" -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+"${psql[@]}" -d "$db" <<'SQL'
+CREATE EXTENSION pg_observers;
+-- five columns, as in the baseline measurements of ENVIRONMENT.md
+CREATE TABLE bench_plain (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id int, total numeric(10,2), status text, created_at timestamptz DEFAULT now());
+CREATE TABLE bench_observed (LIKE bench_plain INCLUDING ALL);
+CREATE TABLE bench_observed_nonotify (LIKE bench_plain INCLUDING ALL);
+CREATE TABLE bench_observed_notify_each (LIKE bench_plain INCLUDING ALL);
+CREATE TABLE bench_plpgsql (LIKE bench_plain INCLUDING ALL);
+
+SELECT observers.create_observer('bench_observed', 'bench_observed', '{INSERT}');
+SELECT observers.create_observer('bench_observed_nonotify', 'bench_observed_nonotify', '{INSERT}');
+SELECT observers.create_observer('bench_observed_notify_each', 'bench_observed_notify_each', '{INSERT}');
+
+-- what a naive capture adds: a NOTIFY in every writing transaction
+CREATE FUNCTION bench_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('observers_wakeup', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_notify AFTER INSERT ON bench_observed_notify_each
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_notify();
+
+-- the usual PL/pgSQL capture trigger
+CREATE TABLE ev (id bigserial PRIMARY KEY, payload json NOT NULL, created_at timestamptz DEFAULT now());
+CREATE FUNCTION ev_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ev(payload) VALUES (row_to_json(NEW));
+    RETURN NULL;
+END $$;
+CREATE TRIGGER ev_capture AFTER INSERT ON bench_plpgsql FOR EACH ROW EXECUTE FUNCTION ev_capture();
+SQL
+
+# pgbench scripts: one per (table, workload)
+for t in plain observed observed_nonotify observed_notify_each plpgsql; do
+  cat >"$work/one_$t.sql" <<EOF
+\set c random(1, 100000)
+INSERT INTO bench_$t (customer_id, total, status) VALUES (:c, :c * 1.5, 'new');
+EOF
+  cat >"$work/hundred_$t.sql" <<EOF
+INSERT INTO bench_$t (customer_id, total, status) SELECT g, g * 1.5, 'new' FROM generate_series(1, 100) AS g;
+EOF
+done
+
+reset_tables() {
+  "${psql[@]}" -d "$db" -c "TRUNCATE bench_plain, bench_observed, bench_observed_nonotify,
+      bench_observed_notify_each, bench_plpgsql, ev, observers.event" -c "CHECKPOINT"
+}
+
+# run VARIANT WORKLOAD CLIENTS -> prints tps
+run() {
+  local variant=$1 workload=$2 clients=$3 opts=""
+  case "$variant" in
+    observed_nonotify|observed_notify_each) opts="-c observers.notify_interval=0" ;;
+  esac
+  reset_tables
+  PGOPTIONS="$opts" "$pgbench" -n -M prepared -c "$clients" -j "$threads" -T "$seconds" \
+    -f "$work/${workload}_$variant.sql" "$db" >"$work/out" 2>&1 \
+    || { cat "$work/out" >&2; exit 1; }
+  sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/out" | head -1
+}
+
+declare -A results
+one_variants=(plain observed observed_nonotify observed_notify_each plpgsql)
+hundred_variants=(plain observed plpgsql)
+
+echo "pg_observers capture benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $("$bindir/postgres" --version)"
+echo "installed $so: $build"
+echo "server: synchronous_commit=$("${psql[@]}" -d "$db" -Atc 'SHOW synchronous_commit'), fsync=$("${psql[@]}" -d "$db" -Atc 'SHOW fsync'), shared_buffers=$("${psql[@]}" -d "$db" -Atc 'SHOW shared_buffers'); $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "pgbench -n -M prepared -j $threads -T $seconds, $rounds rounds, variants alternating within each round"
+echo
+
+for r in $(seq 1 "$rounds"); do
+  for v in "${one_variants[@]}"; do
+    tps=$(run "$v" one "$clients1")
+    results["one,$v"]+="$tps "
+    printf '  round %s  1-row   x%-2s %-22s %10.0f tps\n' "$r" "$clients1" "$v" "$tps"
+  done
+  for v in "${hundred_variants[@]}"; do
+    tps=$(run "$v" hundred "$clients100")
+    results["hundred,$v"]+="$tps "
+    printf '  round %s  100-row x%-2s %-22s %10.0f stmt/s\n' "$r" "$clients100" "$v" "$tps"
+  done
+done
+
+median() { tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+report() {
+  local workload=$1 title=$2 unit=$3; shift 3
+  local base
+  base=$(echo "${results["$workload,plain"]}" | median)
+  echo
+  echo "$title (median of $rounds runs)"
+  printf '  %-22s %12s %14s   %s\n' variant "$unit" "plain/variant" "runs"
+  for v in "$@"; do
+    local m
+    m=$(echo "${results["$workload,$v"]}" | median)
+    printf '  %-22s %12.0f %13.2fx   %s\n' "$v" "$m" "$(awk -v b="$base" -v m="$m" 'BEGIN {print b / m}')" "${results["$workload,$v"]}"
+  done
+}
+
+report one "1-row INSERT transactions, $clients1 clients" tps "${one_variants[@]}"
+report hundred "100-row INSERT statements, $clients100 clients" stmt/s "${hundred_variants[@]}"
+echo
+echo "observed: pg_observers, one observer (INSERT, no condition); plpgsql: AFTER ROW trigger inserting row_to_json(NEW)"
+echo "observed_nonotify: observers.notify_interval = 0; observed_notify_each: plus pg_notify() in every transaction"
