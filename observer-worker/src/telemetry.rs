@@ -11,7 +11,10 @@ use crate::cli::Format;
 /// Installs the global subscriber: stderr, `RUST_LOG` filter (default `info`),
 /// text or JSON lines.
 pub fn init_logging(format: Format) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Without RUST_LOG: info, minus the connection pool's own per-connection
+    // warnings (the worker reports database problems itself, once per retry).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,deadpool=error,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         Format::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),

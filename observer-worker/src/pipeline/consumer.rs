@@ -565,7 +565,8 @@ impl<H: EventHandler> Consumer<H> {
             return report;
         }
         let position = b.tracker.position();
-        let Some(epoch) = self.lease.borrow().held_epoch() else {
+        let state = *self.lease.borrow();
+        let Some(epoch) = state.held_epoch() else {
             warn!(position, "cannot save the final checkpoint: the leader lease is not confirmed; events after the last saved checkpoint will be delivered again");
             return report;
         };

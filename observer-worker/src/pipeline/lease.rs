@@ -113,12 +113,43 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = fenced.notified() => {
                 debug!(group = %s.group, "fenced: re-checking the leader lease now");
-                // our epoch is stale whatever we believed
-                if let LeaseState::Held(epoch) = *tx.borrow() {
-                    tx.send_replace(LeaseState::Unknown(epoch));
-                }
+                mark_fenced(&tx);
             }
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Someone got SQLSTATE OB001: our epoch is stale whatever we believed, so
+/// stop claiming until the lease is confirmed again.
+fn mark_fenced(tx: &watch::Sender<LeaseState>) {
+    // Copy the state out first: sending while a `borrow()` guard is alive
+    // would deadlock on the channel's lock.
+    let state = *tx.borrow();
+    if let LeaseState::Held(epoch) = state {
+        tx.send_replace(LeaseState::Unknown(epoch));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fenced_turns_held_into_unknown_without_deadlocking() {
+        let (tx, rx) = watch::channel(LeaseState::Held(7));
+        mark_fenced(&tx);
+        assert_eq!(*rx.borrow(), LeaseState::Unknown(7));
+        // standby stays standby
+        tx.send_replace(LeaseState::Standby);
+        mark_fenced(&tx);
+        assert_eq!(*rx.borrow(), LeaseState::Standby);
+    }
+
+    #[test]
+    fn held_epoch() {
+        assert_eq!(LeaseState::Held(3).held_epoch(), Some(3));
+        assert_eq!(LeaseState::Unknown(3).held_epoch(), None);
+        assert_eq!(LeaseState::Standby.held_epoch(), None);
     }
 }
