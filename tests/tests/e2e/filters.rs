@@ -147,3 +147,73 @@ async fn condition_columns_events_filters_and_rollback() {
     assert!(wait_backlog_zero(&db.client, SHORT).await);
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
 }
+
+/// SPEC §8: a large payload is delivered intact, or (if it is over a limit) dead-lettered with an
+/// error that says so; either way nothing is lost and the worker keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_row_is_delivered_intact_or_dead_lettered_clearly() {
+    let (db, rx) = setup("large_row").await;
+    db.client
+        .batch_execute("CREATE TABLE public.docs (id serial PRIMARY KEY, body text NOT NULL)")
+        .await
+        .unwrap();
+    let yaml = config(
+        "w-large",
+        "retry: { max_attempts: 2, initial_backoff: 100ms, max_backoff: 200ms }\n",
+        &format!(
+            "  - name: docs\n    table: public.docs\n    events: [INSERT]\n    actions:\n      - type: webhook\n        url: {}\n        timeout: 30s\n",
+            rx.url("/hooks/docs")
+        ),
+    );
+    let mut worker = start_worker("large_row", &db, &yaml, &[]);
+    wait_observer_ready(&db.client, "docs", "public.docs", SHORT).await;
+    // 4 MiB of text with characters that need JSON escaping.
+    let big: String = "line \"quoted\" \\ ünïcödé\n".repeat(4 * 1024 * 1024 / 26);
+    db.client
+        .execute("INSERT INTO public.docs (body) VALUES ($1)", &[&big])
+        .await
+        .unwrap();
+    db.client
+        .execute("INSERT INTO public.docs (body) VALUES ('small')", &[])
+        .await
+        .unwrap();
+
+    assert!(
+        rx.wait_until(LONG, |rx| rx.deliveries().iter().any(
+            |d| d.succeeded() && d.body.as_ref().is_some_and(|b| b["new"]["body"] == "small")
+        ))
+        .await,
+        "the event after the large one was not delivered; {}",
+        rx.summary()
+    );
+    assert!(
+        wait_backlog_zero(&db.client, LONG).await,
+        "backlog did not return to 0"
+    );
+    let delivered_big = rx.deliveries().iter().any(|d| {
+        d.succeeded()
+            && d.body
+                .as_ref()
+                .is_some_and(|b| b["new"]["body"].as_str() == Some(big.as_str()))
+    });
+    eprintln!("large row ({} bytes): delivered intact = {delivered_big}", big.len());
+    if !delivered_big {
+        let dlq = dlq_rows(&db.client).await;
+        assert_eq!(
+            dlq.len(),
+            1,
+            "the large event was neither delivered intact nor dead-lettered: {}",
+            rx.summary()
+        );
+        let err = dlq[0]["error"].clone().unwrap_or_default().to_lowercase();
+        assert!(
+            err.contains("size")
+                || err.contains("limit")
+                || err.contains("large")
+                || err.contains("bytes"),
+            "dead-lettered, but the error does not say it is about size: {err:?}"
+        );
+    }
+    assert!(worker.is_running());
+    assert_eq!(worker.stop(SHORT).await.code(), Some(0));
+}
