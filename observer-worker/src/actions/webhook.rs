@@ -195,6 +195,190 @@ pub fn body_snippet(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::WebhookConfig;
+    use bytes::Bytes;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// What the test server saw: request head (lowercased header names) and body.
+    #[derive(Debug, Default, Clone)]
+    struct Seen {
+        head: String,
+        body: Vec<u8>,
+    }
+
+    impl Seen {
+        fn header(&self, name: &str) -> Option<String> {
+            self.head.lines().find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        }
+    }
+
+    /// A one-connection-at-a-time HTTP/1.1 server answering every request
+    /// with `response` (raw bytes) after `delay`.
+    async fn server(response: &'static str, delay: Duration) -> (String, Arc<Mutex<Vec<Seen>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let n = match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + 4 + len {
+                            let n = match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        let body = buf[end + 4..end + 4 + len].to_vec();
+                        buf.drain(..end + 4 + len);
+                        seen.lock().unwrap().push(Seen { head, body });
+                        tokio::time::sleep(delay).await;
+                        if sock.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/hook?token=abc"), seen)
+    }
+
+    fn action(url: &str, secret: Option<&str>, timeout: Duration) -> WebhookAction {
+        let cfg = WebhookConfig {
+            url: url::Url::parse(url).unwrap(),
+            headers: vec![(HeaderName::from_static("authorization"), HeaderValue::from_static("Bearer t0ken"))],
+            signing_key: secret.map(|s| SigningKey::from_secret(s).unwrap()),
+            timeout,
+            retry: RetryPolicy::default(),
+        };
+        WebhookAction::new(&cfg, http_client(4).unwrap())
+    }
+
+    const BODY: &str = r#"{"id" : 42, "op" : "INSERT"}"#;
+
+    #[tokio::test]
+    async fn sends_body_as_is_with_standard_webhooks_headers() {
+        let (url, seen) = server("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n", Duration::ZERO).await;
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let a = action(&url, Some(secret), Duration::from_secs(5));
+        let d = Delivery::new(42, 1, Bytes::from_static(BODY.as_bytes()));
+        a.execute(&d).await.unwrap();
+        a.execute(&d).await.unwrap(); // a retry: same id, same body
+
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        let r = &seen[0];
+        assert!(r.head.starts_with("POST /hook?token=abc HTTP/1.1"), "{}", r.head);
+        assert_eq!(r.body, BODY.as_bytes(), "body must be sent byte for byte");
+        assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(r.header("authorization").as_deref(), Some("Bearer t0ken"));
+        assert_eq!(r.header("webhook-id").as_deref(), Some("evt_42_1"));
+        assert_eq!(seen[1].header("webhook-id").as_deref(), Some("evt_42_1"));
+        let ts: i64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!((now - ts).abs() < 60);
+        let expected = SigningKey::from_secret(secret).unwrap().sign("evt_42_1", ts, BODY.as_bytes());
+        assert_eq!(r.header("webhook-signature"), Some(expected));
+    }
+
+    #[tokio::test]
+    async fn no_signature_without_secret() {
+        let (url, seen) = server("HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ngarbage", Duration::ZERO).await;
+        let a = action(&url, None, Duration::from_secs(5));
+        a.execute(&Delivery::new(1, 0, Bytes::from_static(b"{}"))).await.unwrap();
+        assert_eq!(seen.lock().unwrap()[0].header("webhook-signature"), None);
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_permanent_with_status_and_body_snippet() {
+        let (url, _) = server(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 28\r\n\r\n{\"error\":\"unknown\ncustomer\"}",
+            Duration::ZERO,
+        )
+        .await;
+        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        assert!(!err.retryable);
+        assert_eq!(err.status, Some(400));
+        assert_eq!(err.message, r#"HTTP 400 Bad Request: {"error":"unknown customer"}"#);
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retryable_and_retry_after_is_read() {
+        let (url, _) = server(
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\ncontent-length: 4\r\n\r\ndown",
+            Duration::ZERO,
+        )
+        .await;
+        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        assert!(err.retryable);
+        assert_eq!(err.status, Some(503));
+        assert_eq!(err.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(err.message, "HTTP 503 Service Unavailable: down");
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let (url, seen) = server(
+            "HTTP/1.1 301 Moved Permanently\r\nlocation: http://127.0.0.1:1/elsewhere\r\ncontent-length: 0\r\n\r\n",
+            Duration::ZERO,
+        )
+        .await;
+        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        assert!(!err.retryable);
+        assert!(err.message.starts_with("HTTP 301 Moved Permanently (redirects are not followed)"), "{}", err.message);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn slow_servers_time_out_as_retryable() {
+        let (url, _) = server("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", Duration::from_secs(10)).await;
+        let err =
+            action(&url, None, Duration::from_millis(200)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        assert!(err.retryable);
+        assert_eq!(err.message, "timeout after 200ms");
+        assert_eq!(err.status, None);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_retryable_and_does_not_leak_the_url() {
+        // bind then drop: nothing listens on that port any more
+        let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/hook?token=s3cr3t");
+        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        assert!(err.retryable);
+        assert_eq!(err.message, "connection refused");
+        assert!(!err.message.contains("s3cr3t"));
+    }
+
+    #[tokio::test]
+    async fn garbage_instead_of_http_is_retryable() {
+        let (url, _) = server("this is not HTTP at all\r\n\r\n", Duration::ZERO).await;
+        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        assert!(err.retryable, "{err:?}");
+        assert!(err.message.starts_with("request failed"), "{}", err.message);
+    }
 
     #[test]
     fn snippets_are_single_line_and_printable() {

@@ -89,6 +89,7 @@ impl DbError {
             if code == SqlState::T_R_SERIALIZATION_FAILURE.code()
                 || code == SqlState::T_R_DEADLOCK_DETECTED.code()
                 || code == SqlState::LOCK_NOT_AVAILABLE.code()
+                || code == SqlState::QUERY_CANCELED.code()
             {
                 return DbError::Transient { context, message };
             }
@@ -173,10 +174,13 @@ impl Db {
         // letter, written synchronously on another lane, is always durable
         // before the checkpoint that passes its event). The lease stays
         // synchronous: an epoch must never be handed out twice.
+        // A statement that hangs (e.g. behind a lock) must not stall the
+        // consumer forever: it fails after a minute and is retried.
         let mut pg_main = pg.clone();
+        let main_options = "-c synchronous_commit=off -c statement_timeout=60s";
         let options = match pg.get_options() {
-            Some(o) if !o.trim().is_empty() => format!("{o} -c synchronous_commit=off"),
-            _ => "-c synchronous_commit=off".to_owned(),
+            Some(o) if !o.trim().is_empty() => format!("{o} {main_options}"),
+            _ => main_options.to_owned(),
         };
         pg_main.options(options);
         let make = |pg: &tokio_postgres::Config, size: usize| -> Result<Pool, DbError> {
