@@ -353,3 +353,91 @@ pub fn write_temp_file(name: &str, content: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A stand-in for the worker: logs its arguments and an env var, exits 0 on SIGTERM.
+    fn fake_worker() -> PathBuf {
+        let path = log_dir().join(format!("fake-worker-{}.sh", unique_suffix()));
+        fs::write(
+            &path,
+            "#!/bin/sh\n\
+             echo \"args: $*\"\n\
+             echo \"env: $FAKE_VALUE\" >&2\n\
+             trap 'echo terminating; exit 0' TERM\n\
+             echo ready\n\
+             while true; do sleep 0.05; done\n",
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_log_sigterm_restart_kill9() {
+        let bin = fake_worker();
+        let mut w = Worker::start_bin(
+            bin.clone(),
+            "fake",
+            "database: {}\n",
+            &[("FAKE_VALUE", "42")],
+        );
+        assert!(
+            w.wait_for_log("ready", Duration::from_secs(10)).await,
+            "{}",
+            w.log()
+        );
+        let log = w.log();
+        assert!(
+            log.contains(&format!(
+                "args: start --config {}",
+                w.config_path().display()
+            )),
+            "{log}"
+        );
+        assert!(log.contains("env: 42"), "stderr captured: {log}");
+        assert_eq!(
+            fs::read_to_string(w.config_path()).unwrap(),
+            "database: {}\n"
+        );
+        assert!(w.is_running());
+
+        let st = w.stop(Duration::from_secs(10)).await;
+        assert_eq!(st.code(), Some(0));
+        assert!(w.log().contains("terminating"));
+        assert!(!w.is_running());
+
+        w.restart();
+        assert!(
+            w.wait_for_log_where(Duration::from_secs(10), |l| l.contains("start #2"))
+                .await,
+            "restart marker missing: {}",
+            w.log()
+        );
+        assert!(
+            w.wait_for_log_where(Duration::from_secs(10), |_| true)
+                .await
+        );
+        w.kill9();
+        assert_eq!(
+            w.exit_status().and_then(|s| s.signal()),
+            Some(libc::SIGKILL)
+        );
+        assert_eq!(
+            w.log().matches("ready").count(),
+            2,
+            "both runs appended to one log"
+        );
+        assert_eq!(
+            w.wait_exit(Duration::from_millis(10))
+                .await
+                .and_then(|s| s.signal()),
+            Some(libc::SIGKILL)
+        );
+        let _ = fs::remove_file(bin);
+    }
+}
