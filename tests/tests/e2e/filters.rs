@@ -196,7 +196,10 @@ async fn large_row_is_delivered_intact_or_dead_lettered_clearly() {
                 .as_ref()
                 .is_some_and(|b| b["new"]["body"].as_str() == Some(big.as_str()))
     });
-    eprintln!("large row ({} bytes): delivered intact = {delivered_big}", big.len());
+    eprintln!(
+        "large row ({} bytes): delivered intact = {delivered_big}",
+        big.len()
+    );
     if !delivered_big {
         let dlq = dlq_rows(&db.client).await;
         assert_eq!(
