@@ -34,8 +34,10 @@ pub enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
-    /// Check a configuration file without connecting anywhere; lists every
-    /// problem with its YAML path and line:column (exit 0 valid, 2 invalid).
+    /// Check a configuration file; lists every problem with its YAML path and
+    /// line:column (exit 0 valid, 2 invalid). With an explicit --database-url
+    /// it also checks tables, columns and conditions against that database
+    /// (read-only); without it, it connects nowhere.
     ValidateConfig {
         #[arg(value_name = "FILE")]
         file: PathBuf,

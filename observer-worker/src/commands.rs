@@ -4,14 +4,119 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::cli::Format;
-use crate::config::{self, ConfigError, Defaults, ProcessEnv};
-use crate::db::{Db, StatusTable};
+use crate::config::{self, yaml, Config, ConfigError, Defaults, ProcessEnv, Problem};
+use crate::db::schema::TableInfo;
+use crate::db::{Db, DbError, StatusTable};
 use crate::error::{WorkerError, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
 
 /// `validate-config FILE`: pure validation. Prints the result to stdout and
 /// returns the exit code (0 valid, 2 invalid or unreadable).
 pub fn validate_config(file: &Path, format: Format, out: &mut dyn Write) -> i32 {
     let result = config::load_file(file, &ProcessEnv, &Defaults::for_this_process());
+    report_validation(file, result, format, out)
+}
+
+/// `validate-config FILE --database-url URL`: the pure validation, then (if
+/// it passed) the observers are checked against the live schema: tables,
+/// columns, ordering keys and conditions. Read-only. Exit 1 if the database
+/// cannot be reached.
+pub async fn validate_config_live(file: &Path, database_url: &str, format: Format, out: &mut dyn Write) -> i32 {
+    let result = config::load_file(file, &ProcessEnv, &Defaults::for_this_process());
+    let config = match result {
+        Ok(c) => c,
+        Err(e) => return report_validation(file, Err(e), format, out),
+    };
+    let tree = std::fs::read_to_string(file).ok().and_then(|s| yaml::parse(&s).ok());
+    let db = match Db::new(database_url, std::time::Duration::from_secs(5)) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match live_problems(&db, &config, tree.as_ref()).await {
+        Ok(problems) if problems.is_empty() => report_validation(file, Ok(config), format, out),
+        Ok(problems) => {
+            let e = ConfigError::Invalid { file: file.display().to_string(), problems };
+            report_validation(file, Err(e), format, out)
+        }
+        Err(e) => {
+            eprintln!("error: cannot check the configuration against the database: {e}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+/// Checks the observers of `config` against the live schema.
+pub async fn live_problems(db: &Db, config: &Config, tree: Option<&yaml::Node>) -> Result<Vec<Problem>, DbError> {
+    let mut problems = Vec::new();
+    if db.extension_version().await?.is_none() {
+        problems.push(Problem {
+            path: String::new(),
+            mark: None,
+            message: format!(
+                "the pg_observers extension is not installed in the database at {}: run `CREATE EXTENSION pg_observers;`",
+                db.target()
+            ),
+        });
+        return Ok(problems);
+    }
+    for (i, o) in config.observers.iter().enumerate() {
+        let base = format!("observers[{i}]");
+        let node = tree.and_then(|t| t.get("observers")).and_then(|n| n.item(i));
+        let at = |key: &str| -> (String, Option<yaml::Mark>) {
+            (format!("{base}.{key}"), node.and_then(|n| n.get(key)).and_then(|n| n.mark).or(node.and_then(|n| n.mark)))
+        };
+        let mut push = |key: &str, message: String| {
+            let (path, mark) = at(key);
+            problems.push(Problem { path, mark, message });
+        };
+        let info = match db.table_info(&o.table).await {
+            Ok(info) => info,
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => {
+                push("table", format!("invalid table name {:?}: {e}", o.table));
+                continue;
+            }
+        };
+        let (label, columns) = match info {
+            TableInfo::Missing => {
+                push("table", format!("table {} does not exist in the database", o.table));
+                continue;
+            }
+            TableInfo::NotATable { label, kind } => {
+                push("table", format!("{label} is {kind}; observers can only watch tables"));
+                continue;
+            }
+            TableInfo::Table { label, columns } => (label, columns),
+        };
+        for (key, list) in [("columns", &o.columns), ("ordering_key", &o.ordering_key)] {
+            for col in list.iter().flatten() {
+                if !columns.contains(col) {
+                    push(key, format!("column {col:?} does not exist in {label} (its columns: {})", columns.join(", ")));
+                }
+            }
+        }
+        if let Some(cond) = &o.condition {
+            for op in &o.events {
+                if let Some(msg) = db.condition_error(&label, cond, op).await? {
+                    let msg = if msg.contains("missing FROM-clause entry for table \"old\"") && op == "INSERT" {
+                        "references OLD, which INSERT events do not have: use NEW or put INSERT in a separate observer".to_owned()
+                    } else if msg.contains("missing FROM-clause entry for table \"new\"") && op == "DELETE" {
+                        "references NEW, which DELETE events do not have: use OLD or put DELETE in a separate observer".to_owned()
+                    } else {
+                        msg
+                    };
+                    push("condition", format!("condition does not compile for {op} events on {label}: {msg}"));
+                    break;
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
+fn report_validation(file: &Path, result: Result<Config, ConfigError>, format: Format, out: &mut dyn Write) -> i32 {
     let name = file.display().to_string();
     let written = match (&result, format) {
         (Ok(c), Format::Text) => writeln!(

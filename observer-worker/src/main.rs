@@ -31,9 +31,14 @@ fn main() -> ExitCode {
     let url_on_command_line = matches.value_source("database_url") == Some(ValueSource::CommandLine);
 
     let code = match cli.command {
-        Command::ValidateConfig { ref file } => {
-            commands::validate_config(file, cli.format, &mut std::io::stdout().lock())
-        }
+        Command::ValidateConfig { ref file } => match (&cli.database_url, url_on_command_line) {
+            // only an explicit --database-url turns on the live checks (not DATABASE_URL)
+            (Some(url), true) => match runtime() {
+                Ok(rt) => rt.block_on(commands::validate_config_live(file, url, cli.format, &mut std::io::stdout().lock())),
+                Err(e) => fail(&e),
+            },
+            _ => commands::validate_config(file, cli.format, &mut std::io::stdout().lock()),
+        },
         Command::Status { ref config } => run_status(&cli, config.as_deref()),
         Command::Start { ref config } => run_start(&cli, config, url_on_command_line),
     };

@@ -383,6 +383,15 @@ fn read_observer(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -
             (None, serde_json::Value::Null)
         }
     };
+    if let (Some(cols), Some(evs), Some(n)) = (&columns, &events, f.get("columns")) {
+        if !cols.is_empty() && !evs.iter().any(|e| e == "UPDATE") {
+            r.problem(
+                &f.path_of("columns"),
+                n.mark,
+                "`columns` only filters UPDATE events, and this observer does not capture UPDATE: add UPDATE to `events` or remove `columns`",
+            );
+        }
+    }
     if r.problem_count() != before {
         return None;
     }

@@ -448,3 +448,12 @@ fn names_follow_the_extension_rules() {
     let p = problems(&base("ok", "-bad"), &[]);
     assert_eq!(p[0].path, "worker.group", "{p:#?}");
 }
+
+#[test]
+fn columns_need_update_events() {
+    let src = "observers:\n  - name: a\n    table: t\n    events: [INSERT]\n    columns: [x]\n    actions: [{ type: webhook, url: 'http://h/' }]\n";
+    let p = problems(src, &[]);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].path, "observers[0].columns");
+    assert!(p[0].message.contains("only filters UPDATE"), "{}", p[0].message);
+}

@@ -74,6 +74,25 @@ impl Node {
         matches!(self.value, Value::Null)
     }
 
+    /// The value of `key` in a map node.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(&k.value, Value::Scalar { text, .. } if text == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Item `i` of a list node.
+    pub fn item(&self, i: usize) -> Option<&Node> {
+        match &self.value {
+            Value::Seq(items) => items.get(i),
+            _ => None,
+        }
+    }
+
     /// Converts the node to JSON **without** expanding `${VAR}` placeholders.
     /// Plain scalars are typed with the YAML 1.2 core schema (null, booleans,
     /// integers, floats); everything else is a string.

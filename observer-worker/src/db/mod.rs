@@ -10,6 +10,7 @@
 mod control;
 pub mod listener;
 mod outbox;
+pub mod schema;
 pub mod queries;
 
 use std::fmt;
