@@ -202,7 +202,12 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         if !worker.is_running() {
             worker.restart();
         }
-        let lat = latency(args, url, &rx).await?;
+        // Latency depends on how much the outbox retains (it is only dropped by retention):
+        // report it next to the numbers.
+        let retained: i64 = client.query_one("SELECT count(*) FROM observers.event", &[]).await?.get(0);
+        let mut lat = latency(args, url, &rx).await?;
+        lat["outbox_rows_at_start"] = json!(retained);
+        println!("{:<44} {:>14}", "  outbox rows retained at start", retained);
         report["latency"] = lat;
     }
     let st = worker.stop(Duration::from_secs(60)).await;
