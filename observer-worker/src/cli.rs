@@ -15,7 +15,13 @@ pub struct Cli {
     /// PostgreSQL URL (postgres://user@host:port/db). For `start`, an explicit
     /// --database-url wins over `database.url` in the file, which wins over
     /// the DATABASE_URL environment variable.
-    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub database_url: Option<String>,
 
     /// Output format: of logs for `start`, of results for the other commands.
@@ -68,7 +74,15 @@ mod tests {
 
     #[test]
     fn global_flags_work_after_the_subcommand() {
-        let cli = Cli::try_parse_from(["fraiseql-observers", "start", "--config", "c.yaml", "--format", "json"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "fraiseql-observers",
+            "start",
+            "--config",
+            "c.yaml",
+            "--format",
+            "json",
+        ])
+        .unwrap();
         assert_eq!(cli.format, Format::Json);
         assert!(matches!(cli.command, Command::Start { .. }));
         let cli = Cli::try_parse_from(["fraiseql-observers", "validate-config", "c.yaml"]).unwrap();

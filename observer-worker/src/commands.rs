@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::cli::Format;
-use crate::config::{self, yaml, Config, ConfigError, Defaults, ProcessEnv, Problem};
+use crate::config::{self, yaml, Config, ConfigError, Defaults, Problem, ProcessEnv};
 use crate::db::schema::TableInfo;
 use crate::db::{Db, DbError, StatusTable};
 use crate::error::{WorkerError, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
@@ -20,13 +20,20 @@ pub fn validate_config(file: &Path, format: Format, out: &mut dyn Write) -> i32 
 /// it passed) the observers are checked against the live schema: tables,
 /// columns, ordering keys and conditions. Read-only. Exit 1 if the database
 /// cannot be reached.
-pub async fn validate_config_live(file: &Path, database_url: &str, format: Format, out: &mut dyn Write) -> i32 {
+pub async fn validate_config_live(
+    file: &Path,
+    database_url: &str,
+    format: Format,
+    out: &mut dyn Write,
+) -> i32 {
     let result = config::load_file(file, &ProcessEnv, &Defaults::for_this_process());
     let config = match result {
         Ok(c) => c,
         Err(e) => return report_validation(file, Err(e), format, out),
     };
-    let tree = std::fs::read_to_string(file).ok().and_then(|s| yaml::parse(&s).ok());
+    let tree = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| yaml::parse(&s).ok());
     let db = match Db::new(database_url, std::time::Duration::from_secs(5)) {
         Ok(db) => db,
         Err(e) => {
@@ -37,7 +44,10 @@ pub async fn validate_config_live(file: &Path, database_url: &str, format: Forma
     match live_problems(&db, &config, tree.as_ref()).await {
         Ok(problems) if problems.is_empty() => report_validation(file, Ok(config), format, out),
         Ok(problems) => {
-            let e = ConfigError::Invalid { file: file.display().to_string(), problems };
+            let e = ConfigError::Invalid {
+                file: file.display().to_string(),
+                problems,
+            };
             report_validation(file, Err(e), format, out)
         }
         Err(e) => {
@@ -48,7 +58,11 @@ pub async fn validate_config_live(file: &Path, database_url: &str, format: Forma
 }
 
 /// Checks the observers of `config` against the live schema.
-pub async fn live_problems(db: &Db, config: &Config, tree: Option<&yaml::Node>) -> Result<Vec<Problem>, DbError> {
+pub async fn live_problems(
+    db: &Db,
+    config: &Config,
+    tree: Option<&yaml::Node>,
+) -> Result<Vec<Problem>, DbError> {
     let mut problems = Vec::new();
     if db.extension_version().await?.is_none() {
         problems.push(Problem {
@@ -63,13 +77,24 @@ pub async fn live_problems(db: &Db, config: &Config, tree: Option<&yaml::Node>) 
     }
     for (i, o) in config.observers.iter().enumerate() {
         let base = format!("observers[{i}]");
-        let node = tree.and_then(|t| t.get("observers")).and_then(|n| n.item(i));
+        let node = tree
+            .and_then(|t| t.get("observers"))
+            .and_then(|n| n.item(i));
         let at = |key: &str| -> (String, Option<yaml::Mark>) {
-            (format!("{base}.{key}"), node.and_then(|n| n.get(key)).and_then(|n| n.mark).or(node.and_then(|n| n.mark)))
+            (
+                format!("{base}.{key}"),
+                node.and_then(|n| n.get(key))
+                    .and_then(|n| n.mark)
+                    .or(node.and_then(|n| n.mark)),
+            )
         };
         let mut push = |key: &str, message: String| {
             let (path, mark) = at(key);
-            problems.push(Problem { path, mark, message });
+            problems.push(Problem {
+                path,
+                mark,
+                message,
+            });
         };
         let info = match db.table_info(&o.table).await {
             Ok(info) => info,
@@ -81,11 +106,17 @@ pub async fn live_problems(db: &Db, config: &Config, tree: Option<&yaml::Node>) 
         };
         let (label, columns) = match info {
             TableInfo::Missing => {
-                push("table", format!("table {} does not exist in the database", o.table));
+                push(
+                    "table",
+                    format!("table {} does not exist in the database", o.table),
+                );
                 continue;
             }
             TableInfo::NotATable { label, kind } => {
-                push("table", format!("{label} is {kind}; observers can only watch tables"));
+                push(
+                    "table",
+                    format!("{label} is {kind}; observers can only watch tables"),
+                );
                 continue;
             }
             TableInfo::Table { label, columns } => (label, columns),
@@ -93,21 +124,34 @@ pub async fn live_problems(db: &Db, config: &Config, tree: Option<&yaml::Node>) 
         for (key, list) in [("columns", &o.columns), ("ordering_key", &o.ordering_key)] {
             for col in list.iter().flatten() {
                 if !columns.contains(col) {
-                    push(key, format!("column {col:?} does not exist in {label} (its columns: {})", columns.join(", ")));
+                    push(
+                        key,
+                        format!(
+                            "column {col:?} does not exist in {label} (its columns: {})",
+                            columns.join(", ")
+                        ),
+                    );
                 }
             }
         }
         if let Some(cond) = &o.condition {
             for op in &o.events {
                 if let Some(msg) = db.condition_error(&label, cond, op).await? {
-                    let msg = if msg.contains("missing FROM-clause entry for table \"old\"") && op == "INSERT" {
+                    let msg = if msg.contains("missing FROM-clause entry for table \"old\"")
+                        && op == "INSERT"
+                    {
                         "references OLD, which INSERT events do not have: use NEW or put INSERT in a separate observer".to_owned()
-                    } else if msg.contains("missing FROM-clause entry for table \"new\"") && op == "DELETE" {
+                    } else if msg.contains("missing FROM-clause entry for table \"new\"")
+                        && op == "DELETE"
+                    {
                         "references NEW, which DELETE events do not have: use OLD or put DELETE in a separate observer".to_owned()
                     } else {
                         msg
                     };
-                    push("condition", format!("condition does not compile for {op} events on {label}: {msg}"));
+                    push(
+                        "condition",
+                        format!("condition does not compile for {op} events on {label}: {msg}"),
+                    );
                     break;
                 }
             }
@@ -116,7 +160,12 @@ pub async fn live_problems(db: &Db, config: &Config, tree: Option<&yaml::Node>) 
     Ok(problems)
 }
 
-fn report_validation(file: &Path, result: Result<Config, ConfigError>, format: Format, out: &mut dyn Write) -> i32 {
+fn report_validation(
+    file: &Path,
+    result: Result<Config, ConfigError>,
+    format: Format,
+    out: &mut dyn Write,
+) -> i32 {
     let name = file.display().to_string();
     let written = match (&result, format) {
         (Ok(c), Format::Text) => writeln!(
@@ -144,7 +193,9 @@ fn report_validation(file: &Path, result: Result<Config, ConfigError>, format: F
 /// `{"file":…, "valid": false, "problems": [{"path","line","column","message"}]}`.
 pub fn problems_json(file: &str, e: &ConfigError) -> serde_json::Value {
     let problems: Vec<serde_json::Value> = match e {
-        ConfigError::Read { .. } => vec![serde_json::json!({"path": "", "line": null, "column": null, "message": e.to_string()})],
+        ConfigError::Read { .. } => vec![
+            serde_json::json!({"path": "", "line": null, "column": null, "message": e.to_string()}),
+        ],
         ConfigError::Invalid { problems, .. } => problems
             .iter()
             .map(|p| {
@@ -161,18 +212,27 @@ pub fn problems_json(file: &str, e: &ConfigError) -> serde_json::Value {
 }
 
 /// `status`: one query, printed as a table or JSON.
-pub async fn status(database_url: &str, format: Format, out: &mut dyn Write) -> Result<(), WorkerError> {
+pub async fn status(
+    database_url: &str,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), WorkerError> {
     let db = Db::new(database_url, std::time::Duration::from_secs(5))?;
     match db.extension_version().await? {
         Some(_) => {}
-        None => return Err(WorkerError::ExtensionMissing { target: db.target().to_owned() }),
+        None => {
+            return Err(WorkerError::ExtensionMissing {
+                target: db.target().to_owned(),
+            })
+        }
     }
     let table = db.status().await?;
     let text = match format {
         Format::Text => render_table(&table),
         Format::Json => status_json(&table),
     };
-    out.write_all(text.as_bytes()).map_err(|e| WorkerError::Fatal(format!("cannot write output: {e}")))
+    out.write_all(text.as_bytes())
+        .map_err(|e| WorkerError::Fatal(format!("cannot write output: {e}")))
 }
 
 /// A JSON array with one object per row, keys in column order, values as
@@ -201,7 +261,11 @@ pub fn render_table(t: &StatusTable) -> String {
     if t.rows.is_empty() {
         return "no observers\n".to_owned();
     }
-    let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned()).replace('\n', " ");
+    let cell = |v: &Option<String>| {
+        v.clone()
+            .unwrap_or_else(|| "-".to_owned())
+            .replace('\n', " ")
+    };
     let mut widths: Vec<usize> = t.columns.iter().map(|c| c.chars().count()).collect();
     for row in &t.rows {
         for (i, v) in row.iter().enumerate() {
@@ -212,12 +276,18 @@ pub fn render_table(t: &StatusTable) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<String>, out: &mut String| {
-        let padded: Vec<String> =
-            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<width$}", width = *w)).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<width$}", width = *w))
+            .collect();
         out.push_str(padded.join("  ").trim_end());
         out.push('\n');
     };
-    line(t.columns.iter().map(|c| c.to_uppercase()).collect(), &mut out);
+    line(
+        t.columns.iter().map(|c| c.to_uppercase()).collect(),
+        &mut out,
+    );
     for row in &t.rows {
         line(row.iter().map(cell).collect(), &mut out);
     }
@@ -232,11 +302,20 @@ mod tests {
     fn table_rendering() {
         let t = StatusTable {
             columns: vec!["observer".into(), "backlog".into()],
-            rows: vec![vec![Some("orders".into()), Some("12".into())], vec![Some("x".into()), None]],
+            rows: vec![
+                vec![Some("orders".into()), Some("12".into())],
+                vec![Some("x".into()), None],
+            ],
         };
-        assert_eq!(render_table(&t), "OBSERVER  BACKLOG\norders    12\nx         -\n");
+        assert_eq!(
+            render_table(&t),
+            "OBSERVER  BACKLOG\norders    12\nx         -\n"
+        );
         let json = status_json(&t);
-        assert!(json.contains(r#"{"observer": "orders", "backlog": "12"}"#), "{json}");
+        assert!(
+            json.contains(r#"{"observer": "orders", "backlog": "12"}"#),
+            "{json}"
+        );
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v[1]["backlog"], serde_json::Value::Null);
         assert_eq!(status_json(&StatusTable::default()), "[]\n");
@@ -258,8 +337,14 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(validate_config(&bad, Format::Text, &mut out), 2);
         let text = String::from_utf8_lossy(&out).to_string();
-        assert!(text.contains("bad.yaml:2:15: worker.batch_size: expected a whole number"), "{text}");
-        assert!(text.contains("bad.yaml:3:3: worker.colour: unknown key `colour`"), "{text}");
+        assert!(
+            text.contains("bad.yaml:2:15: worker.batch_size: expected a whole number"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bad.yaml:3:3: worker.colour: unknown key `colour`"),
+            "{text}"
+        );
 
         let mut out = Vec::new();
         assert_eq!(validate_config(&bad, Format::Json, &mut out), 2);
@@ -269,7 +354,10 @@ mod tests {
         assert_eq!(v["problems"][1]["column"], 3);
 
         let mut out = Vec::new();
-        assert_eq!(validate_config(&dir.join("missing.yaml"), Format::Text, &mut out), 2);
+        assert_eq!(
+            validate_config(&dir.join("missing.yaml"), Format::Text, &mut out),
+            2
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

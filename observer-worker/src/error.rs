@@ -25,7 +25,11 @@ pub enum WorkerError {
     /// An observer of the file was rejected by the database (unknown table,
     /// condition that does not compile, ...).
     #[error("observer `{name}` ({path}) was rejected by the database: {source}")]
-    ObserverRejected { name: String, path: String, source: DbError },
+    ObserverRejected {
+        name: String,
+        path: String,
+        source: DbError,
+    },
     #[error("the pg_observers extension is not installed in the database at {target}: run `CREATE EXTENSION pg_observers;` in that database (as its owner or a superuser)")]
     ExtensionMissing { target: String },
     #[error(transparent)]
@@ -39,7 +43,9 @@ pub enum WorkerError {
 impl WorkerError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            WorkerError::Config(_) | WorkerError::Usage(_) | WorkerError::ObserverRejected { .. } => EXIT_CONFIG,
+            WorkerError::Config(_)
+            | WorkerError::Usage(_)
+            | WorkerError::ObserverRejected { .. } => EXIT_CONFIG,
             WorkerError::Db(DbError::BadUrl(_)) => EXIT_CONFIG,
             _ => EXIT_RUNTIME,
         }

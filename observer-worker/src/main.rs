@@ -28,13 +28,19 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let url_on_command_line = matches.value_source("database_url") == Some(ValueSource::CommandLine);
+    let url_on_command_line =
+        matches.value_source("database_url") == Some(ValueSource::CommandLine);
 
     let code = match cli.command {
         Command::ValidateConfig { ref file } => match (&cli.database_url, url_on_command_line) {
             // only an explicit --database-url turns on the live checks (not DATABASE_URL)
             (Some(url), true) => match runtime() {
-                Ok(rt) => rt.block_on(commands::validate_config_live(file, url, cli.format, &mut std::io::stdout().lock())),
+                Ok(rt) => rt.block_on(commands::validate_config_live(
+                    file,
+                    url,
+                    cli.format,
+                    &mut std::io::stdout().lock(),
+                )),
                 Err(e) => fail(&e),
             },
             _ => commands::validate_config(file, cli.format, &mut std::io::stdout().lock()),
@@ -46,26 +52,43 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn run_status(cli: &Cli, config_path: Option<&Path>) -> i32 {
     let url = match (&cli.database_url, config_path) {
         (Some(u), _) => u.clone(),
-        (None, Some(path)) => match config::load_file(path, &ProcessEnv, &Defaults::for_this_process()) {
+        (None, Some(path)) => match config::load_file(
+            path,
+            &ProcessEnv,
+            &Defaults::for_this_process(),
+        ) {
             Ok(Config { database, .. }) => match database.url {
                 Some(u) => u,
-                None => return usage("no database URL: pass --database-url, set DATABASE_URL or set database.url"),
+                None => return usage(
+                    "no database URL: pass --database-url, set DATABASE_URL or set database.url",
+                ),
             },
             Err(e) => return report_config_error(&e, cli.format),
         },
-        (None, None) => return usage("no database URL: pass --database-url, set DATABASE_URL, or --config FILE"),
+        (None, None) => {
+            return usage(
+                "no database URL: pass --database-url, set DATABASE_URL, or --config FILE",
+            )
+        }
     };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match rt.block_on(commands::status(&url, cli.format, &mut std::io::stdout().lock())) {
+    match rt.block_on(commands::status(
+        &url,
+        cli.format,
+        &mut std::io::stdout().lock(),
+    )) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
@@ -80,9 +103,13 @@ fn run_start(cli: &Cli, config_path: &Path, url_on_command_line: bool) -> i32 {
         Err(e) => return report_config_error(&e, cli.format),
     };
     // --database-url on the command line > database.url in the file > DATABASE_URL
-    let url = if url_on_command_line { cli.database_url.clone() } else { None }
-        .or_else(|| config.database.url.clone())
-        .or_else(|| cli.database_url.clone());
+    let url = if url_on_command_line {
+        cli.database_url.clone()
+    } else {
+        None
+    }
+    .or_else(|| config.database.url.clone())
+    .or_else(|| cli.database_url.clone());
     let Some(url) = url else {
         return usage("no database URL: set database.url in the configuration, pass --database-url, or set DATABASE_URL");
     };
@@ -112,7 +139,10 @@ fn run_start(cli: &Cli, config_path: &Path, url_on_command_line: bool) -> i32 {
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit immediately.
 async fn watch_signals(stop: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers; stop the worker with SIGKILL");
         return;
     };
@@ -120,7 +150,10 @@ async fn watch_signals(stop: CancellationToken) {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    info!(signal = name, "shutdown requested: finishing in-flight work (send the signal again to exit at once)");
+    info!(
+        signal = name,
+        "shutdown requested: finishing in-flight work (send the signal again to exit at once)"
+    );
     stop.cancel();
     tokio::select! {
         _ = term.recv() => {},

@@ -142,7 +142,10 @@ mod tests {
 
     #[test]
     fn huge_multiplier_does_not_overflow() {
-        let p = RetryPolicy { multiplier: 1e300, ..policy() };
+        let p = RetryPolicy {
+            multiplier: 1e300,
+            ..policy()
+        };
         assert_eq!(p.backoff_ceiling(50), Duration::from_secs(300));
     }
 
@@ -173,28 +176,46 @@ mod tests {
 
     #[test]
     fn no_jitter_is_exact() {
-        let p = RetryPolicy { jitter: Jitter::None, ..policy() };
+        let p = RetryPolicy {
+            jitter: Jitter::None,
+            ..policy()
+        };
         assert_eq!(p.backoff(3), Duration::from_secs(2));
         assert_eq!(p.backoff_with(3, 0.1), Duration::from_secs(2));
     }
 
     #[test]
     fn attempts_budget() {
-        let p = RetryPolicy { max_attempts: 3, ..policy() };
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..policy()
+        };
         assert!(p.allows_another(1));
         assert!(p.allows_another(2));
         assert!(!p.allows_another(3));
-        let once = RetryPolicy { max_attempts: 1, ..policy() };
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..policy()
+        };
         assert!(!once.allows_another(1));
     }
 
     #[test]
     fn retry_after_seconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
         assert_eq!(parse_retry_after("", now), None);
@@ -202,9 +223,18 @@ mod tests {
 
     #[test]
     fn retry_after_is_clamped_to_max_backoff() {
-        let p = RetryPolicy { max_backoff: Duration::from_secs(10), ..policy() };
-        assert_eq!(p.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(3600))), Duration::from_secs(10));
+        let p = RetryPolicy {
+            max_backoff: Duration::from_secs(10),
+            ..policy()
+        };
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3600))),
+            Duration::from_secs(10)
+        );
         assert!(p.delay(1, None) <= Duration::from_millis(500));
     }
 

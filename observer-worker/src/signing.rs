@@ -34,7 +34,9 @@ impl SigningKey {
         }
         match secret.strip_prefix("whsec_") {
             Some(b64) => {
-                let key = STANDARD.decode(b64.trim()).map_err(|_| SecretError::BadBase64)?;
+                let key = STANDARD
+                    .decode(b64.trim())
+                    .map_err(|_| SecretError::BadBase64)?;
                 if key.is_empty() {
                     return Err(SecretError::Empty);
                 }
@@ -78,7 +80,11 @@ mod tests {
     #[test]
     fn standard_webhooks_test_vector() {
         let key = SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let sig = key.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+        let sig = key.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 
@@ -87,7 +93,8 @@ mod tests {
         let raw = SigningKey::from_secret("not-prefixed").unwrap();
         assert_eq!(raw.0, b"not-prefixed");
         // same key written both ways signs identically
-        let b64 = SigningKey::from_secret(&format!("whsec_{}", STANDARD.encode(b"not-prefixed"))).unwrap();
+        let b64 = SigningKey::from_secret(&format!("whsec_{}", STANDARD.encode(b"not-prefixed")))
+            .unwrap();
         assert_eq!(raw.sign("evt_1_0", 1, b"{}"), b64.sign("evt_1_0", 1, b"{}"));
     }
 
@@ -103,7 +110,10 @@ mod tests {
     #[test]
     fn bad_secrets() {
         assert_eq!(SigningKey::from_secret(""), Err(SecretError::Empty));
-        assert_eq!(SigningKey::from_secret("whsec_***"), Err(SecretError::BadBase64));
+        assert_eq!(
+            SigningKey::from_secret("whsec_***"),
+            Err(SecretError::BadBase64)
+        );
         assert_eq!(SigningKey::from_secret("whsec_"), Err(SecretError::Empty));
     }
 

@@ -29,7 +29,11 @@ pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFINITIONS_REFRESH: Duration = Duration::from_secs(30);
 
 /// Runs the worker until `stop` fires (clean exit) or a fatal error.
-pub async fn run(config: Config, database_url: &str, stop: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run(
+    config: Config,
+    database_url: &str,
+    stop: CancellationToken,
+) -> Result<(), WorkerError> {
     let started = Instant::now();
     let group = config.worker.group.clone();
     let worker_id = config.worker.id.clone();
@@ -68,7 +72,9 @@ pub async fn run(config: Config, database_url: &str, stop: CancellationToken) ->
         config.retry.clone(),
         http,
     ));
-    let Some(loaded) = load_definitions(&registry, &db, &stop).await? else { return Ok(()) };
+    let Some(loaded) = load_definitions(&registry, &db, &stop).await? else {
+        return Ok(());
+    };
     info!(group = %group, observers = loaded.ready, broken = loaded.broken, "observers loaded");
     if loaded.ready + loaded.broken == 0 {
         warn!(group = %group, "no observers in this group: nothing will be delivered until one is created");
@@ -85,13 +91,29 @@ pub async fn run(config: Config, database_url: &str, stop: CancellationToken) ->
 
     tasks.spawn(lease::run(
         db.clone(),
-        LeaseSettings { group: group.clone(), worker_id: worker_id.clone(), ttl: config.lease_ttl },
+        LeaseSettings {
+            group: group.clone(),
+            worker_id: worker_id.clone(),
+            ttl: config.lease_ttl,
+        },
         lease_tx,
         fenced.clone(),
         background.clone(),
     ));
-    tasks.spawn(listener::run(db.pg_config().clone(), db.target().to_owned(), wake.clone(), background.clone()));
-    tasks.spawn(heartbeat(db.clone(), group.clone(), worker_id.clone(), lease_rx.clone(), stats.clone(), background.clone()));
+    tasks.spawn(listener::run(
+        db.pg_config().clone(),
+        db.target().to_owned(),
+        wake.clone(),
+        background.clone(),
+    ));
+    tasks.spawn(heartbeat(
+        db.clone(),
+        group.clone(),
+        worker_id.clone(),
+        lease_rx.clone(),
+        stats.clone(),
+        background.clone(),
+    ));
     tasks.spawn(maintenance(db.clone(), background.clone()));
     tasks.spawn(refresh_definitions(registry.clone(), background.clone()));
 
@@ -135,11 +157,20 @@ pub async fn run(config: Config, database_url: &str, stop: CancellationToken) ->
     background.cancel();
     while tasks.join_next().await.is_some() {}
     if let LeaseState::Held(epoch) | LeaseState::Unknown(epoch) = last_state {
-        match tokio::time::timeout(Duration::from_secs(3), db.lease_release(&group, &worker_id, epoch)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            db.lease_release(&group, &worker_id, epoch),
+        )
+        .await
+        {
             Ok(Ok(true)) => info!(group = %group, epoch, "leader lease released"),
             Ok(Ok(false)) => debug!(group = %group, epoch, "leader lease was no longer ours"),
-            Ok(Err(e)) => warn!(group = %group, error = %e, "could not release the leader lease; it expires by itself"),
-            Err(_) => warn!(group = %group, "releasing the leader lease timed out; it expires by itself"),
+            Ok(Err(e)) => {
+                warn!(group = %group, error = %e, "could not release the leader lease; it expires by itself")
+            }
+            Err(_) => {
+                warn!(group = %group, "releasing the leader lease timed out; it expires by itself")
+            }
         }
     }
 
@@ -163,12 +194,19 @@ pub async fn run(config: Config, database_url: &str, stop: CancellationToken) ->
 }
 
 /// Retries until the database answers. `Ok(None)` if stopped first.
-async fn wait_for_database(db: &Db, stop: &CancellationToken) -> Result<Option<String>, WorkerError> {
+async fn wait_for_database(
+    db: &Db,
+    stop: &CancellationToken,
+) -> Result<Option<String>, WorkerError> {
     let mut backoff = Duration::from_millis(500);
     loop {
         match db.extension_version().await {
             Ok(Some(v)) => return Ok(Some(v)),
-            Ok(None) => return Err(WorkerError::ExtensionMissing { target: db.target().to_owned() }),
+            Ok(None) => {
+                return Err(WorkerError::ExtensionMissing {
+                    target: db.target().to_owned(),
+                })
+            }
             Err(e) if e.is_retryable() => {
                 warn!(
                     retry_in = %humantime::format_duration(backoff),
@@ -186,7 +224,11 @@ async fn wait_for_database(db: &Db, stop: &CancellationToken) -> Result<Option<S
 }
 
 /// Creates/replaces every observer of the file. `Ok(false)` if stopped first.
-async fn apply_observers(db: &Db, config: &Config, stop: &CancellationToken) -> Result<bool, WorkerError> {
+async fn apply_observers(
+    db: &Db,
+    config: &Config,
+    stop: &CancellationToken,
+) -> Result<bool, WorkerError> {
     for (i, o) in config.observers.iter().enumerate() {
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -282,7 +324,9 @@ async fn maintenance(db: Db, stop: CancellationToken) {
     loop {
         match db.maintain().await {
             Ok(summary) => info!(summary = %summary, "outbox maintenance done"),
-            Err(DbError::Unavailable { .. }) => debug!("outbox maintenance skipped: database unreachable"),
+            Err(DbError::Unavailable { .. }) => {
+                debug!("outbox maintenance skipped: database unreachable")
+            }
             Err(e) => warn!(error = %e, "outbox maintenance failed"),
         }
         if !sleep_or_stop(MAINTENANCE_INTERVAL, &stop).await {

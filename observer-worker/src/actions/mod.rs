@@ -30,7 +30,12 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(event_id: i64, action_index: usize, body: Bytes) -> Self {
-        Delivery { event_id, action_index, webhook_id: webhook_id(event_id, action_index), body }
+        Delivery {
+            event_id,
+            action_index,
+            webhook_id: webhook_id(event_id, action_index),
+            body,
+        }
     }
 }
 
@@ -55,10 +60,20 @@ pub struct AttemptError {
 
 impl AttemptError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        AttemptError { retryable: true, message: message.into(), status: None, retry_after: None }
+        AttemptError {
+            retryable: true,
+            message: message.into(),
+            status: None,
+            retry_after: None,
+        }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
-        AttemptError { retryable: false, message: message.into(), status: None, retry_after: None }
+        AttemptError {
+            retryable: false,
+            message: message.into(),
+            status: None,
+            retry_after: None,
+        }
     }
 }
 

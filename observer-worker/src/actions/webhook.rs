@@ -60,7 +60,10 @@ impl WebhookAction {
     }
 
     async fn attempt(&self, d: &Delivery) -> Result<(), AttemptError> {
-        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         let mut headers = self.headers.clone();
         // The webhook-* headers are built from ids and digits: always valid header values.
         if let Ok(v) = HeaderValue::from_str(&d.webhook_id) {
@@ -72,7 +75,12 @@ impl WebhookAction {
                 headers.insert(WEBHOOK_SIGNATURE, v);
             }
         }
-        let request = self.client.post(self.url.clone()).headers(headers).timeout(self.timeout).body(d.body.clone());
+        let request = self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .timeout(self.timeout)
+            .body(d.body.clone());
         let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
 
         let status = response.status();
@@ -82,7 +90,11 @@ impl WebhookAction {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let keep = if class == Classification::Success { 0 } else { ERROR_BODY_KEEP };
+        let keep = if class == Classification::Success {
+            0
+        } else {
+            ERROR_BODY_KEEP
+        };
         let body = read_bounded(&mut response, keep, RESPONSE_DRAIN_LIMIT).await;
 
         match class {
@@ -114,10 +126,16 @@ impl WebhookAction {
     fn transport_error(&self, e: reqwest::Error) -> AttemptError {
         let e = e.without_url();
         if e.is_timeout() {
-            return AttemptError::retryable(format!("timeout after {}", humantime::format_duration(self.timeout)));
+            return AttemptError::retryable(format!(
+                "timeout after {}",
+                humantime::format_duration(self.timeout)
+            ));
         }
         if e.is_builder() {
-            return AttemptError::permanent(format!("cannot build the request: {}", crate::db::root_cause(&e)));
+            return AttemptError::permanent(format!(
+                "cannot build the request: {}",
+                crate::db::root_cause(&e)
+            ));
         }
         let cause = crate::db::root_cause(&e);
         let lower = cause.to_ascii_lowercase();
@@ -178,7 +196,11 @@ pub fn body_snippet(body: &[u8]) -> String {
     let mut out = String::with_capacity(text.len().min(ERROR_BODY_KEEP));
     let mut last_space = false;
     for c in text.chars() {
-        let c = if c.is_control() || c.is_whitespace() { ' ' } else { c };
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
         if c == ' ' {
             if last_space {
                 continue;
@@ -212,7 +234,9 @@ mod tests {
         fn header(&self, name: &str) -> Option<String> {
             self.head.lines().find_map(|l| {
                 let (n, v) = l.split_once(':')?;
-                n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                n.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
             })
         }
     }
@@ -226,7 +250,9 @@ mod tests {
         let seen2 = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let seen = seen2.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -237,11 +263,17 @@ mod tests {
                             Ok(n) => n,
                         };
                         buf.extend_from_slice(&chunk[..n]);
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
                         let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         let len: usize = head
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_owned())
+                            })
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(0);
                         while buf.len() < end + 4 + len {
@@ -268,7 +300,10 @@ mod tests {
     fn action(url: &str, secret: Option<&str>, timeout: Duration) -> WebhookAction {
         let cfg = WebhookConfig {
             url: url::Url::parse(url).unwrap(),
-            headers: vec![(HeaderName::from_static("authorization"), HeaderValue::from_static("Bearer t0ken"))],
+            headers: vec![(
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_static("Bearer t0ken"),
+            )],
             signing_key: secret.map(|s| SigningKey::from_secret(s).unwrap()),
             timeout,
             retry: RetryPolicy::default(),
@@ -280,7 +315,11 @@ mod tests {
 
     #[tokio::test]
     async fn sends_body_as_is_with_standard_webhooks_headers() {
-        let (url, seen) = server("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n", Duration::ZERO).await;
+        let (url, seen) = server(
+            "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+            Duration::ZERO,
+        )
+        .await;
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let a = action(&url, Some(secret), Duration::from_secs(5));
         let d = Delivery::new(42, 1, Bytes::from_static(BODY.as_bytes()));
@@ -290,24 +329,43 @@ mod tests {
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 2);
         let r = &seen[0];
-        assert!(r.head.starts_with("POST /hook?token=abc HTTP/1.1"), "{}", r.head);
+        assert!(
+            r.head.starts_with("POST /hook?token=abc HTTP/1.1"),
+            "{}",
+            r.head
+        );
         assert_eq!(r.body, BODY.as_bytes(), "body must be sent byte for byte");
-        assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json")
+        );
         assert_eq!(r.header("authorization").as_deref(), Some("Bearer t0ken"));
         assert_eq!(r.header("webhook-id").as_deref(), Some("evt_42_1"));
         assert_eq!(seen[1].header("webhook-id").as_deref(), Some("evt_42_1"));
         let ts: i64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         assert!((now - ts).abs() < 60);
-        let expected = SigningKey::from_secret(secret).unwrap().sign("evt_42_1", ts, BODY.as_bytes());
+        let expected =
+            SigningKey::from_secret(secret)
+                .unwrap()
+                .sign("evt_42_1", ts, BODY.as_bytes());
         assert_eq!(r.header("webhook-signature"), Some(expected));
     }
 
     #[tokio::test]
     async fn no_signature_without_secret() {
-        let (url, seen) = server("HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ngarbage", Duration::ZERO).await;
+        let (url, seen) = server(
+            "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ngarbage",
+            Duration::ZERO,
+        )
+        .await;
         let a = action(&url, None, Duration::from_secs(5));
-        a.execute(&Delivery::new(1, 0, Bytes::from_static(b"{}"))).await.unwrap();
+        a.execute(&Delivery::new(1, 0, Bytes::from_static(b"{}")))
+            .await
+            .unwrap();
         assert_eq!(seen.lock().unwrap()[0].header("webhook-signature"), None);
     }
 
@@ -318,10 +376,16 @@ mod tests {
             Duration::ZERO,
         )
         .await;
-        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        let err = action(&url, None, Duration::from_secs(5))
+            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .await
+            .unwrap_err();
         assert!(!err.retryable);
         assert_eq!(err.status, Some(400));
-        assert_eq!(err.message, r#"HTTP 400 Bad Request: {"error":"unknown customer"}"#);
+        assert_eq!(
+            err.message,
+            r#"HTTP 400 Bad Request: {"error":"unknown customer"}"#
+        );
     }
 
     #[tokio::test]
@@ -331,7 +395,10 @@ mod tests {
             Duration::ZERO,
         )
         .await;
-        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        let err = action(&url, None, Duration::from_secs(5))
+            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .await
+            .unwrap_err();
         assert!(err.retryable);
         assert_eq!(err.status, Some(503));
         assert_eq!(err.retry_after, Some(Duration::from_secs(7)));
@@ -345,17 +412,31 @@ mod tests {
             Duration::ZERO,
         )
         .await;
-        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        let err = action(&url, None, Duration::from_secs(5))
+            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .await
+            .unwrap_err();
         assert!(!err.retryable);
-        assert!(err.message.starts_with("HTTP 301 Moved Permanently (redirects are not followed)"), "{}", err.message);
+        assert!(
+            err.message
+                .starts_with("HTTP 301 Moved Permanently (redirects are not followed)"),
+            "{}",
+            err.message
+        );
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
     async fn slow_servers_time_out_as_retryable() {
-        let (url, _) = server("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", Duration::from_secs(10)).await;
-        let err =
-            action(&url, None, Duration::from_millis(200)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        let (url, _) = server(
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            Duration::from_secs(10),
+        )
+        .await;
+        let err = action(&url, None, Duration::from_millis(200))
+            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .await
+            .unwrap_err();
         assert!(err.retryable);
         assert_eq!(err.message, "timeout after 200ms");
         assert_eq!(err.status, None);
@@ -364,9 +445,17 @@ mod tests {
     #[tokio::test]
     async fn connection_refused_is_retryable_and_does_not_leak_the_url() {
         // bind then drop: nothing listens on that port any more
-        let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let url = format!("http://127.0.0.1:{port}/hook?token=s3cr3t");
-        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        let err = action(&url, None, Duration::from_secs(5))
+            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .await
+            .unwrap_err();
         assert!(err.retryable);
         assert_eq!(err.message, "connection refused");
         assert!(!err.message.contains("s3cr3t"));
@@ -375,14 +464,20 @@ mod tests {
     #[tokio::test]
     async fn garbage_instead_of_http_is_retryable() {
         let (url, _) = server("this is not HTTP at all\r\n\r\n", Duration::ZERO).await;
-        let err = action(&url, None, Duration::from_secs(5)).execute(&Delivery::new(1, 0, Bytes::new())).await.unwrap_err();
+        let err = action(&url, None, Duration::from_secs(5))
+            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .await
+            .unwrap_err();
         assert!(err.retryable, "{err:?}");
         assert!(err.message.starts_with("request failed"), "{}", err.message);
     }
 
     #[test]
     fn snippets_are_single_line_and_printable() {
-        assert_eq!(body_snippet(b"  bad\r\n\tinput \x00 here  "), "bad input here");
+        assert_eq!(
+            body_snippet(b"  bad\r\n\tinput \x00 here  "),
+            "bad input here"
+        );
         assert_eq!(body_snippet(&[0xff, 0xfe, b'x']), "\u{fffd}\u{fffd}x");
         assert_eq!(body_snippet(b""), "");
     }

@@ -21,8 +21,15 @@ pub const AVAILABLE_ACTION_TYPES: &[&str] = &["webhook"];
 pub const LATER_ACTION_TYPES: &[&str] = &["slack", "email", "search", "elasticsearch", "job"];
 
 /// Headers a configuration may not set: they are the signature protocol's or the HTTP client's.
-pub const RESERVED_HEADERS: &[&str] =
-    &["webhook-id", "webhook-timestamp", "webhook-signature", "content-length", "host", "transfer-encoding", "connection"];
+pub const RESERVED_HEADERS: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+];
 
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,7 +63,14 @@ impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookConfig")
             .field("url", &redacted_url(&self.url))
-            .field("headers", &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .field("signed", &self.signing_key.is_some())
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
@@ -74,9 +88,18 @@ pub fn redacted_url(url: &url::Url) -> String {
 }
 
 /// Reads an observer's `actions` list.
-pub fn read_actions(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> Option<Vec<ActionConfig>> {
+pub fn read_actions(
+    r: &mut Reader,
+    node: &Node,
+    path: &str,
+    retry: &RetryPolicy,
+) -> Option<Vec<ActionConfig>> {
     let Value::Seq(items) = &node.value else {
-        r.problem(path, node.mark, format!("expected a list of actions, found {}", node.kind()));
+        r.problem(
+            path,
+            node.mark,
+            format!("expected a list of actions, found {}", node.kind()),
+        );
         return None;
     };
     if items.is_empty() {
@@ -84,8 +107,11 @@ pub fn read_actions(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy
         return None;
     }
     let before = r.problem_count();
-    let actions: Vec<ActionConfig> =
-        items.iter().enumerate().filter_map(|(i, item)| read_action(r, item, &index(path, i), retry)).collect();
+    let actions: Vec<ActionConfig> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| read_action(r, item, &index(path, i), retry))
+        .collect();
     (r.problem_count() == before).then_some(actions)
 }
 
@@ -105,9 +131,21 @@ pub fn actions_from_json(
     }
 }
 
-fn read_action(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> Option<ActionConfig> {
+fn read_action(
+    r: &mut Reader,
+    node: &Node,
+    path: &str,
+    retry: &RetryPolicy,
+) -> Option<ActionConfig> {
     let Value::Map(entries) = &node.value else {
-        r.problem(path, node.mark, format!("expected an action (a map with `type:`), found {}", node.kind()));
+        r.problem(
+            path,
+            node.mark,
+            format!(
+                "expected an action (a map with `type:`), found {}",
+                node.kind()
+            ),
+        );
         return None;
     };
     let type_node = entries
@@ -126,7 +164,9 @@ fn read_action(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> 
             r.problem(
                 &type_path,
                 type_node.mark,
-                format!("action type `{k}` is not available in this version yet (available: webhook)"),
+                format!(
+                    "action type `{k}` is not available in this version yet (available: webhook)"
+                ),
             );
             None
         }
@@ -145,27 +185,41 @@ fn read_action(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> 
     }
 }
 
-const WEBHOOK_KEYS: &[&str] = &["type", "url", "headers", "secret", "timeout", "retry", "mode"];
+const WEBHOOK_KEYS: &[&str] = &[
+    "type", "url", "headers", "secret", "timeout", "retry", "mode",
+];
 
-fn read_webhook(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> Option<WebhookConfig> {
+fn read_webhook(
+    r: &mut Reader,
+    node: &Node,
+    path: &str,
+    retry: &RetryPolicy,
+) -> Option<WebhookConfig> {
     let f = r.map(node, path, WEBHOOK_KEYS)?;
     let before = r.problem_count();
 
     let url = match f.get("url") {
         Some(n) => {
             let p = f.path_of("url");
-            r.non_empty_string(n, &p).and_then(|text| match url::Url::parse(text.trim()) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
-                Ok(_) => {
-                    r.problem(&p, n.mark, "webhook URL must be an absolute http:// or https:// URL with a host");
-                    None
-                }
-                // the URL text may contain a token: say what is wrong, not what it is
-                Err(e) => {
-                    r.problem(&p, n.mark, format!("invalid URL ({e})"));
-                    None
-                }
-            })
+            r.non_empty_string(n, &p)
+                .and_then(|text| match url::Url::parse(text.trim()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                        Some(u)
+                    }
+                    Ok(_) => {
+                        r.problem(
+                            &p,
+                            n.mark,
+                            "webhook URL must be an absolute http:// or https:// URL with a host",
+                        );
+                        None
+                    }
+                    // the URL text may contain a token: say what is wrong, not what it is
+                    Err(e) => {
+                        r.problem(&p, n.mark, format!("invalid URL ({e})"));
+                        None
+                    }
+                })
         }
         None => {
             r.problem(path, node.mark, "missing `url`");
@@ -181,16 +235,28 @@ fn read_webhook(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) ->
                 let hp = format!("{p}.{name}");
                 let lower = name.to_ascii_lowercase();
                 if RESERVED_HEADERS.contains(&lower.as_str()) {
-                    r.problem(&hp, mark, format!("header `{name}` is set by the worker and cannot be configured"));
+                    r.problem(
+                        &hp,
+                        mark,
+                        format!("header `{name}` is set by the worker and cannot be configured"),
+                    );
                     continue;
                 }
                 let Ok(hn) = HeaderName::from_bytes(lower.as_bytes()) else {
-                    r.problem(&hp, mark, format!("`{name}` is not a valid HTTP header name"));
+                    r.problem(
+                        &hp,
+                        mark,
+                        format!("`{name}` is not a valid HTTP header name"),
+                    );
                     continue;
                 };
                 let Ok(hv) = HeaderValue::from_str(&value) else {
                     // never echo the value: it is often a token
-                    r.problem(&hp, mark, "header value contains characters not allowed in HTTP headers");
+                    r.problem(
+                        &hp,
+                        mark,
+                        "header value contains characters not allowed in HTTP headers",
+                    );
                     continue;
                 };
                 let mut hv = hv;
@@ -213,7 +279,9 @@ fn read_webhook(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) ->
     });
 
     let timeout = match f.get("timeout") {
-        Some(n) => r.duration(n, &f.path_of("timeout"), Duration::from_millis(1)).unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
+        Some(n) => r
+            .duration(n, &f.path_of("timeout"), Duration::from_millis(1))
+            .unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
         None => DEFAULT_WEBHOOK_TIMEOUT,
     };
 
@@ -241,15 +309,29 @@ fn read_webhook(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) ->
     if r.problem_count() != before {
         return None;
     }
-    Some(WebhookConfig { url: url?, headers, signing_key, timeout, retry })
+    Some(WebhookConfig {
+        url: url?,
+        headers,
+        signing_key,
+        timeout,
+        retry,
+    })
 }
 
-const RETRY_KEYS: &[&str] = &["max_attempts", "initial_backoff", "max_backoff", "multiplier", "jitter"];
+const RETRY_KEYS: &[&str] = &[
+    "max_attempts",
+    "initial_backoff",
+    "max_backoff",
+    "multiplier",
+    "jitter",
+];
 
 /// Reads a retry section; fields not written are taken from `base`.
 pub fn read_retry(r: &mut Reader, node: &Node, path: &str, base: &RetryPolicy) -> RetryPolicy {
     let mut p = base.clone();
-    let Some(f) = r.map(node, path, RETRY_KEYS) else { return p };
+    let Some(f) = r.map(node, path, RETRY_KEYS) else {
+        return p;
+    };
     if let Some(n) = f.get("max_attempts") {
         if let Some(v) = r.integer(n, &f.path_of("max_attempts"), 1, 1_000) {
             p.max_attempts = v as u32;
@@ -275,12 +357,20 @@ pub fn read_retry(r: &mut Reader, node: &Node, path: &str, base: &RetryPolicy) -
         if let Some(text) = r.string(n, &jp) {
             match Jitter::parse(&text) {
                 Some(j) => p.jitter = j,
-                None => r.problem(&jp, n.mark, format!("expected `full` or `none`, found {text:?}")),
+                None => r.problem(
+                    &jp,
+                    n.mark,
+                    format!("expected `full` or `none`, found {text:?}"),
+                ),
             }
         }
     }
     if p.max_backoff < p.initial_backoff {
-        let mark = f.get("max_backoff").or(f.get("initial_backoff")).and_then(|n| n.mark).or(node.mark);
+        let mark = f
+            .get("max_backoff")
+            .or(f.get("initial_backoff"))
+            .and_then(|n| n.mark)
+            .or(node.mark);
         r.problem(
             &f.path_of("max_backoff"),
             mark,

@@ -106,13 +106,19 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn expands_set_variables() {
         let e = env(&[("HOST", "db"), ("PORT", "5432")]);
-        assert_eq!(expand("postgres://${HOST}:${PORT}/x", &e).unwrap(), "postgres://db:5432/x");
+        assert_eq!(
+            expand("postgres://${HOST}:${PORT}/x", &e).unwrap(),
+            "postgres://db:5432/x"
+        );
     }
 
     #[test]
@@ -146,8 +152,17 @@ mod tests {
 
     #[test]
     fn malformed_placeholders() {
-        assert_eq!(expand("${A", &env(&[])).unwrap_err(), ExpandError::Unterminated);
-        assert!(matches!(expand("${1A}", &env(&[])).unwrap_err(), ExpandError::BadName(_)));
-        assert!(matches!(expand("${}", &env(&[])).unwrap_err(), ExpandError::BadName(_)));
+        assert_eq!(
+            expand("${A", &env(&[])).unwrap_err(),
+            ExpandError::Unterminated
+        );
+        assert!(matches!(
+            expand("${1A}", &env(&[])).unwrap_err(),
+            ExpandError::BadName(_)
+        ));
+        assert!(matches!(
+            expand("${}", &env(&[])).unwrap_err(),
+            ExpandError::BadName(_)
+        ));
     }
 }

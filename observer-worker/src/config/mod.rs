@@ -123,8 +123,14 @@ impl Defaults {
     /// `hostname:pid`.
     pub fn for_this_process() -> Self {
         let host = gethostname::gethostname().to_string_lossy().into_owned();
-        let host = if host.is_empty() { "localhost".to_owned() } else { host };
-        Defaults { worker_id: format!("{host}:{}", std::process::id()) }
+        let host = if host.is_empty() {
+            "localhost".to_owned()
+        } else {
+            host
+        };
+        Defaults {
+            worker_id: format!("{host}:{}", std::process::id()),
+        }
     }
 }
 
@@ -132,9 +138,15 @@ impl Defaults {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}", render_problems(.file, .problems))]
-    Invalid { file: String, problems: Vec<Problem> },
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
 }
 
 impl ConfigError {
@@ -184,7 +196,11 @@ pub fn parse_str(source: &str, env: &dyn Env, defaults: &Defaults) -> Result<Con
         Some(c) if problems.is_empty() => Ok(c),
         _ => {
             // file order: by position, positionless last
-            problems.sort_by_key(|p| p.mark.map(|m| (m.line, m.column)).unwrap_or((usize::MAX, 0)));
+            problems.sort_by_key(|p| {
+                p.mark
+                    .map(|m| (m.line, m.column))
+                    .unwrap_or((usize::MAX, 0))
+            });
             Err(problems)
         }
     }
@@ -192,9 +208,14 @@ pub fn parse_str(source: &str, env: &dyn Env, defaults: &Defaults) -> Result<Con
 
 /// Reads and parses a configuration file.
 pub fn load_file(path: &Path, env: &dyn Env, defaults: &Defaults) -> Result<Config, ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    parse_str(&source, env, defaults)
-        .map_err(|problems| ConfigError::Invalid { file: path.display().to_string(), problems })
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_str(&source, env, defaults).map_err(|problems| ConfigError::Invalid {
+        file: path.display().to_string(),
+        problems,
+    })
 }
 
 #[cfg(test)]

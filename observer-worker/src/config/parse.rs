@@ -8,8 +8,8 @@ use super::actions::{read_actions, read_retry};
 use super::reader::{index, Reader};
 use super::yaml::Node;
 use super::{
-    CheckpointConfig, ConcurrencyConfig, Config, DatabaseConfig, Defaults, MetricsConfig, ObserverConfig,
-    WorkerConfig,
+    CheckpointConfig, ConcurrencyConfig, Config, DatabaseConfig, Defaults, MetricsConfig,
+    ObserverConfig, WorkerConfig,
 };
 use crate::retry::RetryPolicy;
 
@@ -38,7 +38,11 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
 /// Reads the whole document. Returns `None` only when the document is not a map at all.
 pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<Config> {
     if root.is_null() {
-        r.problem("", root.mark, "the configuration is empty (expected at least `observers:` or `database:`)");
+        r.problem(
+            "",
+            root.mark,
+            "the configuration is empty (expected at least `observers:` or `database:`)",
+        );
         return None;
     }
     let top = r.map(root, "", TOP_LEVEL_KEYS)?;
@@ -66,16 +70,33 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         }
     }
 
-    Some(Config { database, worker, retry, checkpoints, concurrency, metrics, lease_ttl, observers })
+    Some(Config {
+        database,
+        worker,
+        retry,
+        checkpoints,
+        concurrency,
+        metrics,
+        lease_ttl,
+        observers,
+    })
 }
 
 fn read_database(r: &mut Reader, node: Option<&Node>) -> DatabaseConfig {
-    let mut cfg = DatabaseConfig { url: None, connect_timeout: Duration::from_secs(5) };
+    let mut cfg = DatabaseConfig {
+        url: None,
+        connect_timeout: Duration::from_secs(5),
+    };
     let Some(node) = node else { return cfg };
-    let Some(f) = r.map(node, "database", &["url", "connect_timeout"]) else { return cfg };
+    let Some(f) = r.map(node, "database", &["url", "connect_timeout"]) else {
+        return cfg;
+    };
     if let Some(n) = f.get("url") {
         if let Some(url) = r.non_empty_string(n, &f.path_of("url")) {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=')) {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.contains('='))
+            {
                 r.problem(
                     &f.path_of("url"),
                     n.mark,
@@ -103,7 +124,17 @@ fn read_worker(r: &mut Reader, node: Option<&Node>, defaults: &Defaults) -> Work
         shutdown_timeout: Duration::from_secs(30),
     };
     let Some(node) = node else { return cfg };
-    let Some(f) = r.map(node, "worker", &["id", "group", "batch_size", "poll_interval", "shutdown_timeout"]) else {
+    let Some(f) = r.map(
+        node,
+        "worker",
+        &[
+            "id",
+            "group",
+            "batch_size",
+            "poll_interval",
+            "shutdown_timeout",
+        ],
+    ) else {
         return cfg;
     };
     if let Some(n) = f.get("id") {
@@ -144,12 +175,22 @@ fn read_worker(r: &mut Reader, node: Option<&Node>, defaults: &Defaults) -> Work
 }
 
 fn read_checkpoints(r: &mut Reader, node: Option<&Node>) -> CheckpointConfig {
-    let mut cfg = CheckpointConfig { enabled: true, interval: Duration::from_millis(250), every_events: 1000 };
+    let mut cfg = CheckpointConfig {
+        enabled: true,
+        interval: Duration::from_millis(250),
+        every_events: 1000,
+    };
     let Some(node) = node else { return cfg };
-    let Some(feat) = r.feature(node, "checkpoints", &["interval", "every_events"], true) else { return cfg };
+    let Some(feat) = r.feature(node, "checkpoints", &["interval", "every_events"], true) else {
+        return cfg;
+    };
     cfg.enabled = feat.enabled;
     if let Some(n) = feat.fields.get("interval") {
-        if let Some(d) = r.duration(n, &feat.fields.path_of("interval"), Duration::from_millis(1)) {
+        if let Some(d) = r.duration(
+            n,
+            &feat.fields.path_of("interval"),
+            Duration::from_millis(1),
+        ) {
             cfg.interval = d;
         }
     }
@@ -162,9 +203,14 @@ fn read_checkpoints(r: &mut Reader, node: Option<&Node>) -> CheckpointConfig {
 }
 
 fn read_concurrency(r: &mut Reader, node: Option<&Node>) -> ConcurrencyConfig {
-    let mut cfg = ConcurrencyConfig { enabled: true, max_in_flight: 256 };
+    let mut cfg = ConcurrencyConfig {
+        enabled: true,
+        max_in_flight: 256,
+    };
     let Some(node) = node else { return cfg };
-    let Some(feat) = r.feature(node, "concurrent_execution", &["max_in_flight"], true) else { return cfg };
+    let Some(feat) = r.feature(node, "concurrent_execution", &["max_in_flight"], true) else {
+        return cfg;
+    };
     cfg.enabled = feat.enabled;
     if let Some(n) = feat.fields.get("max_in_flight") {
         if let Some(v) = r.integer(n, &feat.fields.path_of("max_in_flight"), 1, 65_536) {
@@ -175,15 +221,24 @@ fn read_concurrency(r: &mut Reader, node: Option<&Node>) -> ConcurrencyConfig {
 }
 
 fn read_metrics(r: &mut Reader, node: Option<&Node>) -> MetricsConfig {
-    let mut cfg = MetricsConfig { enabled: true, listen: DEFAULT_METRICS_LISTEN.to_owned() };
+    let mut cfg = MetricsConfig {
+        enabled: true,
+        listen: DEFAULT_METRICS_LISTEN.to_owned(),
+    };
     let Some(node) = node else { return cfg };
-    let Some(feat) = r.feature(node, "metrics", &["listen"], true) else { return cfg };
+    let Some(feat) = r.feature(node, "metrics", &["listen"], true) else {
+        return cfg;
+    };
     cfg.enabled = feat.enabled;
     if let Some(n) = feat.fields.get("listen") {
         let path = feat.fields.path_of("listen");
         if let Some(listen) = r.non_empty_string(n, &path) {
             if listen.parse::<std::net::SocketAddr>().is_err() {
-                r.problem(&path, n.mark, format!("expected an address like 127.0.0.1:9187, found {listen:?}"));
+                r.problem(
+                    &path,
+                    n.mark,
+                    format!("expected an address like 127.0.0.1:9187, found {listen:?}"),
+                );
             } else {
                 cfg.listen = listen;
             }
@@ -194,8 +249,12 @@ fn read_metrics(r: &mut Reader, node: Option<&Node>) -> MetricsConfig {
 
 /// `failover` itself comes later; its `lease_ttl` already sets the lease TTL.
 fn read_failover(r: &mut Reader, node: Option<&Node>) -> Duration {
-    let Some(node) = node else { return DEFAULT_LEASE_TTL };
-    let Some(feat) = r.feature(node, "failover", &["lease_ttl"], false) else { return DEFAULT_LEASE_TTL };
+    let Some(node) = node else {
+        return DEFAULT_LEASE_TTL;
+    };
+    let Some(feat) = r.feature(node, "failover", &["lease_ttl"], false) else {
+        return DEFAULT_LEASE_TTL;
+    };
     let mut ttl = DEFAULT_LEASE_TTL;
     if let Some(n) = feat.fields.get("lease_ttl") {
         if let Some(d) = r.duration(n, &feat.fields.path_of("lease_ttl"), Duration::from_secs(1)) {
@@ -220,13 +279,23 @@ fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
     let later: &[(&str, &[&str])] = &[
         ("deduplication", &["backend", "ttl"]),
         ("caching", &["backend", "default_ttl"]),
-        ("circuit_breaker", &["failure_ratio", "min_requests", "open_for", "half_open_requests"]),
+        (
+            "circuit_breaker",
+            &[
+                "failure_ratio",
+                "min_requests",
+                "open_for",
+                "half_open_requests",
+            ],
+        ),
         ("job_queue", &["workers"]),
         ("elasticsearch", &["url", "index"]),
     ];
     for (name, options) in later {
         let Some(node) = top.get(name) else { continue };
-        let Some(feat) = r.feature(node, name, options, false) else { continue };
+        let Some(feat) = r.feature(node, name, options, false) else {
+            continue;
+        };
         let f = &feat.fields;
         match *name {
             "deduplication" => {
@@ -277,7 +346,11 @@ fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
             if let Some(n) = f.get("url") {
                 if let Some(url) = r.non_empty_string(n, &f.path_of("url")) {
                     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                        r.problem(&f.path_of("url"), n.mark, "expected a URL like redis://127.0.0.1:6379");
+                        r.problem(
+                            &f.path_of("url"),
+                            n.mark,
+                            "expected a URL like redis://127.0.0.1:6379",
+                        );
                     }
                 }
             }
@@ -320,7 +393,11 @@ fn check_choice(r: &mut Reader, f: &super::reader::Fields<'_>, key: &str, choice
         let path = f.path_of(key);
         if let Some(v) = r.string(n, &path) {
             if !choices.contains(&v.trim()) {
-                r.problem(&path, n.mark, format!("expected one of {}, found {v:?}", choices.join(", ")));
+                r.problem(
+                    &path,
+                    n.mark,
+                    format!("expected one of {}, found {v:?}", choices.join(", ")),
+                );
             }
         }
     }
@@ -332,9 +409,22 @@ fn check_duration(r: &mut Reader, f: &super::reader::Fields<'_>, key: &str) {
     }
 }
 
-pub const OBSERVER_KEYS: &[&str] = &["name", "table", "events", "condition", "columns", "ordering_key", "actions"];
+pub const OBSERVER_KEYS: &[&str] = &[
+    "name",
+    "table",
+    "events",
+    "condition",
+    "columns",
+    "ordering_key",
+    "actions",
+];
 
-fn read_observer(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> Option<ObserverConfig> {
+fn read_observer(
+    r: &mut Reader,
+    node: &Node,
+    path: &str,
+    retry: &RetryPolicy,
+) -> Option<ObserverConfig> {
     let f = r.map(node, path, OBSERVER_KEYS)?;
     let before = r.problem_count();
 
@@ -359,27 +449,48 @@ fn read_observer(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -
         }
     };
     let table = match f.get("table") {
-        Some(n) => r.non_empty_string(n, &f.path_of("table")).map(|t| t.trim().to_owned()),
+        Some(n) => r
+            .non_empty_string(n, &f.path_of("table"))
+            .map(|t| t.trim().to_owned()),
         None => {
-            r.problem(path, node.mark, "missing `table` (e.g. `table: public.orders`)");
+            r.problem(
+                path,
+                node.mark,
+                "missing `table` (e.g. `table: public.orders`)",
+            );
             None
         }
     };
     let events = match f.get("events") {
         Some(n) => read_events(r, n, &f.path_of("events")),
-        None => Some(vec!["INSERT".to_owned(), "UPDATE".to_owned(), "DELETE".to_owned()]),
+        None => Some(vec![
+            "INSERT".to_owned(),
+            "UPDATE".to_owned(),
+            "DELETE".to_owned(),
+        ]),
     };
-    let condition = f.get("condition").and_then(|n| r.non_empty_string(n, &f.path_of("condition")));
-    let columns = f.get("columns").and_then(|n| r.string_list(n, &f.path_of("columns"))).filter(|c| !c.is_empty());
-    let ordering_key =
-        f.get("ordering_key").and_then(|n| r.string_list(n, &f.path_of("ordering_key"))).filter(|c| !c.is_empty());
+    let condition = f
+        .get("condition")
+        .and_then(|n| r.non_empty_string(n, &f.path_of("condition")));
+    let columns = f
+        .get("columns")
+        .and_then(|n| r.string_list(n, &f.path_of("columns")))
+        .filter(|c| !c.is_empty());
+    let ordering_key = f
+        .get("ordering_key")
+        .and_then(|n| r.string_list(n, &f.path_of("ordering_key")))
+        .filter(|c| !c.is_empty());
     let (actions, actions_raw) = match f.get("actions") {
         Some(n) => {
             let actions = read_actions(r, n, &f.path_of("actions"), retry);
             (actions, n.to_json())
         }
         None => {
-            r.problem(path, node.mark, "missing `actions` (at least one action, e.g. `- type: webhook`)");
+            r.problem(
+                path,
+                node.mark,
+                "missing `actions` (at least one action, e.g. `- type: webhook`)",
+            );
             (None, serde_json::Value::Null)
         }
     };
@@ -414,7 +525,11 @@ fn read_events(r: &mut Reader, node: &Node, path: &str) -> Option<Vec<String>> {
     for e in list {
         let up = e.trim().to_ascii_uppercase();
         if !matches!(up.as_str(), "INSERT" | "UPDATE" | "DELETE") {
-            r.problem(path, node.mark, format!("unknown event {e:?} (expected INSERT, UPDATE, DELETE)"));
+            r.problem(
+                path,
+                node.mark,
+                format!("unknown event {e:?} (expected INSERT, UPDATE, DELETE)"),
+            );
             ok = false;
         } else if out.contains(&up) {
             r.problem(path, node.mark, format!("event {up} is listed twice"));
@@ -424,7 +539,11 @@ fn read_events(r: &mut Reader, node: &Node, path: &str) -> Option<Vec<String>> {
         }
     }
     if out.is_empty() && ok {
-        r.problem(path, node.mark, "must list at least one of INSERT, UPDATE, DELETE");
+        r.problem(
+            path,
+            node.mark,
+            "must list at least one of INSERT, UPDATE, DELETE",
+        );
         return None;
     }
     ok.then_some(out)
@@ -434,12 +553,19 @@ fn read_events(r: &mut Reader, node: &Node, path: &str) -> Option<Vec<String>> {
 pub fn valid_observer_name(name: &str) -> bool {
     name.len() <= 63
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// The extension's rule for group names: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$`.
 pub fn valid_group_name(name: &str) -> bool {
     name.len() <= 63
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
 }

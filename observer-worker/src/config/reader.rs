@@ -52,12 +52,20 @@ pub struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn empty(path: &str, mark: Option<Mark>) -> Self {
-        Fields { path: path.to_owned(), mark, entries: Vec::new() }
+        Fields {
+            path: path.to_owned(),
+            mark,
+            entries: Vec::new(),
+        }
     }
 
     /// The value of `key`, if present and not null.
     pub fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).filter(|v| !v.is_null())
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .filter(|v| !v.is_null())
     }
 
     /// True if `key` was written (even as null).
@@ -85,7 +93,10 @@ pub struct Reader<'e> {
 
 impl<'e> Reader<'e> {
     pub fn new(env: &'e dyn Env) -> Self {
-        Reader { env, problems: Vec::new() }
+        Reader {
+            env,
+            problems: Vec::new(),
+        }
     }
 
     pub fn env(&self) -> &'e dyn Env {
@@ -93,7 +104,11 @@ impl<'e> Reader<'e> {
     }
 
     pub fn problem(&mut self, path: &str, mark: Option<Mark>, message: impl Into<String>) {
-        self.problems.push(Problem { path: path.to_owned(), mark, message: message.into() });
+        self.problems.push(Problem {
+            path: path.to_owned(),
+            mark,
+            message: message.into(),
+        });
     }
 
     pub fn has_problems(&self) -> bool {
@@ -115,14 +130,22 @@ impl<'e> Reader<'e> {
             Value::Null => return Some(Fields::empty(path, node.mark)),
             Value::Map(entries) => entries,
             _ => {
-                self.problem(path, node.mark, format!("expected a map, found {}", node.kind()));
+                self.problem(
+                    path,
+                    node.mark,
+                    format!("expected a map, found {}", node.kind()),
+                );
                 return None;
             }
         };
         let mut fields = Fields::empty(path, node.mark);
         for (key, value) in entries {
             let Value::Scalar { text, .. } = &key.value else {
-                self.problem(path, key.mark, format!("map keys must be plain names, found {}", key.kind()));
+                self.problem(
+                    path,
+                    key.mark,
+                    format!("map keys must be plain names, found {}", key.kind()),
+                );
                 continue;
             };
             let key_path = child(path, text);
@@ -133,7 +156,10 @@ impl<'e> Reader<'e> {
                 self.problem(
                     &key_path,
                     key.mark,
-                    format!("unknown key `{text}` ({hint}expected one of: {})", allowed.join(", ")),
+                    format!(
+                        "unknown key `{text}` ({hint}expected one of: {})",
+                        allowed.join(", ")
+                    ),
                 );
                 continue;
             }
@@ -149,18 +175,32 @@ impl<'e> Reader<'e> {
     /// Reads a feature section: `enabled`, `disabled`, `true`, `false`, or a map
     /// with optional `enabled:` plus the feature's options. A map without
     /// `enabled:` turns the feature on.
-    pub fn feature<'n>(&mut self, node: &'n Node, path: &str, options: &[&str], default: bool) -> Option<Feature<'n>> {
+    pub fn feature<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        options: &[&str],
+        default: bool,
+    ) -> Option<Feature<'n>> {
         match &node.value {
-            Value::Null => Some(Feature { enabled: default, fields: Fields::empty(path, node.mark), mark: node.mark }),
+            Value::Null => Some(Feature {
+                enabled: default,
+                fields: Fields::empty(path, node.mark),
+                mark: node.mark,
+            }),
             Value::Scalar { .. } => {
                 let text = self.string(node, path)?;
                 match text.trim().to_ascii_lowercase().as_str() {
-                    "enabled" | "true" | "on" => {
-                        Some(Feature { enabled: true, fields: Fields::empty(path, node.mark), mark: node.mark })
-                    }
-                    "disabled" | "false" | "off" => {
-                        Some(Feature { enabled: false, fields: Fields::empty(path, node.mark), mark: node.mark })
-                    }
+                    "enabled" | "true" | "on" => Some(Feature {
+                        enabled: true,
+                        fields: Fields::empty(path, node.mark),
+                        mark: node.mark,
+                    }),
+                    "disabled" | "false" | "off" => Some(Feature {
+                        enabled: false,
+                        fields: Fields::empty(path, node.mark),
+                        mark: node.mark,
+                    }),
                     _ => {
                         self.problem(
                             path,
@@ -179,10 +219,18 @@ impl<'e> Reader<'e> {
                     Some(n) => self.bool(n, &fields.path_of("enabled")).unwrap_or(default),
                     None => true,
                 };
-                Some(Feature { enabled, fields, mark: node.mark })
+                Some(Feature {
+                    enabled,
+                    fields,
+                    mark: node.mark,
+                })
             }
             Value::Seq(_) => {
-                self.problem(path, node.mark, "expected `enabled`, `disabled` or a map, found a list");
+                self.problem(
+                    path,
+                    node.mark,
+                    "expected `enabled`, `disabled` or a map, found a list",
+                );
                 None
             }
         }
@@ -191,7 +239,11 @@ impl<'e> Reader<'e> {
     /// A scalar as a string, with `${VAR}` expanded.
     pub fn string(&mut self, node: &Node, path: &str) -> Option<String> {
         let Value::Scalar { text, .. } = &node.value else {
-            self.problem(path, node.mark, format!("expected a single value, found {}", node.kind()));
+            self.problem(
+                path,
+                node.mark,
+                format!("expected a single value, found {}", node.kind()),
+            );
             return None;
         };
         match expand(text, self.env) {
@@ -218,11 +270,19 @@ impl<'e> Reader<'e> {
         match text.trim().replace('_', "").parse::<u64>() {
             Ok(v) if v >= min && v <= max => Some(v),
             Ok(v) => {
-                self.problem(path, node.mark, format!("{v} is out of range (allowed: {min}..={max})"));
+                self.problem(
+                    path,
+                    node.mark,
+                    format!("{v} is out of range (allowed: {min}..={max})"),
+                );
                 None
             }
             Err(_) => {
-                self.problem(path, node.mark, format!("expected a whole number, found {text:?}"));
+                self.problem(
+                    path,
+                    node.mark,
+                    format!("expected a whole number, found {text:?}"),
+                );
                 None
             }
         }
@@ -233,11 +293,19 @@ impl<'e> Reader<'e> {
         match text.trim().parse::<f64>() {
             Ok(v) if v.is_finite() && v >= min && v <= max => Some(v),
             Ok(v) => {
-                self.problem(path, node.mark, format!("{v} is out of range (allowed: {min}..={max})"));
+                self.problem(
+                    path,
+                    node.mark,
+                    format!("{v} is out of range (allowed: {min}..={max})"),
+                );
                 None
             }
             Err(_) => {
-                self.problem(path, node.mark, format!("expected a number, found {text:?}"));
+                self.problem(
+                    path,
+                    node.mark,
+                    format!("expected a number, found {text:?}"),
+                );
                 None
             }
         }
@@ -249,7 +317,11 @@ impl<'e> Reader<'e> {
             "true" => Some(true),
             "false" => Some(false),
             _ => {
-                self.problem(path, node.mark, format!("expected true or false, found {text:?}"));
+                self.problem(
+                    path,
+                    node.mark,
+                    format!("expected true or false, found {text:?}"),
+                );
                 None
             }
         }
@@ -264,12 +336,20 @@ impl<'e> Reader<'e> {
                 self.problem(
                     path,
                     node.mark,
-                    format!("{} is too short (minimum {})", humantime::format_duration(d), humantime::format_duration(min)),
+                    format!(
+                        "{} is too short (minimum {})",
+                        humantime::format_duration(d),
+                        humantime::format_duration(min)
+                    ),
                 );
                 None
             }
             Err(_) => {
-                self.problem(path, node.mark, format!("expected a duration like 250ms, 5s, 10m or 24h, found {text:?}"));
+                self.problem(
+                    path,
+                    node.mark,
+                    format!("expected a duration like 250ms, 5s, 10m or 24h, found {text:?}"),
+                );
                 None
             }
         }
@@ -289,16 +369,28 @@ impl<'e> Reader<'e> {
             }
             Value::Scalar { .. } => self.non_empty_string(node, path).map(|s| vec![s]),
             _ => {
-                self.problem(path, node.mark, format!("expected a list, found {}", node.kind()));
+                self.problem(
+                    path,
+                    node.mark,
+                    format!("expected a list, found {}", node.kind()),
+                );
                 None
             }
         }
     }
 
     /// A map of string to string; returns (key, value, position of the value).
-    pub fn string_map(&mut self, node: &Node, path: &str) -> Option<Vec<(String, String, Option<Mark>)>> {
+    pub fn string_map(
+        &mut self,
+        node: &Node,
+        path: &str,
+    ) -> Option<Vec<(String, String, Option<Mark>)>> {
         let Value::Map(entries) = &node.value else {
-            self.problem(path, node.mark, format!("expected a map, found {}", node.kind()));
+            self.problem(
+                path,
+                node.mark,
+                format!("expected a map, found {}", node.kind()),
+            );
             return None;
         };
         let before = self.problems.len();
@@ -309,7 +401,10 @@ impl<'e> Reader<'e> {
                 continue;
             };
             let p = child(path, key);
-            if out.iter().any(|(existing, _, _)| existing.eq_ignore_ascii_case(key)) {
+            if out
+                .iter()
+                .any(|(existing, _, _)| existing.eq_ignore_ascii_case(key))
+            {
                 self.problem(&p, k.mark, format!("duplicate key `{key}`"));
                 continue;
             }
@@ -326,7 +421,11 @@ impl<'e> Reader<'e> {
             Value::Seq(items) => Some(items),
             Value::Null => Some(&[]),
             _ => {
-                self.problem(path, node.mark, format!("expected a list, found {}", node.kind()));
+                self.problem(
+                    path,
+                    node.mark,
+                    format!("expected a list, found {}", node.kind()),
+                );
                 None
             }
         }
@@ -364,13 +463,20 @@ mod tests {
 
     #[test]
     fn suggests_close_keys() {
-        assert_eq!(suggestion("batch_sise", &["batch_size", "group"]), Some("batch_size"));
+        assert_eq!(
+            suggestion("batch_sise", &["batch_size", "group"]),
+            Some("batch_size")
+        );
         assert_eq!(suggestion("zzz", &["batch_size", "group"]), None);
     }
 
     #[test]
     fn problem_display_includes_location_and_path() {
-        let p = Problem { path: "worker.x".into(), mark: Some(Mark { line: 3, column: 5 }), message: "bad".into() };
+        let p = Problem {
+            path: "worker.x".into(),
+            mark: Some(Mark { line: 3, column: 5 }),
+            message: "bad".into(),
+        };
         assert_eq!(p.to_string(), "3:5: worker.x: bad");
     }
 
@@ -378,17 +484,45 @@ mod tests {
     fn durations() {
         let env: HashMap<String, String> = HashMap::new();
         let mut r = Reader::new(&env);
-        for (text, want) in [("250ms", 250u64), ("5s", 5_000), ("10m", 600_000), ("24h", 86_400_000), ("1h 30m", 5_400_000)] {
-            let n = Node::new(Value::Scalar { text: text.into(), plain: true }, None);
-            assert_eq!(r.duration(&n, "d", Duration::ZERO), Some(Duration::from_millis(want)), "{text}");
+        for (text, want) in [
+            ("250ms", 250u64),
+            ("5s", 5_000),
+            ("10m", 600_000),
+            ("24h", 86_400_000),
+            ("1h 30m", 5_400_000),
+        ] {
+            let n = Node::new(
+                Value::Scalar {
+                    text: text.into(),
+                    plain: true,
+                },
+                None,
+            );
+            assert_eq!(
+                r.duration(&n, "d", Duration::ZERO),
+                Some(Duration::from_millis(want)),
+                "{text}"
+            );
         }
         assert!(!r.has_problems());
         for bad in ["5", "five seconds", "-1s", ""] {
-            let n = Node::new(Value::Scalar { text: bad.into(), plain: true }, None);
+            let n = Node::new(
+                Value::Scalar {
+                    text: bad.into(),
+                    plain: true,
+                },
+                None,
+            );
             assert_eq!(r.duration(&n, "d", Duration::ZERO), None, "{bad}");
         }
         assert_eq!(r.problem_count(), 4);
-        let n = Node::new(Value::Scalar { text: "1ms".into(), plain: true }, None);
+        let n = Node::new(
+            Value::Scalar {
+                text: "1ms".into(),
+                plain: true,
+            },
+            None,
+        );
         assert_eq!(r.duration(&n, "d", Duration::from_millis(10)), None);
     }
 }

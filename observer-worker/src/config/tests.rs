@@ -6,11 +6,16 @@ use crate::config::yaml::Mark;
 use crate::retry::Jitter;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn defaults() -> Defaults {
-    Defaults { worker_id: "host-a:42".into() }
+    Defaults {
+        worker_id: "host-a:42".into(),
+    }
 }
 
 fn parse(src: &str, e: &[(&str, &str)]) -> Result<Config, Vec<Problem>> {
@@ -38,7 +43,10 @@ observers:
 #[test]
 fn minimal_config_gets_spec_defaults() {
     let c = parse(MINIMAL, &[]).unwrap();
-    assert_eq!(c.database.url.as_deref(), Some("postgres://postgres@127.0.0.1:5432/app"));
+    assert_eq!(
+        c.database.url.as_deref(),
+        Some("postgres://postgres@127.0.0.1:5432/app")
+    );
     assert_eq!(c.worker.id, "host-a:42");
     assert_eq!(c.worker.group, "default");
     assert_eq!(c.worker.batch_size, 500);
@@ -118,7 +126,14 @@ observers:
         body: "..."
         mode: async
 "#;
-    let p = problems(src, &[("DATABASE_URL", "postgres://x@h/db"), ("HOOK_TOKEN", "t"), ("HOOK_SECRET", "s")]);
+    let p = problems(
+        src,
+        &[
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("HOOK_TOKEN", "t"),
+            ("HOOK_SECRET", "s"),
+        ],
+    );
     let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -134,9 +149,25 @@ observers:
         ],
         "{p:#?}"
     );
-    assert!(p[0].message.contains("deduplication is not available in this version yet"), "{}", p[0].message);
-    assert!(p[6].message.contains("`slack` is not available in this version yet"), "{}", p[6].message);
-    assert_eq!(p[0].mark, Some(Mark { line: 18, column: 16 }));
+    assert!(
+        p[0].message
+            .contains("deduplication is not available in this version yet"),
+        "{}",
+        p[0].message
+    );
+    assert!(
+        p[6].message
+            .contains("`slack` is not available in this version yet"),
+        "{}",
+        p[6].message
+    );
+    assert_eq!(
+        p[0].mark,
+        Some(Mark {
+            line: 18,
+            column: 16
+        })
+    );
 }
 
 #[test]
@@ -165,17 +196,28 @@ observers:
 "#;
     let c = parse(
         src,
-        &[("DATABASE_URL", "postgres://x@h/db"), ("HOOK_TOKEN", "tok"), ("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")],
+        &[
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("HOOK_TOKEN", "tok"),
+            ("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ],
     )
     .unwrap();
     assert_eq!(c.lease_ttl, Duration::from_secs(3));
     let o = &c.observers[0];
     assert_eq!(o.events, vec!["INSERT", "UPDATE"]);
-    assert_eq!(o.ordering_key.as_deref(), Some(&["customer_id".to_string()][..]));
+    assert_eq!(
+        o.ordering_key.as_deref(),
+        Some(&["customer_id".to_string()][..])
+    );
     let ActionConfig::Webhook(w) = &o.actions[0];
     assert_eq!(w.timeout, Duration::from_secs(5));
     assert_eq!(w.retry.max_attempts, 8);
-    assert_eq!(w.retry.initial_backoff, Duration::from_millis(500), "unset retry fields come from the global policy");
+    assert_eq!(
+        w.retry.initial_backoff,
+        Duration::from_millis(500),
+        "unset retry fields come from the global policy"
+    );
     assert!(w.signing_key.is_some());
     assert_eq!(w.headers[0].0.as_str(), "authorization");
     assert_eq!(w.headers[0].1.to_str().unwrap(), "Bearer tok");
@@ -194,12 +236,22 @@ observers:
         secret: ${HOOK_SECRET}
         retry: { max_attempts: 3 }
 ";
-    let c = parse(src, &[("HOOK_TOKEN", "very-secret-token"), ("HOOK_SECRET", "very-secret-key")]).unwrap();
+    let c = parse(
+        src,
+        &[
+            ("HOOK_TOKEN", "very-secret-token"),
+            ("HOOK_SECRET", "very-secret-key"),
+        ],
+    )
+    .unwrap();
     let stored = c.observers[0].actions_raw.to_string();
     assert!(stored.contains("${HOOK_SECRET}"), "{stored}");
     assert!(stored.contains("Bearer ${HOOK_TOKEN}"), "{stored}");
     assert!(!stored.contains("very-secret"), "{stored}");
-    assert_eq!(c.observers[0].actions_raw[0]["retry"]["max_attempts"], serde_json::json!(3));
+    assert_eq!(
+        c.observers[0].actions_raw[0]["retry"]["max_attempts"],
+        serde_json::json!(3)
+    );
     // and Debug output of the parsed config shows no secret either
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("very-secret"), "{dbg}");
@@ -224,7 +276,11 @@ fn stored_actions_rebuild_with_the_worker_environment() {
     let err = actions::actions_from_json(&json, &env(&[]), &base).unwrap_err();
     assert_eq!(err.len(), 1);
     assert_eq!(err[0].path, "actions[0].secret");
-    assert!(err[0].message.contains("HOOK_SECRET is not set"), "{}", err[0].message);
+    assert!(
+        err[0].message.contains("HOOK_SECRET is not set"),
+        "{}",
+        err[0].message
+    );
 }
 
 #[test]
@@ -246,19 +302,38 @@ observers:
     assert_eq!(p[0].path, "worker.batch_sise");
     assert_eq!(p[0].mark, Some(Mark { line: 2, column: 3 }));
     assert!(p[0].message.contains("unknown key `batch_sise`"));
-    assert!(p[0].message.contains("did you mean `batch_size`"), "{}", p[0].message);
+    assert!(
+        p[0].message.contains("did you mean `batch_size`"),
+        "{}",
+        p[0].message
+    );
     assert_eq!(p[1].path, "observers[0].colour");
     assert_eq!(p[1].mark, Some(Mark { line: 6, column: 5 }));
     assert_eq!(p[2].path, "observers[0].actions[0].retries");
-    assert_eq!(p[2].mark, Some(Mark { line: 10, column: 9 }));
-    assert_eq!(p[2].to_string(), format!("10:9: observers[0].actions[0].retries: {}", p[2].message));
+    assert_eq!(
+        p[2].mark,
+        Some(Mark {
+            line: 10,
+            column: 9
+        })
+    );
+    assert_eq!(
+        p[2].to_string(),
+        format!("10:9: observers[0].actions[0].retries: {}", p[2].message)
+    );
 }
 
 #[test]
 fn rendered_problems_name_file_line_and_column() {
-    let err = ConfigError::Invalid { file: "w.yaml".into(), problems: problems("wrker: {}\n", &[]) };
+    let err = ConfigError::Invalid {
+        file: "w.yaml".into(),
+        problems: problems("wrker: {}\n", &[]),
+    };
     let text = err.to_string();
-    assert!(text.contains("w.yaml:1:1: wrker: unknown key `wrker`"), "{text}");
+    assert!(
+        text.contains("w.yaml:1:1: wrker: unknown key `wrker`"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -285,7 +360,11 @@ concurrent_execution: { max_in_flight: \"${INFLIGHT:-32}\" }
     assert_eq!(c.worker.batch_size, 200);
     assert_eq!(c.worker.poll_interval, Duration::from_millis(250));
     assert_eq!(c.concurrency.max_in_flight, 32);
-    let c = parse(src, &[("POLL", "2s"), ("POD_NAME", "pod-7"), ("BATCH", "50")]).unwrap();
+    let c = parse(
+        src,
+        &[("POLL", "2s"), ("POD_NAME", "pod-7"), ("BATCH", "50")],
+    )
+    .unwrap();
     assert_eq!(c.worker.id, "pod-7");
     assert_eq!(c.worker.batch_size, 50);
 }
@@ -305,21 +384,39 @@ checkpoints: { interval: 100ms, every_events: 50 }
     assert_eq!(c.checkpoints.interval, Duration::from_millis(100));
     assert_eq!(c.checkpoints.every_events, 50);
 
-    let p = problems("worker: { poll_interval: 5 }\nretry: { max_backoff: soon }\n", &[]);
+    let p = problems(
+        "worker: { poll_interval: 5 }\nretry: { max_backoff: soon }\n",
+        &[],
+    );
     assert_eq!(p.len(), 2);
-    assert!(p[0].message.contains("expected a duration like 250ms"), "{}", p[0].message);
+    assert!(
+        p[0].message.contains("expected a duration like 250ms"),
+        "{}",
+        p[0].message
+    );
 }
 
 #[test]
 fn feature_shorthand_and_maps() {
-    let c = parse("checkpoints: disabled\nconcurrent_execution: disabled\nmetrics: disabled\n", &[]).unwrap();
+    let c = parse(
+        "checkpoints: disabled\nconcurrent_execution: disabled\nmetrics: disabled\n",
+        &[],
+    )
+    .unwrap();
     assert!(!c.checkpoints.enabled);
     assert!(!c.concurrency.enabled);
     assert_eq!(c.concurrency.effective_max_in_flight(), 1);
     assert!(!c.metrics.enabled);
 
-    let c = parse("concurrent_execution: { max_in_flight: 8 }\nmetrics: { listen: 0.0.0.0:9000 }\n", &[]).unwrap();
-    assert!(c.concurrency.enabled, "a map without `enabled:` turns the feature on");
+    let c = parse(
+        "concurrent_execution: { max_in_flight: 8 }\nmetrics: { listen: 0.0.0.0:9000 }\n",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        c.concurrency.enabled,
+        "a map without `enabled:` turns the feature on"
+    );
     assert_eq!(c.concurrency.effective_max_in_flight(), 8);
     assert_eq!(c.metrics.listen, "0.0.0.0:9000");
 
@@ -327,7 +424,11 @@ fn feature_shorthand_and_maps() {
     assert!(c.checkpoints.enabled);
 
     let p = problems("checkpoints: sometimes\n", &[]);
-    assert!(p[0].message.contains("expected `enabled`, `disabled`"), "{}", p[0].message);
+    assert!(
+        p[0].message.contains("expected `enabled`, `disabled`"),
+        "{}",
+        p[0].message
+    );
     let p = problems("caching: { backend: disk }\n", &[]);
     assert_eq!(p.len(), 2, "{p:#?}"); // bad backend + not available
 }
@@ -369,7 +470,10 @@ observers:
         "19:15: observers[2].actions[0].type: unknown action type `carrier_pigeon`",
     ];
     for e in expect {
-        assert!(summary.iter().any(|s| s.starts_with(e)), "missing {e:?} in {summary:#?}");
+        assert!(
+            summary.iter().any(|s| s.starts_with(e)),
+            "missing {e:?} in {summary:#?}"
+        );
     }
     assert_eq!(summary.len(), expect.len(), "{summary:#?}");
 }
@@ -388,7 +492,13 @@ observers:
     let p = problems(src, &[]);
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].path, "observers[1].name");
-    assert_eq!(p[0].mark, Some(Mark { line: 5, column: 11 }));
+    assert_eq!(
+        p[0].mark,
+        Some(Mark {
+            line: 5,
+            column: 11
+        })
+    );
 }
 
 #[test]
@@ -407,12 +517,34 @@ observers:
 ";
     let p = problems(src, &[]);
     let msgs: Vec<String> = p.iter().map(|p| p.to_string()).collect();
-    assert!(msgs[0].contains("url: webhook URL must be an absolute http://"), "{msgs:#?}");
-    assert!(msgs.iter().any(|m| m.contains("headers.webhook-id: header `webhook-id` is set by the worker")), "{msgs:#?}");
-    assert!(msgs.iter().any(|m| m.contains("`bad header` is not a valid HTTP header name")), "{msgs:#?}");
-    assert!(msgs.iter().any(|m| m.contains("secret: invalid secret: starts with `whsec_`")), "{msgs:#?}");
-    assert!(msgs.iter().any(|m| m.contains("timeout: 0s is too short")), "{msgs:#?}");
-    assert!(msgs.iter().any(|m| m.contains("mode: async (through the job queue) is not available")), "{msgs:#?}");
+    assert!(
+        msgs[0].contains("url: webhook URL must be an absolute http://"),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("headers.webhook-id: header `webhook-id` is set by the worker")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("`bad header` is not a valid HTTP header name")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("secret: invalid secret: starts with `whsec_`")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("timeout: 0s is too short")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("mode: async (through the job queue) is not available")),
+        "{msgs:#?}"
+    );
     assert_eq!(msgs.len(), 6, "{msgs:#?}");
 }
 
@@ -420,7 +552,11 @@ observers:
 fn syntax_errors_have_positions() {
     let p = problems("worker:\n  id: [unclosed\n", &[]);
     assert_eq!(p.len(), 1);
-    assert!(p[0].message.starts_with("YAML syntax error"), "{}", p[0].message);
+    assert!(
+        p[0].message.starts_with("YAML syntax error"),
+        "{}",
+        p[0].message
+    );
     assert!(p[0].mark.is_some());
 }
 
@@ -455,5 +591,9 @@ fn columns_need_update_events() {
     let p = problems(src, &[]);
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].path, "observers[0].columns");
-    assert!(p[0].message.contains("only filters UPDATE"), "{}", p[0].message);
+    assert!(
+        p[0].message.contains("only filters UPDATE"),
+        "{}",
+        p[0].message
+    );
 }

@@ -11,7 +11,14 @@ pub fn validate(r: &mut Reader, config: &Config, tree: &Node) {
     for o in &config.observers {
         if seen.contains(&o.name.as_str()) {
             let (path, mark) = observer_name_location(tree, &o.name, 1);
-            r.problem(&path, mark, format!("observer name `{}` is used twice (names must be unique)", o.name));
+            r.problem(
+                &path,
+                mark,
+                format!(
+                    "observer name `{}` is used twice (names must be unique)",
+                    o.name
+                ),
+            );
         } else {
             seen.push(&o.name);
         }
@@ -19,7 +26,11 @@ pub fn validate(r: &mut Reader, config: &Config, tree: &Node) {
 }
 
 /// Path and position of the `nth` (0-based) later occurrence of an observer name.
-fn observer_name_location(tree: &Node, name: &str, nth: usize) -> (String, Option<super::yaml::Mark>) {
+fn observer_name_location(
+    tree: &Node,
+    name: &str,
+    nth: usize,
+) -> (String, Option<super::yaml::Mark>) {
     let mut found = 0;
     if let Some(Value::Seq(items)) = get(tree, "observers").map(|n| &n.value) {
         for (i, item) in items.iter().enumerate() {

@@ -25,7 +25,10 @@ pub struct Mark {
 
 impl Mark {
     fn from_marker(m: Marker) -> Self {
-        Mark { line: m.line(), column: m.col() + 1 }
+        Mark {
+            line: m.line(),
+            column: m.col() + 1,
+        }
     }
 }
 
@@ -49,7 +52,10 @@ pub enum Value {
     Null,
     /// Any scalar, as written. `plain` is false for quoted and block scalars
     /// (they are always strings); plain scalars are typed by the reader.
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Keys in file order; duplicates are kept so the reader can report them.
     Map(Vec<(Node, Node)>),
@@ -124,14 +130,32 @@ impl Node {
         use serde_json::Value as J;
         let v = match value {
             J::Null => Value::Null,
-            J::Bool(b) => Value::Scalar { text: b.to_string(), plain: true },
-            J::Number(n) => Value::Scalar { text: n.to_string(), plain: true },
-            J::String(s) => Value::Scalar { text: s.clone(), plain: false },
+            J::Bool(b) => Value::Scalar {
+                text: b.to_string(),
+                plain: true,
+            },
+            J::Number(n) => Value::Scalar {
+                text: n.to_string(),
+                plain: true,
+            },
+            J::String(s) => Value::Scalar {
+                text: s.clone(),
+                plain: false,
+            },
             J::Array(items) => Value::Seq(items.iter().map(Node::from_json).collect()),
             J::Object(map) => Value::Map(
                 map.iter()
                     .map(|(k, v)| {
-                        (Node::new(Value::Scalar { text: k.clone(), plain: false }, None), Node::from_json(v))
+                        (
+                            Node::new(
+                                Value::Scalar {
+                                    text: k.clone(),
+                                    plain: false,
+                                },
+                                None,
+                            ),
+                            Node::from_json(v),
+                        )
                     })
                     .collect(),
             ),
@@ -151,7 +175,10 @@ fn plain_scalar_to_json(text: &str) -> serde_json::Value {
     if let Ok(i) = text.parse::<i64>() {
         return J::from(i);
     }
-    let looks_numeric = text.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '+' || c == '.');
+    let looks_numeric = text
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '+' || c == '.');
     if looks_numeric {
         if let Ok(f) = text.parse::<f64>() {
             if let Some(n) = serde_json::Number::from_f64(f) {
@@ -181,18 +208,34 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
         return Err(err);
     }
     if builder.documents.len() > 1 {
-        let mark = builder.documents[1].mark.unwrap_or(Mark { line: 1, column: 1 });
+        let mark = builder.documents[1]
+            .mark
+            .unwrap_or(Mark { line: 1, column: 1 });
         return Err(SyntaxError {
             mark,
-            message: "the configuration must be a single YAML document (found a second `---` document)".into(),
+            message:
+                "the configuration must be a single YAML document (found a second `---` document)"
+                    .into(),
         });
     }
-    Ok(builder.documents.pop().unwrap_or(Node::new(Value::Null, Some(Mark { line: 1, column: 1 }))))
+    Ok(builder
+        .documents
+        .pop()
+        .unwrap_or(Node::new(Value::Null, Some(Mark { line: 1, column: 1 }))))
 }
 
 enum Frame {
-    Seq { items: Vec<Node>, mark: Mark, anchor: usize },
-    Map { entries: Vec<(Node, Node)>, pending_key: Option<Node>, mark: Mark, anchor: usize },
+    Seq {
+        items: Vec<Node>,
+        mark: Mark,
+        anchor: usize,
+    },
+    Map {
+        entries: Vec<(Node, Node)>,
+        pending_key: Option<Node>,
+        mark: Mark,
+        anchor: usize,
+    },
 }
 
 #[derive(Default)]
@@ -211,7 +254,11 @@ impl TreeBuilder {
         match self.stack.last_mut() {
             None => self.documents.push(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, pending_key, .. }) => match pending_key.take() {
+            Some(Frame::Map {
+                entries,
+                pending_key,
+                ..
+            }) => match pending_key.take() {
                 None => *pending_key = Some(node),
                 Some(key) => entries.push((key, node)),
             },
@@ -228,34 +275,67 @@ impl MarkedEventReceiver for TreeBuilder {
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
                 let plain = matches!(style, TScalarStyle::Plain);
-                let value = if plain && matches!(text.as_str(), "~" | "null" | "Null" | "NULL" | "") {
+                let value = if plain && matches!(text.as_str(), "~" | "null" | "Null" | "NULL" | "")
+                {
                     Value::Null
                 } else {
                     Value::Scalar { text, plain }
                 };
                 self.push_node(Node::new(value, Some(mark)), anchor);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { items: Vec::new(), mark, anchor }),
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map { entries: Vec::new(), pending_key: None, mark, anchor })
-            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
+                items: Vec::new(),
+                mark,
+                anchor,
+            }),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
+                entries: Vec::new(),
+                pending_key: None,
+                mark,
+                anchor,
+            }),
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Frame::Seq { items, mark, anchor }) => self.push_node(Node::new(Value::Seq(items), Some(mark)), anchor),
-                Some(Frame::Map { entries, mark, anchor, .. }) => {
+                Some(Frame::Seq {
+                    items,
+                    mark,
+                    anchor,
+                }) => self.push_node(Node::new(Value::Seq(items), Some(mark)), anchor),
+                Some(Frame::Map {
+                    entries,
+                    mark,
+                    anchor,
+                    ..
+                }) => {
                     // Block mappings report their start after the first key;
                     // the first key's position is where a reader looks.
-                    let mark = entries.first().and_then(|(k, _)| k.mark).map_or(mark, |k| k.min(mark));
+                    let mark = entries
+                        .first()
+                        .and_then(|(k, _)| k.mark)
+                        .map_or(mark, |k| k.min(mark));
                     self.push_node(Node::new(Value::Map(entries), Some(mark)), anchor)
                 }
                 None => {}
             },
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(node) => self.push_node(Node { mark: Some(mark), ..node }, 0),
+                Some(node) => self.push_node(
+                    Node {
+                        mark: Some(mark),
+                        ..node
+                    },
+                    0,
+                ),
                 None => {
-                    self.error = Some(SyntaxError { mark, message: "alias refers to an unknown anchor".into() });
+                    self.error = Some(SyntaxError {
+                        mark,
+                        message: "alias refers to an unknown anchor".into(),
+                    });
                 }
             },
-            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd => {}
         }
     }
 }
@@ -267,9 +347,13 @@ mod tests {
     #[test]
     fn positions_are_one_based() {
         let doc = parse("a: 1\nb:\n  c: x\n").unwrap();
-        let Value::Map(entries) = &doc.value else { panic!("not a map") };
+        let Value::Map(entries) = &doc.value else {
+            panic!("not a map")
+        };
         assert_eq!(entries[0].0.mark, Some(Mark { line: 1, column: 1 }));
-        let Value::Map(inner) = &entries[1].1.value else { panic!("not a map") };
+        let Value::Map(inner) = &entries[1].1.value else {
+            panic!("not a map")
+        };
         assert_eq!(inner[0].0.mark, Some(Mark { line: 3, column: 3 }));
         assert_eq!(inner[0].1.mark, Some(Mark { line: 3, column: 6 }));
     }
@@ -290,13 +374,16 @@ mod tests {
     #[test]
     fn aliases_are_resolved() {
         let doc = parse("x: &h {a: 1}\ny: *h\n").unwrap();
-        let Value::Map(entries) = &doc.value else { panic!() };
+        let Value::Map(entries) = &doc.value else {
+            panic!()
+        };
         assert_eq!(entries[1].1.value, entries[0].1.value);
     }
 
     #[test]
     fn to_json_keeps_placeholders_and_types_plain_scalars() {
-        let doc = parse("secret: ${HOOK_SECRET}\nn: 8\nf: 2.5\nb: true\ns: '8'\nd: 5s\nz: ~\n").unwrap();
+        let doc =
+            parse("secret: ${HOOK_SECRET}\nn: 8\nf: 2.5\nb: true\ns: '8'\nd: 5s\nz: ~\n").unwrap();
         let json = doc.to_json();
         assert_eq!(
             json,
@@ -310,6 +397,10 @@ mod tests {
     #[test]
     fn multiple_documents_are_rejected() {
         let err = parse("a: 1\n---\nb: 2\n").unwrap_err();
-        assert!(err.message.contains("single YAML document"), "{}", err.message);
+        assert!(
+            err.message.contains("single YAML document"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -42,7 +42,11 @@ pub struct DeadLetterRecord<'a> {
 }
 
 fn shape(context: &'static str, e: tokio_postgres::Error) -> DbError {
-    DbError::Sql { context, code: None, message: format!("unexpected result from the extension: {e}") }
+    DbError::Sql {
+        context,
+        code: None,
+        message: format!("unexpected result from the extension: {e}"),
+    }
 }
 
 impl Db {
@@ -50,7 +54,10 @@ impl Db {
     pub async fn extension_version(&self) -> Result<Option<String>, DbError> {
         const CTX: &str = "checking for the pg_observers extension";
         let c = self.client(Lane::Side, CTX).await?;
-        let row = c.query_opt(queries::EXTENSION_VERSION, &[]).await.map_err(|e| self.err(CTX, e))?;
+        let row = c
+            .query_opt(queries::EXTENSION_VERSION, &[])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         match row {
             Some(r) => Ok(Some(r.try_get(0).map_err(|e| shape(CTX, e))?)),
             None => Ok(None),
@@ -58,36 +65,79 @@ impl Db {
     }
 
     /// Takes or renews the group's lease; `Some(epoch)` if we hold it.
-    pub async fn lease_acquire(&self, group: &str, worker_id: &str, ttl: Duration) -> Result<Option<i64>, DbError> {
+    pub async fn lease_acquire(
+        &self,
+        group: &str,
+        worker_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<i64>, DbError> {
         const CTX: &str = "observers.lease_acquire";
         let c = self.client(Lane::Lease, CTX).await?;
-        let stmt = c.prepare_cached(queries::LEASE_ACQUIRE).await.map_err(|e| self.err(CTX, e))?;
+        let stmt = c
+            .prepare_cached(queries::LEASE_ACQUIRE)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         let secs = ttl.as_secs_f64();
-        let row = c.query_one(&stmt, &[&group, &worker_id, &secs]).await.map_err(|e| self.err(CTX, e))?;
+        let row = c
+            .query_one(&stmt, &[&group, &worker_id, &secs])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         row.try_get(0).map_err(|e| shape(CTX, e))
     }
 
-    pub async fn lease_release(&self, group: &str, worker_id: &str, epoch: i64) -> Result<bool, DbError> {
+    pub async fn lease_release(
+        &self,
+        group: &str,
+        worker_id: &str,
+        epoch: i64,
+    ) -> Result<bool, DbError> {
         const CTX: &str = "observers.lease_release";
         let c = self.client(Lane::Lease, CTX).await?;
-        let stmt = c.prepare_cached(queries::LEASE_RELEASE).await.map_err(|e| self.err(CTX, e))?;
-        let row = c.query_one(&stmt, &[&group, &worker_id, &epoch]).await.map_err(|e| self.err(CTX, e))?;
-        Ok(row.try_get::<_, Option<bool>>(0).map_err(|e| shape(CTX, e))?.unwrap_or(false))
+        let stmt = c
+            .prepare_cached(queries::LEASE_RELEASE)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        let row = c
+            .query_one(&stmt, &[&group, &worker_id, &epoch])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        Ok(row
+            .try_get::<_, Option<bool>>(0)
+            .map_err(|e| shape(CTX, e))?
+            .unwrap_or(false))
     }
 
-    pub async fn heartbeat(&self, group: &str, worker_id: &str, info: &serde_json::Value) -> Result<(), DbError> {
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        worker_id: &str,
+        info: &serde_json::Value,
+    ) -> Result<(), DbError> {
         const CTX: &str = "observers.heartbeat";
         let c = self.client(Lane::Lease, CTX).await?;
-        let stmt = c.prepare_cached(queries::HEARTBEAT).await.map_err(|e| self.err(CTX, e))?;
-        c.execute(&stmt, &[&group, &worker_id, info]).await.map_err(|e| self.err(CTX, e))?;
+        let stmt = c
+            .prepare_cached(queries::HEARTBEAT)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        c.execute(&stmt, &[&group, &worker_id, info])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         Ok(())
     }
 
     /// Records a dead letter (fenced by `epoch`); returns its id.
-    pub async fn dlq_add(&self, group: &str, epoch: i64, d: &DeadLetterRecord<'_>) -> Result<i64, DbError> {
+    pub async fn dlq_add(
+        &self,
+        group: &str,
+        epoch: i64,
+        d: &DeadLetterRecord<'_>,
+    ) -> Result<i64, DbError> {
         const CTX: &str = "observers.dlq_add";
         let c = self.client(Lane::Side, CTX).await?;
-        let stmt = c.prepare_cached(queries::DLQ_ADD).await.map_err(|e| self.err(CTX, e))?;
+        let stmt = c
+            .prepare_cached(queries::DLQ_ADD)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         let row = c
             .query_one(
                 &stmt,
@@ -107,26 +157,44 @@ impl Db {
             )
             .await
             .map_err(|e| self.err(CTX, e))?;
-        Ok(row.try_get::<_, Option<i64>>(0).map_err(|e| shape(CTX, e))?.unwrap_or(0))
+        Ok(row
+            .try_get::<_, Option<i64>>(0)
+            .map_err(|e| shape(CTX, e))?
+            .unwrap_or(0))
     }
 
-    pub async fn observer_definitions(&self, group: &str) -> Result<Vec<ObserverDefinition>, DbError> {
+    pub async fn observer_definitions(
+        &self,
+        group: &str,
+    ) -> Result<Vec<ObserverDefinition>, DbError> {
         const CTX: &str = "observers.observer_definitions";
         let c = self.client(Lane::Side, CTX).await?;
-        let stmt = c.prepare_cached(queries::OBSERVER_DEFINITIONS).await.map_err(|e| self.err(CTX, e))?;
-        let rows = c.query(&stmt, &[&group]).await.map_err(|e| self.err(CTX, e))?;
+        let stmt = c
+            .prepare_cached(queries::OBSERVER_DEFINITIONS)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        let rows = c
+            .query(&stmt, &[&group])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         rows.iter()
             .map(|r| {
                 Ok(ObserverDefinition {
                     id: r.try_get(0).map_err(|e| shape(CTX, e))?,
                     name: r.try_get(1).map_err(|e| shape(CTX, e))?,
-                    table_name: r.try_get::<_, Option<String>>(2).map_err(|e| shape(CTX, e))?.unwrap_or_default(),
+                    table_name: r
+                        .try_get::<_, Option<String>>(2)
+                        .map_err(|e| shape(CTX, e))?
+                        .unwrap_or_default(),
                     actions: r
                         .try_get::<_, Option<serde_json::Value>>(3)
                         .map_err(|e| shape(CTX, e))?
                         .unwrap_or(serde_json::Value::Null),
                     ordering_key: r.try_get(4).map_err(|e| shape(CTX, e))?,
-                    enabled: r.try_get::<_, Option<bool>>(5).map_err(|e| shape(CTX, e))?.unwrap_or(true),
+                    enabled: r
+                        .try_get::<_, Option<bool>>(5)
+                        .map_err(|e| shape(CTX, e))?
+                        .unwrap_or(true),
                 })
             })
             .collect()
@@ -136,7 +204,10 @@ impl Db {
     pub async fn create_observer(&self, o: &ObserverConfig, group: &str) -> Result<(), DbError> {
         const CTX: &str = "observers.create_observer";
         let c = self.client(Lane::Side, CTX).await?;
-        let stmt = c.prepare_cached(queries::CREATE_OBSERVER).await.map_err(|e| self.err(CTX, e))?;
+        let stmt = c
+            .prepare_cached(queries::CREATE_OBSERVER)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         c.execute(
             &stmt,
             &[
@@ -158,15 +229,24 @@ impl Db {
     pub async fn maintain(&self) -> Result<String, DbError> {
         const CTX: &str = "observers.maintain";
         let c = self.client(Lane::Side, CTX).await?;
-        let row = c.query_one(queries::MAINTAIN, &[]).await.map_err(|e| self.err(CTX, e))?;
-        Ok(row.try_get::<_, Option<String>>(0).map_err(|e| shape(CTX, e))?.unwrap_or_default())
+        let row = c
+            .query_one(queries::MAINTAIN, &[])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        Ok(row
+            .try_get::<_, Option<String>>(0)
+            .map_err(|e| shape(CTX, e))?
+            .unwrap_or_default())
     }
 
     /// `SELECT * FROM observers.status()`, every cell as text.
     pub async fn status(&self) -> Result<StatusTable, DbError> {
         const CTX: &str = "observers.status";
         let c = self.client(Lane::Side, CTX).await?;
-        let messages = c.simple_query(queries::STATUS).await.map_err(|e| self.err(CTX, e))?;
+        let messages = c
+            .simple_query(queries::STATUS)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         let mut table = StatusTable::default();
         for m in messages {
             match m {
@@ -177,7 +257,11 @@ impl Db {
                     if table.columns.is_empty() {
                         table.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
                     }
-                    table.rows.push((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect());
+                    table.rows.push(
+                        (0..row.len())
+                            .map(|i| row.get(i).map(str::to_owned))
+                            .collect(),
+                    );
                 }
                 _ => {}
             }

@@ -18,7 +18,12 @@ use super::root_cause;
 pub const WAKEUP_CHANNEL: &str = "observers_wakeup";
 
 /// Runs until `cancel` fires, reconnecting with backoff.
-pub async fn run(pg: tokio_postgres::Config, target: String, wake: Arc<Notify>, cancel: CancellationToken) {
+pub async fn run(
+    pg: tokio_postgres::Config,
+    target: String,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     let mut was_connected = false;
     loop {
@@ -39,7 +44,10 @@ pub async fn run(pg: tokio_postgres::Config, target: String, wake: Arc<Notify>, 
                         }
                     }
                 });
-                match client.batch_execute(&format!("LISTEN {WAKEUP_CHANNEL}")).await {
+                match client
+                    .batch_execute(&format!("LISTEN {WAKEUP_CHANNEL}"))
+                    .await
+                {
                     Ok(()) => {
                         if was_connected {
                             info!(channel = WAKEUP_CHANNEL, "wake-up listener reconnected");

@@ -10,14 +10,16 @@
 mod control;
 pub mod listener;
 mod outbox;
-pub mod schema;
 pub mod queries;
+pub mod schema;
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
@@ -42,11 +44,18 @@ pub enum DbError {
     /// A transient server-side condition (serialization failure, deadlock,
     /// too many connections). Retryable.
     #[error("{context}: transient database error: {message}")]
-    Transient { context: &'static str, message: String },
+    Transient {
+        context: &'static str,
+        message: String,
+    },
     /// Any other SQL error (permissions, missing function, bad input): not
     /// fixed by retrying immediately. The message includes the SQLSTATE.
     #[error("{context}: {message}")]
-    Sql { context: &'static str, code: Option<String>, message: String },
+    Sql {
+        context: &'static str,
+        code: Option<String>,
+        message: String,
+    },
     /// The connection string itself is unusable.
     #[error("invalid database URL: {0}")]
     BadUrl(String),
@@ -55,7 +64,10 @@ pub enum DbError {
 impl DbError {
     /// True for errors that go away by retrying later (connection, transient).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, DbError::Unavailable { .. } | DbError::Transient { .. })
+        matches!(
+            self,
+            DbError::Unavailable { .. } | DbError::Transient { .. }
+        )
     }
 
     pub fn is_fenced(&self) -> bool {
@@ -84,8 +96,14 @@ impl DbError {
                 message.push_str(hint);
             }
             // 08: connection exception; 57P0x: shutdown/crash/starting up; 53300: too many connections.
-            if code.starts_with("08") || code.starts_with("57P") || code == SqlState::TOO_MANY_CONNECTIONS.code() {
-                return DbError::Unavailable { target: target.to_owned(), message };
+            if code.starts_with("08")
+                || code.starts_with("57P")
+                || code == SqlState::TOO_MANY_CONNECTIONS.code()
+            {
+                return DbError::Unavailable {
+                    target: target.to_owned(),
+                    message,
+                };
             }
             if code == SqlState::T_R_SERIALIZATION_FAILURE.code()
                 || code == SqlState::T_R_DEADLOCK_DETECTED.code()
@@ -94,14 +112,25 @@ impl DbError {
             {
                 return DbError::Transient { context, message };
             }
-            return DbError::Sql { context, code: Some(code.to_owned()), message };
+            return DbError::Sql {
+                context,
+                code: Some(code.to_owned()),
+                message,
+            };
         }
         // No SQLSTATE: closed connection, I/O, protocol, or a decoding problem.
         let message = root_cause(&e);
         if e.is_closed() || is_io(&e) || message.contains("connection") {
-            DbError::Unavailable { target: target.to_owned(), message }
+            DbError::Unavailable {
+                target: target.to_owned(),
+                message,
+            }
         } else {
-            DbError::Sql { context, code: None, message }
+            DbError::Sql {
+                context,
+                code: None,
+                message,
+            }
         }
     }
 }
@@ -158,7 +187,8 @@ pub(crate) enum Lane {
 impl Db {
     /// Builds the pools (no I/O: connections are opened on first use).
     pub fn new(url: &str, connect_timeout: Duration) -> Result<Db, DbError> {
-        let mut pg = tokio_postgres::Config::from_str(url).map_err(|e| DbError::BadUrl(root_cause(&e)))?;
+        let mut pg =
+            tokio_postgres::Config::from_str(url).map_err(|e| DbError::BadUrl(root_cause(&e)))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(connect_timeout);
         }
@@ -188,7 +218,9 @@ impl Db {
             let mgr = Manager::from_config(
                 pg.clone(),
                 NoTls,
-                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
             );
             Pool::builder(mgr)
                 .max_size(size)
@@ -197,7 +229,13 @@ impl Db {
                 .build()
                 .map_err(|e| DbError::BadUrl(e.to_string()))
         };
-        Ok(Db { main: make(&pg_main, 3)?, lease: make(&pg, 1)?, side: make(&pg, 4)?, pg, target })
+        Ok(Db {
+            main: make(&pg_main, 3)?,
+            lease: make(&pg, 1)?,
+            side: make(&pg, 4)?,
+            pg,
+            target,
+        })
     }
 
     /// `host:port` (or socket path) for messages; never the password.
@@ -210,7 +248,11 @@ impl Db {
         &self.pg
     }
 
-    pub(crate) async fn client(&self, lane: Lane, context: &'static str) -> Result<Object, DbError> {
+    pub(crate) async fn client(
+        &self,
+        lane: Lane,
+        context: &'static str,
+    ) -> Result<Object, DbError> {
         let pool = match lane {
             Lane::Main => &self.main,
             Lane::Lease => &self.lease,
@@ -222,7 +264,10 @@ impl Db {
                 target: self.target.clone(),
                 message: "timed out connecting".to_owned(),
             },
-            other => DbError::Unavailable { target: self.target.clone(), message: other.to_string() },
+            other => DbError::Unavailable {
+                target: self.target.clone(),
+                message: other.to_string(),
+            },
         })
     }
 
@@ -246,7 +291,11 @@ mod tests {
 
     #[test]
     fn target_never_contains_password() {
-        let db = Db::new("postgres://alice:hunter2@db.internal:6543/app", Duration::from_secs(1)).unwrap();
+        let db = Db::new(
+            "postgres://alice:hunter2@db.internal:6543/app",
+            Duration::from_secs(1),
+        )
+        .unwrap();
         assert_eq!(db.target(), "db.internal:6543");
         assert!(!format!("{db:?}").contains("hunter2"));
     }
@@ -264,6 +313,9 @@ mod tests {
         let err = db.client(Lane::Main, "test").await.unwrap_err();
         assert!(err.is_retryable(), "{err:?}");
         let text = err.to_string();
-        assert!(text.starts_with("database unreachable at 127.0.0.1:1"), "{text}");
+        assert!(
+            text.starts_with("database unreachable at 127.0.0.1:1"),
+            "{text}"
+        );
     }
 }

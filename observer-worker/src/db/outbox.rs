@@ -36,19 +36,32 @@ pub struct FetchedEvent {
 }
 
 fn shape(context: &'static str, e: tokio_postgres::Error) -> DbError {
-    DbError::Sql { context, code: None, message: format!("unexpected result from the extension: {e}") }
+    DbError::Sql {
+        context,
+        code: None,
+        message: format!("unexpected result from the extension: {e}"),
+    }
 }
 
 impl Db {
     pub async fn batch_open(&self, group: &str, epoch: i64) -> Result<OpenBatch, DbError> {
         const CTX: &str = "observers.batch_open";
         let c = self.client(Lane::Main, CTX).await?;
-        let stmt = c.prepare_cached(queries::BATCH_OPEN).await.map_err(|e| self.err(CTX, e))?;
-        let row = c.query_one(&stmt, &[&group, &epoch]).await.map_err(|e| self.err(CTX, e))?;
+        let stmt = c
+            .prepare_cached(queries::BATCH_OPEN)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        let row = c
+            .query_one(&stmt, &[&group, &epoch])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         Ok(OpenBatch {
             snap_lo: row.try_get(0).map_err(|e| shape(CTX, e))?,
             snap_hi: row.try_get(1).map_err(|e| shape(CTX, e))?,
-            last_id: row.try_get::<_, Option<i64>>(2).map_err(|e| shape(CTX, e))?.unwrap_or(0),
+            last_id: row
+                .try_get::<_, Option<i64>>(2)
+                .map_err(|e| shape(CTX, e))?
+                .unwrap_or(0),
             max_id: row.try_get(3).map_err(|e| shape(CTX, e))?,
         })
     }
@@ -63,9 +76,22 @@ impl Db {
     ) -> Result<Vec<FetchedEvent>, DbError> {
         const CTX: &str = "observers.batch_fetch";
         let c = self.client(Lane::Main, CTX).await?;
-        let stmt = c.prepare_cached(queries::BATCH_FETCH).await.map_err(|e| self.err(CTX, e))?;
+        let stmt = c
+            .prepare_cached(queries::BATCH_FETCH)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         let rows = c
-            .query(&stmt, &[&group, &batch.snap_lo, &batch.snap_hi, &after_id, &max_id, &limit])
+            .query(
+                &stmt,
+                &[
+                    &group,
+                    &batch.snap_lo,
+                    &batch.snap_hi,
+                    &after_id,
+                    &max_id,
+                    &limit,
+                ],
+            )
             .await
             .map_err(|e| self.err(CTX, e))?;
         let mut out = Vec::with_capacity(rows.len());
@@ -81,19 +107,34 @@ impl Db {
         Ok(out)
     }
 
-    pub async fn checkpoint_save(&self, group: &str, epoch: i64, last_id: i64) -> Result<(), DbError> {
+    pub async fn checkpoint_save(
+        &self,
+        group: &str,
+        epoch: i64,
+        last_id: i64,
+    ) -> Result<(), DbError> {
         const CTX: &str = "observers.checkpoint_save";
         let c = self.client(Lane::Main, CTX).await?;
-        let stmt = c.prepare_cached(queries::CHECKPOINT_SAVE).await.map_err(|e| self.err(CTX, e))?;
-        c.execute(&stmt, &[&group, &epoch, &last_id]).await.map_err(|e| self.err(CTX, e))?;
+        let stmt = c
+            .prepare_cached(queries::CHECKPOINT_SAVE)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        c.execute(&stmt, &[&group, &epoch, &last_id])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         Ok(())
     }
 
     pub async fn batch_close(&self, group: &str, epoch: i64) -> Result<(), DbError> {
         const CTX: &str = "observers.batch_close";
         let c = self.client(Lane::Main, CTX).await?;
-        let stmt = c.prepare_cached(queries::BATCH_CLOSE).await.map_err(|e| self.err(CTX, e))?;
-        c.execute(&stmt, &[&group, &epoch]).await.map_err(|e| self.err(CTX, e))?;
+        let stmt = c
+            .prepare_cached(queries::BATCH_CLOSE)
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        c.execute(&stmt, &[&group, &epoch])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         Ok(())
     }
 }

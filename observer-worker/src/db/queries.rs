@@ -5,7 +5,8 @@
 //! driver send plain strings for types it has no Rust mapping for.
 
 /// Is the extension installed (and which version)?
-pub const EXTENSION_VERSION: &str = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_observers'";
+pub const EXTENSION_VERSION: &str =
+    "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_observers'";
 
 /// `lease_acquire(group, worker_id, ttl)` -> epoch or NULL.
 pub const LEASE_ACQUIRE: &str = "SELECT observers.lease_acquire($1, $2, make_interval(secs => $3))";

@@ -8,8 +8,14 @@ use super::{Db, DbError, Lane};
 pub enum TableInfo {
     Missing,
     /// Exists but is a view, sequence, ... (`relkind` spelled out).
-    NotATable { label: String, kind: String },
-    Table { label: String, columns: Vec<String> },
+    NotATable {
+        label: String,
+        kind: String,
+    },
+    Table {
+        label: String,
+        columns: Vec<String>,
+    },
 }
 
 impl Db {
@@ -28,7 +34,9 @@ impl Db {
             )
             .await
             .map_err(|e| self.err(CTX, e))?;
-        let Some(row) = row else { return Ok(TableInfo::Missing) };
+        let Some(row) = row else {
+            return Ok(TableInfo::Missing);
+        };
         let label: String = row.try_get(0).map_err(|e| self.err(CTX, e))?;
         let kind: String = row.try_get(1).map_err(|e| self.err(CTX, e))?;
         if kind == "r" || kind == "p" {
@@ -44,14 +52,22 @@ impl Db {
             "c" => "a composite type",
             _ => "not a table",
         };
-        Ok(TableInfo::NotATable { label, kind: kind.to_owned() })
+        Ok(TableInfo::NotATable {
+            label,
+            kind: kind.to_owned(),
+        })
     }
 
     /// Compiles `condition` the way the capture trigger sees it for `op`
     /// (`NEW` for INSERT, `OLD` for DELETE, both for UPDATE; search_path
     /// `pg_catalog`) by *preparing* — never executing — a query. Returns the
     /// compiler's message if it does not compile.
-    pub async fn condition_error(&self, table_label: &str, condition: &str, op: &str) -> Result<Option<String>, DbError> {
+    pub async fn condition_error(
+        &self,
+        table_label: &str,
+        condition: &str,
+        op: &str,
+    ) -> Result<Option<String>, DbError> {
         const CTX: &str = "checking the condition";
         let from = match op {
             "INSERT" => format!("{table_label} AS new"),
@@ -61,7 +77,9 @@ impl Db {
         let sql = format!("SELECT 1 FROM {from} WHERE ({condition})");
         let mut c = self.client(Lane::Side, CTX).await?;
         let tx = c.transaction().await.map_err(|e| self.err(CTX, e))?;
-        tx.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp").await.map_err(|e| self.err(CTX, e))?;
+        tx.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")
+            .await
+            .map_err(|e| self.err(CTX, e))?;
         let result = tx.prepare(&sql).await;
         let _ = tx.rollback().await;
         match result {

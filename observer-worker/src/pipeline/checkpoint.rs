@@ -79,7 +79,10 @@ impl CheckpointTracker {
 
     /// A token for [`mark_saved`](Self::mark_saved), taken when a save starts.
     pub fn save_point(&self) -> SavePoint {
-        SavePoint { position: self.position, passed: self.passed_total }
+        SavePoint {
+            position: self.position,
+            passed: self.passed_total,
+        }
     }
 
     /// Records that `point` is durable.
@@ -127,7 +130,11 @@ mod tests {
         assert_eq!(t.position(), 100);
         assert!(t.finish(105));
         assert!(t.finish(110));
-        assert_eq!(t.position(), 100, "101 is unfinished: nothing may be passed");
+        assert_eq!(
+            t.position(),
+            100,
+            "101 is unfinished: nothing may be passed"
+        );
         assert!(t.finish(101));
         assert_eq!(t.position(), 105, "101 and 105 done, 106 not");
         assert!(t.finish(106));
@@ -175,7 +182,10 @@ mod tests {
         assert!(t.has_unsaved_progress());
         assert_eq!(t.unsaved_events(), 1);
         // a late, older save never moves `saved` backwards
-        t.mark_saved(SavePoint { position: 1, passed: 1 });
+        t.mark_saved(SavePoint {
+            position: 1,
+            passed: 1,
+        });
         assert_eq!(t.saved(), 2);
     }
 
@@ -199,7 +209,12 @@ mod tests {
         for id in order {
             t.finish(id);
             done.insert(id);
-            let expected = ids.iter().take_while(|i| done.contains(i)).last().copied().unwrap_or(0);
+            let expected = ids
+                .iter()
+                .take_while(|i| done.contains(i))
+                .last()
+                .copied()
+                .unwrap_or(0);
             assert_eq!(t.position(), expected);
         }
         assert!(t.is_idle());

@@ -265,10 +265,13 @@ impl<H: EventHandler> Consumer<H> {
                 Ok(())
             }
             CompletionKind::Unfinished if self.stop.is_cancelled() => Ok(()),
-            CompletionKind::Unfinished => {
-                Err(format!("event {} could not be finished and the worker is not shutting down", c.event_id))
+            CompletionKind::Unfinished => Err(format!(
+                "event {} could not be finished and the worker is not shutting down",
+                c.event_id
+            )),
+            CompletionKind::Panicked(msg) => {
+                Err(format!("delivering event {} panicked: {msg}", c.event_id))
             }
-            CompletionKind::Panicked(msg) => Err(format!("delivering event {} panicked: {msg}", c.event_id)),
         }
     }
 
@@ -374,25 +377,34 @@ impl<H: EventHandler> Consumer<H> {
                 continue;
             }
 
-            let Some(b) = self.batch.as_mut() else { continue };
+            let Some(b) = self.batch.as_mut() else {
+                continue;
+            };
 
             // B. Claim more events if there are free permits.
             if bg.fetch.is_none() && !b.fetch_done {
                 let held = self.dispatcher.held();
                 let free = self.s.max_in_flight.saturating_sub(held);
-                let page = (self.s.batch_size as usize).min(self.s.max_in_flight).max(1);
+                let page = (self.s.batch_size as usize)
+                    .min(self.s.max_in_flight)
+                    .max(1);
                 let threshold = if held == 0 { 1 } else { (page / 4).max(1) };
                 if free >= threshold {
                     let limit = free.min(self.s.batch_size as usize);
-                    let (db, g, info, after) = (self.db.clone(), group.clone(), b.info.clone(), b.fetched_to);
+                    let (db, g, info, after) =
+                        (self.db.clone(), group.clone(), b.info.clone(), b.fetched_to);
                     let max_id = info.max_id.unwrap_or(after);
                     let window_end = if b.dense {
-                        after.saturating_add((limit as i64).saturating_mul(FETCH_WINDOW)).min(max_id)
+                        after
+                            .saturating_add((limit as i64).saturating_mul(FETCH_WINDOW))
+                            .min(max_id)
                     } else {
                         max_id
                     };
-                    let handle =
-                        tokio::spawn(async move { db.batch_fetch(&g, &info, after, window_end, limit as i32).await });
+                    let handle = tokio::spawn(async move {
+                        db.batch_fetch(&g, &info, after, window_end, limit as i32)
+                            .await
+                    });
                     bg.fetch = Some((handle, limit, window_end));
                 }
             }
@@ -406,12 +418,17 @@ impl<H: EventHandler> Consumer<H> {
             {
                 let point = b.tracker.save_point();
                 let (db, g) = (self.db.clone(), group.clone());
-                let handle = tokio::spawn(async move { db.checkpoint_save(&g, epoch, point.position).await });
+                let handle =
+                    tokio::spawn(
+                        async move { db.checkpoint_save(&g, epoch, point.position).await },
+                    );
                 bg.save = Some((handle, point));
                 b.last_save = Instant::now();
             }
-            let save_due = (self.s.checkpoints.enabled && bg.save.is_none() && b.tracker.has_unsaved_progress())
-                .then(|| b.last_save + self.s.checkpoints.interval);
+            let save_due = (self.s.checkpoints.enabled
+                && bg.save.is_none()
+                && b.tracker.has_unsaved_progress())
+            .then(|| b.last_save + self.s.checkpoints.interval);
 
             // D. Wait for the next thing to happen.
             tokio::select! {
@@ -481,12 +498,20 @@ impl<H: EventHandler> Consumer<H> {
                 last = Some(ev.id);
                 self.dispatcher.submit(ev);
             } else {
-                warn!(event_id = ev.id, after = b.fetched_to, "batch_fetch returned an event out of order; ignored");
+                warn!(
+                    event_id = ev.id,
+                    after = b.fetched_to,
+                    "batch_fetch returned an event out of order; ignored"
+                );
             }
         }
         Stats::add(&self.stats.events_fetched, n as u64);
         b.dense = n >= limit;
-        b.fetched_to = if n >= limit { last.unwrap_or(b.fetched_to) } else { window_end.max(b.fetched_to) };
+        b.fetched_to = if n >= limit {
+            last.unwrap_or(b.fetched_to)
+        } else {
+            window_end.max(b.fetched_to)
+        };
         if b.info.max_id.is_none_or(|m| b.fetched_to >= m) {
             b.fetch_done = true;
         }
@@ -507,7 +532,11 @@ impl<H: EventHandler> Consumer<H> {
     async fn idle_wait(&mut self, epoch: i64) -> Wake {
         let now = Instant::now();
         let lingering = self.linger_until.is_some_and(|t| now < t);
-        let wait = if lingering { self.s.wake_poll_interval } else { self.s.poll_interval };
+        let wait = if lingering {
+            self.s.wake_poll_interval
+        } else {
+            self.s.poll_interval
+        };
         let deadline = now + wait;
         loop {
             tokio::select! {
@@ -559,8 +588,14 @@ impl<H: EventHandler> Consumer<H> {
             warn!(unfinished, "shutdown timeout reached: unfinished events stay unacknowledged and are delivered again");
         }
 
-        let mut report = ConsumerReport { unfinished_at_shutdown: unfinished, final_checkpoint: None, fatal };
-        let Some(b) = self.batch.as_mut() else { return report };
+        let mut report = ConsumerReport {
+            unfinished_at_shutdown: unfinished,
+            final_checkpoint: None,
+            fatal,
+        };
+        let Some(b) = self.batch.as_mut() else {
+            return report;
+        };
         if !self.s.checkpoints.enabled || !b.tracker.has_unsaved_progress() {
             return report;
         }
@@ -571,7 +606,12 @@ impl<H: EventHandler> Consumer<H> {
             return report;
         };
         for attempt in 1..=3 {
-            match tokio::time::timeout(Duration::from_secs(5), self.db.checkpoint_save(&self.s.group, epoch, position)).await {
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                self.db.checkpoint_save(&self.s.group, epoch, position),
+            )
+            .await
+            {
                 Ok(Ok(())) => {
                     report.final_checkpoint = Some(position);
                     Stats::add(&self.stats.checkpoints_saved, 1);

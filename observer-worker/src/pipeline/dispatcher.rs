@@ -91,7 +91,10 @@ impl<H: EventHandler> Dispatcher<H> {
     pub fn submit(&mut self, event: FetchedEvent) {
         self.held += 1;
         if self.starting_stopped {
-            self.ready.push_back(Completion { event_id: event.id, kind: CompletionKind::Unfinished });
+            self.ready.push_back(Completion {
+                event_id: event.id,
+                kind: CompletionKind::Unfinished,
+            });
             return;
         }
         match &event.ordering_key {
@@ -147,7 +150,10 @@ impl<H: EventHandler> Dispatcher<H> {
         }
     }
 
-    fn complete(&mut self, joined: Result<(Id, TaskResult), tokio::task::JoinError>) -> Option<Completion> {
+    fn complete(
+        &mut self,
+        joined: Result<(Id, TaskResult), tokio::task::JoinError>,
+    ) -> Option<Completion> {
         let (event_id, key, kind) = match joined {
             Ok((task, (event_id, key, outcome))) => {
                 self.tasks.remove(&task);
@@ -194,7 +200,10 @@ impl<H: EventHandler> Dispatcher<H> {
             }
         } else if let Some(queue) = self.keyed.remove(key) {
             for e in queue {
-                self.ready.push_back(Completion { event_id: e.id, kind: CompletionKind::Unfinished });
+                self.ready.push_back(Completion {
+                    event_id: e.id,
+                    kind: CompletionKind::Unfinished,
+                });
             }
         }
     }
@@ -205,7 +214,10 @@ impl<H: EventHandler> Dispatcher<H> {
         self.starting_stopped = true;
         for queue in self.keyed.values_mut() {
             for e in queue.drain(..) {
-                self.ready.push_back(Completion { event_id: e.id, kind: CompletionKind::Unfinished });
+                self.ready.push_back(Completion {
+                    event_id: e.id,
+                    kind: CompletionKind::Unfinished,
+                });
             }
         }
     }
@@ -270,7 +282,12 @@ mod tests {
     }
 
     fn ev(id: i64, key: Option<&str>) -> FetchedEvent {
-        FetchedEvent { id, observer_id: 1, ordering_key: key.map(str::to_owned), body: Bytes::from_static(b"{}") }
+        FetchedEvent {
+            id,
+            observer_id: 1,
+            ordering_key: key.map(str::to_owned),
+            body: Bytes::from_static(b"{}"),
+        }
     }
 
     async fn drain<H: EventHandler>(d: &mut Dispatcher<H>) -> Vec<Completion> {
@@ -286,7 +303,15 @@ mod tests {
         let rec = Arc::new(Recorder::default());
         let mut d = Dispatcher::new(rec.clone());
         // keys a and b interleaved, plus unkeyed events
-        let plan = [(1, Some("a")), (2, Some("b")), (3, Some("a")), (4, None), (5, Some("a")), (6, Some("b")), (7, None)];
+        let plan = [
+            (1, Some("a")),
+            (2, Some("b")),
+            (3, Some("a")),
+            (4, None),
+            (5, Some("a")),
+            (6, Some("b")),
+            (7, None),
+        ];
         for (id, key) in plan {
             d.submit(ev(id, key));
         }
@@ -312,19 +337,34 @@ mod tests {
 
     #[tokio::test]
     async fn an_unfinished_event_blocks_its_key_but_not_others() {
-        let rec = Arc::new(Recorder { fail: vec![1], ..Default::default() });
+        let rec = Arc::new(Recorder {
+            fail: vec![1],
+            ..Default::default()
+        });
         let mut d = Dispatcher::new(rec.clone());
-        for (id, key) in [(1, Some("a")), (2, Some("a")), (3, Some("b")), (4, Some("a"))] {
+        for (id, key) in [
+            (1, Some("a")),
+            (2, Some("a")),
+            (3, Some("b")),
+            (4, Some("a")),
+        ] {
             d.submit(ev(id, key));
         }
         let done = drain(&mut d).await;
         let kind = |id| done.iter().find(|c| c.event_id == id).unwrap().kind.clone();
         assert_eq!(kind(1), CompletionKind::Unfinished);
-        assert_eq!(kind(2), CompletionKind::Unfinished, "must not overtake unfinished event 1");
+        assert_eq!(
+            kind(2),
+            CompletionKind::Unfinished,
+            "must not overtake unfinished event 1"
+        );
         assert_eq!(kind(4), CompletionKind::Unfinished);
         assert_eq!(kind(3), CompletionKind::Finished);
         let log = rec.log.lock().unwrap().clone();
-        assert!(!log.contains(&('s', 2)) && !log.contains(&('s', 4)), "{log:?}");
+        assert!(
+            !log.contains(&('s', 2)) && !log.contains(&('s', 4)),
+            "{log:?}"
+        );
     }
 
     #[tokio::test]
@@ -338,16 +378,27 @@ mod tests {
         d.submit(ev(5, None));
         let done = drain(&mut d).await;
         assert_eq!(done.len(), 5);
-        let finished: Vec<i64> = done.iter().filter(|c| c.kind == CompletionKind::Finished).map(|c| c.event_id).collect();
+        let finished: Vec<i64> = done
+            .iter()
+            .filter(|c| c.kind == CompletionKind::Finished)
+            .map(|c| c.event_id)
+            .collect();
         let mut finished_sorted = finished.clone();
         finished_sorted.sort();
-        assert_eq!(finished_sorted, vec![1, 4], "only the already running events finish");
+        assert_eq!(
+            finished_sorted,
+            vec![1, 4],
+            "only the already running events finish"
+        );
         assert_eq!(d.held(), 0);
     }
 
     #[tokio::test]
     async fn panics_are_reported_not_lost() {
-        let rec = Arc::new(Recorder { panic_on: vec![2], ..Default::default() });
+        let rec = Arc::new(Recorder {
+            panic_on: vec![2],
+            ..Default::default()
+        });
         let mut d = Dispatcher::new(rec);
         d.submit(ev(1, None));
         d.submit(ev(2, Some("k")));
@@ -372,7 +423,10 @@ mod tests {
         assert!(d.next_completion().await.is_none());
         tokio::time::sleep(Duration::from_millis(60)).await;
         let log = rec.log.lock().unwrap().clone();
-        assert!(!log.contains(&('e', 1)), "aborted task must not complete: {log:?}");
+        assert!(
+            !log.contains(&('e', 1)),
+            "aborted task must not complete: {log:?}"
+        );
     }
 
     #[tokio::test]

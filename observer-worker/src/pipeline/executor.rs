@@ -22,16 +22,29 @@ const TIMEOUT_GRACE: Duration = Duration::from_millis(500);
 /// The end result of running one (event, action) pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionOutcome {
-    Delivered { attempts: u32 },
+    Delivered {
+        attempts: u32,
+    },
     /// Permanent failure or retries exhausted: goes to the dead-letter queue.
-    Failed { error: String, attempts: u32, last_status: Option<u16> },
+    Failed {
+        error: String,
+        attempts: u32,
+        last_status: Option<u16>,
+    },
     /// Shutdown began while waiting to retry: not finished, delivered again later.
-    Abandoned { attempts: u32 },
+    Abandoned {
+        attempts: u32,
+    },
 }
 
 /// Runs `action` for `delivery` until it succeeds, fails permanently, runs
 /// out of attempts, or `stop` fires while it waits to retry.
-pub async fn run(action: &dyn Action, delivery: &Delivery, limiter: &Semaphore, stop: &CancellationToken) -> ActionOutcome {
+pub async fn run(
+    action: &dyn Action,
+    delivery: &Delivery,
+    limiter: &Semaphore,
+    stop: &CancellationToken,
+) -> ActionOutcome {
     let policy = action.retry_policy();
     let mut attempts: u32 = 0;
     loop {
@@ -40,10 +53,14 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, limiter: &Semaphore, 
         };
         attempts += 1;
         let limit = action.timeout();
-        let result = match tokio::time::timeout(limit + TIMEOUT_GRACE, action.execute(delivery)).await {
-            Ok(r) => r,
-            Err(_) => Err(AttemptError::retryable(format!("timeout after {}", humantime::format_duration(limit)))),
-        };
+        let result =
+            match tokio::time::timeout(limit + TIMEOUT_GRACE, action.execute(delivery)).await {
+                Ok(r) => r,
+                Err(_) => Err(AttemptError::retryable(format!(
+                    "timeout after {}",
+                    humantime::format_duration(limit)
+                ))),
+            };
         drop(permit);
 
         let err = match result {
@@ -51,7 +68,11 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, limiter: &Semaphore, 
             Err(e) => e,
         };
         if !err.retryable || !policy.allows_another(attempts) {
-            return ActionOutcome::Failed { error: err.message, attempts, last_status: err.status };
+            return ActionOutcome::Failed {
+                error: err.message,
+                attempts,
+                last_status: err.status,
+            };
         }
         let delay = policy.delay(attempts, err.retry_after);
         debug!(
@@ -131,7 +152,12 @@ mod tests {
     }
 
     fn http(status: u16, retryable: bool) -> Result<(), AttemptError> {
-        Err(AttemptError { retryable, message: format!("HTTP {status}"), status: Some(status), retry_after: None })
+        Err(AttemptError {
+            retryable,
+            message: format!("HTTP {status}"),
+            status: Some(status),
+            retry_after: None,
+        })
     }
 
     fn delivery() -> Delivery {
@@ -141,32 +167,82 @@ mod tests {
     #[tokio::test]
     async fn retries_until_success() {
         let a = Scripted::new(vec![http(503, true), http(429, true)], 5);
-        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
+        let out = run(
+            &a,
+            &delivery(),
+            &Semaphore::new(1),
+            &CancellationToken::new(),
+        )
+        .await;
         assert_eq!(out, ActionOutcome::Delivered { attempts: 3 });
     }
 
     #[tokio::test]
     async fn permanent_failure_is_not_retried() {
         let a = Scripted::new(vec![http(400, false)], 5);
-        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
-        assert_eq!(out, ActionOutcome::Failed { error: "HTTP 400".into(), attempts: 1, last_status: Some(400) });
+        let out = run(
+            &a,
+            &delivery(),
+            &Semaphore::new(1),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(
+            out,
+            ActionOutcome::Failed {
+                error: "HTTP 400".into(),
+                attempts: 1,
+                last_status: Some(400)
+            }
+        );
         assert_eq!(a.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn exhausted_retries_fail_with_the_last_error() {
-        let a = Scripted::new(vec![http(500, true), http(502, true), http(503, true), http(504, true)], 3);
-        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
-        assert_eq!(out, ActionOutcome::Failed { error: "HTTP 503".into(), attempts: 3, last_status: Some(503) });
+        let a = Scripted::new(
+            vec![
+                http(500, true),
+                http(502, true),
+                http(503, true),
+                http(504, true),
+            ],
+            3,
+        );
+        let out = run(
+            &a,
+            &delivery(),
+            &Semaphore::new(1),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(
+            out,
+            ActionOutcome::Failed {
+                error: "HTTP 503".into(),
+                attempts: 3,
+                last_status: Some(503)
+            }
+        );
     }
 
     #[tokio::test]
     async fn timeouts_are_retryable_failures() {
         let mut a = Scripted::new(vec![], 2);
         a.delay = Duration::from_secs(5);
-        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
+        let out = run(
+            &a,
+            &delivery(),
+            &Semaphore::new(1),
+            &CancellationToken::new(),
+        )
+        .await;
         match out {
-            ActionOutcome::Failed { error, attempts: 2, last_status: None } => {
+            ActionOutcome::Failed {
+                error,
+                attempts: 2,
+                last_status: None,
+            } => {
                 assert!(error.starts_with("timeout after 50ms"), "{error}")
             }
             other => panic!("{other:?}"),
@@ -204,7 +280,13 @@ mod tests {
         );
         a.policy.max_backoff = Duration::from_secs(1);
         let started = std::time::Instant::now();
-        let out = run(&a, &delivery(), &Semaphore::new(1), &CancellationToken::new()).await;
+        let out = run(
+            &a,
+            &delivery(),
+            &Semaphore::new(1),
+            &CancellationToken::new(),
+        )
+        .await;
         assert_eq!(out, ActionOutcome::Delivered { attempts: 2 });
         assert!(started.elapsed() >= Duration::from_millis(150));
     }

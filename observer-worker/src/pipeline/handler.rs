@@ -39,14 +39,25 @@ impl EventHandler for Deliverer {
 
 impl Deliverer {
     async fn deliver(&self, event: FetchedEvent) -> EventOutcome {
-        let Some(observer) = self.registry.runnable(event.observer_id, event.id, &self.stop).await else {
+        let Some(observer) = self
+            .registry
+            .runnable(event.observer_id, event.id, &self.stop)
+            .await
+        else {
             return EventOutcome::Unfinished;
         };
         let results = if observer.actions.len() == 1 {
-            vec![self.deliver_action(&observer, &observer.actions[0], &event, 0).await]
+            vec![
+                self.deliver_action(&observer, &observer.actions[0], &event, 0)
+                    .await,
+            ]
         } else {
             join_all(
-                observer.actions.iter().enumerate().map(|(i, a)| self.deliver_action(&observer, a, &event, i)),
+                observer
+                    .actions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| self.deliver_action(&observer, a, &event, i)),
             )
             .await
         };
@@ -79,7 +90,11 @@ impl Deliverer {
                 debug!(observer = %observer.name, event_id = event.id, action_index = index, "not finished at shutdown; will be delivered again");
                 false
             }
-            ActionOutcome::Failed { error, attempts, last_status } => {
+            ActionOutcome::Failed {
+                error,
+                attempts,
+                last_status,
+            } => {
                 Stats::add(&self.stats.attempts_failed, u64::from(attempts));
                 warn!(
                     observer = %observer.name,
@@ -127,7 +142,11 @@ impl Deliverer {
                 Ok(id) => {
                     Stats::add(&self.stats.actions_dead_lettered, 1);
                     if warned {
-                        warn!(event_id = record.event_id, dead_letter_id = id, "dead letter recorded after retrying");
+                        warn!(
+                            event_id = record.event_id,
+                            dead_letter_id = id,
+                            "dead letter recorded after retrying"
+                        );
                     }
                     return true;
                 }

@@ -57,7 +57,13 @@ pub struct ObserverRegistry {
 }
 
 impl ObserverRegistry {
-    pub fn new(db: Db, group: String, env: Arc<dyn Env>, retry: RetryPolicy, http: reqwest::Client) -> Self {
+    pub fn new(
+        db: Db,
+        group: String,
+        env: Arc<dyn Env>,
+        retry: RetryPolicy,
+        http: reqwest::Client,
+    ) -> Self {
         ObserverRegistry {
             db,
             group,
@@ -100,8 +106,15 @@ impl ObserverRegistry {
             let entry = match actions_from_json(&def.actions, self.env.as_ref(), &self.retry) {
                 Ok(configs) => {
                     summary.ready += 1;
-                    let built = configs.iter().map(|c| actions::build(c, &self.http)).collect();
-                    ObserverEntry::Ready(Arc::new(RuntimeObserver { id: def.id, name: def.name.clone(), actions: built }))
+                    let built = configs
+                        .iter()
+                        .map(|c| actions::build(c, &self.http))
+                        .collect();
+                    ObserverEntry::Ready(Arc::new(RuntimeObserver {
+                        id: def.id,
+                        name: def.name.clone(),
+                        actions: built,
+                    }))
                 }
                 Err(problems) => {
                     summary.broken += 1;
@@ -112,7 +125,10 @@ impl ObserverRegistry {
                         problems = %problems.join("; "),
                         "observer is broken: its events are held (not delivered, not skipped) until it is fixed"
                     );
-                    ObserverEntry::Broken { name: def.name.clone(), problems }
+                    ObserverEntry::Broken {
+                        name: def.name.clone(),
+                        problems,
+                    }
                 }
             };
             debug!(observer = %def.name, observer_id = def.id, table = %def.table_name, enabled = def.enabled, "observer loaded");
@@ -126,7 +142,12 @@ impl ObserverRegistry {
 
     /// The runnable observer for an event, waiting (and reloading) while it is
     /// unknown or broken. `None` only when `stop` fires first.
-    pub async fn runnable(&self, observer_id: i32, event_id: i64, stop: &CancellationToken) -> Option<Arc<RuntimeObserver>> {
+    pub async fn runnable(
+        &self,
+        observer_id: i32,
+        event_id: i64,
+        stop: &CancellationToken,
+    ) -> Option<Arc<RuntimeObserver>> {
         let mut announced = false;
         loop {
             match self.get(observer_id) {
@@ -158,7 +179,11 @@ impl ObserverRegistry {
                         continue;
                     }
                     if !announced {
-                        error!(observer_id, event_id, "event belongs to an observer this worker cannot find; it is held");
+                        error!(
+                            observer_id,
+                            event_id,
+                            "event belongs to an observer this worker cannot find; it is held"
+                        );
                         announced = true;
                     }
                     tokio::select! {
