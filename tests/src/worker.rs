@@ -172,9 +172,19 @@ impl Worker {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.bin.display()));
+        // ETXTBSY: another thread of this test process may be between fork and exec while
+        // holding a just-written executable open; retry briefly.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Ok(c) => break c,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot spawn {}: {e}", self.bin.display()),
+            }
+        };
         self.child = Some(child);
         self.exit = None;
     }
@@ -418,10 +428,10 @@ mod tests {
             "restart marker missing: {}",
             w.log()
         );
-        assert!(
-            w.wait_for_log_where(Duration::from_secs(10), |_| true)
-                .await
-        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.log().matches("ready").count() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         w.kill9();
         assert_eq!(
             w.exit_status().and_then(|s| s.signal()),

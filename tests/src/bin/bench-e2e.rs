@@ -204,7 +204,10 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         }
         // Latency depends on how much the outbox retains (it is only dropped by retention):
         // report it next to the numbers.
-        let retained: i64 = client.query_one("SELECT count(*) FROM observers.event", &[]).await?.get(0);
+        let retained: i64 = client
+            .query_one("SELECT count(*) FROM observers.event", &[])
+            .await?
+            .get(0);
         let mut lat = latency(args, url, &rx).await?;
         lat["outbox_rows_at_start"] = json!(retained);
         println!("{:<44} {:>14}", "  outbox rows retained at start", retained);
