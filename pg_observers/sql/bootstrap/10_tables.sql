@@ -70,6 +70,11 @@ CREATE TABLE observers.checkpoint (
     last_id    bigint      NOT NULL DEFAULT 0,
     max_id     bigint,
     epoch      bigint,
+    -- id floors (see batch_open): pairs (xid, seq) recorded by batch_open, oldest first. Any
+    -- transaction whose xid is greater than xid_k wrote only events with ids greater than
+    -- seq_k, which bounds where a batch's ids start without any index on txid.
+    floor_xids xid8[]      NOT NULL DEFAULT '{}',
+    floor_seqs bigint[]    NOT NULL DEFAULT '{}',
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE observers.checkpoint IS

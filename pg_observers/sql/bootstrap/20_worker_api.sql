@@ -114,9 +114,22 @@ $$;
 -- Batches ------------------------------------------------------------------------------------
 --
 -- The batch of a group is the set of its observers' events visible in snap_hi and not visible
--- in snap_lo. txid >= xmin(snap_lo) AND txid < xmax(snap_hi) is implied by that and lets the
--- BRIN index on txid find the batch.
+-- in snap_lo. Batches are found and paged through the id index only (see the id floors below):
+-- a BRIN index on txid does not help with the newest, not yet summarised pages.
 
+-- Open (or resume) the group's batch.
+--
+-- Where a batch's ids start, without an index on txid ("id floors"):
+-- every event of the batch (visible in snap_hi, not in snap_lo) was written by a transaction T
+-- with T.xid >= pg_snapshot_xmin(snap_lo), and T got its xid before its capture trigger called
+-- nextval (the trigger runs AFTER the row was written). batch_open reads the sequence *before*
+-- its own transaction gets an xid X, and records the pair (X, seq). Any transaction with an xid
+-- greater than X got it after that read, so all its events have ids greater than seq. Hence,
+-- for the latest recorded pair with X < pg_snapshot_xmin(snap_lo), every event of the batch has
+-- id > seq: the batch starts right there (last_id := seq), and max_id is found by a short
+-- backward scan of the id index. Keeping an older pair only lowers the floor (slower, never
+-- wrong), so the history is pruned to the pairs that can still be chosen and capped.
+-- This relies on observers.event_id_seq having CACHE 1 (per-backend caches hand out old values).
 CREATE FUNCTION observers.batch_open(group_name text, epoch bigint)
 RETURNS TABLE (snap_lo pg_snapshot, snap_hi pg_snapshot, last_id bigint, max_id bigint)
 LANGUAGE plpgsql
@@ -125,10 +138,23 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    c     observers.checkpoint;
-    v_hi  pg_snapshot;
-    v_max bigint;
+    c       observers.checkpoint;
+    v_seq   bigint;
+    v_xid   xid8;
+    v_hi    pg_snapshot;
+    v_max   bigint;
+    v_floor bigint := 0;
+    v_pick  int := 0;
+    v_xids  xid8[];
+    v_seqs  bigint[];
 BEGIN
+    -- First, before this transaction writes anything: the sequence, then our own xid.
+    SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END
+      INTO v_seq FROM observers.event_id_seq AS s;
+    IF pg_current_xact_id_if_assigned() IS NULL THEN
+        v_xid := pg_current_xact_id();   -- assigned now, after the read: the pair is valid
+    END IF;                              -- else the caller wrote earlier: record no pair
+
     PERFORM observers._fence(batch_open.group_name, batch_open.epoch);
 
     INSERT INTO observers.checkpoint (group_name, epoch)
@@ -139,16 +165,43 @@ BEGIN
 
     IF c.snap_hi IS NULL THEN
         v_hi := pg_current_snapshot();
-        SELECT max(e.id) INTO v_max
+
+        -- the floor: the latest pair older than every transaction the batch can contain
+        FOR i IN REVERSE coalesce(array_length(c.floor_xids, 1), 0) .. 1 LOOP
+            IF c.floor_xids[i] < pg_snapshot_xmin(c.snap_lo) THEN
+                v_pick := i;
+                v_floor := c.floor_seqs[i];
+                EXIT;
+            END IF;
+        END LOOP;
+        -- keep the chosen pair and the newer ones, then the pair recorded now; cap at 32 by
+        -- dropping the second oldest (a lower floor stays correct)
+        v_xids := c.floor_xids[greatest(v_pick, 1):];
+        v_seqs := c.floor_seqs[greatest(v_pick, 1):];
+        IF v_xid IS NOT NULL THEN
+            v_xids := v_xids || v_xid;
+            v_seqs := v_seqs || v_seq;
+        END IF;
+        WHILE array_length(v_xids, 1) > 32 LOOP
+            v_xids := v_xids[1:1] || v_xids[3:];
+            v_seqs := v_seqs[1:1] || v_seqs[3:];
+        END LOOP;
+
+        -- the batch's last id: a backward scan of the id index that stops at the first event
+        -- of the batch (only events committed after snap_hi or by other groups lie above it)
+        SELECT e.id INTO v_max
           FROM observers.event AS e
-         WHERE e.observer_id IN (SELECT o.id FROM observers.observer AS o
+         WHERE e.id > v_floor
+           AND e.observer_id IN (SELECT o.id FROM observers.observer AS o
                                   WHERE o.group_name = batch_open.group_name)
-           AND e.txid >= pg_snapshot_xmin(c.snap_lo)
-           AND e.txid < pg_snapshot_xmax(v_hi)
            AND pg_visible_in_snapshot(e.txid, v_hi)
-           AND NOT pg_visible_in_snapshot(e.txid, c.snap_lo);
+           AND NOT pg_visible_in_snapshot(e.txid, c.snap_lo)
+         ORDER BY e.id DESC
+         LIMIT 1;
+
         UPDATE observers.checkpoint AS k
-           SET snap_hi = v_hi, max_id = v_max, last_id = 0,
+           SET snap_hi = v_hi, max_id = v_max, last_id = v_floor,
+               floor_xids = v_xids, floor_seqs = v_seqs,
                epoch = batch_open.epoch, updated_at = now()
          WHERE k.group_name = batch_open.group_name
         RETURNING * INTO c;
@@ -199,8 +252,6 @@ AS $$
      WHERE o.group_name = $1
        AND e.id > $4
        AND e.id <= $5
-       AND e.txid >= pg_snapshot_xmin($2)
-       AND e.txid < pg_snapshot_xmax($3)
        AND pg_visible_in_snapshot(e.txid, $3)
        AND NOT pg_visible_in_snapshot(e.txid, $2)
      ORDER BY e.id
