@@ -12,16 +12,24 @@
 --                      trigger function): may only INSERT into observers.event. Observer
 --                      conditions are evaluated with its rights, never with superuser rights.
 --                      Never grant this role to anyone.
+-- CREATE EXTENSION may run in several databases of a cluster at the same time: two sessions can
+-- both see a role missing and both create it, and the second one then fails on the catalog's
+-- unique index once the first commits. So each CREATE ROLE tolerates a concurrent creator.
 DO $roles$
+DECLARE
+    r record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'observers_admin') THEN
-        CREATE ROLE observers_admin NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'observers_worker') THEN
-        CREATE ROLE observers_worker NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'observers_capture') THEN
-        CREATE ROLE observers_capture NOLOGIN NOINHERIT;
-    END IF;
+    FOR r IN SELECT * FROM (VALUES ('observers_admin', 'NOLOGIN'),
+                                   ('observers_worker', 'NOLOGIN'),
+                                   ('observers_capture', 'NOLOGIN NOINHERIT')) AS v(name, options)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r.name) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I %s', r.name, r.options);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- created by a concurrent CREATE EXTENSION in another database
+            END;
+        END IF;
+    END LOOP;
 END
 $roles$;
