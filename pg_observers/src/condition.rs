@@ -13,7 +13,7 @@ use crate::capture::query::{self, Op};
 use crate::error::raise;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::ffi::{CString, c_char};
+use std::ffi::{c_char, CString};
 
 fn invalid(message: String) -> ! {
     // no hint: observers._check_condition adds one that shows what a condition looks like
@@ -62,11 +62,19 @@ pub fn check_single_expression(condition: &str) {
             None
         };
         if let Some(what) = extra {
-            invalid(format!("condition must be a single SQL expression, but it contains {what}"));
+            invalid(format!(
+                "condition must be a single SQL expression, but it contains {what}"
+            ));
         }
-        let n_targets = if s.targetList.is_null() { 0 } else { (*s.targetList).length };
+        let n_targets = if s.targetList.is_null() {
+            0
+        } else {
+            (*s.targetList).length
+        };
         if n_targets != 1 {
-            invalid(format!("condition must be a single SQL expression, but it is a list of {n_targets}"));
+            invalid(format!(
+                "condition must be a single SQL expression, but it is a list of {n_targets}"
+            ));
         }
         let target = (*(*s.targetList).elements).ptr_value as *mut pg_sys::ResTarget;
         if !(*target).name.is_null() {
@@ -102,7 +110,11 @@ pub fn probe(table: pg_sys::Oid, condition: &str, op: &str) {
         let mut values = [pg_sys::Datum::from(0); 2];
         let nulls = [b'n' as c_char; 2];
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_connect failed");
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "SPI_connect failed"
+            );
         }
         let rc = pg_sys::SPI_execute_with_args(
             csql.as_ptr(),

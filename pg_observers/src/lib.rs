@@ -33,7 +33,11 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 extension_sql_file!("../sql/bootstrap/00_roles.sql", name = "roles", bootstrap);
-extension_sql_file!("../sql/bootstrap/10_tables.sql", name = "tables", requires = ["roles"]);
+extension_sql_file!(
+    "../sql/bootstrap/10_tables.sql",
+    name = "tables",
+    requires = ["roles"]
+);
 extension_sql_file!(
     "../sql/bootstrap/20_worker_api.sql",
     name = "worker_api",
@@ -42,14 +46,23 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/bootstrap/30_admin_api.sql",
     name = "admin_api",
-    requires = ["worker_api", capture::capture, api::calling_role, api::probe_condition]
+    requires = [
+        "worker_api",
+        capture::capture,
+        api::calling_role,
+        api::probe_condition
+    ]
 );
 extension_sql_file!(
     "../sql/bootstrap/40_maintain.sql",
     name = "maintain",
     requires = ["admin_api", api::retention_setting]
 );
-extension_sql_file!("../sql/bootstrap/90_privileges.sql", name = "privileges", finalize);
+extension_sql_file!(
+    "../sql/bootstrap/90_privileges.sql",
+    name = "privileges",
+    finalize
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
@@ -58,7 +71,9 @@ mod tests {
 
     #[pg_test]
     fn single_expression_accepted() {
-        crate::condition::check_single_expression("NEW.total > 1000 AND (OLD.status IS DISTINCT FROM NEW.status)");
+        crate::condition::check_single_expression(
+            "NEW.total > 1000 AND (OLD.status IS DISTINCT FROM NEW.status)",
+        );
     }
 
     #[pg_test(error = "condition must be a single SQL expression, but it contains a FROM clause")]

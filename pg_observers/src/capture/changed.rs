@@ -11,7 +11,7 @@
 //! otherwise), so an event that passed the filter always names a filtered column in `changed`.
 
 use pgrx::pg_sys;
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::{c_char, CStr, CString};
 
 /// What capture needs to know about one (non-dropped) column of the observed table.
 pub struct Column {
@@ -117,7 +117,8 @@ pub unsafe fn changed_columns(
             };
             if differs {
                 let bytes = c.name.as_bytes();
-                let text = pg_sys::cstring_to_text_with_len(bytes.as_ptr().cast(), bytes.len() as i32);
+                let text =
+                    pg_sys::cstring_to_text_with_len(bytes.as_ptr().cast(), bytes.len() as i32);
                 names.push(pg_sys::Datum::from(text));
             }
         }

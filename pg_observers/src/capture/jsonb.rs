@@ -9,28 +9,40 @@
 //! `to_jsonb` itself, one value at a time. `tests/sql` compares both paths on many types.
 
 use pgrx::pg_sys;
-use std::ffi::{CStr, CString, c_char, c_int};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::ptr;
 
 /// How one column's value becomes a JSON value.
 enum Kind {
     Bool,
     /// int2/int4/int8: a JSON number (to_jsonb goes through text and numeric_in; same value)
-    Int { typlen: i16 },
+    Int {
+        typlen: i16,
+    },
     /// numeric: a JSON number, NaN/Infinity as strings (their output contains an 'N' or 'n')
-    Numeric { typoutput: pg_sys::Oid },
+    Numeric {
+        typoutput: pg_sys::Oid,
+    },
     /// float4/float8: output text, then a number unless it contains 'N'/'n' (NaN, Infinity)
-    Float { typoutput: pg_sys::Oid },
+    Float {
+        typoutput: pg_sys::Oid,
+    },
     /// date, timestamp, timestamptz: ISO 8601 strings (JsonEncodeDateTime)
-    DateTime { typid: pg_sys::Oid },
+    DateTime {
+        typid: pg_sys::Oid,
+    },
     /// text, varchar, bpchar: the string itself (their output function returns it unchanged)
     Text,
     /// jsonb: embedded as is
     Jsonb,
     /// everything else to_jsonb turns into a string: the type's output function
-    Output { typoutput: pg_sys::Oid },
+    Output {
+        typoutput: pg_sys::Oid,
+    },
     /// arrays, composites, json, user types (which may have a cast to json): to_jsonb(value)
-    ToJsonb { finfo: *mut pg_sys::FmgrInfo },
+    ToJsonb {
+        finfo: *mut pg_sys::FmgrInfo,
+    },
 }
 
 struct JsonColumn {
@@ -41,7 +53,15 @@ struct JsonColumn {
 
 /// The converter for rows of one tuple descriptor.
 pub struct RowJsonb {
+    /// columns in jsonb key order (shorter names first, then bytewise), as jsonb stores them
     columns: Vec<JsonColumn>,
+    /// every column converts to a scalar: rows can be handed to JsonbValueToJsonb as an
+    /// already sorted object, without pushJsonbValue and its per-row key sort
+    all_scalar: bool,
+    /// Per column, the last date/time value converted in the current call and its text: a
+    /// `DEFAULT now()` column has one value for every row of a statement. Cleared by
+    /// `begin_call` (the session's TimeZone may change between calls, not within one).
+    memo: std::cell::RefCell<Vec<Option<(usize, Vec<u8>)>>>,
     /// long-lived memory for the FmgrInfos of `Kind::ToJsonb`
     context: pg_sys::MemoryContext,
     numeric_in: *mut pg_sys::FmgrInfo,
@@ -72,7 +92,13 @@ impl RowJsonb {
                 1024,
                 8 * 1024,
             );
-            let mut builder = RowJsonb { columns: Vec::new(), context, numeric_in: ptr::null_mut() };
+            let mut builder = RowJsonb {
+                columns: Vec::new(),
+                all_scalar: false,
+                memo: std::cell::RefCell::new(Vec::new()),
+                context,
+                numeric_in: ptr::null_mut(),
+            };
             let numeric_in = alloc_in::<pg_sys::FmgrInfo>(context);
             pg_sys::fmgr_info_cxt(pg_sys::Oid::from(pg_sys::F_NUMERIC_IN), numeric_in, context);
             builder.numeric_in = numeric_in;
@@ -91,8 +117,24 @@ impl RowJsonb {
                     kind,
                 });
             }
+            // jsonb object keys are stored sorted by length, then bytes (lengthCompareJsonbString)
+            builder.columns.sort_by(|a, b| {
+                let (a, b) = (a.key.as_bytes(), b.key.as_bytes());
+                a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+            });
+            builder.all_scalar = builder
+                .columns
+                .iter()
+                .all(|c| !matches!(c.kind, Kind::Jsonb | Kind::ToJsonb { .. }));
+            builder.memo =
+                std::cell::RefCell::new((0..builder.columns.len()).map(|_| None).collect());
             builder
         }
+    }
+
+    /// Start converting the rows of one trigger call.
+    pub fn begin_call(&self) {
+        self.memo.borrow_mut().iter_mut().for_each(|m| *m = None);
     }
 
     /// `jsonb_categorize_type`, resolved down to what this builder does per value.
@@ -110,8 +152,12 @@ impl RowJsonb {
                 pg_sys::INT2OID => Kind::Int { typlen: 2 },
                 pg_sys::INT4OID => Kind::Int { typlen: 4 },
                 pg_sys::INT8OID => Kind::Int { typlen: 8 },
-                pg_sys::NUMERICOID => Kind::Numeric { typoutput: output(base) },
-                pg_sys::FLOAT4OID | pg_sys::FLOAT8OID => Kind::Float { typoutput: output(base) },
+                pg_sys::NUMERICOID => Kind::Numeric {
+                    typoutput: output(base),
+                },
+                pg_sys::FLOAT4OID | pg_sys::FLOAT8OID => Kind::Float {
+                    typoutput: output(base),
+                },
                 pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => {
                     Kind::DateTime { typid: base }
                 }
@@ -127,9 +173,13 @@ impl RowJsonb {
                         || pg_sys::type_is_rowtype(base)
                         || base.to_u32() >= pg_sys::FirstNormalObjectId;
                     if generic {
-                        Kind::ToJsonb { finfo: self.to_jsonb_finfo(att) }
+                        Kind::ToJsonb {
+                            finfo: self.to_jsonb_finfo(att),
+                        }
                     } else {
-                        Kind::Output { typoutput: output(base) }
+                        Kind::Output {
+                            typoutput: output(base),
+                        }
                     }
                 }
             }
@@ -166,17 +216,41 @@ impl RowJsonb {
     pub unsafe fn build(&self, values: *const pg_sys::Datum, isnull: *const bool) -> pg_sys::Datum {
         use pg_sys::JsonbIteratorToken::*;
         unsafe {
+            let value_of = |position: usize, c: &JsonColumn| {
+                if *isnull.add(c.index) {
+                    null_value()
+                } else {
+                    self.convert(position, &c.kind, *values.add(c.index))
+                }
+            };
+            if self.all_scalar {
+                // keys unique and already in jsonb order: build the object value directly
+                let n = self.columns.len();
+                let pairs = pg_sys::palloc(n.max(1) * std::mem::size_of::<pg_sys::JsonbPair>())
+                    as *mut pg_sys::JsonbPair;
+                for (position, c) in self.columns.iter().enumerate() {
+                    let key_bytes = c.key.as_bytes();
+                    pairs.add(position).write(pg_sys::JsonbPair {
+                        key: string_value(key_bytes.as_ptr().cast(), key_bytes.len()),
+                        value: value_of(position, c),
+                        order: position as u32,
+                    });
+                }
+                let mut object = null_value();
+                object.type_ = pg_sys::jbvType::jbvObject;
+                object.val.object = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_3 {
+                    nPairs: n as c_int,
+                    pairs,
+                };
+                return pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(&mut object));
+            }
             let mut state: *mut pg_sys::JsonbParseState = ptr::null_mut();
             pg_sys::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, ptr::null_mut());
-            for c in &self.columns {
+            for (position, c) in self.columns.iter().enumerate() {
                 let key_bytes = c.key.as_bytes();
                 let mut key = string_value(key_bytes.as_ptr().cast(), key_bytes.len());
                 pg_sys::pushJsonbValue(&mut state, WJB_KEY, &mut key);
-                let mut value = if *isnull.add(c.index) {
-                    null_value()
-                } else {
-                    self.convert(&c.kind, *values.add(c.index))
-                };
+                let mut value = value_of(position, c);
                 pg_sys::pushJsonbValue(&mut state, WJB_VALUE, &mut value);
             }
             let result = pg_sys::pushJsonbValue(&mut state, WJB_END_OBJECT, ptr::null_mut());
@@ -184,7 +258,12 @@ impl RowJsonb {
         }
     }
 
-    unsafe fn convert(&self, kind: &Kind, value: pg_sys::Datum) -> pg_sys::JsonbValue {
+    unsafe fn convert(
+        &self,
+        position: usize,
+        kind: &Kind,
+        value: pg_sys::Datum,
+    ) -> pg_sys::JsonbValue {
         unsafe {
             match *kind {
                 Kind::Bool => {
@@ -225,8 +304,21 @@ impl RowJsonb {
                     }
                 }
                 Kind::DateTime { typid } => {
-                    let text = pg_sys::JsonEncodeDateTime(ptr::null_mut(), value, typid, ptr::null::<c_int>());
-                    string_value(text, CStr::from_ptr(text).to_bytes().len())
+                    let mut memo = self.memo.borrow_mut();
+                    let entry = &mut memo[position];
+                    if !entry.as_ref().is_some_and(|(v, _)| *v == value.value()) {
+                        let text = pg_sys::JsonEncodeDateTime(
+                            ptr::null_mut(),
+                            value,
+                            typid,
+                            ptr::null::<c_int>(),
+                        );
+                        *entry = Some((value.value(), CStr::from_ptr(text).to_bytes().to_vec()));
+                        pg_sys::pfree(text.cast());
+                    }
+                    // the memo keeps the bytes alive until the row is converted to jsonb
+                    let bytes = &entry.as_ref().expect("just set").1;
+                    string_value(bytes.as_ptr().cast(), bytes.len())
                 }
                 Kind::Text => {
                     let v = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
@@ -256,7 +348,10 @@ fn null_value() -> pg_sys::JsonbValue {
 fn string_value(s: *const c_char, len: usize) -> pg_sys::JsonbValue {
     let mut v = null_value();
     v.type_ = pg_sys::jbvType::jbvString;
-    v.val.string = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 { len: len as c_int, val: s.cast_mut() };
+    v.val.string = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 {
+        len: len as c_int,
+        val: s.cast_mut(),
+    };
     v
 }
 

@@ -28,6 +28,8 @@ pub mod plan_cache;
 pub mod query;
 mod writer;
 
+use crate::error::raise;
+use jsonb::RowJsonb;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
@@ -35,11 +37,9 @@ use pgrx::trigger_support::{
     trigger_fired_after, trigger_fired_by_delete, trigger_fired_by_insert, trigger_fired_by_update,
     trigger_fired_for_row,
 };
-use crate::error::raise;
-use jsonb::RowJsonb;
 use plan_cache::{Path, TriggerArgs};
 use query::Op;
-use std::ffi::{CStr, c_char};
+use std::ffi::{c_char, CStr};
 
 pub fn init() {
     plan_cache::init();
@@ -76,7 +76,11 @@ unsafe fn trigger_args(trigger: &pg_sys::Trigger) -> TriggerArgs<'_> {
             );
         }
         let arg = |i: usize| CStr::from_ptr(*trigger.tgargs.add(i) as *const c_char);
-        TriggerArgs { id: arg(0), name: arg(1), condition: arg(2) }
+        TriggerArgs {
+            id: arg(0),
+            name: arg(1),
+            condition: arg(2),
+        }
     }
 }
 
@@ -145,10 +149,19 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
 unsafe fn connect_spi(td: *mut pg_sys::TriggerData, row_level: bool) {
     unsafe {
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_connect failed", None);
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "SPI_connect failed",
+                None,
+            );
         }
-        if !row_level && pg_sys::SPI_register_trigger_data(td) != pg_sys::SPI_OK_TD_REGISTER as i32 {
-            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_register_trigger_data failed", None);
+        if !row_level && pg_sys::SPI_register_trigger_data(td) != pg_sys::SPI_OK_TD_REGISTER as i32
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "SPI_register_trigger_data failed",
+                None,
+            );
         }
     }
 }
@@ -162,7 +175,11 @@ unsafe fn row_of(slot: *mut pg_sys::TupleTableSlot) -> (*const pg_sys::Datum, *c
 }
 
 /// Build a payload in the writer's chunk memory.
-unsafe fn payload(writer: &writer::Writer, json: &RowJsonb, slot: *mut pg_sys::TupleTableSlot) -> pg_sys::Datum {
+unsafe fn payload(
+    writer: &writer::Writer,
+    json: &RowJsonb,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> pg_sys::Datum {
     unsafe {
         let (values, isnull) = row_of(slot);
         let old = pg_sys::CurrentMemoryContext;
@@ -184,6 +201,7 @@ unsafe fn write_direct(
     unsafe {
         let mut writer = writer::Writer::open();
         let opname = op.as_cstr();
+        json.begin_call();
         if row_level {
             let event = match op {
                 Op::Insert => writer::Event {
@@ -205,25 +223,50 @@ unsafe fn write_direct(
                     let old = payload(&writer, json, tdr.tg_trigslot);
                     let ctx = pg_sys::CurrentMemoryContext;
                     pg_sys::CurrentMemoryContext = writer.payload_context();
-                    let changed = changed::changed_columns(&entry.columns, tdr.tg_trigslot, tdr.tg_newslot);
+                    let changed =
+                        changed::changed_columns(&entry.columns, tdr.tg_trigslot, tdr.tg_newslot);
                     pg_sys::CurrentMemoryContext = ctx;
-                    writer::Event { observer_id: entry.observer_id, op: opname, new: Some(new), old: Some(old), changed: Some(changed) }
+                    writer::Event {
+                        observer_id: entry.observer_id,
+                        op: opname,
+                        new: Some(new),
+                        old: Some(old),
+                        changed: Some(changed),
+                    }
                 }
             };
             writer.push(event);
         } else {
             // statement level: every row of the transition table (INSERT: new, DELETE: old)
-            let store = if op == Op::Insert { tdr.tg_newtable } else { tdr.tg_oldtable };
+            let store = if op == Op::Insert {
+                tdr.tg_newtable
+            } else {
+                tdr.tg_oldtable
+            };
             if !store.is_null() {
-                let slot = pg_sys::MakeSingleTupleTableSlot((*tdr.tg_relation).rd_att, &pg_sys::TTSOpsMinimalTuple);
+                let slot = pg_sys::MakeSingleTupleTableSlot(
+                    (*tdr.tg_relation).rd_att,
+                    &pg_sys::TTSOpsMinimalTuple,
+                );
                 // our own read pointer: other observers' triggers read the same transition table
-                let reader = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+                let reader =
+                    pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
                 pg_sys::tuplestore_select_read_pointer(store, reader);
                 pg_sys::tuplestore_rescan(store);
                 while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
                     let datum = payload(&writer, json, slot);
-                    let (new, old) = if op == Op::Insert { (Some(datum), None) } else { (None, Some(datum)) };
-                    writer.push(writer::Event { observer_id: entry.observer_id, op: opname, new, old, changed: None });
+                    let (new, old) = if op == Op::Insert {
+                        (Some(datum), None)
+                    } else {
+                        (None, Some(datum))
+                    };
+                    writer.push(writer::Event {
+                        observer_id: entry.observer_id,
+                        op: opname,
+                        new,
+                        old,
+                        changed: None,
+                    });
                 }
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
@@ -256,7 +299,8 @@ unsafe fn run_spi(
                 Op::Update => {
                     values[1] = pg_sys::heap_copy_tuple_as_datum(tdr.tg_newtuple, tupdesc);
                     values[2] = pg_sys::heap_copy_tuple_as_datum(tdr.tg_trigtuple, tupdesc);
-                    values[3] = changed::changed_columns(&entry.columns, tdr.tg_trigslot, tdr.tg_newslot);
+                    values[3] =
+                        changed::changed_columns(&entry.columns, tdr.tg_trigslot, tdr.tg_newslot);
                 }
             }
         }
@@ -264,7 +308,10 @@ unsafe fn run_spi(
         if rc != pg_sys::SPI_OK_INSERT as i32 {
             raise(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("capture statement of observer {} returned SPI code {rc}", entry.observer_id),
+                format!(
+                    "capture statement of observer {} returned SPI code {rc}",
+                    entry.observer_id
+                ),
                 None,
             );
         }

@@ -113,7 +113,10 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
     match event {
         XACT_EVENT_PRE_COMMIT => pre_commit(),
         // parallel workers never capture; a prepared or aborted transaction does not notify
-        XACT_EVENT_PRE_PREPARE | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_COMMIT => {
+        XACT_EVENT_PRE_PREPARE
+        | XACT_EVENT_ABORT
+        | XACT_EVENT_PARALLEL_ABORT
+        | XACT_EVENT_COMMIT => {
             CAPTURED.with(|c| c.set(false));
         }
         _ => {}

@@ -80,7 +80,9 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
 
 pub fn init() {
     // SAFETY: registering a backend-local callback from _PG_init.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
+    };
 }
 
 /// Apply invalidations recorded since the last capture.
@@ -146,7 +148,11 @@ pub struct TriggerArgs<'a> {
 ///
 /// # Safety
 /// `rel` must be the trigger's open relation.
-pub unsafe fn lookup(tgoid: pg_sys::Oid, rel: pg_sys::Relation, args: &TriggerArgs) -> Option<Rc<Entry>> {
+pub unsafe fn lookup(
+    tgoid: pg_sys::Oid,
+    rel: pg_sys::Relation,
+    args: &TriggerArgs,
+) -> Option<Rc<Entry>> {
     let entry = CACHE.with(|c| c.borrow().get(&tgoid).cloned())?;
     let valid = unsafe {
         entry.relid == (*rel).rd_id
@@ -168,7 +174,12 @@ pub unsafe fn lookup(tgoid: pg_sys::Oid, rel: pg_sys::Relation, args: &TriggerAr
 ///
 /// # Safety
 /// `td` must be the current trigger call's data.
-pub unsafe fn build(td: &pg_sys::TriggerData, op: Op, row_level: bool, args: &TriggerArgs) -> Rc<Entry> {
+pub unsafe fn build(
+    td: &pg_sys::TriggerData,
+    op: Op,
+    row_level: bool,
+    args: &TriggerArgs,
+) -> Rc<Entry> {
     unsafe {
         let trigger = &*td.tg_trigger;
         let rel = td.tg_relation;
@@ -185,7 +196,11 @@ pub unsafe fn build(td: &pg_sys::TriggerData, op: Op, row_level: bool, args: &Tr
             ),
         };
         let condition_text = args.condition.to_string_lossy();
-        let condition = if condition_text.trim().is_empty() { None } else { Some(condition_text.as_ref()) };
+        let condition = if condition_text.trim().is_empty() {
+            None
+        } else {
+            Some(condition_text.as_ref())
+        };
 
         let level = if row_level {
             Level::Row
@@ -206,15 +221,23 @@ pub unsafe fn build(td: &pg_sys::TriggerData, op: Op, row_level: bool, args: &Tr
                 );
             }
             Level::Statement {
-                transition_table: CStr::from_ptr(pg_sys::quote_identifier(name)).to_string_lossy().into_owned(),
+                transition_table: CStr::from_ptr(pg_sys::quote_identifier(name))
+                    .to_string_lossy()
+                    .into_owned(),
             }
         };
 
         // everything that can fail before the plan exists, so that an error cannot leak it
-        let columns = if op == Op::Update { changed::columns_of((*rel).rd_att) } else { Vec::new() };
+        let columns = if op == Op::Update {
+            changed::columns_of((*rel).rd_att)
+        } else {
+            Vec::new()
+        };
         let shape = shape_of((*rel).rd_att);
         let path = match condition {
-            None => Path::Direct { json: RowJsonb::new((*rel).rd_att) },
+            None => Path::Direct {
+                json: RowJsonb::new((*rel).rd_att),
+            },
             Some(condition) => {
                 let sql = query::capture_sql(op, &level, Some(condition));
                 let reltype = (*(*rel).rd_rel).reltype;
@@ -232,7 +255,11 @@ pub unsafe fn build(td: &pg_sys::TriggerData, op: Op, row_level: bool, args: &Tr
                 }
                 if pg_sys::SPI_keepplan(plan) != 0 {
                     pg_sys::SPI_freeplan(plan);
-                    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_keepplan failed", None);
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                        "SPI_keepplan failed",
+                        None,
+                    );
                 }
                 Path::Spi { plan }
             }

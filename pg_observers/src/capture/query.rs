@@ -50,7 +50,9 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Level {
     /// `FOR EACH STATEMENT ... REFERENCING NEW/OLD TABLE AS <quoted name>`.
-    Statement { transition_table: String },
+    Statement {
+        transition_table: String,
+    },
     Row,
 }
 
@@ -109,8 +111,14 @@ pub fn capture_sql(op: Op, level: &Level, condition: Option<&str>) -> String {
 pub fn probe_sql(op: Op, condition: &str) -> (String, usize) {
     let w = where_clause(Some(condition));
     match op {
-        Op::Insert => (format!("SELECT 1 FROM (SELECT ($1).*) AS new{w}\nLIMIT 0"), 1),
-        Op::Delete => (format!("SELECT 1 FROM (SELECT ($1).*) AS old{w}\nLIMIT 0"), 1),
+        Op::Insert => (
+            format!("SELECT 1 FROM (SELECT ($1).*) AS new{w}\nLIMIT 0"),
+            1,
+        ),
+        Op::Delete => (
+            format!("SELECT 1 FROM (SELECT ($1).*) AS old{w}\nLIMIT 0"),
+            1,
+        ),
         Op::Update => (
             format!("SELECT 1 FROM (SELECT ($1).*) AS new, (SELECT ($2).*) AS old{w}\nLIMIT 0"),
             2,
@@ -126,7 +134,9 @@ mod tests {
     fn statement_insert_without_condition() {
         let sql = capture_sql(
             Op::Insert,
-            &Level::Statement { transition_table: "observers_new_rows".into() },
+            &Level::Statement {
+                transition_table: "observers_new_rows".into(),
+            },
             None,
         );
         assert_eq!(
@@ -139,14 +149,20 @@ mod tests {
     #[test]
     fn condition_is_parenthesized_on_its_own_lines() {
         let sql = capture_sql(Op::Delete, &Level::Row, Some("old.x > 1 -- big"));
-        assert!(sql.ends_with("AS old\nWHERE (\nold.x > 1 -- big\n)"), "{sql}");
+        assert!(
+            sql.ends_with("AS old\nWHERE (\nold.x > 1 -- big\n)"),
+            "{sql}"
+        );
     }
 
     #[test]
     fn update_uses_four_parameters() {
         assert_eq!(capture_nargs(Op::Update, &Level::Row), 4);
         let sql = capture_sql(Op::Update, &Level::Row, Some("new.a <> old.a"));
-        assert!(sql.contains("$4 FROM (SELECT ($2).*) AS new, (SELECT ($3).*) AS old"), "{sql}");
+        assert!(
+            sql.contains("$4 FROM (SELECT ($2).*) AS new, (SELECT ($3).*) AS old"),
+            "{sql}"
+        );
     }
 
     #[test]

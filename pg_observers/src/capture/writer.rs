@@ -29,7 +29,16 @@ unsafe extern "C-unwind" {
 const CHUNK: usize = 256;
 
 /// Column layout of observers.event (and of every partition).
-const COLUMNS: [&str; 8] = ["id", "observer_id", "op", "txid", "captured_at", "new", "old", "changed"];
+const COLUMNS: [&str; 8] = [
+    "id",
+    "observer_id",
+    "op",
+    "txid",
+    "captured_at",
+    "new",
+    "old",
+    "changed",
+];
 const NATTS: usize = COLUMNS.len();
 
 /// One event to append.
@@ -41,12 +50,84 @@ pub struct Event {
     pub changed: Option<pg_sys::Datum>,
 }
 
+/// Slots are expensive to create (several allocations each) and a writer needs one per queued
+/// event, so a backend keeps them: virtual slots over a private copy of the outbox row type,
+/// allocated in a long-lived context. Every partition of observers.event has that row type
+/// (checked when a writer opens).
+struct SlotPool {
+    tupdesc: pg_sys::TupleDesc,
+    slots: Vec<*mut pg_sys::TupleTableSlot>,
+    /// text datums 'INSERT', 'UPDATE', 'DELETE'
+    ops: [pg_sys::Datum; 3],
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Option<SlotPool>> = const { std::cell::RefCell::new(None) };
+}
+
+unsafe fn pool_context() -> pg_sys::MemoryContext {
+    unsafe { pg_sys::TopMemoryContext }
+}
+
+impl SlotPool {
+    unsafe fn new(leaf: pg_sys::Relation) -> SlotPool {
+        unsafe {
+            let old = pg_sys::CurrentMemoryContext;
+            pg_sys::CurrentMemoryContext = pool_context();
+            let tupdesc = pg_sys::CreateTupleDescCopy((*leaf).rd_att);
+            let text = |s: &CStr| {
+                let b = s.to_bytes();
+                pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+                    b.as_ptr().cast(),
+                    b.len() as i32,
+                ))
+            };
+            let ops = [text(c"INSERT"), text(c"UPDATE"), text(c"DELETE")];
+            pg_sys::CurrentMemoryContext = old;
+            SlotPool {
+                tupdesc,
+                slots: Vec::new(),
+                ops,
+            }
+        }
+    }
+
+    unsafe fn slot(&mut self, i: usize) -> *mut pg_sys::TupleTableSlot {
+        unsafe {
+            while self.slots.len() <= i {
+                let old = pg_sys::CurrentMemoryContext;
+                pg_sys::CurrentMemoryContext = pool_context();
+                self.slots.push(pg_sys::MakeSingleTupleTableSlot(
+                    self.tupdesc,
+                    &pg_sys::TTSOpsVirtual,
+                ));
+                pg_sys::CurrentMemoryContext = old;
+            }
+            self.slots[i]
+        }
+    }
+
+    unsafe fn matches(&self, leaf: pg_sys::Relation) -> bool {
+        unsafe {
+            let a = (*leaf).rd_att;
+            let b = self.tupdesc;
+            (*a).natts == (*b).natts
+                && (0..(*a).natts as usize).all(|i| {
+                    let x = &*(*a).attrs.as_ptr().add(i);
+                    let y = &*(*b).attrs.as_ptr().add(i);
+                    x.atttypid == y.atttypid && x.atttypmod == y.atttypmod && x.attlen == y.attlen
+                })
+        }
+    }
+}
+
 pub struct Writer {
     parent: pg_sys::Relation,
     leaf: pg_sys::Relation,
     seq: pg_sys::Oid,
     estate: *mut pg_sys::EState,
     rri: *mut pg_sys::ResultRelInfo,
+    /// slots of the pool used so far (the pool is borrowed only inside push/flush)
     slots: Vec<*mut pg_sys::TupleTableSlot>,
     used: usize,
     cid: pg_sys::CommandId,
@@ -118,7 +199,8 @@ unsafe fn check_layout(rel: pg_sys::Relation) {
         let ok = natts == NATTS
             && COLUMNS.iter().enumerate().all(|(i, name)| {
                 let att = &*attrs.add(i);
-                !att.attisdropped && CStr::from_ptr(att.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+                !att.attisdropped
+                    && CStr::from_ptr(att.attname.data.as_ptr()).to_bytes() == name.as_bytes()
             });
         if !ok {
             raise(
@@ -158,7 +240,8 @@ impl Writer {
             check_layout(leaf);
 
             let estate = pg_sys::CreateExecutorState();
-            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                as *mut pg_sys::ResultRelInfo;
             (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
             pg_sys::InitResultRelInfo(rri, leaf, 1, ptr::null_mut(), 0);
             pg_sys::ExecOpenIndices(rri, false);
@@ -171,6 +254,13 @@ impl Writer {
                 8 * 1024 * 1024,
             );
             let txid = pg_sys::GetTopFullTransactionId();
+            POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                if !p.as_ref().is_some_and(|pool| pool.matches(leaf)) {
+                    // the old pool (if any) is dropped without freeing: a few KB, once
+                    *p = Some(SlotPool::new(leaf));
+                }
+            });
             Writer {
                 parent,
                 leaf,
@@ -199,25 +289,28 @@ impl Writer {
     /// Payload datums must live in `payload_context()` (or longer) until the next flush.
     pub unsafe fn push(&mut self, event: Event) {
         unsafe {
+            let (slot, op) = POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                let pool = p.as_mut().expect("pool created by Writer::open");
+                let op = match event.op.to_bytes() {
+                    b"INSERT" => pool.ops[0],
+                    b"UPDATE" => pool.ops[1],
+                    _ => pool.ops[2],
+                };
+                (pool.slot(self.used), op)
+            });
             if self.used == self.slots.len() {
-                self.slots.push(pg_sys::table_slot_create(self.leaf, ptr::null_mut()));
+                self.slots.push(slot);
             }
-            let slot = self.slots[self.used];
             pg_sys::ExecClearTuple(slot);
+            // whatever the slot allocates (heap_multi_insert materializes it) goes to the chunk
+            (*slot).tts_mcxt = self.chunk_context;
             let values = (*slot).tts_values;
             let isnull = (*slot).tts_isnull;
-            let op = {
-                let old = pg_sys::CurrentMemoryContext;
-                pg_sys::CurrentMemoryContext = self.chunk_context;
-                let bytes = event.op.to_bytes();
-                let t = pg_sys::cstring_to_text_with_len(bytes.as_ptr().cast(), bytes.len() as i32);
-                pg_sys::CurrentMemoryContext = old;
-                t
-            };
             let fields: [Option<pg_sys::Datum>; NATTS] = [
                 Some(pg_sys::Datum::from(nextval_internal_guarded(self.seq))),
                 Some(pg_sys::Datum::from(event.observer_id)),
-                Some(pg_sys::Datum::from(op)),
+                Some(op),
                 Some(self.txid),
                 Some(self.captured_at),
                 event.new,
@@ -241,6 +334,9 @@ impl Writer {
             if self.used == 0 {
                 return;
             }
+            // virtual slots: heap_multi_insert forms the heap tuples in the current (chunk) context
+            let old = pg_sys::CurrentMemoryContext;
+            pg_sys::CurrentMemoryContext = self.chunk_context;
             pg_sys::heap_multi_insert(
                 self.leaf,
                 self.slots.as_mut_ptr(),
@@ -249,6 +345,7 @@ impl Writer {
                 0,
                 ptr::null_mut(),
             );
+            pg_sys::CurrentMemoryContext = old;
             if (*self.rri).ri_NumIndices > 0 {
                 for &slot in &self.slots[..self.used] {
                     pg_sys::ExecInsertIndexTuples(
@@ -260,10 +357,12 @@ impl Writer {
                         ptr::null_mut(),
                         ptr::null_mut(),
                     );
-                    pg_sys::MemoryContextReset((*self.estate).es_per_tuple_exprcontext.as_ref().map_or(
-                        ptr::null_mut(),
-                        |e| e.ecxt_per_tuple_memory,
-                    ));
+                    pg_sys::MemoryContextReset(
+                        (*self.estate)
+                            .es_per_tuple_exprcontext
+                            .as_ref()
+                            .map_or(ptr::null_mut(), |e| e.ecxt_per_tuple_memory),
+                    );
                 }
             }
             for &slot in &self.slots[..self.used] {
@@ -282,9 +381,6 @@ impl Writer {
     pub unsafe fn finish(mut self) -> u64 {
         unsafe {
             self.flush();
-            for &slot in &self.slots {
-                pg_sys::ExecDropSingleTupleTableSlot(slot);
-            }
             pg_sys::ExecCloseIndices(self.rri);
             pg_sys::FreeExecutorState(self.estate);
             pg_sys::table_close(self.leaf, pg_sys::NoLock as i32);
