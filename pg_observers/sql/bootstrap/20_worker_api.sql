@@ -149,8 +149,10 @@ DECLARE
     v_seqs  bigint[];
 BEGIN
     -- First, before this transaction writes anything: the sequence, then our own xid.
-    SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END
-      INTO v_seq FROM observers.event_id_seq AS s;
+    -- pg_sequence_last_value() reads the sequence tuple under its buffer lock. A plain
+    -- SELECT FROM the sequence does not, and can see the value nextval() writes 32 ahead for
+    -- a moment while it WAL-logs: a floor that high would skip up to 32 events.
+    v_seq := coalesce(pg_sequence_last_value('observers.event_id_seq'::regclass), 0);
     IF pg_current_xact_id_if_assigned() IS NULL THEN
         v_xid := pg_current_xact_id();   -- assigned now, after the read: the pair is valid
     END IF;                              -- else the caller wrote earlier: record no pair
