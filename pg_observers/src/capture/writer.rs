@@ -302,7 +302,10 @@ impl Writer {
             if self.used == self.slots.len() {
                 self.slots.push(slot);
             }
-            pg_sys::ExecClearTuple(slot);
+            // Mark the pooled slot empty without freeing anything: if a previous writer failed
+            // mid-flush, what the slot still points to died with that transaction's memory.
+            (*slot).tts_flags = pg_sys::TTS_FLAG_EMPTY as u16;
+            (*slot).tts_nvalid = 0;
             // whatever the slot allocates (heap_multi_insert materializes it) goes to the chunk
             (*slot).tts_mcxt = self.chunk_context;
             let values = (*slot).tts_values;

@@ -147,6 +147,25 @@ UPDATE shop.payments SET region = 'eu' WHERE id = 2;       -- moves the row to a
 DELETE FROM shop.payments_eu WHERE id = 1;
 SELECT * FROM ev WHERE id > 36;
 
+-- without a partition for today, events land in the DEFAULT partition (and maintain() reports
+-- that it cannot create that day's partition any more)
+CREATE FUNCTION drop_today() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_rel text := 'observers.' || observers._partition_name((now() AT TIME ZONE 'UTC')::date);
+BEGIN
+    EXECUTE format('ALTER EXTENSION pg_observers DROP TABLE %s', v_rel);
+    EXECUTE format('DROP TABLE %s', v_rel);
+END
+$$;
+SELECT drop_today();
+INSERT INTO shop.payments VALUES (10, 'eu', 1);
+INSERT INTO shop.orders VALUES (20, 1, 1.00, 'new');
+SELECT o.name, e.tableoid::regclass AS partition
+  FROM observers.event AS e JOIN observers.observer AS o ON o.id = e.observer_id
+ WHERE coalesce(e.new, e.old) ->> 'id' IN ('10', '20') ORDER BY e.id;
+SELECT regexp_replace(observers.maintain(), 'event_p\d{8}', 'event_pYYYYMMDD', 'g');
+DROP FUNCTION drop_today();
+
 SELECT max(id) AS before_items FROM observers.event \gset
 
 -- conditions over a statement's transition table (plain table) and over single rows
