@@ -189,6 +189,22 @@ BEGIN
             v_seqs := v_seqs[1:1] || v_seqs[3:];
         END LOOP;
 
+        -- Self-check, cheap (an index range of 256 ids): no event of this batch may sit at or
+        -- just below the floor. If one does, the floor reasoning was wrong for this batch: say
+        -- so loudly and start the batch at id 0 (slow once, never a gap).
+        IF v_floor > 0 AND EXISTS (
+               SELECT 1 FROM observers.event AS e
+                WHERE e.id > v_floor - 256 AND e.id <= v_floor
+                  AND e.observer_id IN (SELECT o.id FROM observers.observer AS o
+                                         WHERE o.group_name = batch_open.group_name)
+                  AND pg_visible_in_snapshot(e.txid, v_hi)
+                  AND NOT pg_visible_in_snapshot(e.txid, c.snap_lo)) THEN
+            RAISE WARNING 'pg_observers: id floor % of group "%" is above an event of the batch; scanning the batch from id 0',
+                v_floor, batch_open.group_name
+                USING HINT = 'Nothing is lost. Please report this with the output of SELECT * FROM observers.checkpoint.';
+            v_floor := 0;
+        END IF;
+
         -- the batch's last id: a backward scan of the id index that stops at the first event
         -- of the batch (only events committed after snap_hi or by other groups lie above it)
         SELECT e.id INTO v_max

@@ -61,5 +61,13 @@ SELECT b.last_id >= (SELECT max(id) FROM observers.event WHERE new ->> 'note' = 
        b.max_id = (SELECT max(id) FROM observers.event) AS batch_ends_at_newest
   FROM observers.batch_open('default', 1) AS b;
 
+SELECT observers.batch_close('default', 1);
+
+-- the self-check: a floor above events of the batch (forged here) is reported, not trusted
+INSERT INTO items VALUES (50, 'e50'), (51, 'e51');
+UPDATE observers.checkpoint
+   SET floor_xids = '{1}', floor_seqs = ARRAY[(SELECT max(id) FROM observers.event)];
+SELECT string_agg(n, ',') AS delivered_despite_forged_floor FROM cycle() AS n;
+
 DROP FUNCTION cycle();
 DROP TABLE items;

@@ -226,3 +226,81 @@ async fn many_interleaved_late_transactions_leave_no_gap() {
     );
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
 }
+
+/// Many writers committing 1-row transactions flat out while the worker opens a batch every
+/// few milliseconds: every batch boundary races with commits in flight and with `nextval` on the
+/// event sequence. Every committed event must be delivered. (This caught batch_open reading the
+/// event sequence without its buffer lock, which skipped up to 32 events now and then.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_flat_out_leave_no_gap() {
+    let (db, rx) = setup("late_flat_out").await;
+    db.client
+        .batch_execute("CREATE TABLE public.items (id serial PRIMARY KEY, label text NOT NULL)")
+        .await
+        .unwrap();
+    let yaml = config(
+        "w-late-flat-out",
+        "concurrent_execution: { enabled: true, max_in_flight: 64 }\n",
+        &insert_observer(&rx.url("/hooks/late")),
+    );
+    let mut worker = start_worker("late_flat_out", &db, &yaml, &[]);
+    wait_observer_ready(&db.client, "late", "public.items", SHORT).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = vec![];
+    for w in 0..12 {
+        let (url, stop) = (db.url.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let c = observers_tests::cluster::connect(&url).await.unwrap();
+            let insert = c
+                .prepare("INSERT INTO public.items (label) VALUES ($1)")
+                .await
+                .unwrap();
+            let mut labels = vec![];
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let label = format!("w{w}-{i}");
+                c.execute(&insert, &[&label]).await.unwrap();
+                labels.push(label);
+                i += 1;
+            }
+            labels
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut committed = BTreeSet::new();
+    for h in writers {
+        committed.extend(h.await.unwrap());
+    }
+    assert!(committed.len() > 1000, "the writers barely wrote ({} rows)", committed.len());
+
+    let delivered_labels = |rx: &observers_tests::receiver::Receiver| -> HashSet<String> {
+        rx.deliveries()
+            .iter()
+            .filter(|d| d.succeeded())
+            .filter_map(|d| d.body.as_ref()?["new"]["label"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let ok = rx
+        .wait_until(LONG, |rx| {
+            let got = delivered_labels(rx);
+            committed.iter().all(|l| got.contains(l))
+        })
+        .await;
+    let got = delivered_labels(&rx);
+    let missing: Vec<&String> = committed.iter().filter(|l| !got.contains(*l)).collect();
+    assert!(
+        ok,
+        "{} of {} committed rows never delivered (gap): {:?}; {}",
+        missing.len(),
+        committed.len(),
+        missing.iter().take(20).collect::<Vec<_>>(),
+        rx.summary()
+    );
+    assert!(
+        wait_backlog_zero(&db.client, SHORT).await,
+        "backlog did not return to 0"
+    );
+    assert_eq!(worker.stop(SHORT).await.code(), Some(0));
+}
