@@ -8,8 +8,8 @@
 # Uses an existing cluster from PGHOST / PGPORT / PGUSER (a superuser) whose PostgreSQL
 # installation has pg_observers installed (`make install-ext`) and contrib's dblink (Debian's
 # postgresql-15 package ships it). The tests run in a fresh database (TEST_SQL_DB, default
-# observers_regress) that is dropped first. Results go to target/regress; on failure the diff
-# is printed and the exit status is non-zero.
+# observers_regress) that is dropped first. Results go to target/regress-$PGPORT (or
+# TEST_SQL_OUTDIR); on failure the diff is printed and the exit status is non-zero.
 #   TEST_SQL_ACCEPT=1 scripts/test-sql.sh   copy the results over the expected files (then review
 #                                          the git diff: that is the point of golden files)
 set -euo pipefail
@@ -23,7 +23,8 @@ pg_regress=$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress
 : "${PGPORT:?set PGPORT}"
 export PGUSER=${PGUSER:-postgres}
 db=${TEST_SQL_DB:-observers_regress}
-out=$top/target/regress
+# one output directory per cluster port: runs against different clusters do not clobber each other
+out=${TEST_SQL_OUTDIR:-$top/target/regress-$PGPORT}
 
 [ -x "$pg_regress" ] || { echo "pg_regress not found at $pg_regress (apt-get install postgresql-server-dev-15)" >&2; exit 2; }
 "$bindir/psql" -X -q -d postgres -v ON_ERROR_STOP=1 \

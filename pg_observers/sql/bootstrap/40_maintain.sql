@@ -10,8 +10,12 @@
 --   3. deletes rows from the DEFAULT partition under the same two conditions. Rows only land
 --      there when maintain() did not run for a week; this is the only DELETE on the outbox.
 -- A partition whose range already has rows in the DEFAULT partition cannot be created; it is
--- skipped and reported, never an error. DDL waits at most lock_timeout (5s) for the outbox
--- lock; a partition that could not be locked in time is skipped and retried next time.
+-- skipped and reported, never an error.
+-- Creating or dropping a partition takes an ACCESS EXCLUSIVE lock on observers.event: while
+-- maintain() waits for it (behind every transaction that captured events and is still open),
+-- every capturing writer queues behind maintain(). So it waits at most 50ms (lock_timeout);
+-- what could not be locked is skipped, reported and retried by the next call (partitions are
+-- created a week ahead, so there are plenty of next calls).
 -- Partitions are members of the extension (pg_dump skips the outbox, DROP EXTENSION drops it).
 
 CREATE FUNCTION observers._partition_name(p_day date)
@@ -36,7 +40,7 @@ RETURNS text
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '5s'
+SET lock_timeout = '50ms'
 AS $$
 DECLARE
     v_retention  interval;
@@ -71,7 +75,11 @@ BEGIN
     v_cutoff := now() - v_retention;
 
     -- serialize concurrent maintain() calls without blocking writers
-    LOCK TABLE observers.event IN SHARE UPDATE EXCLUSIVE MODE;
+    BEGIN
+        LOCK TABLE observers.event IN SHARE UPDATE EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN 'nothing done: another maintain() is running';
+    END;
 
     -- 1. partitions ahead
     FOR i IN 0..7 LOOP
