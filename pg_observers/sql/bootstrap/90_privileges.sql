@@ -21,9 +21,12 @@ GRANT SELECT ON observers.observer, observers.checkpoint, observers.leader_lease
 GRANT INSERT ON observers.event TO observers_capture;
 GRANT USAGE ON SEQUENCE observers.event_id_seq TO observers_capture;
 
-ALTER FUNCTION observers.capture()
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp;
+-- capture() is SECURITY DEFINER *without* a SET search_path clause, on purpose: the clause
+-- would cost every captured statement a GUC save/restore plus a search path recomputation in
+-- the application's next statement (about as much as the rest of a 1-row capture). The Rust
+-- code pins search_path = pg_catalog, pg_temp itself wherever it resolves names (preparing and
+-- running a condition); the direct write path resolves no unqualified names.
+ALTER FUNCTION observers.capture() SECURITY DEFINER;
 ALTER FUNCTION observers.capture() OWNER TO observers_capture;
 
 ALTER FUNCTION observers._probe_condition(oid, text, text)

@@ -18,8 +18,9 @@
 //!   `observers.notify_interval` passed and it wins the database's notify try-lock (`notify`).
 //!
 //! The function is SECURITY DEFINER, owned by role `observers_capture` (which may only INSERT
-//! into `observers.event`), with `search_path = pg_catalog, pg_temp`: writers need no rights on
-//! the outbox, and observer conditions never run with more rights than that.
+//! into `observers.event`): writers need no rights on the outbox, and observer conditions never
+//! run with more rights than that. Conditions are prepared and evaluated with
+//! `search_path = pg_catalog, pg_temp` pinned in code (`with_pinned_search_path`).
 
 mod changed;
 mod jsonb;
@@ -124,17 +125,19 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
         let written = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
             let entry = match cached.clone() {
                 Some(e) => e,
-                None => {
+                None => with_pinned_search_path(|| {
                     // building an SPI entry prepares a statement over the transition table
                     connect_spi(td, row_level);
                     let e = plan_cache::build(tdr, op, row_level, &args);
                     pg_sys::SPI_finish();
                     e
-                }
+                }),
             };
             match &entry.path {
                 Path::Direct { json } => write_direct(tdr, op, row_level, &entry, json),
-                Path::Spi { plan } => run_spi(td, op, row_level, &entry, *plan),
+                Path::Spi { plan } => {
+                    with_pinned_search_path(|| run_spi(td, op, row_level, &entry, *plan))
+                }
             }
         }))
         .catch_others(|e| rethrow_with_context(e, &args, tdr.tg_relation))
@@ -143,6 +146,33 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
         if written > 0 {
             notify::after_capture();
         }
+    }
+}
+
+/// Run `f` with `search_path = pg_catalog, pg_temp`, as `SET search_path` on a function does.
+///
+/// capture() is SECURITY DEFINER but deliberately has no `SET search_path` clause: that clause
+/// costs every captured statement a GUC save/restore, and makes the application's next
+/// statement recompute its search path, as much as all the rest of a 1-row capture. Only the
+/// SPI path resolves names (the condition, the statement text), so only it pins the path; the
+/// direct path looks up nothing by unqualified name (schema `observers` explicitly, everything
+/// else by OID). On error the transaction's abort restores the setting.
+unsafe fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let result = f();
+        pg_sys::AtEOXact_GUC(true, level);
+        result
     }
 }
 

@@ -65,7 +65,8 @@ SELECT p.proname,
  WHERE p.pronamespace = 'observers'::regnamespace
  ORDER BY 1;
 
--- every function that runs with elevated rights pins search_path
+-- every function that runs with elevated rights pins search_path (capture() does it in code,
+-- where it resolves names: see 90_privileges.sql)
 SELECT p.proname FROM pg_proc AS p
  WHERE p.pronamespace = 'observers'::regnamespace AND p.prosecdef
    AND NOT coalesce(p.proconfig @> '{"search_path=pg_catalog, pg_temp"}', false);

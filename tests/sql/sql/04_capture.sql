@@ -131,6 +131,19 @@ SELECT observers.drop_observer('ratio');
 INSERT INTO shop.orders VALUES (15, 0, 1.00, 'new');
 SELECT id, observer, op, new ->> 'id' AS order_id FROM ev WHERE id > 35;
 
+-- the writer's search_path cannot change what a condition means: it is compiled and run with
+-- search_path = pg_catalog, pg_temp, so a shadowing lower() of the writer is never called
+SELECT name FROM observers.create_observer('vip_status', 'shop.orders', '{INSERT}',
+                                           condition => 'lower(NEW.status) = ''vip''');
+CREATE SCHEMA shadow;
+CREATE FUNCTION shadow.lower(text) RETURNS text LANGUAGE sql AS $$ SELECT 'vip'::text $$;
+SET search_path = shadow, pg_catalog, public;
+INSERT INTO shop.orders VALUES (30, 1, 1.00, 'new'), (31, 1, 1.00, 'VIP');
+RESET search_path;
+SELECT observer, new ->> 'id' AS order_id FROM ev WHERE observer = 'vip_status';
+SELECT observers.drop_observer('vip_status');
+DROP SCHEMA shadow CASCADE;
+
 -- partitioned tables are captured row by row, including writes addressed to a partition
 CREATE TABLE shop.payments (id int, region text, amount numeric) PARTITION BY LIST (region);
 CREATE TABLE shop.payments_eu PARTITION OF shop.payments FOR VALUES IN ('eu');
