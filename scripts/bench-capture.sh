@@ -14,8 +14,9 @@
 # Workloads: 1-row INSERT transactions with BENCH_CLIENTS_1 (8) clients, and 100-row INSERT
 # statements with BENCH_CLIENTS_100 (4) clients, BENCH_SECONDS (10) per run, BENCH_ROUNDS (3)
 # rounds; the variants alternate inside each round to spread the machine's noise evenly. Every
-# run starts from empty tables after a CHECKPOINT. Prints tps per round, the median, and the
-# ratio plain/x (1.00 = no overhead). Nothing here asserts a threshold.
+# run starts from empty tables after a CHECKPOINT. Prints tps per run, and per variant the
+# median over rounds of the ratio plain/variant measured within the same round (1.00 = no
+# overhead). Nothing here asserts a threshold.
 #
 # The extension must be installed with optimisations for meaningful numbers:
 #   cargo pgrx install --release -p pg_observers --pg-config "$(which pg_config)"   (make install-ext)
@@ -49,7 +50,7 @@ else
 fi
 
 "${psql[@]}" -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-"${psql[@]}" -d "$db" <<'SQL'
+"${psql[@]}" -d "$db" >/dev/null <<'SQL'
 CREATE EXTENSION pg_observers;
 -- five columns, as in the baseline measurements of ENVIRONMENT.md
 CREATE TABLE bench_plain (
@@ -137,17 +138,21 @@ done
 
 median() { tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
+# Ratios are taken within each round (plain and the variant ran minutes apart at most), then
+# the median over rounds: on a shared machine absolute throughput swings between rounds far
+# more than the ratio does.
 report() {
   local workload=$1 title=$2 unit=$3; shift 3
-  local base
-  base=$(echo "${results["$workload,plain"]}" | median)
+  local base=(${results["$workload,plain"]})
   echo
-  echo "$title (median of $rounds runs)"
-  printf '  %-22s %12s %14s   %s\n' variant "$unit" "plain/variant" "runs"
+  echo "$title: median over $rounds rounds of plain/variant measured in the same round"
+  printf '  %-22s %12s %14s   %s\n' variant "median $unit" "plain/variant" "per-round ratios"
   for v in "$@"; do
-    local m
-    m=$(echo "${results["$workload,$v"]}" | median)
-    printf '  %-22s %12.0f %13.2fx   %s\n' "$v" "$m" "$(awk -v b="$base" -v m="$m" 'BEGIN {print b / m}')" "${results["$workload,$v"]}"
+    local runs=(${results["$workload,$v"]}) ratios=""
+    for i in "${!runs[@]}"; do
+      ratios+="$(awk -v b="${base[$i]}" -v m="${runs[$i]}" 'BEGIN {printf "%.2f", b / m}') "
+    done
+    printf '  %-22s %12.0f %13.2fx   %s\n' "$v" "$(echo "${runs[*]}" | median)" "$(echo "$ratios" | median)" "$ratios"
   done
 }
 
