@@ -359,6 +359,23 @@ BEGIN
 END
 $$;
 
+-- The capture triggers an observer installed (none if its table is gone).
+CREATE FUNCTION observers._capture_triggers(o observers.observer)
+RETURNS TABLE (tgname name, rel regclass)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.tgname, t.tgrelid::regclass
+      FROM pg_trigger AS t
+     WHERE t.tgrelid = o.table_name
+       AND t.tgparentid = 0
+       AND t.tgfoid = 'observers.capture()'::regprocedure
+       AND t.tgname IN (observers._trigger_name(o.id, 'INSERT'),
+                        observers._trigger_name(o.id, 'UPDATE'),
+                        observers._trigger_name(o.id, 'DELETE'))
+$$;
+
 -- Remove the capture triggers of an observer (nothing to do if its table is gone).
 CREATE FUNCTION observers._remove_triggers(o observers.observer)
 RETURNS void
@@ -369,14 +386,7 @@ DECLARE
     r record;
 BEGIN
     FOR r IN
-        SELECT t.tgname, t.tgrelid::regclass AS rel
-          FROM pg_trigger AS t
-         WHERE t.tgrelid = o.table_name
-           AND t.tgparentid = 0
-           AND t.tgfoid = 'observers.capture()'::regprocedure
-           AND t.tgname IN (observers._trigger_name(o.id, 'INSERT'),
-                            observers._trigger_name(o.id, 'UPDATE'),
-                            observers._trigger_name(o.id, 'DELETE'))
+        SELECT * FROM observers._capture_triggers(o)
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
     END LOOP;
@@ -392,14 +402,7 @@ DECLARE
     r record;
 BEGIN
     FOR r IN
-        SELECT t.tgname, t.tgrelid::regclass AS rel
-          FROM pg_trigger AS t
-         WHERE t.tgrelid = o.table_name
-           AND t.tgparentid = 0
-           AND t.tgfoid = 'observers.capture()'::regprocedure
-           AND t.tgname IN (observers._trigger_name(o.id, 'INSERT'),
-                            observers._trigger_name(o.id, 'UPDATE'),
-                            observers._trigger_name(o.id, 'DELETE'))
+        SELECT * FROM observers._capture_triggers(o)
     LOOP
         EXECUTE format('ALTER TABLE %s %s TRIGGER %I', r.rel,
                        CASE WHEN p_enabled THEN 'ENABLE' ELSE 'DISABLE' END, r.tgname);
