@@ -72,11 +72,9 @@ impl Db {
         ttl: Duration,
     ) -> Result<Option<i64>, DbError> {
         const CTX: &str = "observers.lease_acquire";
-        let c = self.client(Lane::Lease, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::LEASE_ACQUIRE)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self
+            .prepared(Lane::Lease, CTX, queries::LEASE_ACQUIRE)
+            .await?;
         let secs = ttl.as_secs_f64();
         let row = c
             .query_one(&stmt, &[&group, &worker_id, &secs])
@@ -92,11 +90,9 @@ impl Db {
         epoch: i64,
     ) -> Result<bool, DbError> {
         const CTX: &str = "observers.lease_release";
-        let c = self.client(Lane::Lease, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::LEASE_RELEASE)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self
+            .prepared(Lane::Lease, CTX, queries::LEASE_RELEASE)
+            .await?;
         let row = c
             .query_one(&stmt, &[&group, &worker_id, &epoch])
             .await
@@ -114,11 +110,7 @@ impl Db {
         info: &serde_json::Value,
     ) -> Result<(), DbError> {
         const CTX: &str = "observers.heartbeat";
-        let c = self.client(Lane::Lease, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::HEARTBEAT)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self.prepared(Lane::Lease, CTX, queries::HEARTBEAT).await?;
         c.execute(&stmt, &[&group, &worker_id, info])
             .await
             .map_err(|e| self.err(CTX, e))?;
@@ -133,11 +125,7 @@ impl Db {
         d: &DeadLetterRecord<'_>,
     ) -> Result<i64, DbError> {
         const CTX: &str = "observers.dlq_add";
-        let c = self.client(Lane::Side, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::DLQ_ADD)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self.prepared(Lane::Side, CTX, queries::DLQ_ADD).await?;
         let row = c
             .query_one(
                 &stmt,
@@ -168,11 +156,9 @@ impl Db {
         group: &str,
     ) -> Result<Vec<ObserverDefinition>, DbError> {
         const CTX: &str = "observers.observer_definitions";
-        let c = self.client(Lane::Side, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::OBSERVER_DEFINITIONS)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self
+            .prepared(Lane::Side, CTX, queries::OBSERVER_DEFINITIONS)
+            .await?;
         let rows = c
             .query(&stmt, &[&group])
             .await
@@ -203,11 +189,9 @@ impl Db {
     /// Creates or replaces an observer of the configuration file in `group`.
     pub async fn create_observer(&self, o: &ObserverConfig, group: &str) -> Result<(), DbError> {
         const CTX: &str = "observers.create_observer";
-        let c = self.client(Lane::Side, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::CREATE_OBSERVER)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self
+            .prepared(Lane::Side, CTX, queries::CREATE_OBSERVER)
+            .await?;
         c.execute(
             &stmt,
             &[

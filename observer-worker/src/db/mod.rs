@@ -271,6 +271,21 @@ impl Db {
         })
     }
 
+    /// A pooled connection of `lane` and the cached prepared statement for `sql` on it.
+    pub(crate) async fn prepared(
+        &self,
+        lane: Lane,
+        context: &'static str,
+        sql: &str,
+    ) -> Result<(Object, tokio_postgres::Statement), DbError> {
+        let c = self.client(lane, context).await?;
+        let stmt = c
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.err(context, e))?;
+        Ok((c, stmt))
+    }
+
     pub(crate) fn err(&self, context: &'static str, e: tokio_postgres::Error) -> DbError {
         DbError::classify(&self.target, context, e)
     }

@@ -46,11 +46,7 @@ fn shape(context: &'static str, e: tokio_postgres::Error) -> DbError {
 impl Db {
     pub async fn batch_open(&self, group: &str, epoch: i64) -> Result<OpenBatch, DbError> {
         const CTX: &str = "observers.batch_open";
-        let c = self.client(Lane::Main, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::BATCH_OPEN)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self.prepared(Lane::Main, CTX, queries::BATCH_OPEN).await?;
         let row = c
             .query_one(&stmt, &[&group, &epoch])
             .await
@@ -75,11 +71,7 @@ impl Db {
         limit: i32,
     ) -> Result<Vec<FetchedEvent>, DbError> {
         const CTX: &str = "observers.batch_fetch";
-        let c = self.client(Lane::Main, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::BATCH_FETCH)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self.prepared(Lane::Main, CTX, queries::BATCH_FETCH).await?;
         let rows = c
             .query(
                 &stmt,
@@ -114,11 +106,9 @@ impl Db {
         last_id: i64,
     ) -> Result<(), DbError> {
         const CTX: &str = "observers.checkpoint_save";
-        let c = self.client(Lane::Main, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::CHECKPOINT_SAVE)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self
+            .prepared(Lane::Main, CTX, queries::CHECKPOINT_SAVE)
+            .await?;
         c.execute(&stmt, &[&group, &epoch, &last_id])
             .await
             .map_err(|e| self.err(CTX, e))?;
@@ -127,11 +117,7 @@ impl Db {
 
     pub async fn batch_close(&self, group: &str, epoch: i64) -> Result<(), DbError> {
         const CTX: &str = "observers.batch_close";
-        let c = self.client(Lane::Main, CTX).await?;
-        let stmt = c
-            .prepare_cached(queries::BATCH_CLOSE)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
+        let (c, stmt) = self.prepared(Lane::Main, CTX, queries::BATCH_CLOSE).await?;
         c.execute(&stmt, &[&group, &epoch])
             .await
             .map_err(|e| self.err(CTX, e))?;
