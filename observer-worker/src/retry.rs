@@ -78,14 +78,20 @@ impl RetryPolicy {
     }
 
     /// How long to wait before the next attempt. A server's `Retry-After` is
-    /// honoured instead of the computed backoff, clamped to `max_backoff`.
+    /// honoured as asked instead of the computed backoff, even beyond
+    /// `max_backoff` (the receiver knows its own limits; retrying earlier only
+    /// burns an attempt), up to [`RETRY_AFTER_CEILING`].
     pub fn delay(&self, failed: u32, retry_after: Option<Duration>) -> Duration {
         match retry_after {
-            Some(ra) => ra.min(self.max_backoff),
+            Some(ra) => ra.min(RETRY_AFTER_CEILING),
             None => self.backoff(failed),
         }
     }
 }
+
+/// The longest `Retry-After` honoured: a receiver cannot park an event (and
+/// the checkpoint behind it) for longer than this.
+pub const RETRY_AFTER_CEILING: Duration = Duration::from_secs(3600);
 
 /// What an HTTP status means for delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_clamped_to_max_backoff() {
+    fn retry_after_is_honoured_beyond_max_backoff_up_to_the_ceiling() {
         let p = RetryPolicy {
             max_backoff: Duration::from_secs(10),
             ..policy()
@@ -232,8 +238,12 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(
-            p.delay(1, Some(Duration::from_secs(3600))),
-            Duration::from_secs(10)
+            p.delay(1, Some(Duration::from_secs(600))),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(86_400))),
+            RETRY_AFTER_CEILING
         );
         assert!(p.delay(1, None) <= Duration::from_millis(500));
     }
