@@ -1,6 +1,6 @@
 //! Shared pieces of the end-to-end tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -166,4 +166,13 @@ pub fn random_secret() -> String {
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     )
+}
+
+/// The `new.label` of every successful delivery (tests that write a `label` column).
+pub fn delivered_labels(rx: &Receiver) -> HashSet<String> {
+    rx.deliveries()
+        .iter()
+        .filter(|d| d.succeeded())
+        .filter_map(|d| d.body.as_ref()?["new"]["label"].as_str().map(str::to_owned))
+        .collect()
 }

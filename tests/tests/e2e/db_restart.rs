@@ -43,14 +43,6 @@ async fn writer(url: String, name: &'static str, stop: Arc<AtomicBool>) -> usize
     ok
 }
 
-fn delivered_labels(rx: &Receiver) -> HashSet<String> {
-    rx.deliveries()
-        .iter()
-        .filter(|d| d.succeeded())
-        .filter_map(|d| d.body.as_ref()?["new"]["label"].as_str().map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_restart_mid_stream_loses_nothing_and_worker_keeps_going() {
     let cluster = Arc::new(

@@ -1,7 +1,7 @@
 //! Guarantee 2.2: a transaction that commits after events with higher ids were delivered is
 //! still delivered (no `id > checkpoint` gap).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,21 +179,11 @@ async fn many_interleaved_late_transactions_leave_no_gap() {
     let rolled_back = rolled_back.lock().clone();
     let ok = rx
         .wait_until(LONG, |rx| {
-            let got: HashSet<String> = rx
-                .deliveries()
-                .iter()
-                .filter(|d| d.succeeded())
-                .filter_map(|d| d.body.as_ref()?["new"]["label"].as_str().map(str::to_owned))
-                .collect();
+            let got = delivered_labels(rx);
             committed.iter().all(|l| got.contains(l))
         })
         .await;
-    let got: HashSet<String> = rx
-        .deliveries()
-        .iter()
-        .filter(|d| d.succeeded())
-        .filter_map(|d| d.body.as_ref()?["new"]["label"].as_str().map(str::to_owned))
-        .collect();
+    let got = delivered_labels(&rx);
     let missing: Vec<&String> = committed.iter().filter(|l| !got.contains(*l)).collect();
     assert!(
         ok,
@@ -273,15 +263,12 @@ async fn concurrent_writers_flat_out_leave_no_gap() {
     for h in writers {
         committed.extend(h.await.unwrap());
     }
-    assert!(committed.len() > 1000, "the writers barely wrote ({} rows)", committed.len());
+    assert!(
+        committed.len() > 1000,
+        "the writers barely wrote ({} rows)",
+        committed.len()
+    );
 
-    let delivered_labels = |rx: &observers_tests::receiver::Receiver| -> HashSet<String> {
-        rx.deliveries()
-            .iter()
-            .filter(|d| d.succeeded())
-            .filter_map(|d| d.body.as_ref()?["new"]["label"].as_str().map(str::to_owned))
-            .collect()
-    };
     let ok = rx
         .wait_until(LONG, |rx| {
             let got = delivered_labels(rx);
