@@ -7,6 +7,7 @@ pub mod actions;
 pub mod env;
 mod parse;
 pub mod reader;
+pub mod resilience;
 mod validate;
 pub mod yaml;
 
@@ -17,6 +18,9 @@ use std::time::Duration;
 pub use actions::{ActionConfig, WebhookConfig};
 pub use env::{Env, ProcessEnv};
 pub use reader::Problem;
+pub use resilience::{
+    BreakerConfig, CacheBackend, CachingConfig, DedupBackend, DedupConfig, RedisConfig,
+};
 
 use crate::retry::RetryPolicy;
 
@@ -32,6 +36,11 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// TTL of the group's leader lease (`failover.lease_ttl`).
     pub lease_ttl: Duration,
+    /// `redis:` connection settings, when a feature uses Redis.
+    pub redis: Option<RedisConfig>,
+    pub deduplication: DedupConfig,
+    pub caching: CachingConfig,
+    pub circuit_breaker: BreakerConfig,
     /// Observers from the file, applied to the database at start.
     pub observers: Vec<ObserverConfig>,
 }

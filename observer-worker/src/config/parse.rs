@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::actions::{read_actions, read_retry};
+use super::resilience::{self, CacheBackend, DedupBackend};
 use super::reader::{index, Reader};
 use super::yaml::Node;
 use super::{
@@ -57,6 +58,24 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
     let concurrency = read_concurrency(r, top.get("concurrent_execution"));
     let metrics = read_metrics(r, top.get("metrics"));
     let lease_ttl = read_failover(r, top.get("failover"));
+    let redis = resilience::read_redis(r, top.get("redis"));
+    let (deduplication, dedup_mark) = resilience::read_dedup(r, top.get("deduplication"));
+    resilience::check_redis_needed(
+        r,
+        redis.as_ref(),
+        "deduplication",
+        deduplication.enabled && deduplication.backend == DedupBackend::Redis,
+        dedup_mark,
+    );
+    let (caching, caching_mark) = resilience::read_caching(r, top.get("caching"));
+    resilience::check_redis_needed(
+        r,
+        redis.as_ref(),
+        "caching",
+        caching.enabled && caching.backend == CacheBackend::Redis,
+        caching_mark,
+    );
+    let circuit_breaker = resilience::read_breaker(r, top.get("circuit_breaker"));
     read_later_features(r, &top);
 
     let mut observers = Vec::new();
@@ -78,6 +97,10 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         concurrency,
         metrics,
         lease_ttl,
+        redis,
+        deduplication,
+        caching,
+        circuit_breaker,
         observers,
     })
 }
@@ -277,17 +300,6 @@ fn read_failover(r: &mut Reader, node: Option<&Node>) -> Duration {
 /// checked, and turning them on is an error rather than silently ignored.
 fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
     let later: &[(&str, &[&str])] = &[
-        ("deduplication", &["backend", "ttl"]),
-        ("caching", &["backend", "default_ttl"]),
-        (
-            "circuit_breaker",
-            &[
-                "failure_ratio",
-                "min_requests",
-                "open_for",
-                "half_open_requests",
-            ],
-        ),
         ("job_queue", &["workers"]),
         ("elasticsearch", &["url", "index"]),
     ];
@@ -298,25 +310,6 @@ fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
         };
         let f = &feat.fields;
         match *name {
-            "deduplication" => {
-                check_choice(r, f, "backend", &["redis", "postgres"]);
-                check_duration(r, f, "ttl");
-            }
-            "caching" => {
-                check_choice(r, f, "backend", &["redis", "memory"]);
-                check_duration(r, f, "default_ttl");
-            }
-            "circuit_breaker" => {
-                if let Some(n) = f.get("failure_ratio") {
-                    r.number(n, &f.path_of("failure_ratio"), 0.0, 1.0);
-                }
-                for k in ["min_requests", "half_open_requests"] {
-                    if let Some(n) = f.get(k) {
-                        r.integer(n, &f.path_of(k), 1, 1_000_000);
-                    }
-                }
-                check_duration(r, f, "open_for");
-            }
             "job_queue" => {
                 if let Some(n) = f.get("workers") {
                     r.integer(n, &f.path_of("workers"), 1, 10_000);
@@ -337,23 +330,6 @@ fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
                 feat.mark,
                 format!("{name} is not available in this version yet: write `{name}: disabled` or remove the section"),
             );
-        }
-    }
-
-    // `redis:` is connection settings only (used by deduplication/caching).
-    if let Some(node) = top.get("redis") {
-        if let Some(f) = r.map(node, "redis", &["url"]) {
-            if let Some(n) = f.get("url") {
-                if let Some(url) = r.non_empty_string(n, &f.path_of("url")) {
-                    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                        r.problem(
-                            &f.path_of("url"),
-                            n.mark,
-                            "expected a URL like redis://127.0.0.1:6379",
-                        );
-                    }
-                }
-            }
         }
     }
 
@@ -382,21 +358,6 @@ fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
                     node.mark,
                     "lookups are not available in this version yet (they come with templated actions): remove the \
                      section",
-                );
-            }
-        }
-    }
-}
-
-fn check_choice(r: &mut Reader, f: &super::reader::Fields<'_>, key: &str, choices: &[&str]) {
-    if let Some(n) = f.get(key) {
-        let path = f.path_of(key);
-        if let Some(v) = r.string(n, &path) {
-            if !choices.contains(&v.trim()) {
-                r.problem(
-                    &path,
-                    n.mark,
-                    format!("expected one of {}, found {v:?}", choices.join(", ")),
                 );
             }
         }

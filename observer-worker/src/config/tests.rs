@@ -138,9 +138,6 @@ observers:
     assert_eq!(
         paths,
         vec![
-            "deduplication",
-            "caching",
-            "circuit_breaker",
             "failover",
             "job_queue",
             "lookups",
@@ -151,12 +148,12 @@ observers:
     );
     assert!(
         p[0].message
-            .contains("deduplication is not available in this version yet"),
+            .contains("failover is not available in this version yet"),
         "{}",
         p[0].message
     );
     assert!(
-        p[6].message
+        p[3].message
             .contains("`slack` is not available in this version yet"),
         "{}",
         p[6].message
@@ -164,8 +161,8 @@ observers:
     assert_eq!(
         p[0].mark,
         Some(Mark {
-            line: 18,
-            column: 16
+            line: 23,
+            column: 11
         })
     );
 }
@@ -430,7 +427,22 @@ fn feature_shorthand_and_maps() {
         p[0].message
     );
     let p = problems("caching: { backend: disk }\n", &[]);
-    assert_eq!(p.len(), 2, "{p:#?}"); // bad backend + not available
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].message.contains("expected one of redis, memory"), "{p:#?}");
+    let p = problems("deduplication: { backend: redis }\n", &[]);
+    assert_eq!(p[0].path, "deduplication.backend", "{p:#?}");
+    assert!(p[0].message.contains("needs a `redis:` section"), "{p:#?}");
+    let c = parse(
+        "deduplication: { backend: redis, ttl: 1h }\nredis: { url: redis://127.0.0.1:6390 }\ncircuit_breaker: { min_requests: 4, open_for: 2s }\n",
+        &[],
+    )
+    .unwrap();
+    assert!(c.deduplication.enabled);
+    assert_eq!(c.deduplication.backend, crate::config::DedupBackend::Redis);
+    assert_eq!(c.deduplication.ttl, std::time::Duration::from_secs(3600));
+    assert!(c.circuit_breaker.enabled);
+    assert_eq!(c.circuit_breaker.min_requests, 4);
+    assert!(!c.caching.enabled, "caching is opt-in");
 }
 
 #[test]
