@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything `make demo`, `make test` and `make bench` need, idempotently:
-#   Debian packages (PostgreSQL 15 server + headers, clang for bindgen, sudo for cargo-pgrx),
+#   Debian packages (PostgreSQL 15 server + headers, clang for bindgen, sudo for cargo-pgrx,
+#   redis-server for the tests that run a private Redis),
 #   cargo-pgrx 0.18.0 (pinned: pgrx 0.19 needs a newer Rust than this machine has),
 #   and `cargo pgrx init` against the system PostgreSQL 15 (downloads nothing).
 # Safe to run again: each step checks first and skips what is already there.
@@ -14,7 +15,7 @@ sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages
 pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib clang libclang-dev sudo pkg-config
-      libssl-dev ca-certificates)
+      libssl-dev ca-certificates redis-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
