@@ -15,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod pipeline;
+pub mod resilience;
 pub mod retry;
 pub mod signing;
 pub mod telemetry;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::actions::{read_actions, read_retry};
-use super::resilience::{self, CacheBackend, DedupBackend};
 use super::reader::{index, Reader};
+use super::resilience::{self, CacheBackend, DedupBackend};
 use super::yaml::Node;
 use super::{
     CheckpointConfig, ConcurrencyConfig, Config, DatabaseConfig, Defaults, MetricsConfig,

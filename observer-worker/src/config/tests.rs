@@ -428,7 +428,10 @@ fn feature_shorthand_and_maps() {
     );
     let p = problems("caching: { backend: disk }\n", &[]);
     assert_eq!(p.len(), 1, "{p:#?}");
-    assert!(p[0].message.contains("expected one of redis, memory"), "{p:#?}");
+    assert!(
+        p[0].message.contains("expected one of redis, memory"),
+        "{p:#?}"
+    );
     let p = problems("deduplication: { backend: redis }\n", &[]);
     assert_eq!(p[0].path, "deduplication.backend", "{p:#?}");
     assert!(p[0].message.contains("needs a `redis:` section"), "{p:#?}");

@@ -8,10 +8,13 @@
 //! is dropped when next checked out and a fresh one is opened.
 
 mod control;
+mod dedup;
 pub mod listener;
 mod outbox;
 pub mod queries;
 pub mod schema;
+
+pub use dedup::ClaimState;
 
 use std::fmt;
 use std::str::FromStr;

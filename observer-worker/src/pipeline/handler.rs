@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::sync::{watch, Notify, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, error, warn};
 
 use super::dispatcher::{EventHandler, EventOutcome};
-use super::executor::{self, ActionOutcome};
+use super::executor::{self, ActionOutcome, Layers};
 use super::lease::LeaseState;
 use super::registry::{ObserverRegistry, RuntimeObserver};
 use crate::actions::{Action, BoxFuture, Delivery};
 use crate::db::{Db, DeadLetterRecord, FetchedEvent};
+use crate::resilience::PairKey;
 use crate::telemetry::Stats;
 
 pub struct Deliverer {
@@ -24,10 +24,10 @@ pub struct Deliverer {
     pub group: String,
     pub lease: watch::Receiver<LeaseState>,
     pub fenced: Arc<Notify>,
-    /// One permit per running attempt (`concurrent_execution.max_in_flight`).
-    pub limiter: Arc<Semaphore>,
-    /// Soft shutdown: no new retries, no waiting for broken observers.
-    pub stop: CancellationToken,
+    /// Concurrency, circuit breakers, deduplication (and the soft shutdown token).
+    pub layers: Layers,
+    /// This installation's id (part of dedup keys); set when deduplication is on.
+    pub installation: Option<[u8; 16]>,
     pub stats: Arc<Stats>,
 }
 
@@ -41,7 +41,7 @@ impl Deliverer {
     async fn deliver(&self, event: FetchedEvent) -> EventOutcome {
         let Some(observer) = self
             .registry
-            .runnable(event.observer_id, event.id, &self.stop)
+            .runnable(event.observer_id, event.id, &self.layers.stop)
             .await
         else {
             return EventOutcome::Unfinished;
@@ -77,8 +77,22 @@ impl Deliverer {
         event: &FetchedEvent,
         index: usize,
     ) -> bool {
-        let delivery = Delivery::new(event.id, index, event.body.clone());
-        match executor::run(action.as_ref(), &delivery, &self.limiter, &self.stop).await {
+        let mut delivery = Delivery::new(event.id, index, event.body.clone());
+        if let (Some(inst), Some(_)) = (&self.installation, &self.layers.dedup) {
+            delivery = delivery.with_dedup_key(PairKey::new(
+                inst,
+                observer.id,
+                index,
+                event.id,
+                &event.day,
+            ));
+        }
+        match executor::run(action.as_ref(), &delivery, &self.layers).await {
+            ActionOutcome::AlreadyDone => {
+                Stats::add(&self.stats.dedup_hits, 1);
+                debug!(observer = %observer.name, event_id = event.id, action_index = index, "already succeeded (deduplication): not executed again");
+                true
+            }
             ActionOutcome::Delivered { attempts } => {
                 Stats::add(&self.stats.actions_delivered, 1);
                 Stats::add(&self.stats.attempts_failed, u64::from(attempts - 1));
