@@ -14,6 +14,8 @@ mod bad_config;
 mod crash;
 #[path = "e2e/db_restart.rs"]
 mod db_restart;
+#[path = "e2e/dedup.rs"]
+mod dedup;
 #[path = "e2e/delivery.rs"]
 mod delivery;
 #[path = "e2e/filters.rs"]
