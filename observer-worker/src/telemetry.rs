@@ -45,6 +45,10 @@ pub struct Stats {
     pub checkpoints_saved: AtomicU64,
     /// Pairs not executed because they had already succeeded (deduplication).
     pub dedup_hits: AtomicU64,
+    /// Pairs parked because their destination's circuit breaker was open.
+    pub actions_parked: AtomicU64,
+    /// Parked pairs delivered later.
+    pub parked_delivered: AtomicU64,
 }
 
 impl Stats {
@@ -66,6 +70,8 @@ impl Stats {
             "batches_closed": Self::get(&self.batches_closed),
             "checkpoints_saved": Self::get(&self.checkpoints_saved),
             "dedup_hits": Self::get(&self.dedup_hits),
+            "actions_parked": Self::get(&self.actions_parked),
+            "parked_delivered": Self::get(&self.parked_delivered),
         })
     }
 }

@@ -22,6 +22,7 @@ use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_IN
 use crate::pipeline::executor::Layers;
 use crate::pipeline::handler::Deliverer;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
+use crate::pipeline::parked::ParkedLoop;
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry};
 use crate::resilience::dedup::installation_bytes;
 use crate::resilience::{Breakers, Dedup};
@@ -126,6 +127,22 @@ pub async fn run(
     tasks.spawn(maintenance(db.clone(), background.clone()));
     tasks.spawn(refresh_definitions(registry.clone(), background.clone()));
 
+    if layers.breakers.is_some() {
+        tasks.spawn(
+            Arc::new(ParkedLoop {
+                db: db.clone(),
+                group: group.clone(),
+                registry: registry.clone(),
+                lease: lease_rx.clone(),
+                fenced: fenced.clone(),
+                layers: layers.clone(),
+                installation,
+                stats: stats.clone(),
+            })
+            .run(background.clone()),
+        );
+    }
+
     // 5. Consume until stopped.
     let handler = Arc::new(Deliverer {
         registry: registry.clone(),
@@ -190,6 +207,7 @@ pub async fn run(
         actions_dead_lettered = Stats::get(&stats.actions_dead_lettered),
         failed_attempts = Stats::get(&stats.attempts_failed),
         dedup_hits = Stats::get(&stats.dedup_hits),
+        actions_parked = Stats::get(&stats.actions_parked),
         unfinished = report.unfinished_at_shutdown,
         final_checkpoint = report.final_checkpoint,
         "fraiseql-observers stopped"

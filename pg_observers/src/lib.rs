@@ -59,9 +59,14 @@ extension_sql_file!(
     requires = ["tables"]
 );
 extension_sql_file!(
+    "../sql/bootstrap/36_parked.sql",
+    name = "parked",
+    requires = ["worker_api"]
+);
+extension_sql_file!(
     "../sql/bootstrap/40_maintain.sql",
     name = "maintain",
-    requires = ["admin_api", "dedup", api::retention_setting]
+    requires = ["admin_api", "dedup", "parked", api::retention_setting]
 );
 extension_sql_file!(
     "../sql/bootstrap/90_privileges.sql",

@@ -10,6 +10,8 @@ mod common;
 
 #[path = "e2e/bad_config.rs"]
 mod bad_config;
+#[path = "e2e/breaker.rs"]
+mod breaker;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/db_restart.rs"]

@@ -29,6 +29,11 @@ pub struct Delivery {
     pub body: Bytes,
     /// The pair's deduplication key, when deduplication is on.
     pub dedup_key: Option<PairKey>,
+    /// Attempts already used (a parked pair resumes with its count).
+    pub attempts_used: u32,
+    /// May be parked when its destination's breaker is open (not for ordered observers,
+    /// not for a pair that is being delivered from the parked table).
+    pub may_park: bool,
 }
 
 impl Delivery {
@@ -39,6 +44,8 @@ impl Delivery {
             webhook_id: webhook_id(event_id, action_index),
             body,
             dedup_key: None,
+            attempts_used: 0,
+            may_park: false,
         }
     }
 

@@ -11,10 +11,12 @@ mod control;
 mod dedup;
 pub mod listener;
 mod outbox;
+mod parked;
 pub mod queries;
 pub mod schema;
 
 pub use dedup::ClaimState;
+pub use parked::{ParkRecord, ParkedPair};
 
 use std::fmt;
 use std::str::FromStr;

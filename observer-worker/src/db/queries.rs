@@ -67,3 +67,15 @@ pub const DEDUP_CONFIRM: &str =
 
 /// `dedup_release(keys, days, owner)`.
 pub const DEDUP_RELEASE: &str = "SELECT observers.dedup_release($1, $2::text[]::date[], $3)";
+
+/// `park_add(group, epoch, event_id, observer_id, action_index, action_type, webhook_id, day,
+/// destination, body, attempts, last_error)` (fenced) -> parked id.
+pub const PARK_ADD: &str = "SELECT observers.park_add($1, $2, $3, $4, $5, $6, $7, $8::text::date, \
+     $9, $10, $11, $12)";
+
+/// `park_fetch(group, skip_destinations, skip_ids, lim)` -> parked pairs, oldest first.
+pub const PARK_FETCH: &str = "SELECT id, event_id, observer_id, action_index, webhook_id, day, \
+     destination, body, attempts FROM observers.park_fetch($1, $2, $3, $4)";
+
+/// `park_finish(group, epoch, id, error, attempts, last_status)` (fenced).
+pub const PARK_FINISH: &str = "SELECT observers.park_finish($1, $2, $3, $4, $5, $6)";

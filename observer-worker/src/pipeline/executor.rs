@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::actions::{Action, AttemptError, Delivery};
-use crate::resilience::{Breakers, Dedup, Verdict};
+use crate::resilience::{Admit, Breakers, Dedup, Verdict};
 
 /// Grace on top of the action's own timeout before the layer cuts it off
 /// (the webhook action enforces its timeout itself; this is the safety net).
@@ -45,6 +45,12 @@ pub enum ActionOutcome {
     /// Shutdown began while waiting to retry: not finished, delivered again later.
     Abandoned {
         attempts: u32,
+    },
+    /// The destination's circuit breaker is open: hand the pair to the parked table (its
+    /// attempts so far are kept; it is delivered when the breaker lets calls through).
+    Park {
+        attempts: u32,
+        last_error: Option<String>,
     },
 }
 
@@ -77,12 +83,19 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
     let stop = &layers.stop;
     let breaker = layers.breakers.as_deref().zip(action.destination());
     let dedup = layers.dedup.as_deref().zip(delivery.dedup_key.as_ref());
-    let mut attempts: u32 = 0;
+    let mut attempts: u32 = delivery.attempts_used;
+    let mut last_error: Option<String> = None;
     loop {
         let pass = match breaker {
-            Some((b, dest)) => match b.admit(dest, stop).await {
-                Some(p) => Some(p),
-                None => return ActionOutcome::Abandoned { attempts },
+            Some((b, dest)) => match b.admit(dest, stop, delivery.may_park).await {
+                Admit::Go(p) => Some(p),
+                Admit::Open => {
+                    return ActionOutcome::Park {
+                        attempts,
+                        last_error,
+                    }
+                }
+                Admit::Stopped => return ActionOutcome::Abandoned { attempts },
             },
             None => None,
         };
@@ -141,6 +154,7 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
             };
         }
         let delay = policy.delay(attempts, err.retry_after);
+        last_error = Some(err.message.clone());
         debug!(
             event_id = delivery.event_id,
             action_index = delivery.action_index,

@@ -205,6 +205,16 @@ pub struct Breakers {
     map: Mutex<HashMap<Arc<str>, Arc<Mutex<Breaker>>>>,
 }
 
+/// What [`Breakers::admit`] decided.
+#[derive(Debug)]
+pub enum Admit {
+    Go(Pass),
+    /// The breaker is open and the caller asked not to wait.
+    Open,
+    /// Shutdown began while waiting.
+    Stopped,
+}
+
 /// Permission to make one call to a destination; report its outcome with [`Breakers::record`].
 #[derive(Debug)]
 pub struct Pass {
@@ -232,27 +242,54 @@ impl Breakers {
         (key, b)
     }
 
-    /// Waits until `destination` may be called. `None` when `stop` fired while waiting.
-    pub async fn admit(&self, destination: &str, stop: &CancellationToken) -> Option<Pass> {
+    /// Waits until `destination` may be called. With `park_if_open`, returns
+    /// [`Admit::Open`] at once instead of waiting out an open breaker (a half-open one with all
+    /// probes taken is only a short wait).
+    pub async fn admit(
+        &self,
+        destination: &str,
+        stop: &CancellationToken,
+        park_if_open: bool,
+    ) -> Admit {
         let (destination, breaker) = self.breaker(destination);
         loop {
-            let decision = breaker.lock().try_admit(Instant::now());
+            let (decision, state) = {
+                let mut b = breaker.lock();
+                (b.try_admit(Instant::now()), b.state())
+            };
             match decision {
                 Admission::Go { probe } => {
-                    return Some(Pass {
+                    return Admit::Go(Pass {
                         breaker,
                         destination,
                         probe,
                     })
                 }
+                Admission::WaitUntil(_) if park_if_open && state == State::Open => {
+                    return Admit::Open
+                }
                 Admission::WaitUntil(at) => {
                     tokio::select! {
-                        _ = stop.cancelled() => return None,
+                        _ = stop.cancelled() => return Admit::Stopped,
                         _ = tokio::time::sleep_until(at.into()) => {}
                     }
                 }
             }
         }
+    }
+
+    /// Destinations whose breaker is open right now (their parked pairs wait).
+    pub fn open_destinations(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.map
+            .lock()
+            .iter()
+            .filter(|(_, b)| {
+                let b = b.lock();
+                b.state() == State::Open && now < b.open_until
+            })
+            .map(|(k, _)| k.to_string())
+            .collect()
     }
 
     /// Reports the outcome of a call admitted by `pass`.
@@ -411,16 +448,25 @@ mod tests {
         c.min_requests = 1;
         let breakers = Breakers::new(c);
         let stop = CancellationToken::new();
-        let pass = breakers.admit("http://a:1", &stop).await.unwrap();
+        let go = |a: Admit| match a {
+            Admit::Go(p) => p,
+            other => panic!("{other:?}"),
+        };
+        let pass = go(breakers.admit("http://a:1", &stop, false).await);
         breakers.record(pass, true);
         // another destination is not affected
         let started = Instant::now();
-        let other = breakers.admit("http://b:1", &stop).await.unwrap();
+        let other = go(breakers.admit("http://b:1", &stop, false).await);
         assert!(started.elapsed() < Duration::from_millis(100));
         breakers.record(other, false);
         // the open one waits about open_for
         let started = Instant::now();
-        let probe = breakers.admit("http://a:1", &stop).await.unwrap();
+        assert!(matches!(
+            breakers.admit("http://a:1", &stop, true).await,
+            Admit::Open
+        ));
+        assert_eq!(breakers.open_destinations(), vec!["http://a:1".to_owned()]);
+        let probe = go(breakers.admit("http://a:1", &stop, false).await);
         assert!(
             started.elapsed() >= Duration::from_millis(150),
             "{:?}",
@@ -434,7 +480,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             s2.cancel();
         });
-        assert!(breakers.admit("http://a:1", &stop).await.is_none());
+        assert!(matches!(
+            breakers.admit("http://a:1", &stop, false).await,
+            Admit::Stopped
+        ));
         let snap = breakers.snapshot();
         assert_eq!(snap["http://a:1"]["state"], "open");
         assert_eq!(snap["http://b:1"]["state"], "closed");

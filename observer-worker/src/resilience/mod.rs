@@ -6,5 +6,5 @@ pub mod batcher;
 pub mod breaker;
 pub mod dedup;
 
-pub use breaker::Breakers;
+pub use breaker::{Admit, Breakers};
 pub use dedup::{Dedup, PairKey, Verdict};
