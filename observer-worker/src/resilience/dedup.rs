@@ -1,5 +1,5 @@
 //! Deduplication of (observer, action, event) pairs: claim before executing, confirm after
-//! success, release after a failed attempt (docs/DEDUPLICATION.md).
+//! success, release after a failed attempt (docs/RESILIENCE.md).
 //!
 //! * The key of a pair is the SHA-256 of a fixed-width encoding of (installation id, observer
 //!   id, action index, event id): unambiguous, so two different pairs never share a key, and

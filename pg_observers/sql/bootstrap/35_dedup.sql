@@ -1,5 +1,5 @@
 -- pg_observers: deduplication state of the `postgres` backend (and the fallback of the `redis`
--- backend). See docs/DEDUPLICATION.md.
+-- backend). See docs/RESILIENCE.md.
 --
 -- One row per (observer, action, event) pair that a worker claimed or finished. `key` is the
 -- SHA-256 of an unambiguous encoding of the pair, computed by the worker. The row is
