@@ -42,7 +42,7 @@ impl Db {
         done_ttl: Duration,
     ) -> Result<Vec<ClaimState>, DbError> {
         const CTX: &str = "observers.dedup_claim";
-        let (c, stmt) = self.prepared(Lane::Side, CTX, queries::DEDUP_CLAIM).await?;
+        let (c, stmt) = self.prepared(Lane::Dedup, CTX, queries::DEDUP_CLAIM).await?;
         let rows = c
             .query(
                 &stmt,
@@ -90,7 +90,7 @@ impl Db {
     ) -> Result<(), DbError> {
         const CTX: &str = "observers.dedup_confirm";
         let (c, stmt) = self
-            .prepared(Lane::Side, CTX, queries::DEDUP_CONFIRM)
+            .prepared(Lane::Dedup, CTX, queries::DEDUP_CONFIRM)
             .await?;
         c.execute(&stmt, &[&keys, &days, &ttl.as_secs_f64()])
             .await
@@ -106,7 +106,7 @@ impl Db {
     ) -> Result<(), DbError> {
         const CTX: &str = "observers.dedup_release";
         let (c, stmt) = self
-            .prepared(Lane::Side, CTX, queries::DEDUP_RELEASE)
+            .prepared(Lane::Dedup, CTX, queries::DEDUP_RELEASE)
             .await?;
         c.execute(&stmt, &[&keys, &days, &owner])
             .await

@@ -171,6 +171,7 @@ pub struct Db {
     main: Pool,
     lease: Pool,
     side: Pool,
+    dedup: Pool,
     pg: tokio_postgres::Config,
     target: String,
 }
@@ -187,6 +188,8 @@ pub(crate) enum Lane {
     Main,
     Lease,
     Side,
+    /// Deduplication state: asynchronous commit (see `Db::new`).
+    Dedup,
 }
 
 impl Db {
@@ -212,13 +215,22 @@ impl Db {
         // synchronous: an epoch must never be handed out twice.
         // A statement that hangs (e.g. behind a lock) must not stall the
         // consumer forever: it fails after a minute and is retried.
-        let mut pg_main = pg.clone();
-        let main_options = "-c synchronous_commit=off -c statement_timeout=60s";
-        let options = match pg.get_options() {
-            Some(o) if !o.trim().is_empty() => format!("{o} {main_options}"),
-            _ => main_options.to_owned(),
+        // Deduplication state commits asynchronously too: a confirmation always commits before
+        // the checkpoint that passes its event (the executor waits for it), and WAL is durable
+        // in order, so a PostgreSQL crash can lose a confirmation only together with the
+        // checkpoint after it; that pair then runs again with its webhook-id (the window
+        // docs/RESILIENCE.md describes), never skipped.
+        let async_commit = |extra: &str| {
+            let mut c = pg.clone();
+            let options = match pg.get_options() {
+                Some(o) if !o.trim().is_empty() => format!("{o} {extra}"),
+                _ => extra.to_owned(),
+            };
+            c.options(options);
+            c
         };
-        pg_main.options(options);
+        let pg_main = async_commit("-c synchronous_commit=off -c statement_timeout=60s");
+        let pg_dedup = async_commit("-c synchronous_commit=off -c statement_timeout=30s");
         let make = |pg: &tokio_postgres::Config, size: usize| -> Result<Pool, DbError> {
             let mgr = Manager::from_config(
                 pg.clone(),
@@ -238,6 +250,7 @@ impl Db {
             main: make(&pg_main, 3)?,
             lease: make(&pg, 1)?,
             side: make(&pg, 4)?,
+            dedup: make(&pg_dedup, 4)?,
             pg,
             target,
         })
@@ -262,6 +275,7 @@ impl Db {
             Lane::Main => &self.main,
             Lane::Lease => &self.lease,
             Lane::Side => &self.side,
+            Lane::Dedup => &self.dedup,
         };
         pool.get().await.map_err(|e| match e {
             PoolError::Backend(e) => DbError::classify(&self.target, context, e),

@@ -64,10 +64,12 @@ impl PairKey {
     }
 
     pub fn redis_key(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::with_capacity(REDIS_PREFIX.len() + 64);
         s.push_str(REDIS_PREFIX);
         for b in self.hash {
-            s.push_str(&format!("{b:02x}"));
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 15)] as char);
         }
         s
     }
@@ -484,6 +486,8 @@ mod tests {
         assert_ne!(a.hash, d.hash, "another installation never shares a key");
         assert_eq!(a, PairKey::new(&inst, 1, 12, 3, "2026-11-29"));
         assert_eq!(a.redis_key().len(), REDIS_PREFIX.len() + 64);
+        let hex: String = a.hash.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(a.redis_key(), format!("{REDIS_PREFIX}{hex}"));
     }
 
     #[test]

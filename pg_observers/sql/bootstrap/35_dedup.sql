@@ -119,7 +119,8 @@ BEGIN
         CONTINUE WHEN to_regclass('observers.' || v_name) IS NOT NULL;
         CONTINUE WHEN EXISTS (SELECT 1 FROM observers.dedup_default WHERE day = v_day);
         BEGIN
-            EXECUTE format('CREATE TABLE observers.%I PARTITION OF observers.dedup FOR VALUES FROM (%L) TO (%L)',
+            -- fillfactor: a confirmation updates its claim in place (HOT) on the same page
+            EXECUTE format('CREATE TABLE observers.%I PARTITION OF observers.dedup FOR VALUES FROM (%L) TO (%L) WITH (fillfactor = 70)',
                            v_name, v_day, v_day + 1);
             v_rel := ('observers.' || v_name)::regclass;
             IF NOT observers._is_extension_member(v_rel) THEN
