@@ -294,7 +294,7 @@ async fn redis_down_mid_stream_falls_back_to_postgres_without_loss_or_doubles() 
 }
 
 /// How long the receiver holds each request of the race tests before answering.
-const RACE_REPLY_DELAY: Duration = Duration::from_secs(5);
+const RACE_REPLY_DELAY: Duration = Duration::from_secs(8);
 
 /// Webhook-ids executed a second time while the first execution was still in flight (the
 /// receiver holds every request for [`RACE_REPLY_DELAY`]; the frozen leader gives up on its
