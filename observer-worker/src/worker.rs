@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::actions::webhook;
-use crate::config::{Config, ProcessEnv};
+use crate::config::{Config, LookupSource, ProcessEnv};
 use crate::db::{listener, Db, DbError};
 use crate::error::WorkerError;
+use crate::lookups::{Lookups, Sources};
 use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_INTERVAL};
 use crate::pipeline::handler::Deliverer;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
@@ -65,12 +66,14 @@ pub async fn run(
     // 3. What we run comes from the database.
     let max_in_flight = config.concurrency.effective_max_in_flight();
     let http = webhook::http_client(max_in_flight).map_err(|e| WorkerError::Http(e.to_string()))?;
+    let lookups = Arc::new(build_lookups(&config, &db, &http)?);
     let registry = Arc::new(ObserverRegistry::new(
         db.clone(),
         group.clone(),
         Arc::new(ProcessEnv),
         config.retry.clone(),
         http,
+        lookups,
     ));
     let Some(loaded) = load_definitions(&registry, &db, &stop).await? else {
         return Ok(());
@@ -191,6 +194,42 @@ pub async fn run(
         }
         None => Ok(()),
     }
+}
+
+/// The declared lookups and their cache (no I/O: connections open on first use).
+fn build_lookups(config: &Config, db: &Db, http: &reqwest::Client) -> Result<Lookups, WorkerError> {
+    if config.lookups.is_empty() {
+        return Ok(Lookups::empty());
+    }
+    let needs_sql = config
+        .lookups
+        .iter()
+        .any(|l| matches!(l.source, LookupSource::Sql { .. }));
+    let pool = if needs_sql {
+        Some(
+            Sources::sql_pool(
+                db.pg_config(),
+                config.database.connect_timeout + Duration::from_secs(1),
+            )
+            .map_err(WorkerError::Lookups)?,
+        )
+    } else {
+        None
+    };
+    let lookups = Lookups::build(
+        &config.lookups,
+        &config.caching,
+        config.redis.as_ref(),
+        Sources::new(http.clone(), pool),
+    )
+    .map_err(|e| WorkerError::Lookups(e.to_string()))?;
+    info!(
+        lookups = ?lookups.names(),
+        caching = config.caching.enabled,
+        backend = ?config.caching.backend,
+        "lookups ready"
+    );
+    Ok(lookups)
 }
 
 /// Retries until the database answers. `Ok(None)` if stopped first.
