@@ -22,3 +22,6 @@ scripts/bench-capture.sh
 echo; echo "=== 2. end to end ==="
 "$top/target/release/bench-e2e" --pgurl "postgres://postgres@127.0.0.1:$port/postgres" \
   --worker-bin "$top/target/release/fraiseql-observers" "$@"
+
+echo; echo "=== 3. lookup latency (uncached vs redis hit vs memory hit, 50 ms source) ==="
+"$top/target/release/bench-lookups"
