@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::actions::webhook;
+use crate::config::lookups::EVICT_OBSERVER_PREFIX;
 use crate::config::{Config, LookupSource, ProcessEnv};
 use crate::db::{listener, Db, DbError};
 use crate::error::WorkerError;
-use crate::lookups::{Lookups, Sources};
+use crate::lookups::{LookupStats, Lookups, Sources};
 use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_INTERVAL};
 use crate::pipeline::handler::Deliverer;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
@@ -73,7 +74,7 @@ pub async fn run(
         Arc::new(ProcessEnv),
         config.retry.clone(),
         http,
-        lookups,
+        lookups.clone(),
     ));
     let Some(loaded) = load_definitions(&registry, &db, &stop).await? else {
         return Ok(());
@@ -177,6 +178,18 @@ pub async fn run(
         }
     }
 
+    if !lookups.names().is_empty() {
+        let s = lookups.stats();
+        info!(
+            source_calls = LookupStats::get(&s.source_calls),
+            source_errors = LookupStats::get(&s.source_errors),
+            cache_hits = LookupStats::get(&s.cache_hits),
+            cache_misses = LookupStats::get(&s.cache_misses),
+            redis_errors = LookupStats::get(&s.redis_errors),
+            evictions = LookupStats::get(&s.evictions),
+            "lookup statistics"
+        );
+    }
     info!(
         uptime = %humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
         events_finished = Stats::get(&stats.events_finished),
@@ -286,7 +299,7 @@ async fn apply_observers(
                 Err(e) => {
                     return Err(WorkerError::ObserverRejected {
                         name: o.name.clone(),
-                        path: format!("observers[{i}]"),
+                        path: observer_path(config, i),
                         source: e,
                     })
                 }
@@ -294,6 +307,27 @@ async fn apply_observers(
         }
     }
     Ok(true)
+}
+
+/// Where observer `i` of `config.observers` was written: the internal eviction
+/// observers (appended after the file's) point at their lookup's `table`.
+fn observer_path(config: &Config, i: usize) -> String {
+    let o = &config.observers[i];
+    let internal = o
+        .name
+        .strip_prefix(EVICT_OBSERVER_PREFIX)
+        .and_then(|name| config.lookups.iter().position(|l| l.name == name))
+        .filter(|_| !config.observers[..i].iter().any(|p| p.name == o.name));
+    let internal_count = if config.caching.enabled {
+        config.lookups.iter().filter(|l| l.table.is_some()).count()
+    } else {
+        0
+    };
+    let first_internal = config.observers.len().saturating_sub(internal_count);
+    match internal {
+        Some(j) if i >= first_internal => format!("lookups[{j}].table"),
+        _ => format!("observers[{i}]"),
+    }
 }
 
 async fn load_definitions(

@@ -285,7 +285,18 @@ pub fn compile_template(r: &mut Reader, text: &str, path: &str, node: &Node) -> 
 
 /// Global functions of minijinja a template may call (they show up as variables).
 fn is_builtin(v: &str) -> bool {
-    matches!(v, "range" | "dict" | "namespace" | "debug")
+    matches!(
+        v,
+        "range"
+            | "dict"
+            | "namespace"
+            | "debug"
+            | "loop"
+            | "caller"
+            | "varargs"
+            | "kwargs"
+            | "self"
+    )
 }
 
 /// Checks that every lookup a template uses is declared.

@@ -771,3 +771,22 @@ observers:
         "{text_problem:?}"
     );
 }
+
+#[test]
+fn template_loops_and_filters_are_not_unknown_variables() {
+    let src = "\
+observers:
+  - name: o
+    table: t
+    actions:
+      - type: slack
+        webhook_url: http://127.0.0.1:8080/slack
+        text: \"{% for c in (changed or []) %}{{ loop.index }}:{{ c | upper }} {% endfor %}{{ range(2) | list | length }}\"
+";
+    let c = parse(src, &[]).unwrap();
+    let ActionConfig::Slack(s) = &c.observers[0].actions[0] else {
+        panic!("expected slack")
+    };
+    let ctx = crate::templates::event_context(&serde_json::json!({"changed": ["a", "b"]}));
+    assert_eq!(s.text.render(&ctx).unwrap(), "1:A 2:B 2");
+}
