@@ -18,6 +18,7 @@ pub mod db;
 pub mod error;
 pub mod lookups;
 pub mod pipeline;
+pub mod resilience;
 pub mod retry;
 pub mod signing;
 pub mod telemetry;

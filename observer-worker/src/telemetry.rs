@@ -43,6 +43,12 @@ pub struct Stats {
     pub attempts_failed: AtomicU64,
     pub batches_closed: AtomicU64,
     pub checkpoints_saved: AtomicU64,
+    /// Pairs not executed because they had already succeeded (deduplication).
+    pub dedup_hits: AtomicU64,
+    /// Pairs parked because their destination's circuit breaker was open.
+    pub actions_parked: AtomicU64,
+    /// Parked pairs delivered later.
+    pub parked_delivered: AtomicU64,
 }
 
 impl Stats {
@@ -63,6 +69,9 @@ impl Stats {
             "attempts_failed": Self::get(&self.attempts_failed),
             "batches_closed": Self::get(&self.batches_closed),
             "checkpoints_saved": Self::get(&self.checkpoints_saved),
+            "dedup_hits": Self::get(&self.dedup_hits),
+            "actions_parked": Self::get(&self.actions_parked),
+            "parked_delivered": Self::get(&self.parked_delivered),
         })
     }
 }

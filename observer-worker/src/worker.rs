@@ -21,9 +21,13 @@ use crate::db::{listener, Db, DbError};
 use crate::error::WorkerError;
 use crate::lookups::{LookupStats, Lookups, Sources};
 use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_INTERVAL};
+use crate::pipeline::executor::Layers;
 use crate::pipeline::handler::Deliverer;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
+use crate::pipeline::parked::ParkedLoop;
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry};
+use crate::resilience::dedup::installation_bytes;
+use crate::resilience::{Breakers, Dedup};
 use crate::telemetry::Stats;
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -87,6 +91,11 @@ pub async fn run(
     // 4. Background tasks. They stop after the consumer has drained, so the
     //    lease stays renewed while in-flight work finishes.
     let background = CancellationToken::new();
+    let Some((layers, installation)) =
+        build_layers(&config, &db, max_in_flight, &stop, &background).await?
+    else {
+        return Ok(());
+    };
     let stats = Arc::new(Stats::default());
     let (lease_tx, lease_rx) = watch::channel(LeaseState::Standby);
     let fenced = Arc::new(Notify::new());
@@ -116,10 +125,27 @@ pub async fn run(
         worker_id.clone(),
         lease_rx.clone(),
         stats.clone(),
+        layers.clone(),
         background.clone(),
     ));
     tasks.spawn(maintenance(db.clone(), background.clone()));
     tasks.spawn(refresh_definitions(registry.clone(), background.clone()));
+
+    if layers.breakers.is_some() {
+        tasks.spawn(
+            Arc::new(ParkedLoop {
+                db: db.clone(),
+                group: group.clone(),
+                registry: registry.clone(),
+                lease: lease_rx.clone(),
+                fenced: fenced.clone(),
+                layers: layers.clone(),
+                installation,
+                stats: stats.clone(),
+            })
+            .run(background.clone()),
+        );
+    }
 
     // 5. Consume until stopped.
     let handler = Arc::new(Deliverer {
@@ -128,8 +154,8 @@ pub async fn run(
         group: group.clone(),
         lease: lease_rx.clone(),
         fenced: fenced.clone(),
-        limiter: Arc::new(Semaphore::new(max_in_flight)),
-        stop: stop.clone(),
+        layers,
+        installation,
         stats: stats.clone(),
     });
     let consumer = Consumer::new(
@@ -196,6 +222,8 @@ pub async fn run(
         actions_delivered = Stats::get(&stats.actions_delivered),
         actions_dead_lettered = Stats::get(&stats.actions_dead_lettered),
         failed_attempts = Stats::get(&stats.attempts_failed),
+        dedup_hits = Stats::get(&stats.dedup_hits),
+        actions_parked = Stats::get(&stats.actions_parked),
         unfinished = report.unfinished_at_shutdown,
         final_checkpoint = report.final_checkpoint,
         "fraiseql-observers stopped"
@@ -243,6 +271,68 @@ fn build_lookups(config: &Config, db: &Db, http: &reqwest::Client) -> Result<Loo
         "lookups ready"
     );
     Ok(lookups)
+}
+
+/// The resilience layers of `config` (concurrency, circuit breakers, deduplication) and, with
+/// deduplication on, this installation's id. `Ok(None)` if stopped first.
+async fn build_layers(
+    config: &Config,
+    db: &Db,
+    max_in_flight: usize,
+    stop: &CancellationToken,
+    background: &CancellationToken,
+) -> Result<Option<(Layers, Option<[u8; 16]>)>, WorkerError> {
+    let mut layers = Layers::new(Arc::new(Semaphore::new(max_in_flight)), stop.clone());
+    let cb = &config.circuit_breaker;
+    if cb.enabled {
+        info!(
+            failure_ratio = cb.failure_ratio,
+            min_requests = cb.min_requests,
+            window = %humantime::format_duration(cb.window),
+            open_for = %humantime::format_duration(cb.open_for),
+            half_open_requests = cb.half_open_requests,
+            "circuit breakers on (one per destination)"
+        );
+        layers.breakers = Some(Arc::new(Breakers::new(cb.clone())));
+    }
+    let dd = &config.deduplication;
+    if !dd.enabled {
+        return Ok(Some((layers, None)));
+    }
+    let mut backoff = Duration::from_millis(500);
+    let id = loop {
+        match db.installation_id().await {
+            Ok(id) => break id,
+            Err(e) if e.is_retryable() => {
+                warn!(retry_in = %humantime::format_duration(backoff), "{e}");
+                if !sleep_or_stop(backoff, stop).await {
+                    return Ok(None);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(WorkerError::Db(e)),
+        }
+    };
+    let installation = installation_bytes(&id).ok_or_else(|| {
+        WorkerError::Fatal(format!(
+            "observers.installation holds {id:?}, not a UUID: reinstall the extension"
+        ))
+    })?;
+    let dedup = Dedup::start(
+        dd,
+        config.redis.as_ref(),
+        db.clone(),
+        &config.worker.id,
+        background.clone(),
+    )
+    .map_err(WorkerError::Fatal)?;
+    info!(
+        backend = ?dd.backend,
+        ttl = %humantime::format_duration(dd.ttl),
+        "deduplication on"
+    );
+    layers.dedup = Some(dedup);
+    Ok(Some((layers, Some(installation))))
 }
 
 /// Retries until the database answers. `Ok(None)` if stopped first.
@@ -365,6 +455,7 @@ async fn heartbeat(
     worker_id: String,
     lease: watch::Receiver<LeaseState>,
     stats: Arc<Stats>,
+    layers: Layers,
     stop: CancellationToken,
 ) {
     let started_at = httpdate::fmt_http_date(std::time::SystemTime::now());
@@ -382,6 +473,8 @@ async fn heartbeat(
             "epoch": epoch,
             "started_at": started_at,
             "stats": stats.snapshot(),
+            "dedup": layers.dedup.as_ref().map(|d| d.snapshot()),
+            "breakers": layers.breakers.as_ref().map(|b| b.snapshot()),
         });
         if let Err(e) = db.heartbeat(&group, &worker_id, &info).await {
             debug!(error = %e, "heartbeat failed");

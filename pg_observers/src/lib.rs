@@ -54,9 +54,19 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/bootstrap/35_dedup.sql",
+    name = "dedup",
+    requires = ["tables"]
+);
+extension_sql_file!(
+    "../sql/bootstrap/36_parked.sql",
+    name = "parked",
+    requires = ["worker_api"]
+);
+extension_sql_file!(
     "../sql/bootstrap/40_maintain.sql",
     name = "maintain",
-    requires = ["admin_api", api::retention_setting]
+    requires = ["admin_api", "dedup", "parked", api::retention_setting]
 );
 extension_sql_file!(
     "../sql/bootstrap/90_privileges.sql",

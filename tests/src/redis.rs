@@ -78,7 +78,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not answer PING within 10s", self.port);
+        panic!(
+            "redis-server on port {} did not answer PING within 10s",
+            self.port
+        );
     }
 
     /// Send one inline command and return the first reply line (e.g. `:42`, `+OK`), or `None`

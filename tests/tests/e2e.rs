@@ -10,10 +10,14 @@ mod common;
 
 #[path = "e2e/bad_config.rs"]
 mod bad_config;
+#[path = "e2e/breaker.rs"]
+mod breaker;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/db_restart.rs"]
 mod db_restart;
+#[path = "e2e/dedup.rs"]
+mod dedup;
 #[path = "e2e/delivery.rs"]
 mod delivery;
 #[path = "e2e/filters.rs"]

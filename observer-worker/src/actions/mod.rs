@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use crate::config::ActionConfig;
 use crate::lookups::Lookups;
+use crate::resilience::PairKey;
 use crate::retry::RetryPolicy;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -29,6 +30,13 @@ pub struct Delivery {
     pub webhook_id: String,
     /// The event body (JSON text), sent as is.
     pub body: Bytes,
+    /// The pair's deduplication key, when deduplication is on.
+    pub dedup_key: Option<PairKey>,
+    /// Attempts already used (a parked pair resumes with its count).
+    pub attempts_used: u32,
+    /// May be parked when its destination's breaker is open (not for ordered observers,
+    /// not for a pair that is being delivered from the parked table).
+    pub may_park: bool,
 }
 
 impl Delivery {
@@ -38,7 +46,15 @@ impl Delivery {
             action_index,
             webhook_id: webhook_id(event_id, action_index),
             body,
+            dedup_key: None,
+            attempts_used: 0,
+            may_park: false,
         }
+    }
+
+    pub fn with_dedup_key(mut self, key: PairKey) -> Self {
+        self.dedup_key = Some(key);
+        self
     }
 }
 
@@ -59,6 +75,9 @@ pub struct AttemptError {
     pub status: Option<u16>,
     /// The server's `Retry-After`, if it sent a usable one.
     pub retry_after: Option<Duration>,
+    /// The failure happened before the destination was called (e.g. rendering a template):
+    /// it says nothing about the destination's health.
+    pub local: bool,
 }
 
 impl AttemptError {
@@ -68,7 +87,20 @@ impl AttemptError {
             message: message.into(),
             status: None,
             retry_after: None,
+            local: false,
         }
+    }
+    /// Retryable, and not the destination's fault (circuit breakers ignore it).
+    pub fn local(message: impl Into<String>) -> Self {
+        AttemptError {
+            local: true,
+            ..AttemptError::retryable(message)
+        }
+    }
+    /// Timeouts, transport errors, 5xx and 429 count as failures of the destination for its
+    /// circuit breaker; other 4xx mean it answered.
+    pub fn counts_against_destination(&self) -> bool {
+        self.retryable && !self.local
     }
     pub fn permanent(message: impl Into<String>) -> Self {
         AttemptError {
@@ -76,6 +108,7 @@ impl AttemptError {
             message: message.into(),
             status: None,
             retry_after: None,
+            local: false,
         }
     }
 }
@@ -87,6 +120,11 @@ pub trait Action: Send + Sync + 'static {
     /// Per-attempt time limit.
     fn timeout(&self) -> Duration;
     fn retry_policy(&self) -> &RetryPolicy;
+    /// `scheme://host:port` of the service it calls: the unit of circuit breaking.
+    /// `None` for actions without a remote destination.
+    fn destination(&self) -> Option<&str> {
+        None
+    }
     /// One attempt.
     fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>>;
 }

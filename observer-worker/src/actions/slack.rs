@@ -68,12 +68,7 @@ impl SlackAction {
 
     async fn attempt(&self, d: &Delivery) -> Result<(), AttemptError> {
         let body = self.render(&d.body).await?;
-        let message = Delivery {
-            event_id: d.event_id,
-            action_index: d.action_index,
-            webhook_id: d.webhook_id.clone(),
-            body,
-        };
+        let message = Delivery { body, ..d.clone() };
         self.post.execute(&message).await
     }
 }
@@ -90,6 +85,11 @@ impl Action for SlackAction {
 
     fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
+    }
+
+    /// The Slack endpoint (lookup sources are not: their failures are `local`).
+    fn destination(&self) -> Option<&str> {
+        self.post.destination()
     }
 
     fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>> {

@@ -40,6 +40,18 @@ pub struct WebhookAction {
     key: Option<SigningKey>,
     timeout: Duration,
     retry: RetryPolicy,
+    destination: String,
+}
+
+/// `scheme://host:port` (port made explicit): the circuit breaker's unit. Never the path or
+/// query, which may carry tokens.
+pub fn destination_of(url: &reqwest::Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
 }
 
 impl WebhookAction {
@@ -56,6 +68,7 @@ impl WebhookAction {
             key: cfg.signing_key.clone(),
             timeout: cfg.timeout,
             retry: cfg.retry.clone(),
+            destination: destination_of(&cfg.url),
         }
     }
 
@@ -118,6 +131,7 @@ impl WebhookAction {
                     message,
                     status: Some(status.as_u16()),
                     retry_after,
+                    local: false,
                 })
             }
         }
@@ -165,6 +179,10 @@ impl Action for WebhookAction {
 
     fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
+    }
+
+    fn destination(&self) -> Option<&str> {
+        Some(&self.destination)
     }
 
     fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>> {

@@ -119,7 +119,11 @@ pub fn read_redis(r: &mut Reader, node: Option<&Node>) -> Option<RedisConfig> {
         }
     }
     let Some(n) = f.get("url") else {
-        r.problem("redis", node.mark, "missing `url` (e.g. `url: redis://127.0.0.1:6379`)");
+        r.problem(
+            "redis",
+            node.mark,
+            "missing `url` (e.g. `url: redis://127.0.0.1:6379`)",
+        );
         return None;
     };
     let url = r.non_empty_string(n, &f.path_of("url"))?;

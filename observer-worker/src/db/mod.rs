@@ -8,10 +8,15 @@
 //! is dropped when next checked out and a fresh one is opened.
 
 mod control;
+mod dedup;
 pub mod listener;
 mod outbox;
+mod parked;
 pub mod queries;
 pub mod schema;
+
+pub use dedup::ClaimState;
+pub use parked::{ParkRecord, ParkedPair};
 
 use std::fmt;
 use std::str::FromStr;

@@ -33,6 +33,8 @@ pub struct FetchedEvent {
     pub ordering_key: Option<String>,
     /// The complete webhook body, sent as is.
     pub body: Bytes,
+    /// UTC day of `captured_at` (`YYYY-MM-DD`): where its dedup state lives.
+    pub day: String,
 }
 
 fn shape(context: &'static str, e: tokio_postgres::Error) -> DbError {
@@ -94,6 +96,7 @@ impl Db {
                 observer_id: row.try_get(1).map_err(|e| shape(CTX, e))?,
                 ordering_key: row.try_get(2).map_err(|e| shape(CTX, e))?,
                 body: Bytes::copy_from_slice(body.as_bytes()),
+                day: row.try_get(4).map_err(|e| shape(CTX, e))?,
             });
         }
         Ok(out)

@@ -19,7 +19,8 @@ pub const BATCH_OPEN: &str =
     "SELECT snap_lo::text, snap_hi::text, last_id, max_id FROM observers.batch_open($1, $2)";
 
 /// `batch_fetch(group, snap_lo, snap_hi, after_id, max_id, lim)` -> events by id.
-pub const BATCH_FETCH: &str = "SELECT id, observer_id, ordering_key, body \
+pub const BATCH_FETCH: &str = "SELECT id, observer_id, ordering_key, body, \
+     to_char(captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') \
      FROM observers.batch_fetch($1, $2::text::pg_snapshot, $3::text::pg_snapshot, $4, $5, $6)";
 
 /// `checkpoint_save(group, epoch, last_id)` (fenced).
@@ -51,3 +52,30 @@ pub const MAINTAIN: &str = "SELECT observers.maintain()";
 
 /// `status()`, rendered generically (simple protocol: every column as text).
 pub const STATUS: &str = "SELECT * FROM observers.status()";
+
+/// The installation's id (namespaces deduplication keys per database).
+pub const INSTALLATION_ID: &str = "SELECT id::text FROM observers.installation LIMIT 1";
+
+/// `dedup_claim(keys, days, owner, claim_ttl, done_ttl)` -> (key, 'claimed'|'done'|'busy').
+pub const DEDUP_CLAIM: &str =
+    "SELECT key, state FROM observers.dedup_claim($1, $2::text[]::date[], $3, \
+     make_interval(secs => $4), make_interval(secs => $5))";
+
+/// `dedup_confirm(keys, days, ttl)`.
+pub const DEDUP_CONFIRM: &str =
+    "SELECT observers.dedup_confirm($1, $2::text[]::date[], make_interval(secs => $3))";
+
+/// `dedup_release(keys, days, owner)`.
+pub const DEDUP_RELEASE: &str = "SELECT observers.dedup_release($1, $2::text[]::date[], $3)";
+
+/// `park_add(group, epoch, event_id, observer_id, action_index, action_type, webhook_id, day,
+/// destination, body, attempts, last_error)` (fenced) -> parked id.
+pub const PARK_ADD: &str = "SELECT observers.park_add($1, $2, $3, $4, $5, $6, $7, $8::text::date, \
+     $9, $10, $11, $12)";
+
+/// `park_fetch(group, skip_destinations, skip_ids, lim)` -> parked pairs, oldest first.
+pub const PARK_FETCH: &str = "SELECT id, event_id, observer_id, action_index, webhook_id, day, \
+     destination, body, attempts FROM observers.park_fetch($1, $2, $3, $4)";
+
+/// `park_finish(group, epoch, id, error, attempts, last_status)` (fenced).
+pub const PARK_FINISH: &str = "SELECT observers.park_finish($1, $2, $3, $4, $5, $6)";

@@ -62,10 +62,11 @@ impl LookupError {
         !matches!(self, LookupError::Render { .. })
     }
 
-    /// The error of an action attempt that needed this lookup.
+    /// The error of an action attempt that needed this lookup: `local` (it
+    /// says nothing about the action's destination, so circuit breakers ignore it).
     pub fn into_attempt(self) -> AttemptError {
         if self.is_retryable() {
-            AttemptError::retryable(self.to_string())
+            AttemptError::local(self.to_string())
         } else {
             AttemptError::permanent(self.to_string())
         }

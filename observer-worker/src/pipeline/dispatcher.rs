@@ -287,6 +287,7 @@ mod tests {
             observer_id: 1,
             ordering_key: key.map(str::to_owned),
             body: Bytes::from_static(b"{}"),
+            day: "2026-11-29".to_owned(),
         }
     }
 

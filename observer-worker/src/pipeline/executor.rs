@@ -2,11 +2,15 @@
 //!
 //! ```text
 //! retry (policy, Retry-After, shutdown-aware sleeps)
-//!   └─ concurrency (semaphore: one permit per attempt, released while sleeping)
-//!        └─ timeout (per attempt)
-//!             └─ the action (talks to its service once)
+//!   └─ circuit breaker (wait while the destination's breaker is open: no attempt used)
+//!        └─ deduplication (claim the pair; skip it if it already succeeded; wait while
+//!           another worker runs it; confirm after success, release after failure)
+//!             └─ concurrency (semaphore: one permit per attempt, released while sleeping)
+//!                  └─ timeout (per attempt)
+//!                       └─ the action (talks to its service once)
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -14,10 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::actions::{Action, AttemptError, Delivery};
+use crate::resilience::{Admit, Breakers, Dedup, Verdict};
 
 /// Grace on top of the action's own timeout before the layer cuts it off
 /// (the webhook action enforces its timeout itself; this is the safety net).
 const TIMEOUT_GRACE: Duration = Duration::from_millis(500);
+/// A dedup claim outlives the attempt's time limit by this much: if the worker dies mid
+/// attempt, another worker may run the pair once the claim expired.
+const CLAIM_GRACE: Duration = Duration::from_secs(5);
 
 /// The end result of running one (event, action) pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +33,9 @@ pub enum ActionOutcome {
     Delivered {
         attempts: u32,
     },
+    /// Deduplication: the pair already succeeded (before a crash, a failover or a replay);
+    /// not executed again.
+    AlreadyDone,
     /// Permanent failure or retries exhausted: goes to the dead-letter queue.
     Failed {
         error: String,
@@ -35,20 +46,75 @@ pub enum ActionOutcome {
     Abandoned {
         attempts: u32,
     },
+    /// The destination's circuit breaker is open: hand the pair to the parked table (its
+    /// attempts so far are kept; it is delivered when the breaker lets calls through).
+    Park {
+        attempts: u32,
+        last_error: Option<String>,
+    },
+}
+
+/// What wraps every action of a worker (built once at start).
+#[derive(Clone)]
+pub struct Layers {
+    /// One permit per running attempt (`concurrent_execution.max_in_flight`).
+    pub limiter: Arc<Semaphore>,
+    /// Soft shutdown: no new attempts, no waiting.
+    pub stop: CancellationToken,
+    pub dedup: Option<Arc<Dedup>>,
+    pub breakers: Option<Arc<Breakers>>,
+}
+
+impl Layers {
+    pub fn new(limiter: Arc<Semaphore>, stop: CancellationToken) -> Self {
+        Layers {
+            limiter,
+            stop,
+            dedup: None,
+            breakers: None,
+        }
+    }
 }
 
 /// Runs `action` for `delivery` until it succeeds, fails permanently, runs
-/// out of attempts, or `stop` fires while it waits to retry.
-pub async fn run(
-    action: &dyn Action,
-    delivery: &Delivery,
-    limiter: &Semaphore,
-    stop: &CancellationToken,
-) -> ActionOutcome {
+/// out of attempts, or `stop` fires while it waits.
+pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> ActionOutcome {
     let policy = action.retry_policy();
-    let mut attempts: u32 = 0;
+    let stop = &layers.stop;
+    let breaker = layers.breakers.as_deref().zip(action.destination());
+    let dedup = layers.dedup.as_deref().zip(delivery.dedup_key.as_ref());
+    let mut attempts: u32 = delivery.attempts_used;
+    let mut last_error: Option<String> = None;
     loop {
-        let Ok(permit) = limiter.acquire().await else {
+        let pass = match breaker {
+            Some((b, dest)) => match b.admit(dest, stop, delivery.may_park).await {
+                Admit::Go(p) => Some(p),
+                Admit::Open => {
+                    return ActionOutcome::Park {
+                        attempts,
+                        last_error,
+                    }
+                }
+                Admit::Stopped => return ActionOutcome::Abandoned { attempts },
+            },
+            None => None,
+        };
+        if let Some((d, key)) = dedup {
+            let claim_ttl = action.timeout() + TIMEOUT_GRACE + CLAIM_GRACE;
+            match d.claim(key, claim_ttl, stop).await {
+                Verdict::Run => {}
+                verdict => {
+                    if let (Some((b, _)), Some(p)) = (breaker, pass) {
+                        b.cancel(p);
+                    }
+                    return match verdict {
+                        Verdict::AlreadyDone => ActionOutcome::AlreadyDone,
+                        _ => ActionOutcome::Abandoned { attempts },
+                    };
+                }
+            }
+        }
+        let Ok(permit) = layers.limiter.acquire().await else {
             return ActionOutcome::Abandoned { attempts };
         };
         attempts += 1;
@@ -62,6 +128,19 @@ pub async fn run(
                 ))),
             };
         drop(permit);
+        if let (Some((b, _)), Some(p)) = (breaker, pass) {
+            let failure = result
+                .as_ref()
+                .err()
+                .is_some_and(AttemptError::counts_against_destination);
+            b.record(p, failure);
+        }
+        if let Some((d, key)) = dedup {
+            match &result {
+                Ok(()) => d.confirm(key).await,
+                Err(_) => d.release(key).await,
+            }
+        }
 
         let err = match result {
             Ok(()) => return ActionOutcome::Delivered { attempts },
@@ -75,6 +154,7 @@ pub async fn run(
             };
         }
         let delay = policy.delay(attempts, err.retry_after);
+        last_error = Some(err.message.clone());
         debug!(
             event_id = delivery.event_id,
             action_index = delivery.action_index,
@@ -157,7 +237,12 @@ mod tests {
             message: format!("HTTP {status}"),
             status: Some(status),
             retry_after: None,
+            local: false,
         })
+    }
+
+    fn layers() -> Layers {
+        Layers::new(Arc::new(Semaphore::new(1)), CancellationToken::new())
     }
 
     fn delivery() -> Delivery {
@@ -167,26 +252,14 @@ mod tests {
     #[tokio::test]
     async fn retries_until_success() {
         let a = Scripted::new(vec![http(503, true), http(429, true)], 5);
-        let out = run(
-            &a,
-            &delivery(),
-            &Semaphore::new(1),
-            &CancellationToken::new(),
-        )
-        .await;
+        let out = run(&a, &delivery(), &layers()).await;
         assert_eq!(out, ActionOutcome::Delivered { attempts: 3 });
     }
 
     #[tokio::test]
     async fn permanent_failure_is_not_retried() {
         let a = Scripted::new(vec![http(400, false)], 5);
-        let out = run(
-            &a,
-            &delivery(),
-            &Semaphore::new(1),
-            &CancellationToken::new(),
-        )
-        .await;
+        let out = run(&a, &delivery(), &layers()).await;
         assert_eq!(
             out,
             ActionOutcome::Failed {
@@ -209,13 +282,7 @@ mod tests {
             ],
             3,
         );
-        let out = run(
-            &a,
-            &delivery(),
-            &Semaphore::new(1),
-            &CancellationToken::new(),
-        )
-        .await;
+        let out = run(&a, &delivery(), &layers()).await;
         assert_eq!(
             out,
             ActionOutcome::Failed {
@@ -230,13 +297,7 @@ mod tests {
     async fn timeouts_are_retryable_failures() {
         let mut a = Scripted::new(vec![], 2);
         a.delay = Duration::from_secs(5);
-        let out = run(
-            &a,
-            &delivery(),
-            &Semaphore::new(1),
-            &CancellationToken::new(),
-        )
-        .await;
+        let out = run(&a, &delivery(), &layers()).await;
         match out {
             ActionOutcome::Failed {
                 error,
@@ -262,7 +323,12 @@ mod tests {
             s2.cancel();
         });
         let started = std::time::Instant::now();
-        let out = run(&a, &delivery(), &Semaphore::new(1), &stop).await;
+        let out = run(
+            &a,
+            &delivery(),
+            &Layers::new(Arc::new(Semaphore::new(1)), stop.clone()),
+        )
+        .await;
         assert_eq!(out, ActionOutcome::Abandoned { attempts: 1 });
         assert!(started.elapsed() < Duration::from_secs(30));
     }
@@ -275,18 +341,13 @@ mod tests {
                 message: "HTTP 429".into(),
                 status: Some(429),
                 retry_after: Some(Duration::from_millis(150)),
+                local: false,
             })],
             3,
         );
         a.policy.max_backoff = Duration::from_secs(1);
         let started = std::time::Instant::now();
-        let out = run(
-            &a,
-            &delivery(),
-            &Semaphore::new(1),
-            &CancellationToken::new(),
-        )
-        .await;
+        let out = run(&a, &delivery(), &layers()).await;
         assert_eq!(out, ActionOutcome::Delivered { attempts: 2 });
         assert!(started.elapsed() >= Duration::from_millis(150));
     }

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::sync::{watch, Notify, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, error, warn};
 
 use super::dispatcher::{EventHandler, EventOutcome};
-use super::executor::{self, ActionOutcome};
+use super::executor::{self, ActionOutcome, Layers};
 use super::lease::LeaseState;
 use super::registry::{ObserverRegistry, RuntimeObserver};
 use crate::actions::{Action, BoxFuture, Delivery};
-use crate::db::{Db, DeadLetterRecord, FetchedEvent};
+use crate::db::{Db, DbError, DeadLetterRecord, FetchedEvent, ParkRecord};
+use crate::resilience::PairKey;
 use crate::telemetry::Stats;
 
 pub struct Deliverer {
@@ -24,10 +24,10 @@ pub struct Deliverer {
     pub group: String,
     pub lease: watch::Receiver<LeaseState>,
     pub fenced: Arc<Notify>,
-    /// One permit per running attempt (`concurrent_execution.max_in_flight`).
-    pub limiter: Arc<Semaphore>,
-    /// Soft shutdown: no new retries, no waiting for broken observers.
-    pub stop: CancellationToken,
+    /// Concurrency, circuit breakers, deduplication (and the soft shutdown token).
+    pub layers: Layers,
+    /// This installation's id (part of dedup keys); set when deduplication is on.
+    pub installation: Option<[u8; 16]>,
     pub stats: Arc<Stats>,
 }
 
@@ -41,7 +41,7 @@ impl Deliverer {
     async fn deliver(&self, event: FetchedEvent) -> EventOutcome {
         let Some(observer) = self
             .registry
-            .runnable(event.observer_id, event.id, &self.stop)
+            .runnable(event.observer_id, event.id, &self.layers.stop)
             .await
         else {
             return EventOutcome::Unfinished;
@@ -69,7 +69,7 @@ impl Deliverer {
         }
     }
 
-    /// True when the pair is finished (delivered or durably dead-lettered).
+    /// True when the pair is finished (delivered, durably dead-lettered, or durably parked).
     async fn deliver_action(
         &self,
         observer: &RuntimeObserver,
@@ -77,8 +77,24 @@ impl Deliverer {
         event: &FetchedEvent,
         index: usize,
     ) -> bool {
-        let delivery = Delivery::new(event.id, index, event.body.clone());
-        match executor::run(action.as_ref(), &delivery, &self.limiter, &self.stop).await {
+        let mut delivery = Delivery::new(event.id, index, event.body.clone());
+        // ordered observers wait for their destination instead: parking would reorder them
+        delivery.may_park = event.ordering_key.is_none();
+        if let (Some(inst), Some(_)) = (&self.installation, &self.layers.dedup) {
+            delivery = delivery.with_dedup_key(PairKey::new(
+                inst,
+                observer.id,
+                index,
+                event.id,
+                &event.day,
+            ));
+        }
+        match executor::run(action.as_ref(), &delivery, &self.layers).await {
+            ActionOutcome::AlreadyDone => {
+                Stats::add(&self.stats.dedup_hits, 1);
+                debug!(observer = %observer.name, event_id = event.id, action_index = index, "already succeeded (deduplication): not executed again");
+                true
+            }
             ActionOutcome::Delivered { attempts } => {
                 Stats::add(&self.stats.actions_delivered, 1);
                 Stats::add(&self.stats.attempts_failed, u64::from(attempts - 1));
@@ -89,6 +105,35 @@ impl Deliverer {
                 Stats::add(&self.stats.attempts_failed, u64::from(attempts));
                 debug!(observer = %observer.name, event_id = event.id, action_index = index, "not finished at shutdown; will be delivered again");
                 false
+            }
+            ActionOutcome::Park {
+                attempts,
+                last_error,
+            } => {
+                let destination = action.destination().unwrap_or("");
+                debug!(observer = %observer.name, event_id = event.id, action_index = index, destination, attempts, "destination's circuit breaker is open: parking the pair");
+                let record = ParkRecord {
+                    event_id: event.id,
+                    observer_id: observer.id,
+                    action_index: index as i32,
+                    action_type: action.type_name(),
+                    webhook_id: &delivery.webhook_id,
+                    day: &event.day,
+                    destination,
+                    body: std::str::from_utf8(&event.body).unwrap_or("null"),
+                    attempts: attempts as i32,
+                    last_error: last_error.as_deref(),
+                };
+                let record = &record;
+                let done = self
+                    .durably(event.id, "parked pair", |db, group, epoch| async move {
+                        db.park_add(&group, epoch, record).await
+                    })
+                    .await;
+                if done {
+                    Stats::add(&self.stats.actions_parked, 1);
+                }
+                done
             }
             ActionOutcome::Failed {
                 error,
@@ -117,55 +162,94 @@ impl Deliverer {
                     attempts: attempts as i32,
                     last_status: last_status.map(i32::from),
                 };
-                self.dead_letter(&record).await
+                let record = &record;
+                let done = self
+                    .durably(event.id, "dead letter", |db, group, epoch| async move {
+                        db.dlq_add(&group, epoch, record).await
+                    })
+                    .await;
+                if done {
+                    Stats::add(&self.stats.actions_dead_lettered, 1);
+                }
+                done
             }
         }
     }
 
-    /// Writes the dead letter, retrying until it is durable. The event is not
-    /// finished before that, so a database outage cannot lose a failure.
-    /// Returns false only if the lease is lost for good (the task is then
+    /// Runs a fenced write (`write(db, group, epoch)`), retrying until it is durable. The
+    /// event is not finished before that, so a database outage cannot lose a failure or a
+    /// parked pair. Returns false only if the lease is lost for good (the task is then
     /// aborted by the consumer) — in practice it returns true or never.
-    async fn dead_letter(&self, record: &DeadLetterRecord<'_>) -> bool {
-        let mut lease = self.lease.clone();
-        let mut backoff = Duration::from_millis(100);
-        let mut warned = false;
-        loop {
-            let epoch = match lease.wait_for(|s| s.held_epoch().is_some()).await {
-                Ok(state) => match state.held_epoch() {
-                    Some(e) => e,
-                    None => continue,
-                },
-                Err(_) => return false, // lease task gone: we are shutting down
-            };
-            match self.db.dlq_add(&self.group, epoch, record).await {
-                Ok(id) => {
-                    Stats::add(&self.stats.actions_dead_lettered, 1);
-                    if warned {
-                        warn!(
-                            event_id = record.event_id,
-                            dead_letter_id = id,
-                            "dead letter recorded after retrying"
-                        );
+    pub(crate) async fn durably<'r, F, Fut>(
+        &self,
+        event_id: i64,
+        what: &'static str,
+        write: F,
+    ) -> bool
+    where
+        F: Fn(Db, String, i64) -> Fut,
+        Fut: std::future::Future<Output = Result<i64, DbError>> + 'r,
+    {
+        durably(
+            &self.db,
+            &self.group,
+            &self.lease,
+            &self.fenced,
+            event_id,
+            what,
+            write,
+        )
+        .await
+    }
+}
+
+/// See [`Deliverer::durably`] (shared with the parked-pairs loop).
+pub(crate) async fn durably<'r, F, Fut>(
+    db: &Db,
+    group: &str,
+    lease: &watch::Receiver<LeaseState>,
+    fenced: &Notify,
+    event_id: i64,
+    what: &'static str,
+    write: F,
+) -> bool
+where
+    F: Fn(Db, String, i64) -> Fut,
+    Fut: std::future::Future<Output = Result<i64, DbError>> + 'r,
+{
+    let mut lease = lease.clone();
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        let epoch = match lease.wait_for(|s| s.held_epoch().is_some()).await {
+            Ok(state) => match state.held_epoch() {
+                Some(e) => e,
+                None => continue,
+            },
+            Err(_) => return false, // lease task gone: we are shutting down
+        };
+        match write(db.clone(), group.to_owned(), epoch).await {
+            Ok(id) => {
+                if warned {
+                    warn!(event_id, id, "{what} recorded after retrying");
+                }
+                return true;
+            }
+            Err(e) if e.is_fenced() => {
+                fenced.notify_one();
+                let _ = tokio::time::timeout(Duration::from_secs(1), lease.changed()).await;
+            }
+            Err(e) => {
+                if !warned {
+                    if e.is_retryable() {
+                        warn!(event_id, error = %e, "cannot record {what} yet; retrying until it is durable");
+                    } else {
+                        error!(event_id, error = %e, "cannot record {what}; retrying until it is durable");
                     }
-                    return true;
+                    warned = true;
                 }
-                Err(e) if e.is_fenced() => {
-                    self.fenced.notify_one();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), lease.changed()).await;
-                }
-                Err(e) => {
-                    if !warned {
-                        if e.is_retryable() {
-                            warn!(event_id = record.event_id, error = %e, "cannot record dead letter yet; retrying until it is durable");
-                        } else {
-                            error!(event_id = record.event_id, error = %e, "cannot record dead letter; retrying until it is durable");
-                        }
-                        warned = true;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The delivery pipeline: lease -> consumer (snapshot cursor) -> dispatcher
-//! (per-key order, bounded) -> handler (actions, dead letters) -> checkpoint.
+//! (per-key order, bounded) -> handler (actions, dead letters, parked pairs) -> checkpoint;
+//! beside it, the parked-pairs loop (pairs whose destination's circuit breaker was open).
 
 pub mod checkpoint;
 pub mod consumer;
@@ -7,4 +8,5 @@ pub mod dispatcher;
 pub mod executor;
 pub mod handler;
 pub mod lease;
+pub mod parked;
 pub mod registry;

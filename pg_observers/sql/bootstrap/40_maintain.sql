@@ -59,6 +59,7 @@ DECLARE
     v_dropped    text[] := '{}';
     v_kept       text[] := '{}';
     v_skipped    text[] := '{}';
+    v_dedup      text;
     r            record;
 BEGIN
     BEGIN
@@ -158,7 +159,10 @@ BEGIN
         GET DIAGNOSTICS v_deleted = ROW_COUNT;
     END IF;
 
-    RETURN format('created %s%s; dropped %s%s; kept %s%s; skipped %s%s; deleted %s old rows from event_default',
+    -- 4. deduplication state (35_dedup.sql)
+    v_dedup := observers._maintain_dedup();
+
+    RETURN format('created %s%s; dropped %s%s; kept %s%s; skipped %s%s; deleted %s old rows from event_default; %s',
                   cardinality(v_created),
                   CASE WHEN v_created <> '{}' THEN ' (' || array_to_string(v_created, ', ') || ')' ELSE '' END,
                   cardinality(v_dropped),
@@ -167,7 +171,7 @@ BEGIN
                   CASE WHEN v_kept <> '{}' THEN ' (' || array_to_string(v_kept, ', ') || ': not yet delivered)' ELSE '' END,
                   cardinality(v_skipped),
                   CASE WHEN v_skipped <> '{}' THEN ' (' || array_to_string(v_skipped, ', ') || ')' ELSE '' END,
-                  v_deleted);
+                  v_deleted, v_dedup);
 END
 $$;
 

@@ -13,7 +13,8 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA observers FROM PUBLIC;
 -- Operators read everything (status, outbox, checkpoints, leases, dead letters, heartbeats).
 GRANT SELECT ON ALL TABLES IN SCHEMA observers TO observers_admin;
 -- The worker reads the metadata (no payloads: not the outbox, not the dead letters).
-GRANT SELECT ON observers.observer, observers.checkpoint, observers.leader_lease, observers.worker
+GRANT SELECT ON observers.observer, observers.checkpoint, observers.leader_lease, observers.worker,
+    observers.installation
     TO observers_worker;
 
 -- The capture trigger runs as observers_capture: it may append to the outbox, nothing else.
@@ -47,6 +48,12 @@ GRANT EXECUTE ON FUNCTION
     observers.observer_definitions(text),
     observers.maintain(),
     observers.status(),
+    observers.dedup_claim(bytea[], date[], text, interval, interval),
+    observers.dedup_confirm(bytea[], date[], interval),
+    observers.dedup_release(bytea[], date[], text),
+    observers.park_add(text, bigint, bigint, int, int, text, text, date, text, text, int, text),
+    observers.park_fetch(text, text[], bigint[], int),
+    observers.park_finish(text, bigint, bigint, text, int, int),
     -- the worker applies the observers of its YAML file at start (create or replace)
     observers.create_observer(text, regclass, text[], text, text[], text[], jsonb, text, boolean)
 TO observers_worker;

@@ -1,0 +1,193 @@
+//! Delivers the pairs parked while their destination's circuit breaker was open
+//! (`observers.parked`). Runs on the leader only, beside the consumer, with the same layers
+//! (dedup, breaker, concurrency, retry) and at most [`MAX_IN_FLIGHT`] pairs at a time:
+//!
+//! ```text
+//! every POLL: leader? ─► park_fetch (skip destinations whose breaker is open, skip pairs in
+//!     flight) ─► executor::run (breaker waits here instead of parking again)
+//!     ─► delivered / already done: park_finish(NULL)    failed for good: park_finish(error) → DLQ
+//! ```
+//!
+//! A parked pair keeps the attempts it used before it was parked, and its `webhook-id`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::executor::{self, ActionOutcome, Layers};
+use super::handler::durably;
+use super::lease::LeaseState;
+use super::registry::{ObserverEntry, ObserverRegistry};
+use crate::actions::Delivery;
+use crate::db::{Db, ParkedPair};
+use crate::resilience::PairKey;
+use crate::telemetry::Stats;
+
+/// Parked pairs delivered at once.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// How often the loop looks for parked pairs it can deliver.
+pub const POLL: Duration = Duration::from_millis(500);
+
+pub struct ParkedLoop {
+    pub db: Db,
+    pub group: String,
+    pub registry: Arc<ObserverRegistry>,
+    pub lease: watch::Receiver<LeaseState>,
+    pub fenced: Arc<Notify>,
+    pub layers: Layers,
+    pub installation: Option<[u8; 16]>,
+    pub stats: Arc<Stats>,
+}
+
+impl ParkedLoop {
+    /// Runs until `background` fires; in-flight pairs stop at the soft shutdown (`layers.stop`)
+    /// and stay parked.
+    pub async fn run(self: Arc<Self>, background: CancellationToken) {
+        let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        let mut warned = false;
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let leader = self.lease.borrow().held_epoch().is_some();
+            if !leader && !tasks.is_empty() {
+                // the new leader delivers them; never two workers on one parked pair
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                in_flight.lock().clear();
+            }
+            let free = MAX_IN_FLIGHT.saturating_sub(in_flight.lock().len());
+            if leader && free > 0 && !self.layers.stop.is_cancelled() {
+                let skip_destinations = self
+                    .layers
+                    .breakers
+                    .as_ref()
+                    .map(|b| b.open_destinations())
+                    .unwrap_or_default();
+                let skip_ids: Vec<i64> = in_flight.lock().iter().copied().collect();
+                match self
+                    .db
+                    .park_fetch(&self.group, &skip_destinations, &skip_ids, free as i32)
+                    .await
+                {
+                    Ok(pairs) => {
+                        warned = false;
+                        if !pairs.is_empty() {
+                            debug!(count = pairs.len(), "delivering parked pairs");
+                        }
+                        for p in pairs {
+                            in_flight.lock().insert(p.id);
+                            let me = self.clone();
+                            let in_flight = in_flight.clone();
+                            tasks.spawn(async move {
+                                let id = p.id;
+                                me.deliver(p).await;
+                                in_flight.lock().remove(&id);
+                            });
+                        }
+                    }
+                    Err(e) if !warned => {
+                        warn!(error = %e, "cannot read parked pairs; retrying");
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::select! {
+                _ = background.cancelled() => break,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn deliver(&self, p: ParkedPair) {
+        let index = p.action_index as usize;
+        let action = match self.registry.get(p.observer_id) {
+            Some(ObserverEntry::Ready(o)) => match o.actions.get(index) {
+                Some(a) => a.clone(),
+                None => {
+                    return self
+                        .dead_letter(&p, "the observer no longer has this action")
+                        .await
+                }
+            },
+            // broken: wait until it is fixed (it stays parked)
+            Some(ObserverEntry::Broken { .. }) => return,
+            None => {
+                return self
+                    .dead_letter(&p, "the observer was dropped while the pair was parked")
+                    .await
+            }
+        };
+        let mut delivery = Delivery::new(p.event_id, index, Bytes::from(p.body.clone()));
+        delivery.attempts_used = p.attempts.max(0) as u32;
+        if let (Some(inst), Some(_)) = (&self.installation, &self.layers.dedup) {
+            delivery = delivery.with_dedup_key(PairKey::new(
+                inst,
+                p.observer_id,
+                index,
+                p.event_id,
+                &p.day,
+            ));
+        }
+        match executor::run(action.as_ref(), &delivery, &self.layers).await {
+            ActionOutcome::Delivered { .. } | ActionOutcome::AlreadyDone => {
+                Stats::add(&self.stats.parked_delivered, 1);
+                self.finish(&p, None, 0, None).await;
+            }
+            ActionOutcome::Failed {
+                error,
+                attempts,
+                last_status,
+            } => {
+                warn!(event_id = p.event_id, action_index = index, webhook_id = %p.webhook_id, attempts, error = %error, "parked pair failed; moving it to the dead-letter queue");
+                Stats::add(&self.stats.actions_dead_lettered, 1);
+                self.finish(
+                    &p,
+                    Some(&error),
+                    attempts as i32,
+                    last_status.map(i32::from),
+                )
+                .await;
+            }
+            // shutdown, or (not asked for here) parked again: it stays parked
+            ActionOutcome::Abandoned { .. } | ActionOutcome::Park { .. } => {}
+        }
+    }
+
+    async fn dead_letter(&self, p: &ParkedPair, error: &str) {
+        info!(event_id = p.event_id, webhook_id = %p.webhook_id, error, "parked pair moved to the dead-letter queue");
+        self.finish(p, Some(error), p.attempts, None).await
+    }
+
+    async fn finish(
+        &self,
+        p: &ParkedPair,
+        error: Option<&str>,
+        attempts: i32,
+        status: Option<i32>,
+    ) {
+        let id = p.id;
+        durably(
+            &self.db,
+            &self.group,
+            &self.lease,
+            &self.fenced,
+            p.event_id,
+            "parked pair outcome",
+            |db, group, epoch| async move {
+                db.park_finish(&group, epoch, id, error, attempts, status)
+                    .await
+                    .map(|_| id)
+            },
+        )
+        .await;
+    }
+}

@@ -1,0 +1,164 @@
+-- pg_observers: deduplication state of the `postgres` backend (and the fallback of the `redis`
+-- backend). See docs/RESILIENCE.md.
+--
+-- One row per (observer, action, event) pair that a worker claimed or finished. `key` is the
+-- SHA-256 of an unambiguous encoding of the pair, computed by the worker. The row is
+--   state 'c' (claimed by `owner` until `claim_until`: a worker is executing it right now), or
+--   state 'd' (done: it succeeded; never executed again before `expires_at`).
+-- A failed attempt deletes its claim, so a retry (by any worker) can run.
+--
+-- Expired without bloat: the table is partitioned by `day`, the UTC day the event was captured
+-- (every worker computes the same day for the same pair, so the primary key holds), and
+-- observers.maintain() drops a whole past partition once none of its rows is still in force.
+-- Rows whose day has no partition land in dedup_default, which maintain() trims with a DELETE
+-- (only after maintain() did not run for a week).
+
+-- This installation's identity. Deduplication keys include it, so two databases that share one
+-- Redis never mistake each other's event ids for their own.
+CREATE TABLE observers.installation (
+    id         uuid        NOT NULL DEFAULT gen_random_uuid() PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO observers.installation DEFAULT VALUES;
+COMMENT ON TABLE observers.installation IS
+    'One row: this installation''s id (part of every deduplication key).';
+
+CREATE TABLE observers.dedup (
+    key         bytea       NOT NULL,
+    day         date        NOT NULL,
+    state       "char"      NOT NULL CONSTRAINT dedup_state_valid CHECK (state IN ('c', 'd')),
+    owner       text,
+    claim_until timestamptz,
+    expires_at  timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (key, day)
+) PARTITION BY RANGE (day);
+COMMENT ON TABLE observers.dedup IS
+    'Deduplication state per (observer, action, event) pair: c = claimed (being executed), d = done. Partitioned by the event''s capture day; maintain() drops expired days.';
+
+CREATE TABLE observers.dedup_default PARTITION OF observers.dedup DEFAULT;
+
+-- Claim pairs for `owner`: a pair is claimed when it has no row, or its claim expired, or its
+-- done-mark expired. Returns one row per input key: 'claimed' (run it), 'done' (it already
+-- succeeded: skip it) or 'busy' (another worker is executing it: ask again later).
+CREATE FUNCTION observers.dedup_claim(keys bytea[], days date[], owner text, claim_ttl interval,
+                                      done_ttl interval)
+RETURNS TABLE (key bytea, state text)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH input AS (
+        SELECT DISTINCT ON (k) k, d FROM unnest(keys, days) AS u(k, d) ORDER BY k
+    ), claimed AS (
+        INSERT INTO observers.dedup AS t (key, day, state, owner, claim_until, expires_at)
+        SELECT i.k, i.d, 'c', owner, now() + claim_ttl, now() + done_ttl FROM input AS i
+        ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
+           SET state = 'c', owner = excluded.owner, claim_until = excluded.claim_until,
+               expires_at = excluded.expires_at, updated_at = now()
+         WHERE (t.state = 'c' AND (t.claim_until < now() OR t.owner = excluded.owner))
+            OR (t.state = 'd' AND t.expires_at < now())
+        RETURNING t.key
+    )
+    SELECT i.k,
+           CASE WHEN c.key IS NOT NULL THEN 'claimed'
+                WHEN (SELECT x.state FROM observers.dedup AS x WHERE x.key = i.k AND x.day = i.d) = 'd'
+                     THEN 'done'
+                ELSE 'busy' END
+      FROM input AS i LEFT JOIN claimed AS c ON c.key = i.k
+$$;
+
+-- Mark pairs done (they succeeded) until now() + ttl, whoever held the claim.
+CREATE FUNCTION observers.dedup_confirm(keys bytea[], days date[], ttl interval)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO observers.dedup AS t (key, day, state, owner, claim_until, expires_at)
+    SELECT DISTINCT ON (k) k, d, 'd', NULL, NULL, now() + ttl
+      FROM unnest(keys, days) AS u(k, d) ORDER BY k
+    ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
+       SET state = 'd', owner = NULL, claim_until = NULL, expires_at = excluded.expires_at,
+           updated_at = now()
+$$;
+
+-- Give up `owner`'s claims (the attempt failed): the pair may run again at once.
+CREATE FUNCTION observers.dedup_release(keys bytea[], days date[], owner text)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM observers.dedup AS t
+     USING unnest(keys, days) AS u(k, d)
+     WHERE t.key = u.k AND t.day = u.d AND t.state = 'c' AND t.owner = dedup_release.owner
+$$;
+
+-- Called by maintain(): partitions for today - 1 .. today + 7, drop past partitions with no
+-- row in force, trim dedup_default. Returns a summary fragment.
+CREATE FUNCTION observers._maintain_dedup()
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_today   date := (now() AT TIME ZONE 'UTC')::date;
+    v_day     date;
+    v_name    text;
+    v_rel     regclass;
+    v_live    boolean;
+    v_created int := 0;
+    v_dropped int := 0;
+    v_deleted bigint := 0;
+    r         record;
+BEGIN
+    FOR i IN -1..7 LOOP
+        v_day := v_today + i;
+        v_name := 'dedup_p' || to_char(v_day, 'YYYYMMDD');
+        CONTINUE WHEN to_regclass('observers.' || v_name) IS NOT NULL;
+        CONTINUE WHEN EXISTS (SELECT 1 FROM observers.dedup_default WHERE day = v_day);
+        BEGIN
+            EXECUTE format('CREATE TABLE observers.%I PARTITION OF observers.dedup FOR VALUES FROM (%L) TO (%L)',
+                           v_name, v_day, v_day + 1);
+            v_rel := ('observers.' || v_name)::regclass;
+            IF NOT observers._is_extension_member(v_rel) THEN
+                EXECUTE format('ALTER EXTENSION pg_observers ADD TABLE %s', v_rel);
+            END IF;
+            EXECUTE format('GRANT SELECT ON %s TO observers_admin', v_rel);
+            v_created := v_created + 1;
+        EXCEPTION WHEN lock_not_available OR check_violation THEN
+            NULL; -- retried by the next maintain()
+        END;
+    END LOOP;
+
+    FOR r IN
+        SELECT c.oid::regclass AS rel, to_date(substr(c.relname, 8), 'YYYYMMDD') AS day
+          FROM pg_inherits AS i
+          JOIN pg_class AS c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'observers.dedup'::regclass
+           AND c.relname ~ '^dedup_p[0-9]{8}$'
+    LOOP
+        CONTINUE WHEN r.day >= v_today - 1;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE expires_at > now() OR claim_until > now())', r.rel)
+           INTO v_live;
+        CONTINUE WHEN v_live;
+        BEGIN
+            IF observers._is_extension_member(r.rel) THEN
+                EXECUTE format('ALTER EXTENSION pg_observers DROP TABLE %s', r.rel);
+            END IF;
+            EXECUTE format('DROP TABLE %s', r.rel);
+            v_dropped := v_dropped + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+    END LOOP;
+
+    DELETE FROM observers.dedup_default
+     WHERE expires_at < now() AND (claim_until IS NULL OR claim_until < now());
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+
+    RETURN format('dedup: created %s, dropped %s partitions, deleted %s expired rows from dedup_default',
+                  v_created, v_dropped, v_deleted);
+END
+$$;

@@ -1,0 +1,113 @@
+-- pg_observers: pairs parked while their destination's circuit breaker is open.
+-- See docs/RESILIENCE.md ("Circuit breakers").
+--
+-- A pair whose destination's breaker is open is neither attempted nor dead-lettered: the worker
+-- moves it here (a full copy of the body, the attempts it already used) and the event counts
+-- as finished, so the checkpoint and every other destination keep moving. A background loop of
+-- the leader delivers parked pairs once their breaker lets calls through, with the same
+-- webhook-id; a pair that then fails for good goes to the dead-letter queue.
+-- (Observers with an ordering_key never park: their events wait in order instead.)
+
+CREATE TABLE observers.parked (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    group_name   text        NOT NULL,
+    event_id     bigint      NOT NULL,
+    observer_id  integer     NOT NULL,
+    action_index integer     NOT NULL,
+    action_type  text        NOT NULL,
+    webhook_id   text        NOT NULL,
+    day          date        NOT NULL,   -- the event's UTC capture day (its dedup partition)
+    destination  text        NOT NULL,   -- scheme://host:port
+    body         text        NOT NULL,   -- the exact body to send (text: key order kept)
+    attempts     integer     NOT NULL,   -- attempts already used
+    last_error   text,
+    epoch        bigint      NOT NULL,
+    parked_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT parked_pair_unique UNIQUE (group_name, event_id, observer_id, action_index)
+);
+COMMENT ON TABLE observers.parked IS
+    'Pairs waiting for their destination''s circuit breaker to close; delivered later by the leader with the same webhook-id.';
+CREATE INDEX parked_destination_idx ON observers.parked (group_name, destination, id);
+
+-- Park one pair (fenced). Parking the same pair again keeps the larger attempt count.
+CREATE FUNCTION observers.park_add(group_name text, epoch bigint, event_id bigint, observer_id int,
+                                   action_index int, action_type text, webhook_id text, day date,
+                                   destination text, body text, attempts int, last_error text)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_id bigint;
+BEGIN
+    PERFORM observers._fence(group_name, epoch);
+    IF event_id IS NULL OR observer_id IS NULL OR action_index IS NULL OR attempts IS NULL
+       OR body IS NULL OR day IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'event_id, observer_id, action_index, day, attempts and body must not be NULL';
+    END IF;
+    PERFORM observers._require_text('action_type', action_type);
+    PERFORM observers._require_text('webhook_id', webhook_id);
+    PERFORM observers._require_text('destination', destination);
+    INSERT INTO observers.parked AS p (group_name, event_id, observer_id, action_index, action_type,
+                                       webhook_id, day, destination, body, attempts, last_error, epoch)
+    VALUES (group_name, event_id, observer_id, action_index, action_type,
+            webhook_id, day, destination, body, attempts, last_error, epoch)
+    ON CONFLICT ON CONSTRAINT parked_pair_unique DO UPDATE
+       SET attempts = greatest(p.attempts, excluded.attempts),
+           last_error = coalesce(excluded.last_error, p.last_error),
+           epoch = excluded.epoch
+    RETURNING p.id INTO v_id;
+    RETURN v_id;
+END
+$$;
+
+-- Parked pairs of a group, oldest first, skipping the destinations listed (their breakers are
+-- still open) and the ids the caller is already working on.
+CREATE FUNCTION observers.park_fetch(group_name text, skip_destinations text[], skip_ids bigint[], lim int)
+RETURNS TABLE (id bigint, event_id bigint, observer_id int, action_index int, webhook_id text,
+               day text, destination text, body text, attempts int)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.id, p.event_id, p.observer_id, p.action_index, p.webhook_id,
+           to_char(p.day, 'YYYY-MM-DD'), p.destination, p.body, p.attempts
+      FROM observers.parked AS p
+     WHERE p.group_name = park_fetch.group_name
+       AND p.destination <> ALL (coalesce(skip_destinations, '{}'))
+       AND p.id <> ALL (coalesce(skip_ids, '{}'))
+     ORDER BY p.id
+     LIMIT lim
+$$;
+
+-- A parked pair is finished (fenced): delivered (error NULL: the row goes), or failed for good
+-- (the row moves to the dead-letter queue in the same transaction).
+CREATE FUNCTION observers.park_finish(group_name text, epoch bigint, parked_id bigint,
+                                      error text, attempts int, last_status int)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    r observers.parked;
+BEGIN
+    PERFORM observers._fence(group_name, epoch);
+    DELETE FROM observers.parked AS p
+     WHERE p.id = parked_id AND p.group_name = group_name
+    RETURNING * INTO r;
+    IF NOT FOUND OR error IS NULL THEN
+        RETURN;
+    END IF;
+    INSERT INTO observers.dlq (group_name, event_id, observer_id, action_index, action_type,
+                               webhook_id, payload, error, attempts, last_status, epoch)
+    VALUES (r.group_name, r.event_id, r.observer_id, r.action_index, r.action_type,
+            r.webhook_id, r.body::jsonb, error, greatest(coalesce(attempts, r.attempts), 1),
+            last_status, epoch);
+END
+$$;
