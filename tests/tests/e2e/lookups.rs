@@ -403,3 +403,40 @@ async fn failing_lookup_follows_the_retry_policy_and_is_dead_lettered_by_name() 
     assert!(slack_texts(&rx).iter().all(|t| !t.trim().is_empty()));
     worker.stop(SHORT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_caching_every_render_calls_the_source() {
+    let (db, rx) = setup("lookups_nocache").await;
+    rx.set_default(
+        "/profiles/5",
+        Reply::ok().body("application/json", r#"{"tier": "silver"}"#),
+    );
+    let extra = "caching: disabled\n\
+                 lookups:\n  - name: profile\n    http: \"{rx}/profiles/{{ new.customer_id }}\"\n    table: public.customers\n";
+    let mut worker = start(
+        "lookups_nocache",
+        &db,
+        &rx,
+        extra,
+        "order {{ new.id }}: {{ lookup.profile.tier }}",
+    )
+    .await;
+    for i in 1..=3 {
+        insert_orders(&db, 5, 1).await;
+        wait_texts(&rx, i).await;
+    }
+    assert_eq!(
+        slack_texts(&rx),
+        vec!["order 1: silver", "order 2: silver", "order 3: silver"]
+    );
+    assert_eq!(gets(&rx, "/profiles/5"), 3, "no cache: one GET per render");
+    // no cache, nothing to evict: no internal observer either
+    let n = observers_tests::util::scalar_i64(
+        &db.client,
+        "SELECT count(*) FROM observers.observer WHERE name LIKE 'lookup_evict_%'",
+        &[],
+    )
+    .await;
+    assert_eq!(n, Some(0));
+    worker.stop(SHORT).await;
+}
