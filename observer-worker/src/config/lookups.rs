@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::parse::valid_observer_name;
 use super::reader::{index, Reader};
-use super::yaml::Node;
+use super::yaml::{Node, Value};
 use super::ObserverConfig;
 use crate::retry::RetryPolicy;
 use crate::templates::{CompileError, Template, EVENT_VARIABLES};
@@ -253,6 +253,21 @@ fn read_lookup(
         timeout,
         table,
     })
+}
+
+/// Every lookup name written in the section, including those of lookups
+/// with problems (so templates using them are not also reported as unknown).
+pub fn written_names(node: &Node) -> Vec<String> {
+    let Value::Seq(items) = &node.value else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match &item.get("name")?.value {
+            Value::Scalar { text, .. } => Some(text.trim().to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Compiles a template read from the file, reporting a problem at `path`.

@@ -79,10 +79,12 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
     let circuit_breaker = resilience::read_breaker(r, top.get("circuit_breaker"));
     read_later_features(r, &top);
     let lookups = match top.get("lookups") {
-        Some(node) => lookups::read_lookups(r, node, caching.default_ttl),
+        Some(node) => {
+            r.set_lookup_names(lookups::written_names(node));
+            lookups::read_lookups(r, node, caching.default_ttl)
+        }
         None => Vec::new(),
     };
-    r.set_lookup_names(lookups.iter().map(|l| l.name.clone()).collect());
 
     let mut observers = Vec::new();
     if let Some(node) = top.get("observers") {

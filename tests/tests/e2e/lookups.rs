@@ -440,3 +440,95 @@ async fn without_caching_every_render_calls_the_source() {
     assert_eq!(n, Some(0));
     worker.stop(SHORT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_config_reports_template_and_lookup_problems_with_path_and_line() {
+    let yaml = "\
+database: { url: postgres://127.0.0.1:1/nowhere }
+caching: { enabled: true, backend: redis }
+lookups:
+  - name: customer
+    sql: \"SELECT name FROM customers WHERE id = $1\"
+    args: [\"{{ new.customer_id \"]
+observers:
+  - name: o
+    table: public.orders
+    actions:
+      - type: slack
+        webhook_url: http://127.0.0.1:9/slack
+        text: \"{{ lookup.profile.tier }}\"
+";
+    let file = observers_tests::worker::write_temp_file("lookups-bad.yaml", yaml);
+    let out =
+        observers_tests::worker::run_cli(&["validate-config", file.to_str().unwrap()], &[], SHORT)
+            .await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("2:36: caching.backend") && text.contains("needs a `redis:` section"),
+        "{text}"
+    );
+    assert!(
+        text.contains("6:12: lookups[0].args[0]") && text.contains("template syntax error"),
+        "{text}"
+    );
+    assert!(
+        text.contains("13:15: observers[0].actions[0].text")
+            && text.contains("unknown lookup `profile` (declared: customer)"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_created_in_sql_use_the_workers_lookups() {
+    let (db, rx) = setup("lookups_sql_created").await;
+    let extra = format!("caching: {{ enabled: true, backend: memory }}\n{SQL_LOOKUP}");
+    let mut worker = start(
+        "lookups_sql_created",
+        &db,
+        &rx,
+        &extra,
+        "file {{ new.id }}: {{ lookup.customer.name }}",
+    )
+    .await;
+    // created in SQL while the worker runs: one that uses a declared lookup, one that does not
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE public.refunds (id serial PRIMARY KEY, customer_id int NOT NULL);
+             SELECT observers.create_observer(name => 'refunds_slack', table_name => 'public.refunds',
+               events => ARRAY['INSERT'], actions => '[{{\"type\": \"slack\", \"webhook_url\": \"{url}\",
+               \"text\": \"refund {{{{ new.id }}}} for {{{{ lookup.customer.email }}}}\"}}]'::jsonb,
+               group_name => 'default');
+             CREATE TABLE public.notes (id serial PRIMARY KEY);
+             SELECT observers.create_observer(name => 'notes_slack', table_name => 'public.notes',
+               events => ARRAY['INSERT'], actions => '[{{\"type\": \"slack\", \"webhook_url\": \"{url}\",
+               \"text\": \"{{{{ lookup.nope.x }}}}\"}}]'::jsonb, group_name => 'default');",
+            url = rx.url("/slack")
+        ))
+        .await
+        .unwrap();
+    db.client
+        .batch_execute("INSERT INTO public.refunds (customer_id) VALUES (2); INSERT INTO public.notes DEFAULT VALUES;")
+        .await
+        .unwrap();
+    wait_texts(&rx, 1).await;
+    assert_eq!(slack_texts(&rx), vec!["refund 1 for bob@example.com"]);
+    // the stored action with an undeclared lookup makes its observer broken: held, not dropped
+    assert!(
+        worker
+            .wait_for_log_where(SHORT, |l| l.contains("observer is broken")
+                && l.contains("notes_slack")
+                && l.contains("unknown lookup `nope`"))
+            .await,
+        "{}",
+        worker.log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(slack_texts(&rx).len(), 1, "{:?}", slack_texts(&rx));
+    assert_eq!(status_sum(&db.client, "dlq_count").await, 0);
+    worker.stop(SHORT).await;
+}
