@@ -288,6 +288,27 @@ async fn redis_cache_hits_evicts_and_keeps_delivering_when_redis_dies() {
     );
     assert_eq!(redis.dbsize(), Some(2));
 
+    // concurrent misses of a new key with the Redis backend: one call per source
+    rx.set_default(
+        "/profiles/2",
+        Reply::ok()
+            .body("application/json", r#"{"tier": "silver"}"#)
+            .delay(Duration::from_millis(200)),
+    );
+    insert_orders(&db, 2, 20).await;
+    wait_texts(&rx, 41).await;
+    assert!(
+        slack_texts(&rx)[21..]
+            .iter()
+            .all(|t| t.ends_with(": bob@example.com silver")),
+        "{:?}",
+        slack_texts(&rx)
+    );
+    assert_eq!(gets(&rx, "/profiles/2"), 1, "{}", rx.summary());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(redis.dbsize(), Some(4));
+
     // eviction: INCR of the lookup's generation in Redis
     db.client
         .execute(
@@ -303,8 +324,8 @@ async fn redis_cache_hits_evicts_and_keeps_delivering_when_redis_dies() {
         "generation key written"
     );
     insert_orders(&db, 1, 1).await;
-    wait_texts(&rx, 22).await;
-    assert_eq!(slack_texts(&rx)[21], "order 22: ada@new.example gold");
+    wait_texts(&rx, 42).await;
+    assert_eq!(slack_texts(&rx)[41], "order 42: ada@new.example gold");
     assert_eq!(
         gets(&rx, "/profiles/1"),
         1,
@@ -314,8 +335,8 @@ async fn redis_cache_hits_evicts_and_keeps_delivering_when_redis_dies() {
     // Redis killed: lookups call their sources directly, nothing is lost
     redis.stop();
     insert_orders(&db, 1, 2).await;
-    wait_texts(&rx, 24).await;
-    assert!(slack_texts(&rx)[22..]
+    wait_texts(&rx, 44).await;
+    assert!(slack_texts(&rx)[42..]
         .iter()
         .all(|t| t.ends_with(": ada@new.example gold")));
     assert!(
@@ -333,7 +354,7 @@ async fn redis_cache_hits_evicts_and_keeps_delivering_when_redis_dies() {
     // Redis back (empty): cached again
     redis.start_again();
     insert_orders(&db, 1, 1).await;
-    wait_texts(&rx, 25).await;
+    wait_texts(&rx, 45).await;
     let ok = observers_tests::util::poll(SHORT, Duration::from_millis(100), || async {
         (redis.dbsize().unwrap_or(0) >= 1).then_some(())
     })
