@@ -126,6 +126,7 @@ pub async fn run(
         lease_rx.clone(),
         stats.clone(),
         layers.clone(),
+        lookups.clone(),
         background.clone(),
     ));
     tasks.spawn(maintenance(db.clone(), background.clone()));
@@ -456,6 +457,7 @@ async fn heartbeat(
     lease: watch::Receiver<LeaseState>,
     stats: Arc<Stats>,
     layers: Layers,
+    lookups: Arc<Lookups>,
     stop: CancellationToken,
 ) {
     let started_at = httpdate::fmt_http_date(std::time::SystemTime::now());
@@ -475,6 +477,7 @@ async fn heartbeat(
             "stats": stats.snapshot(),
             "dedup": layers.dedup.as_ref().map(|d| d.snapshot()),
             "breakers": layers.breakers.as_ref().map(|b| b.snapshot()),
+            "lookups": lookups.snapshot(),
         });
         if let Err(e) = db.heartbeat(&group, &worker_id, &info).await {
             debug!(error = %e, "heartbeat failed");

@@ -43,6 +43,14 @@ pub trait Cache: Send + Sync + 'static {
 
     /// Makes every entry of `lookup` unreachable.
     fn evict<'a>(&'a self, lookup: &'a str) -> BoxFuture<'a, Result<(), LookupError>>;
+
+    /// `memory` or `redis`.
+    fn backend(&self) -> &'static str;
+
+    /// The backend is failing and lookups call their sources directly.
+    fn degraded(&self) -> bool {
+        false
+    }
 }
 
 // ---------------------------------------------------------------- memory
@@ -124,6 +132,10 @@ impl Cache for MemoryCache {
             }
             r.map(|e| e.value).map_err(|e| LookupError::clone(&e))
         })
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
     }
 
     fn evict<'a>(&'a self, lookup: &'a str) -> BoxFuture<'a, Result<(), LookupError>> {
@@ -312,6 +324,14 @@ impl Cache for RedisCache {
                 }
             }
         })
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
     }
 
     fn evict<'a>(&'a self, lookup: &'a str) -> BoxFuture<'a, Result<(), LookupError>> {

@@ -180,6 +180,25 @@ impl Lookups {
         &self.stats
     }
 
+    /// For the heartbeat (`observers.worker.info->'lookups'`); `null` without lookups.
+    pub fn snapshot(&self) -> Value {
+        if self.defs.is_empty() {
+            return Value::Null;
+        }
+        let s = &self.stats;
+        serde_json::json!({
+            "lookups": self.names(),
+            "cache": self.cache.as_ref().map(|c| c.backend()),
+            "degraded": self.cache.as_ref().is_some_and(|c| c.degraded()),
+            "source_calls": LookupStats::get(&s.source_calls),
+            "source_errors": LookupStats::get(&s.source_errors),
+            "cache_hits": LookupStats::get(&s.cache_hits),
+            "cache_misses": LookupStats::get(&s.cache_misses),
+            "redis_errors": LookupStats::get(&s.redis_errors),
+            "evictions": LookupStats::get(&s.evictions),
+        })
+    }
+
     /// The value of lookup `name` for `event` (the event's JSON body).
     pub async fn resolve(&self, name: &str, event: &Value) -> Result<Arc<Value>, LookupError> {
         let lookup = self

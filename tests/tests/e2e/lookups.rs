@@ -350,6 +350,24 @@ async fn redis_cache_hits_evicts_and_keeps_delivering_when_redis_dies() {
         "the outage is logged"
     );
     assert_eq!(status_sum(&db.client, "dlq_count").await, 0);
+    // and reported in the heartbeat
+    let degraded = observers_tests::util::poll(SHORT, Duration::from_millis(200), || async {
+        let row = db
+            .client
+            .query_opt(
+                "SELECT info->'lookups' FROM observers.worker WHERE worker_id = 'w-lookups_redis'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()?;
+        let v: Option<serde_json::Value> = row.get(0);
+        v.filter(|v| v["degraded"] == true)
+    })
+    .await
+    .expect("heartbeat info->'lookups'->'degraded' never became true");
+    assert_eq!(degraded["cache"], "redis", "{degraded}");
+    assert!(degraded["redis_errors"].as_u64() > Some(0), "{degraded}");
 
     // Redis back (empty): cached again
     redis.start_again();
