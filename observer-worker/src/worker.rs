@@ -124,9 +124,11 @@ pub async fn run(
         group.clone(),
         worker_id.clone(),
         lease_rx.clone(),
-        stats.clone(),
-        layers.clone(),
-        lookups.clone(),
+        Reported {
+            stats: stats.clone(),
+            layers: layers.clone(),
+            lookups: lookups.clone(),
+        },
         background.clone(),
     ));
     tasks.spawn(maintenance(db.clone(), background.clone()));
@@ -449,17 +451,27 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
+/// What the heartbeat reports besides the lease role.
+struct Reported {
+    stats: Arc<Stats>,
+    layers: Layers,
+    lookups: Arc<Lookups>,
+}
+
 /// Best-effort `observers.heartbeat` every few seconds.
 async fn heartbeat(
     db: Db,
     group: String,
     worker_id: String,
     lease: watch::Receiver<LeaseState>,
-    stats: Arc<Stats>,
-    layers: Layers,
-    lookups: Arc<Lookups>,
+    reported: Reported,
     stop: CancellationToken,
 ) {
+    let Reported {
+        stats,
+        layers,
+        lookups,
+    } = reported;
     let started_at = httpdate::fmt_http_date(std::time::SystemTime::now());
     loop {
         let state = *lease.borrow();
