@@ -21,6 +21,8 @@ use crate::config::LookupSource;
 pub const SQL_POOL_SIZE: usize = 4;
 /// Largest HTTP lookup response read.
 pub const MAX_HTTP_BODY: usize = 1024 * 1024;
+/// Largest SQL lookup value (the row as JSON).
+pub const MAX_SQL_VALUE: usize = 1024 * 1024;
 
 /// What the lookups call: an HTTP client and, when SQL lookups exist, a pool.
 pub struct Sources {
@@ -233,5 +235,11 @@ async fn sql(
         None => Value::Null,
     };
     tx.commit().await.map_err(|e| pg_err("COMMIT", e))?;
+    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
+    if size > MAX_SQL_VALUE {
+        return Err(format!(
+            "the row is {size} bytes as JSON (at most {MAX_SQL_VALUE}): select fewer columns"
+        ));
+    }
     Ok(value)
 }
