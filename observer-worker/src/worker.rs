@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::actions::webhook;
-use crate::config::lookups::EVICT_OBSERVER_PREFIX;
+use crate::config::lookups::evict_observer_lookup;
 use crate::config::{Config, LookupSource, ProcessEnv};
 use crate::db::{listener, Db, DbError};
 use crate::error::WorkerError;
@@ -402,24 +402,12 @@ async fn apply_observers(
     Ok(true)
 }
 
-/// Where observer `i` of `config.observers` was written: the internal eviction
-/// observers (appended after the file's) point at their lookup's `table`.
+/// Where observer `i` of `config.observers` was written (internal eviction
+/// observers point at their lookup's `table`).
 fn observer_path(config: &Config, i: usize) -> String {
-    let o = &config.observers[i];
-    let internal = o
-        .name
-        .strip_prefix(EVICT_OBSERVER_PREFIX)
-        .and_then(|name| config.lookups.iter().position(|l| l.name == name))
-        .filter(|_| !config.observers[..i].iter().any(|p| p.name == o.name));
-    let internal_count = if config.caching.enabled {
-        config.lookups.iter().filter(|l| l.table.is_some()).count()
-    } else {
-        0
-    };
-    let first_internal = config.observers.len().saturating_sub(internal_count);
-    match internal {
-        Some(j) if i >= first_internal => format!("lookups[{j}].table"),
-        _ => format!("observers[{i}]"),
+    match evict_observer_lookup(config, i) {
+        Some(j) => format!("lookups[{j}].table"),
+        None => format!("observers[{i}]"),
     }
 }
 

@@ -384,6 +384,22 @@ pub fn evict_observers(lookups: &[LookupConfig], retry: &RetryPolicy) -> Vec<Obs
         .collect()
 }
 
+/// When `config.observers[i]` is the internal eviction observer of a lookup
+/// (appended after the file's observers), the index of that lookup.
+pub fn evict_observer_lookup(config: &super::Config, i: usize) -> Option<usize> {
+    let o = config.observers.get(i)?;
+    let internal_count = if config.caching.enabled {
+        config.lookups.iter().filter(|l| l.table.is_some()).count()
+    } else {
+        0
+    };
+    if i < config.observers.len().saturating_sub(internal_count) {
+        return None;
+    }
+    let name = o.name.strip_prefix(EVICT_OBSERVER_PREFIX)?;
+    config.lookups.iter().position(|l| l.name == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -790,3 +790,15 @@ observers:
     let ctx = crate::templates::event_context(&serde_json::json!({"changed": ["a", "b"]}));
     assert_eq!(s.text.render(&ctx).unwrap(), "1:A 2:B 2");
 }
+
+#[test]
+fn eviction_observers_point_back_at_their_lookup() {
+    let c = parse(LOOKUPS, &[]).unwrap();
+    assert_eq!(
+        lookups::evict_observer_lookup(&c, 0),
+        None,
+        "a file observer"
+    );
+    assert_eq!(lookups::evict_observer_lookup(&c, 1), Some(0));
+    assert_eq!(lookups::evict_observer_lookup(&c, 2), None);
+}

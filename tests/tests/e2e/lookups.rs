@@ -571,3 +571,46 @@ async fn observers_created_in_sql_use_the_workers_lookups() {
     assert_eq!(status_sum(&db.client, "dlq_count").await, 0);
     worker.stop(SHORT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_validation_reports_a_missing_lookup_table_at_the_lookup() {
+    let db = observers_tests::fresh_db("lookups_live_validate").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let yaml = "\
+caching: { enabled: true, backend: memory }
+lookups:
+  - name: customer
+    sql: \"SELECT name FROM public.customers WHERE id = $1\"
+    args: [\"{{ new.customer_id }}\"]
+    table: public.customerz
+observers:
+  - name: o
+    table: public.orders
+    actions:
+      - type: slack
+        webhook_url: http://127.0.0.1:9/slack
+        text: \"{{ lookup.customer.name }}\"
+";
+    let file = observers_tests::worker::write_temp_file("lookups-live.yaml", yaml);
+    let out = observers_tests::worker::run_cli(
+        &[
+            "validate-config",
+            file.to_str().unwrap(),
+            "--database-url",
+            &db.url,
+        ],
+        &[],
+        SHORT,
+    )
+    .await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("6:12: lookups[0].table") && text.contains("public.customerz does not exist"),
+        "{text}"
+    );
+}
