@@ -614,3 +614,33 @@ observers:
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_stops_with_exit_2_when_a_lookup_table_does_not_exist() {
+    let (db, rx) = setup("lookups_bad_table").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let yaml = config(
+        "w-lookups_bad_table",
+        "caching: { enabled: true, backend: memory }\nlookups:\n  - name: customer\n    \
+         sql: \"SELECT name FROM public.customers WHERE id = $1\"\n    args: [\"{{ new.customer_id }}\"]\n    \
+         table: public.customerz\n",
+        &format!(
+            "  - name: orders_slack\n    table: public.orders\n    actions:\n      - type: slack\n        \
+             webhook_url: {}\n        text: \"{{{{ lookup.customer.name }}}}\"\n",
+            rx.url("/slack")
+        ),
+    );
+    let mut worker = start_worker("lookups_bad_table", &db, &yaml, &[]);
+    let status = worker
+        .wait_exit(SHORT)
+        .await
+        .expect("the worker must exit, not hang");
+    let log = worker.log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains(
+            "observer `lookup_evict_customer` (lookups[0].table) was rejected by the database"
+        ) && log.contains("customerz"),
+        "{log}"
+    );
+}
