@@ -383,7 +383,7 @@ fn read_slack(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> O
     let text = match f.get("text") {
         Some(n) => {
             let p = f.path_of("text");
-            r.non_empty_string(n, &p)
+            super::lookups::template_text(r, n, &p)
                 .and_then(|t| compile_template(r, &t, &p, n))
                 .filter(|t| check_lookups_declared(r, t, &p, n))
         }

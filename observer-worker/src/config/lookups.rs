@@ -142,7 +142,7 @@ fn read_lookup(
                     .enumerate()
                     .filter_map(|(i, a)| {
                         let ap = index(&p, i);
-                        let text = r.string(a, &ap)?;
+                        let text = template_text(r, a, &ap)?;
                         let t = compile_template(r, &text, &ap, a)?;
                         if !t.lookups().is_empty() {
                             r.problem(
@@ -205,7 +205,7 @@ fn read_lookup(
         }
         (None, Some(n)) => {
             let p = f.path_of("http");
-            r.non_empty_string(n, &p).and_then(|u| {
+            template_text(r, n, &p).and_then(|u| {
                 let u = u.trim();
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
                     r.problem(
@@ -268,6 +268,20 @@ pub fn written_names(node: &Node) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// The text of a template. An unquoted `{{ x }}` is a YAML flow map: say so.
+pub fn template_text(r: &mut Reader, node: &Node, path: &str) -> Option<String> {
+    if matches!(node.value, Value::Map(_) | Value::Seq(_)) {
+        r.problem(
+            path,
+            node.mark,
+            "expected a template string, found a map or list: quote the template (e.g. `\"{{ new.id }}\"`): \
+             unquoted, YAML reads `{{ ... }}` as a map",
+        );
+        return None;
+    }
+    r.non_empty_string(node, path)
 }
 
 /// Compiles a template read from the file, reporting a problem at `path`.

@@ -802,3 +802,24 @@ fn eviction_observers_point_back_at_their_lookup() {
     assert_eq!(lookups::evict_observer_lookup(&c, 1), Some(0));
     assert_eq!(lookups::evict_observer_lookup(&c, 2), None);
 }
+
+#[test]
+fn unquoted_templates_get_a_hint() {
+    let src = "\
+observers:
+  - name: o
+    table: t
+    actions:
+      - type: slack
+        webhook_url: http://127.0.0.1:8080/slack
+        text: {{ new.id }}
+";
+    let p = problems(src, &[]);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(p[0].path, "observers[0].actions[0].text");
+    assert!(
+        p[0].message.contains("quote the template"),
+        "{}",
+        p[0].message
+    );
+}
