@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -293,11 +294,21 @@ impl Cache for RedisCache {
                     LookupStats::bump(&self.stats.cache_misses);
                     let redis_key = format!("{REDIS_PREFIX}{lookup}:{generation}:{key}");
                     let timeout = self.timeout;
+                    let stats = self.stats.clone();
                     let call: Fetch = Box::pin(async move {
+                        let mut conn = conn;
+                        // A caller that read before another flight's SET and registered after
+                        // that flight finished would call the source again: look once more.
+                        let get = conn.get::<_, Option<String>>(&redis_key);
+                        if let Ok(Ok(Some(text))) = tokio::time::timeout(timeout, get).await {
+                            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                                LookupStats::bump(&stats.cache_hits);
+                                return Ok(Arc::new(v));
+                            }
+                        }
                         let value = fetch.await?;
                         let text = value.to_string();
                         if text.len() <= MAX_REDIS_VALUE {
-                            let mut conn = conn;
                             let px = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
                             let mut cmd = redis::cmd("SET");
                             cmd.arg(&redis_key).arg(text).arg("PX").arg(px);
