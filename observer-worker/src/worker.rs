@@ -24,7 +24,7 @@ use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_IN
 use crate::pipeline::executor::Layers;
 use crate::pipeline::handler::Deliverer;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
-use crate::pipeline::parked::ParkedLoop;
+use crate::pipeline::parked::{ParkQueue, ParkedLoop};
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry};
 use crate::resilience::dedup::installation_bytes;
 use crate::resilience::{Breakers, Dedup};
@@ -134,6 +134,14 @@ pub async fn run(
     tasks.spawn(maintenance(db.clone(), background.clone()));
     tasks.spawn(refresh_definitions(registry.clone(), background.clone()));
 
+    let parker = layers.breakers.is_some().then(|| {
+        Arc::new(ParkQueue::new(
+            db.clone(),
+            group.clone(),
+            lease_rx.clone(),
+            fenced.clone(),
+        ))
+    });
     if layers.breakers.is_some() {
         tasks.spawn(
             Arc::new(ParkedLoop {
@@ -159,6 +167,7 @@ pub async fn run(
         fenced: fenced.clone(),
         layers,
         installation,
+        parker,
         stats: stats.clone(),
     });
     let consumer = Consumer::new(

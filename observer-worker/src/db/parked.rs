@@ -4,19 +4,19 @@
 use super::{queries, Db, DbError, Lane};
 
 /// A pair to park.
-#[derive(Debug)]
-pub struct ParkRecord<'a> {
+#[derive(Debug, Clone)]
+pub struct ParkRecord {
     pub event_id: i64,
     pub observer_id: i32,
     pub action_index: i32,
-    pub action_type: &'a str,
-    pub webhook_id: &'a str,
+    pub action_type: &'static str,
+    pub webhook_id: String,
     /// UTC capture day `YYYY-MM-DD`.
-    pub day: &'a str,
-    pub destination: &'a str,
-    pub body: &'a str,
+    pub day: String,
+    pub destination: String,
+    pub body: String,
     pub attempts: i32,
-    pub last_error: Option<&'a str>,
+    pub last_error: Option<String>,
 }
 
 /// A parked pair, fetched for delivery.
@@ -34,31 +34,42 @@ pub struct ParkedPair {
 }
 
 impl Db {
-    /// Parks a pair (fenced by `epoch`); returns its id.
+    /// Parks pairs, one round trip (fenced by `epoch`); returns how many rows were written.
     pub async fn park_add(
         &self,
         group: &str,
         epoch: i64,
-        p: &ParkRecord<'_>,
+        recs: &[ParkRecord],
     ) -> Result<i64, DbError> {
         const CTX: &str = "observers.park_add";
         let (c, stmt) = self.prepared(Lane::Side, CTX, queries::PARK_ADD).await?;
+        let col = |f: &dyn Fn(&ParkRecord) -> i64| recs.iter().map(f).collect::<Vec<i64>>();
+        let event_ids = col(&|r| r.event_id);
+        let observer_ids: Vec<i32> = recs.iter().map(|r| r.observer_id).collect();
+        let indexes: Vec<i32> = recs.iter().map(|r| r.action_index).collect();
+        let types: Vec<&str> = recs.iter().map(|r| r.action_type).collect();
+        let ids: Vec<&str> = recs.iter().map(|r| r.webhook_id.as_str()).collect();
+        let days: Vec<&str> = recs.iter().map(|r| r.day.as_str()).collect();
+        let dests: Vec<&str> = recs.iter().map(|r| r.destination.as_str()).collect();
+        let bodies: Vec<&str> = recs.iter().map(|r| r.body.as_str()).collect();
+        let attempts: Vec<i32> = recs.iter().map(|r| r.attempts).collect();
+        let errors: Vec<Option<&str>> = recs.iter().map(|r| r.last_error.as_deref()).collect();
         let row = c
             .query_one(
                 &stmt,
                 &[
                     &group,
                     &epoch,
-                    &p.event_id,
-                    &p.observer_id,
-                    &p.action_index,
-                    &p.action_type,
-                    &p.webhook_id,
-                    &p.day,
-                    &p.destination,
-                    &p.body,
-                    &p.attempts,
-                    &p.last_error,
+                    &event_ids,
+                    &observer_ids,
+                    &indexes,
+                    &types,
+                    &ids,
+                    &days,
+                    &dests,
+                    &bodies,
+                    &attempts,
+                    &errors,
                 ],
             )
             .await

@@ -68,9 +68,10 @@ pub const DEDUP_CONFIRM: &str =
 /// `dedup_release(keys, days, owner)`.
 pub const DEDUP_RELEASE: &str = "SELECT observers.dedup_release($1, $2::text[]::date[], $3)";
 
-/// `park_add(group, epoch, event_id, observer_id, action_index, action_type, webhook_id, day,
-/// destination, body, attempts, last_error)` (fenced) -> parked id.
-pub const PARK_ADD: &str = "SELECT observers.park_add($1, $2, $3, $4, $5, $6, $7, $8::text::date, \
+/// `park_add(group, epoch, event_ids, observer_ids, action_indexes, action_types, webhook_ids,
+/// days, destinations, bodies, attempts, last_errors)` (fenced, batched) -> rows written.
+pub const PARK_ADD: &str =
+    "SELECT observers.park_add($1, $2, $3, $4, $5, $6, $7, $8::text[]::date[], \
      $9, $10, $11, $12)";
 
 /// `park_fetch(group, skip_destinations, skip_ids, lim)` -> parked pairs, oldest first.

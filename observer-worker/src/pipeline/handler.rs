@@ -12,6 +12,7 @@ use tracing::{debug, error, warn};
 use super::dispatcher::{EventHandler, EventOutcome};
 use super::executor::{self, ActionOutcome, Layers};
 use super::lease::LeaseState;
+use super::parked::ParkQueue;
 use super::registry::{ObserverRegistry, RuntimeObserver};
 use crate::actions::{Action, BoxFuture, Delivery};
 use crate::db::{Db, DbError, DeadLetterRecord, FetchedEvent, ParkRecord};
@@ -28,6 +29,8 @@ pub struct Deliverer {
     pub layers: Layers,
     /// This installation's id (part of dedup keys); set when deduplication is on.
     pub installation: Option<[u8; 16]>,
+    /// Where pairs of open destinations go; set when circuit breakers are on.
+    pub parker: Option<Arc<ParkQueue>>,
     pub stats: Arc<Stats>,
 }
 
@@ -112,24 +115,22 @@ impl Deliverer {
             } => {
                 let destination = action.destination().unwrap_or("");
                 debug!(observer = %observer.name, event_id = event.id, action_index = index, destination, attempts, "destination's circuit breaker is open: parking the pair");
+                let Some(parker) = &self.parker else {
+                    return false; // parking needs breakers, which build the queue
+                };
                 let record = ParkRecord {
                     event_id: event.id,
                     observer_id: observer.id,
                     action_index: index as i32,
                     action_type: action.type_name(),
-                    webhook_id: &delivery.webhook_id,
-                    day: &event.day,
-                    destination,
-                    body: std::str::from_utf8(&event.body).unwrap_or("null"),
+                    webhook_id: delivery.webhook_id.clone(),
+                    day: event.day.clone(),
+                    destination: destination.to_owned(),
+                    body: String::from_utf8_lossy(&event.body).into_owned(),
                     attempts: attempts as i32,
-                    last_error: last_error.as_deref(),
+                    last_error,
                 };
-                let record = &record;
-                let done = self
-                    .durably(event.id, "parked pair", |db, group, epoch| async move {
-                        db.park_add(&group, epoch, record).await
-                    })
-                    .await;
+                let done = parker.park(record).await;
                 if done {
                     Stats::add(&self.stats.actions_parked, 1);
                 }

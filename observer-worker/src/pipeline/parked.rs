@@ -26,7 +26,8 @@ use super::handler::durably;
 use super::lease::LeaseState;
 use super::registry::{ObserverEntry, ObserverRegistry};
 use crate::actions::Delivery;
-use crate::db::{Db, ParkedPair};
+use crate::db::{Db, ParkRecord, ParkedPair};
+use crate::resilience::batcher::Batcher;
 use crate::resilience::PairKey;
 use crate::telemetry::Stats;
 
@@ -34,6 +35,92 @@ use crate::telemetry::Stats;
 pub const MAX_IN_FLIGHT: usize = 64;
 /// How often the loop looks for parked pairs it can deliver.
 pub const POLL: Duration = Duration::from_millis(500);
+
+/// Largest number of pairs parked in one round trip.
+const PARK_BATCH: usize = 512;
+
+#[derive(Debug, Clone)]
+enum ParkError {
+    NotLeader,
+    Fenced,
+    Db { message: Arc<str>, retryable: bool },
+}
+
+/// Parks pairs durably, batching concurrent requests into one fenced `park_add` call.
+pub struct ParkQueue {
+    batcher: Batcher<ParkRecord, (), ParkError>,
+    lease: watch::Receiver<LeaseState>,
+    fenced: Arc<Notify>,
+}
+
+impl ParkQueue {
+    pub fn new(
+        db: Db,
+        group: String,
+        lease: watch::Receiver<LeaseState>,
+        fenced: Arc<Notify>,
+    ) -> Self {
+        let l2 = lease.clone();
+        let batcher = Batcher::spawn(
+            PARK_BATCH,
+            4 * PARK_BATCH,
+            2,
+            move |recs: Vec<ParkRecord>| {
+                let (db, group) = (db.clone(), group.clone());
+                let epoch = l2.borrow().held_epoch();
+                async move {
+                    let Some(epoch) = epoch else {
+                        return Err(ParkError::NotLeader);
+                    };
+                    match db.park_add(&group, epoch, &recs).await {
+                        Ok(_) => Ok(vec![(); recs.len()]),
+                        Err(e) if e.is_fenced() => Err(ParkError::Fenced),
+                        Err(e) => Err(ParkError::Db {
+                            retryable: e.is_retryable(),
+                            message: Arc::from(e.to_string()),
+                        }),
+                    }
+                }
+            },
+        );
+        ParkQueue {
+            batcher,
+            lease,
+            fenced,
+        }
+    }
+
+    /// Parks `rec`, retrying until it is durable. False only when the worker is shutting down
+    /// or lost the lease for good (the event is then delivered again by the next leader).
+    pub async fn park(&self, rec: ParkRecord) -> bool {
+        let mut lease = self.lease.clone();
+        let mut backoff = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            match self.batcher.call(rec.clone()).await {
+                Ok(Ok(())) => return true,
+                Err(_) => return false,
+                Ok(Err(ParkError::NotLeader)) => {
+                    if lease.wait_for(|s| s.held_epoch().is_some()).await.is_err() {
+                        return false;
+                    }
+                }
+                Ok(Err(ParkError::Fenced)) => {
+                    self.fenced.notify_one();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), lease.changed()).await;
+                }
+                Ok(Err(ParkError::Db { message, retryable })) => {
+                    if !warned {
+                        warn!(event_id = rec.event_id, retryable, error = %message, "cannot park the pair yet; retrying until it is durable");
+                        warned = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
 
 pub struct ParkedLoop {
     pub db: Db,

@@ -29,10 +29,12 @@ COMMENT ON TABLE observers.parked IS
     'Pairs waiting for their destination''s circuit breaker to close; delivered later by the leader with the same webhook-id.';
 CREATE INDEX parked_destination_idx ON observers.parked (group_name, destination, id);
 
--- Park one pair (fenced). Parking the same pair again keeps the larger attempt count.
-CREATE FUNCTION observers.park_add(group_name text, epoch bigint, event_id bigint, observer_id int,
-                                   action_index int, action_type text, webhook_id text, day date,
-                                   destination text, body text, attempts int, last_error text)
+-- Park pairs (fenced), batched: element i of every array describes one pair. Parking the same
+-- pair again keeps one row and the larger attempt count. Returns how many were parked.
+CREATE FUNCTION observers.park_add(group_name text, epoch bigint, event_ids bigint[],
+                                   observer_ids int[], action_indexes int[], action_types text[],
+                                   webhook_ids text[], days date[], destinations text[],
+                                   bodies text[], attempts int[], last_errors text[])
 RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -40,27 +42,40 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-    v_id bigint;
+    v_n     int := coalesce(cardinality(event_ids), 0);
+    v_count bigint;
 BEGIN
     PERFORM observers._fence(group_name, epoch);
-    IF event_id IS NULL OR observer_id IS NULL OR action_index IS NULL OR attempts IS NULL
-       OR body IS NULL OR day IS NULL THEN
+    IF coalesce(cardinality(observer_ids), 0) <> v_n OR coalesce(cardinality(action_indexes), 0) <> v_n
+       OR coalesce(cardinality(action_types), 0) <> v_n OR coalesce(cardinality(webhook_ids), 0) <> v_n
+       OR coalesce(cardinality(days), 0) <> v_n OR coalesce(cardinality(destinations), 0) <> v_n
+       OR coalesce(cardinality(bodies), 0) <> v_n OR coalesce(cardinality(attempts), 0) <> v_n
+       OR coalesce(cardinality(last_errors), 0) <> v_n THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'event_id, observer_id, action_index, day, attempts and body must not be NULL';
+            MESSAGE = 'park_add: every array must have one element per pair';
     END IF;
-    PERFORM observers._require_text('action_type', action_type);
-    PERFORM observers._require_text('webhook_id', webhook_id);
-    PERFORM observers._require_text('destination', destination);
+    IF EXISTS (SELECT 1 FROM unnest(event_ids, observer_ids, action_indexes, days, bodies, attempts)
+                              AS u(e, o, a, d, b, n)
+                WHERE e IS NULL OR o IS NULL OR a IS NULL OR d IS NULL OR b IS NULL OR n IS NULL)
+       OR EXISTS (SELECT 1 FROM unnest(action_types, webhook_ids, destinations) AS u(t, w, d)
+                   WHERE coalesce(t, '') = '' OR coalesce(w, '') = '' OR coalesce(d, '') = '') THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'park_add: event_id, observer_id, action_index, day, body and attempts must not be NULL; action_type, webhook_id and destination must not be empty';
+    END IF;
     INSERT INTO observers.parked AS p (group_name, event_id, observer_id, action_index, action_type,
                                        webhook_id, day, destination, body, attempts, last_error, epoch)
-    VALUES (group_name, event_id, observer_id, action_index, action_type,
-            webhook_id, day, destination, body, attempts, last_error, epoch)
+    SELECT DISTINCT ON (u.e, u.o, u.a) group_name, u.e, u.o, u.a, u.t, u.w, u.d, u.dest, u.b, u.n,
+           u.err, epoch
+      FROM unnest(event_ids, observer_ids, action_indexes, action_types, webhook_ids, days,
+                  destinations, bodies, attempts, last_errors)
+           AS u(e, o, a, t, w, d, dest, b, n, err)
+     ORDER BY u.e, u.o, u.a, u.n DESC
     ON CONFLICT ON CONSTRAINT parked_pair_unique DO UPDATE
        SET attempts = greatest(p.attempts, excluded.attempts),
            last_error = coalesce(excluded.last_error, p.last_error),
-           epoch = excluded.epoch
-    RETURNING p.id INTO v_id;
-    RETURN v_id;
+           epoch = excluded.epoch;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
 END
 $$;
 

@@ -18,22 +18,32 @@ $$;
 
 SELECT observers.lease_acquire('g', 'w1', '1 minute') AS epoch;
 
--- park three pairs for two destinations
-SELECT observers.park_add('g', 1, 10, 1, 0, 'webhook', 'evt_10_0', '2026-11-29', 'http://a:80',
-                          '{"id": 10, "observer": "o"}', 2, 'HTTP 503') > 0 AS parked;
-SELECT observers.park_add('g', 1, 11, 1, 0, 'webhook', 'evt_11_0', '2026-11-29', 'http://a:80',
-                          '{"id": 11}', 0, NULL) > 0 AS parked;
-SELECT observers.park_add('g', 1, 12, 1, 0, 'webhook', 'evt_12_0', '2026-11-29', 'http://b:80',
-                          '{"id": 12}', 1, 'timeout after 5s') > 0 AS parked;
+-- one pair per call (what park1 wraps) and a batch
+CREATE FUNCTION park1(epoch bigint, event_id bigint, destination text, body text, attempts int, last_error text)
+RETURNS bigint LANGUAGE sql AS $$
+    SELECT observers.park_add('g', epoch, ARRAY[event_id], '{1}', '{0}', '{webhook}',
+                              ARRAY['evt_' || event_id || '_0'], '{2026-11-29}', ARRAY[destination],
+                              ARRAY[body], ARRAY[attempts], ARRAY[last_error])
+$$;
+SELECT park1(1, 10, 'http://a:80', '{"id": 10, "observer": "o"}', 2, 'HTTP 503') AS parked;
+SELECT observers.park_add('g', 1, '{11,12}', '{1,1}', '{0,0}', '{webhook,webhook}',
+                          '{evt_11_0,evt_12_0}', '{2026-11-29,2026-11-29}', '{http://a:80,http://b:80}',
+                          ARRAY['{"id": 11}', '{"id": 12}'], '{0,1}', ARRAY[NULL, 'timeout after 5s']) AS parked;
 -- parking the same pair again keeps one row and the larger attempt count
-SELECT observers.park_add('g', 1, 10, 1, 0, 'webhook', 'evt_10_0', '2026-11-29', 'http://a:80',
-                          '{"id": 10, "observer": "o"}', 1, NULL) > 0 AS parked_again;
+SELECT park1(1, 10, 'http://a:80', '{"id": 10, "observer": "o"}', 1, NULL) AS parked_again;
+-- the same pair twice in one batch is one row
+SELECT observers.park_add('g', 1, '{13,13}', '{1,1}', '{0,0}', '{webhook,webhook}',
+                          '{evt_13_0,evt_13_0}', '{2026-11-29,2026-11-29}', '{http://c:80,http://c:80}',
+                          '{"{}","{}"}', '{1,3}', '{x,y}') AS parked_twice;
+SELECT attempts, last_error FROM observers.parked WHERE event_id = 13;
+DELETE FROM observers.parked WHERE event_id = 13;
 SELECT event_id, destination, attempts, last_error, body FROM observers.parked ORDER BY id;
 
 -- fenced: a stale epoch is refused
-SELECT try($$SELECT observers.park_add('g', 7, 13, 1, 0, 'webhook', 'evt_13_0', '2026-11-29', 'http://a:80', '{}', 0, NULL)$$);
--- bad input
-SELECT try($$SELECT observers.park_add('g', 1, 13, 1, 0, 'webhook', 'evt_13_0', '2026-11-29', '', '{}', 0, NULL)$$);
+SELECT try($$SELECT park1(7, 14, 'http://a:80', '{}', 0, NULL)$$);
+-- bad input: an empty destination, arrays of different lengths
+SELECT try($$SELECT park1(1, 14, '', '{}', 0, NULL)$$);
+SELECT try($$SELECT observers.park_add('g', 1, '{14,15}', '{1}', '{0}', '{webhook}', '{w}', '{2026-11-29}', '{d}', '{b}', '{0}', '{NULL}')$$);
 
 -- fetch: everything, then without destination a, then without a pair in flight
 SELECT event_id, webhook_id, day, destination, attempts FROM observers.park_fetch('g', '{}', '{}', 10);
