@@ -50,6 +50,23 @@ async fn count_sql_calls(db: &TestDb) -> (tokio_postgres::Client, Arc<AtomicU64>
     (client, count)
 }
 
+/// SQL calls counted so far, once at least `at_least` arrived and no more came for 300 ms
+/// (notifications are asynchronous: an exact count needs both).
+async fn settled_calls(calls: &AtomicU64, at_least: u64) -> u64 {
+    let _ = observers_tests::util::poll(SHORT, Duration::from_millis(50), || async {
+        (calls.load(Ordering::SeqCst) >= at_least).then_some(())
+    })
+    .await;
+    loop {
+        let before = calls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = calls.load(Ordering::SeqCst);
+        if after == before {
+            return after;
+        }
+    }
+}
+
 /// Texts posted to the Slack endpoint, in arrival order, of successful posts.
 fn slack_texts(rx: &Receiver) -> Vec<String> {
     rx.deliveries_for("/slack")
@@ -161,8 +178,11 @@ async fn sql_lookup_is_cached_in_memory_and_evicted_when_its_table_changes() {
         "{:?}",
         slack_texts(&rx)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await; // let notifications arrive
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "one SQL call for one key");
+    assert_eq!(
+        settled_calls(&calls, 1).await,
+        1,
+        "one SQL call for one key"
+    );
 
     // another key: one more call
     insert_orders(&db, 2, 1).await;
@@ -184,9 +204,8 @@ async fn sql_lookup_is_cached_in_memory_and_evicted_when_its_table_changes() {
     insert_orders(&db, 1, 1).await;
     wait_texts(&rx, 14).await;
     assert_eq!(slack_texts(&rx)[13], "order 14 for Ada <ada@new.example>");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        calls.load(Ordering::SeqCst),
+        settled_calls(&calls, 3).await,
         3,
         "customer 1, customer 2, customer 1 after eviction"
     );
@@ -204,7 +223,7 @@ async fn http_lookup_single_call_on_concurrent_misses_and_expiry() {
             .delay(Duration::from_millis(200)),
     );
     let extra = "caching: { enabled: true, backend: memory }\n\
-                 lookups:\n  - name: profile\n    http: \"{rx}/profiles/{{ new.customer_id }}\"\n    ttl: 2s\n";
+                 lookups:\n  - name: profile\n    http: \"{rx}/profiles/{{ new.customer_id }}\"\n    ttl: 3s\n";
     let mut worker = start(
         "lookups_http_memory",
         &db,
@@ -222,7 +241,7 @@ async fn http_lookup_single_call_on_concurrent_misses_and_expiry() {
     assert_eq!(gets(&rx, "/profiles/7"), 1, "{}", rx.summary());
 
     // after the TTL the source is called again
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     rx.set_default(
         "/profiles/7",
         Reply::ok().body("application/json", r#"{"tier": "platinum"}"#),
@@ -245,7 +264,7 @@ async fn redis_cache_hits_evicts_and_keeps_delivering_when_redis_dies() {
             .delay(Duration::from_millis(100)),
     );
     let extra = format!(
-        "redis: {{ url: {}, timeout: 200ms }}\ncaching: {{ enabled: true, backend: redis }}\n{SQL_LOOKUP}  \
+        "redis: {{ url: {}, timeout: 1s }}\ncaching: {{ enabled: true, backend: redis }}\n{SQL_LOOKUP}  \
          - name: profile\n    http: \"{{rx}}/profiles/{{{{ new.customer_id }}}}\"\n    ttl: 1h\n",
         redis.url()
     );
@@ -278,8 +297,7 @@ async fn redis_cache_hits_evicts_and_keeps_delivering_when_redis_dies() {
         slack_texts(&rx)
     );
     assert_eq!(gets(&rx, "/profiles/1"), 1, "{}", rx.summary());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(settled_calls(&calls, 1).await, 1);
     // the values live in Redis under fo:lookup:<name>:<generation>:<sha256>
     let keys = redis.command("KEYS fo:lookup:*").unwrap_or_default();
     assert!(
@@ -305,8 +323,7 @@ async fn redis_cache_hits_evicts_and_keeps_delivering_when_redis_dies() {
         slack_texts(&rx)
     );
     assert_eq!(gets(&rx, "/profiles/2"), 1, "{}", rx.summary());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(settled_calls(&calls, 2).await, 2);
     assert_eq!(redis.dbsize(), Some(4));
 
     // eviction: INCR of the lookup's generation in Redis
