@@ -121,6 +121,8 @@ PY
 
 b "7. observers.status()"
 psql -c "SELECT observer, group_name, backlog, oldest_undelivered_age, dlq_count, leader FROM observers.status()"
+echo "deduplication remembers each pair that succeeded (it is not executed again after a crash):"
+psql -c "SELECT count(*) FILTER (WHERE state = 'd') AS pairs_done, count(*) FILTER (WHERE state = 'c') AS pairs_claimed, (SELECT count(*) FROM observers.parked) AS parked_pairs FROM observers.dedup"
 
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
   b "left running (DEMO_KEEP=1)"

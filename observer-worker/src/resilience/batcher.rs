@@ -123,7 +123,7 @@ mod tests {
             assert_eq!(r, i * 2);
         }
         let n = batches.load(Ordering::SeqCst);
-        assert!(n >= 3 && n < 30, "300 calls took {n} batches");
+        assert!((3..30).contains(&n), "300 calls took {n} batches");
     }
 
     #[tokio::test]
