@@ -8,6 +8,8 @@
 #      webhooks to a local receiver, and commit-to-delivery latency at a steady 1,000 events/s.
 #   3. resilience (target/release/bench-resilience): drain rate with deduplication off / redis /
 #      postgres, and one destination's drain rate while another is healthy vs down (breaker open).
+#   4. lookups (target/release/bench-lookups): lookup latency against a 50 ms HTTP source,
+#      uncached vs Redis hit vs memory hit, p50/p99.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -28,3 +30,6 @@ echo; echo "=== 2. end to end ==="
 echo; echo "=== 3. resilience ==="
 "$top/target/release/bench-resilience" --pgurl "postgres://postgres@127.0.0.1:$port/postgres" \
   --worker-bin "$top/target/release/fraiseql-observers"
+
+echo; echo "=== 4. lookup latency (uncached vs redis hit vs memory hit, 50 ms source) ==="
+"$top/target/release/bench-lookups"

@@ -76,10 +76,13 @@ pub async fn live_problems(
         return Ok(problems);
     }
     for (i, o) in config.observers.iter().enumerate() {
-        let base = format!("observers[{i}]");
-        let node = tree
-            .and_then(|t| t.get("observers"))
-            .and_then(|n| n.item(i));
+        // internal eviction observers are reported at their lookup (`lookups[j].table`)
+        let (section, item) = match crate::config::lookups::evict_observer_lookup(config, i) {
+            Some(j) => ("lookups", j),
+            None => ("observers", i),
+        };
+        let base = format!("{section}[{item}]");
+        let node = tree.and_then(|t| t.get(section)).and_then(|n| n.item(item));
         let at = |key: &str| -> (String, Option<yaml::Mark>) {
             (
                 format!("{base}.{key}"),

@@ -36,6 +36,8 @@ pub enum WorkerError {
     Db(#[from] DbError),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error("cannot set up lookups: {0}")]
+    Lookups(String),
     #[error("{0}")]
     Fatal(String),
 }

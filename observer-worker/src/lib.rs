@@ -4,7 +4,9 @@
 //! * [`config`] — parse, expand `${VAR}`, validate (pure).
 //! * [`db`] — typed wrappers for the extension's SQL functions, pools, LISTEN.
 //! * [`pipeline`] — lease, consumer loop, dispatcher, checkpoint tracker.
-//! * [`actions`] — the `Action` trait and the webhook action.
+//! * [`actions`] — the `Action` trait; webhook, slack and the internal cache_evict actions.
+//! * [`templates`] — minijinja templates of action fields (strict, compiled at config time).
+//! * [`lookups`] — cached lookups (`lookup.<name>` in templates): sources, caches, eviction.
 //! * [`retry`], [`signing`] — backoff policy and Standard Webhooks signatures.
 //! * [`worker`] — assembles everything for `start`; [`commands`] — the CLI commands.
 
@@ -14,9 +16,11 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod lookups;
 pub mod pipeline;
 pub mod resilience;
 pub mod retry;
 pub mod signing;
 pub mod telemetry;
+pub mod templates;
 pub mod worker;

@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::actions::webhook;
-use crate::config::{Config, ProcessEnv};
+use crate::config::lookups::evict_observer_lookup;
+use crate::config::{Config, LookupSource, ProcessEnv};
 use crate::db::{listener, Db, DbError};
 use crate::error::WorkerError;
+use crate::lookups::{LookupStats, Lookups, Sources};
 use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_INTERVAL};
 use crate::pipeline::executor::Layers;
 use crate::pipeline::handler::Deliverer;
@@ -69,12 +71,14 @@ pub async fn run(
     // 3. What we run comes from the database.
     let max_in_flight = config.concurrency.effective_max_in_flight();
     let http = webhook::http_client(max_in_flight).map_err(|e| WorkerError::Http(e.to_string()))?;
+    let lookups = Arc::new(build_lookups(&config, &db, &http)?);
     let registry = Arc::new(ObserverRegistry::new(
         db.clone(),
         group.clone(),
         Arc::new(ProcessEnv),
         config.retry.clone(),
         http,
+        lookups.clone(),
     ));
     let Some(loaded) = load_definitions(&registry, &db, &stop).await? else {
         return Ok(());
@@ -120,8 +124,11 @@ pub async fn run(
         group.clone(),
         worker_id.clone(),
         lease_rx.clone(),
-        stats.clone(),
-        layers.clone(),
+        Reported {
+            stats: stats.clone(),
+            layers: layers.clone(),
+            lookups: lookups.clone(),
+        },
         background.clone(),
     ));
     tasks.spawn(maintenance(db.clone(), background.clone()));
@@ -209,6 +216,18 @@ pub async fn run(
         }
     }
 
+    if !lookups.names().is_empty() {
+        let s = lookups.stats();
+        info!(
+            source_calls = LookupStats::get(&s.source_calls),
+            source_errors = LookupStats::get(&s.source_errors),
+            cache_hits = LookupStats::get(&s.cache_hits),
+            cache_misses = LookupStats::get(&s.cache_misses),
+            redis_errors = LookupStats::get(&s.redis_errors),
+            evictions = LookupStats::get(&s.evictions),
+            "lookup statistics"
+        );
+    }
     info!(
         uptime = %humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
         events_finished = Stats::get(&stats.events_finished),
@@ -228,6 +247,42 @@ pub async fn run(
         }
         None => Ok(()),
     }
+}
+
+/// The declared lookups and their cache (no I/O: connections open on first use).
+fn build_lookups(config: &Config, db: &Db, http: &reqwest::Client) -> Result<Lookups, WorkerError> {
+    if config.lookups.is_empty() {
+        return Ok(Lookups::empty());
+    }
+    let needs_sql = config
+        .lookups
+        .iter()
+        .any(|l| matches!(l.source, LookupSource::Sql { .. }));
+    let pool = if needs_sql {
+        Some(
+            Sources::sql_pool(
+                db.pg_config(),
+                config.database.connect_timeout + Duration::from_secs(1),
+            )
+            .map_err(WorkerError::Lookups)?,
+        )
+    } else {
+        None
+    };
+    let lookups = Lookups::build(
+        &config.lookups,
+        &config.caching,
+        config.redis.as_ref(),
+        Sources::new(http.clone(), pool),
+    )
+    .map_err(|e| WorkerError::Lookups(e.to_string()))?;
+    info!(
+        lookups = ?lookups.names(),
+        caching = config.caching.enabled,
+        backend = ?config.caching.backend,
+        "lookups ready"
+    );
+    Ok(lookups)
 }
 
 /// The resilience layers of `config` (concurrency, circuit breakers, deduplication) and, with
@@ -346,7 +401,7 @@ async fn apply_observers(
                 Err(e) => {
                     return Err(WorkerError::ObserverRejected {
                         name: o.name.clone(),
-                        path: format!("observers[{i}]"),
+                        path: observer_path(config, i),
                         source: e,
                     })
                 }
@@ -354,6 +409,15 @@ async fn apply_observers(
         }
     }
     Ok(true)
+}
+
+/// Where observer `i` of `config.observers` was written (internal eviction
+/// observers point at their lookup's `table`).
+fn observer_path(config: &Config, i: usize) -> String {
+    match evict_observer_lookup(config, i) {
+        Some(j) => format!("lookups[{j}].table"),
+        None => format!("observers[{i}]"),
+    }
 }
 
 async fn load_definitions(
@@ -384,16 +448,27 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
+/// What the heartbeat reports besides the lease role.
+struct Reported {
+    stats: Arc<Stats>,
+    layers: Layers,
+    lookups: Arc<Lookups>,
+}
+
 /// Best-effort `observers.heartbeat` every few seconds.
 async fn heartbeat(
     db: Db,
     group: String,
     worker_id: String,
     lease: watch::Receiver<LeaseState>,
-    stats: Arc<Stats>,
-    layers: Layers,
+    reported: Reported,
     stop: CancellationToken,
 ) {
+    let Reported {
+        stats,
+        layers,
+        lookups,
+    } = reported;
     let started_at = httpdate::fmt_http_date(std::time::SystemTime::now());
     loop {
         let state = *lease.borrow();
@@ -411,6 +486,7 @@ async fn heartbeat(
             "stats": stats.snapshot(),
             "dedup": layers.dedup.as_ref().map(|d| d.snapshot()),
             "breakers": layers.breakers.as_ref().map(|b| b.snapshot()),
+            "lookups": lookups.snapshot(),
         });
         if let Err(e) = db.heartbeat(&group, &worker_id, &info).await {
             debug!(error = %e, "heartbeat failed");

@@ -26,6 +26,8 @@ mod filters;
 mod install;
 #[path = "e2e/late_commit.rs"]
 mod late_commit;
+#[path = "e2e/lookups.rs"]
+mod lookups;
 #[path = "e2e/ordering.rs"]
 mod ordering;
 #[path = "e2e/retries.rs"]

@@ -3,6 +3,8 @@
 //! Retry, timeout and concurrency are layers applied around every action in
 //! one place (`pipeline::executor`), in one fixed order.
 
+pub mod cache_evict;
+pub mod slack;
 pub mod webhook;
 
 use std::future::Future;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::ActionConfig;
+use crate::lookups::Lookups;
 use crate::resilience::PairKey;
 use crate::retry::RetryPolicy;
 
@@ -126,9 +129,20 @@ pub trait Action: Send + Sync + 'static {
     fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>>;
 }
 
-/// Builds the runtime action for a validated configuration.
-pub fn build(config: &ActionConfig, http: &reqwest::Client) -> Arc<dyn Action> {
+/// Builds the runtime action for a validated configuration. `lookups` are the
+/// worker's declared lookups (templated actions resolve them).
+pub fn build(
+    config: &ActionConfig,
+    http: &reqwest::Client,
+    lookups: &Arc<Lookups>,
+) -> Arc<dyn Action> {
     match config {
         ActionConfig::Webhook(w) => Arc::new(webhook::WebhookAction::new(w, http.clone())),
+        ActionConfig::Slack(s) => {
+            Arc::new(slack::SlackAction::new(s, http.clone(), lookups.clone()))
+        }
+        ActionConfig::CacheEvict(c) => {
+            Arc::new(cache_evict::CacheEvictAction::new(c, lookups.clone()))
+        }
     }
 }

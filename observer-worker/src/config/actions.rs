@@ -10,15 +10,17 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue};
 
 use super::env::Env;
+use super::lookups::{check_lookups_declared, compile_template, CACHE_EVICT_ACTION};
 use super::reader::{index, Problem, Reader};
 use super::yaml::{Node, Value};
 use crate::retry::{Jitter, RetryPolicy};
 use crate::signing::SigningKey;
+use crate::templates::Template;
 
 /// Action types this version can run.
-pub const AVAILABLE_ACTION_TYPES: &[&str] = &["webhook"];
+pub const AVAILABLE_ACTION_TYPES: &[&str] = &["webhook", "slack"];
 /// Action types of the product that arrive in later versions.
-pub const LATER_ACTION_TYPES: &[&str] = &["slack", "email", "search", "elasticsearch", "job"];
+pub const LATER_ACTION_TYPES: &[&str] = &["email", "search", "elasticsearch", "job"];
 
 /// Headers a configuration may not set: they are the signature protocol's or the HTTP client's.
 pub const RESERVED_HEADERS: &[&str] = &[
@@ -37,13 +39,46 @@ pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub enum ActionConfig {
     Webhook(WebhookConfig),
+    Slack(SlackConfig),
+    /// Internal: evicts a lookup's cached entries (the observers the worker
+    /// creates for lookups with `table:`; see `config::lookups`).
+    CacheEvict(CacheEvictConfig),
+}
+
+/// The internal `cache_evict` action.
+#[derive(Debug, Clone)]
+pub struct CacheEvictConfig {
+    pub lookup: String,
+    pub retry: RetryPolicy,
 }
 
 impl ActionConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             ActionConfig::Webhook(_) => "webhook",
+            ActionConfig::Slack(_) => "slack",
+            ActionConfig::CacheEvict(_) => CACHE_EVICT_ACTION,
         }
+    }
+}
+
+/// A Slack incoming-webhook action: `POST {"text": <rendered text>}`.
+#[derive(Clone)]
+pub struct SlackConfig {
+    pub webhook_url: url::Url,
+    pub text: Template,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl fmt::Debug for SlackConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlackConfig")
+            .field("webhook_url", &redacted_url(&self.webhook_url))
+            .field("text", &self.text)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish()
     }
 }
 
@@ -122,8 +157,20 @@ pub fn actions_from_json(
     env: &dyn Env,
     retry: &RetryPolicy,
 ) -> Result<Vec<ActionConfig>, Vec<Problem>> {
+    actions_from_json_with_lookups(json, env, retry, &[])
+}
+
+/// [`actions_from_json`] for a worker that declares `lookups` (templates may
+/// use `lookup.<name>` for these names only).
+pub fn actions_from_json_with_lookups(
+    json: &serde_json::Value,
+    env: &dyn Env,
+    retry: &RetryPolicy,
+    lookups: &[String],
+) -> Result<Vec<ActionConfig>, Vec<Problem>> {
     let node = Node::from_json(json);
     let mut r = Reader::new(env);
+    r.set_lookup_names(lookups.to_vec());
     let actions = read_actions(&mut r, &node, "actions", retry);
     match actions {
         Some(a) if !r.has_problems() => Ok(a),
@@ -160,12 +207,15 @@ fn read_action(
     let kind = r.non_empty_string(type_node, &type_path)?;
     match kind.trim() {
         "webhook" => read_webhook(r, node, path, retry).map(ActionConfig::Webhook),
+        "slack" => read_slack(r, node, path, retry).map(ActionConfig::Slack),
+        CACHE_EVICT_ACTION => read_cache_evict(r, node, path, retry),
         k if LATER_ACTION_TYPES.contains(&k) => {
             r.problem(
                 &type_path,
                 type_node.mark,
                 format!(
-                    "action type `{k}` is not available in this version yet (available: webhook)"
+                    "action type `{k}` is not available in this version yet (available: {})",
+                    AVAILABLE_ACTION_TYPES.join(", ")
                 ),
             );
             None
@@ -316,6 +366,112 @@ fn read_webhook(
         timeout,
         retry,
     })
+}
+
+const SLACK_KEYS: &[&str] = &["type", "webhook_url", "text", "timeout", "retry", "mode"];
+
+fn read_slack(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> Option<SlackConfig> {
+    let f = r.map(node, path, SLACK_KEYS)?;
+    let before = r.problem_count();
+    let webhook_url = match f.get("webhook_url") {
+        Some(n) => read_http_url(r, n, &f.path_of("webhook_url")),
+        None => {
+            r.problem(path, node.mark, "missing `webhook_url`");
+            None
+        }
+    };
+    let text = match f.get("text") {
+        Some(n) => {
+            let p = f.path_of("text");
+            super::lookups::template_text(r, n, &p)
+                .and_then(|t| compile_template(r, &t, &p, n))
+                .filter(|t| check_lookups_declared(r, t, &p, n))
+        }
+        None => {
+            r.problem(
+                path,
+                node.mark,
+                "missing `text` (a template, e.g. `text: \"Order {{ new.id }}\"`)",
+            );
+            None
+        }
+    };
+    let timeout = match f.get("timeout") {
+        Some(n) => r
+            .duration(n, &f.path_of("timeout"), Duration::from_millis(1))
+            .unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
+        None => DEFAULT_WEBHOOK_TIMEOUT,
+    };
+    let retry = match f.get("retry") {
+        Some(n) => read_retry(r, n, &f.path_of("retry"), retry),
+        None => retry.clone(),
+    };
+    read_mode(r, &f);
+    if r.problem_count() != before {
+        return None;
+    }
+    Some(SlackConfig {
+        webhook_url: webhook_url?,
+        text: text?,
+        timeout,
+        retry,
+    })
+}
+
+fn read_cache_evict(
+    r: &mut Reader,
+    node: &Node,
+    path: &str,
+    retry: &RetryPolicy,
+) -> Option<ActionConfig> {
+    let f = r.map(node, path, &["type", "lookup"])?;
+    let Some(n) = f.get("lookup") else {
+        r.problem(path, node.mark, "missing `lookup`");
+        return None;
+    };
+    let lookup = r.non_empty_string(n, &f.path_of("lookup"))?;
+    Some(ActionConfig::CacheEvict(CacheEvictConfig {
+        lookup: lookup.trim().to_owned(),
+        retry: retry.clone(),
+    }))
+}
+
+/// An absolute http(s) URL with a host; the text is never echoed (it may carry a token).
+fn read_http_url(r: &mut Reader, n: &Node, p: &str) -> Option<url::Url> {
+    let text = r.non_empty_string(n, p)?;
+    match url::Url::parse(text.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
+        Ok(_) => {
+            r.problem(
+                p,
+                n.mark,
+                "must be an absolute http:// or https:// URL with a host",
+            );
+            None
+        }
+        Err(e) => {
+            r.problem(p, n.mark, format!("invalid URL ({e})"));
+            None
+        }
+    }
+}
+
+fn read_mode(r: &mut Reader, f: &super::reader::Fields<'_>) {
+    if let Some(n) = f.get("mode") {
+        let p = f.path_of("mode");
+        if let Some(mode) = r.string(n, &p) {
+            match mode.trim() {
+                "sync" => {}
+                "async" => r.problem(
+                    &p,
+                    n.mark,
+                    "mode: async (through the job queue) is not available in this version yet; use `mode: sync` or \
+                     leave it out",
+                ),
+                other => r.problem(&p, n.mark, format!("expected `sync` or `async`, found {other:?}")),
+            }
+        }
+    }
 }
 
 const RETRY_KEYS: &[&str] = &[

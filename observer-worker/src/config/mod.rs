@@ -5,6 +5,7 @@
 
 pub mod actions;
 pub mod env;
+pub mod lookups;
 mod parse;
 pub mod reader;
 pub mod resilience;
@@ -15,8 +16,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use actions::{ActionConfig, WebhookConfig};
+pub use actions::{ActionConfig, SlackConfig, WebhookConfig};
 pub use env::{Env, ProcessEnv};
+pub use lookups::{LookupConfig, LookupSource};
 pub use reader::Problem;
 pub use resilience::{
     BreakerConfig, CacheBackend, CachingConfig, DedupBackend, DedupConfig, RedisConfig,
@@ -41,7 +43,10 @@ pub struct Config {
     pub deduplication: DedupConfig,
     pub caching: CachingConfig,
     pub circuit_breaker: BreakerConfig,
-    /// Observers from the file, applied to the database at start.
+    /// `lookups:`: cached enrichment usable from templates as `lookup.<name>`.
+    pub lookups: Vec<LookupConfig>,
+    /// Observers from the file (plus the internal `lookup_evict_*` observers
+    /// of lookups with `table:` when caching is on), applied to the database at start.
     pub observers: Vec<ObserverConfig>,
 }
 

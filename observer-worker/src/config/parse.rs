@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::actions::{read_actions, read_retry};
+use super::lookups;
 use super::reader::{index, Reader};
 use super::resilience::{self, CacheBackend, DedupBackend};
 use super::yaml::Node;
@@ -77,6 +78,13 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
     );
     let circuit_breaker = resilience::read_breaker(r, top.get("circuit_breaker"));
     read_later_features(r, &top);
+    let lookups = match top.get("lookups") {
+        Some(node) => {
+            r.set_lookup_names(lookups::written_names(node));
+            lookups::read_lookups(r, node, caching.default_ttl)
+        }
+        None => Vec::new(),
+    };
 
     let mut observers = Vec::new();
     if let Some(node) = top.get("observers") {
@@ -87,6 +95,11 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
                 }
             }
         }
+    }
+
+    if caching.enabled {
+        // the product observing itself: changes to a lookup's table evict it
+        observers.extend(lookups::evict_observers(&lookups, &retry));
     }
 
     Some(Config {
@@ -101,6 +114,7 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         deduplication,
         caching,
         circuit_breaker,
+        lookups,
         observers,
     })
 }
@@ -331,42 +345,6 @@ fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
                 format!("{name} is not available in this version yet: write `{name}: disabled` or remove the section"),
             );
         }
-    }
-
-    if let Some(node) = top.get("lookups") {
-        if let Some(items) = r.list(node, "lookups") {
-            for (i, item) in items.iter().enumerate() {
-                let path = index("lookups", i);
-                if let Some(f) = r.map(item, &path, &["name", "sql", "args", "ttl"]) {
-                    for k in ["name", "sql"] {
-                        match f.get(k) {
-                            Some(n) => {
-                                r.non_empty_string(n, &f.path_of(k));
-                            }
-                            None => r.problem(&path, item.mark, format!("missing `{k}`")),
-                        }
-                    }
-                    if let Some(n) = f.get("args") {
-                        r.list(n, &f.path_of("args"));
-                    }
-                    check_duration(r, &f, "ttl");
-                }
-            }
-            if !items.is_empty() {
-                r.problem(
-                    "lookups",
-                    node.mark,
-                    "lookups are not available in this version yet (they come with templated actions): remove the \
-                     section",
-                );
-            }
-        }
-    }
-}
-
-fn check_duration(r: &mut Reader, f: &super::reader::Fields<'_>, key: &str) {
-    if let Some(n) = f.get(key) {
-        r.duration(n, &f.path_of(key), Duration::ZERO);
     }
 }
 

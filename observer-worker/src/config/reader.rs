@@ -89,6 +89,8 @@ pub struct Feature<'n> {
 pub struct Reader<'e> {
     env: &'e dyn Env,
     problems: Vec<Problem>,
+    /// Names of the declared lookups, for templates that use `lookup.<name>`.
+    lookup_names: Vec<String>,
 }
 
 impl<'e> Reader<'e> {
@@ -96,7 +98,17 @@ impl<'e> Reader<'e> {
         Reader {
             env,
             problems: Vec::new(),
+            lookup_names: Vec::new(),
         }
+    }
+
+    /// Declares the lookups templates read from here on may use.
+    pub fn set_lookup_names(&mut self, names: Vec<String>) {
+        self.lookup_names = names;
+    }
+
+    pub fn lookup_names(&self) -> &[String] {
+        &self.lookup_names
     }
 
     pub fn env(&self) -> &'e dyn Env {

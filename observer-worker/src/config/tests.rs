@@ -65,7 +65,9 @@ fn minimal_config_gets_spec_defaults() {
     let o = &c.observers[0];
     assert_eq!(o.events, vec!["INSERT", "UPDATE", "DELETE"]);
     assert_eq!(o.condition, None);
-    let ActionConfig::Webhook(w) = &o.actions[0];
+    let ActionConfig::Webhook(w) = &o.actions[0] else {
+        panic!("expected a webhook")
+    };
     assert_eq!(w.timeout, Duration::from_secs(10));
     assert_eq!(w.retry, c.retry);
     assert!(w.signing_key.is_none());
@@ -119,7 +121,7 @@ observers:
         retry: { max_attempts: 8 }
       - type: slack
         webhook_url: ${SLACK_WEBHOOK_URL}
-        text: "Order {{ new.id }}"
+        text: "Order {{ new.id }}: {{ new.total }} for {{ lookup.customer.name }}"
       - type: email
         to: [ops@example.com]
         subject: "Big order {{ new.id }}"
@@ -132,18 +134,16 @@ observers:
             ("DATABASE_URL", "postgres://x@h/db"),
             ("HOOK_TOKEN", "t"),
             ("HOOK_SECRET", "s"),
+            (
+                "SLACK_WEBHOOK_URL",
+                "https://hooks.slack.com/services/T/B/x",
+            ),
         ],
     );
     let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(
         paths,
-        vec![
-            "failover",
-            "job_queue",
-            "lookups",
-            "observers[0].actions[1].type",
-            "observers[0].actions[2].type",
-        ],
+        vec!["failover", "job_queue", "observers[0].actions[2].type",],
         "{p:#?}"
     );
     assert!(
@@ -153,10 +153,10 @@ observers:
         p[0].message
     );
     assert!(
-        p[3].message
-            .contains("`slack` is not available in this version yet"),
+        p[2].message
+            .contains("`email` is not available in this version yet"),
         "{}",
-        p[6].message
+        p[2].message
     );
     assert_eq!(
         p[0].mark,
@@ -207,7 +207,9 @@ observers:
         o.ordering_key.as_deref(),
         Some(&["customer_id".to_string()][..])
     );
-    let ActionConfig::Webhook(w) = &o.actions[0];
+    let ActionConfig::Webhook(w) = &o.actions[0] else {
+        panic!("expected a webhook")
+    };
     assert_eq!(w.timeout, Duration::from_secs(5));
     assert_eq!(w.retry.max_attempts, 8);
     assert_eq!(
@@ -265,7 +267,9 @@ fn stored_actions_rebuild_with_the_worker_environment() {
     }]);
     let base = crate::retry::RetryPolicy::default();
     let actions = actions::actions_from_json(&json, &env(&[("HOOK_SECRET", "k")]), &base).unwrap();
-    let ActionConfig::Webhook(w) = &actions[0];
+    let ActionConfig::Webhook(w) = &actions[0] else {
+        panic!("expected a webhook")
+    };
     assert_eq!(w.timeout, Duration::from_secs(2));
     assert_eq!(w.retry.max_attempts, 2);
     assert!(w.signing_key.is_some());
@@ -608,6 +612,213 @@ fn columns_need_update_events() {
     assert_eq!(p[0].path, "observers[0].columns");
     assert!(
         p[0].message.contains("only filters UPDATE"),
+        "{}",
+        p[0].message
+    );
+}
+
+const LOOKUPS: &str = "\
+caching: { enabled: true, backend: memory, default_ttl: 2m }
+lookups:
+  - name: customer
+    sql: \"SELECT name, email FROM customers WHERE id = $1;\"
+    args: [\"{{ new.customer_id }}\"]
+    table: public.customers
+  - name: profile
+    http: \"http://127.0.0.1:9/profiles/{{ new.customer_id | urlencode }}\"
+    ttl: 5s
+    timeout: 250ms
+observers:
+  - name: orders_slack
+    table: public.orders
+    actions:
+      - type: slack
+        webhook_url: http://127.0.0.1:8080/slack
+        text: \"{{ new.id }} for {{ lookup.customer.name }} ({{ lookup.profile.tier }})\"
+";
+
+#[test]
+fn lookups_and_slack_parse() {
+    let c = parse(LOOKUPS, &[]).unwrap();
+    assert_eq!(c.lookups.len(), 2);
+    let customer = &c.lookups[0];
+    assert_eq!(
+        customer.ttl,
+        Duration::from_secs(120),
+        "caching.default_ttl"
+    );
+    assert_eq!(customer.table.as_deref(), Some("public.customers"));
+    match &customer.source {
+        LookupSource::Sql { query } => {
+            assert_eq!(query, "SELECT name, email FROM customers WHERE id = $1")
+        }
+        _ => panic!("sql expected"),
+    }
+    assert_eq!(c.lookups[1].ttl, Duration::from_secs(5));
+    assert_eq!(c.lookups[1].timeout, Duration::from_millis(250));
+    // the internal eviction observer is applied with the file's observers
+    let names: Vec<&str> = c.observers.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, vec!["orders_slack", "lookup_evict_customer"]);
+    let evict = &c.observers[1];
+    assert_eq!(evict.table, "public.customers");
+    assert_eq!(
+        evict.actions_raw,
+        serde_json::json!([{"type": "cache_evict", "lookup": "customer"}])
+    );
+    let ActionConfig::Slack(s) = &c.observers[0].actions[0] else {
+        panic!("expected slack")
+    };
+    assert_eq!(
+        s.text
+            .lookups()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        vec!["customer", "profile"]
+    );
+    // stored slack actions are read with the worker's lookups
+    let stored = serde_json::json!([{"type": "slack", "webhook_url": "http://h/x", "text": "{{ lookup.customer.name }}"}]);
+    let names = vec!["customer".to_owned()];
+    assert!(actions::actions_from_json_with_lookups(
+        &stored,
+        &env(&[]),
+        &RetryPolicy::default(),
+        &names
+    )
+    .is_ok());
+    let err = actions::actions_from_json(&stored, &env(&[]), &RetryPolicy::default()).unwrap_err();
+    assert_eq!(err[0].path, "actions[0].text");
+    assert!(
+        err[0].message.contains("unknown lookup `customer`"),
+        "{}",
+        err[0].message
+    );
+}
+
+#[test]
+fn no_eviction_observers_without_caching() {
+    let src = LOOKUPS.replace(
+        "enabled: true, backend: memory",
+        "enabled: false, backend: memory",
+    );
+    let c = parse(&src, &[]).unwrap();
+    assert_eq!(c.observers.len(), 1);
+}
+
+#[test]
+fn template_and_lookup_problems_have_paths_and_positions() {
+    let src = "\
+lookups:
+  - name: customer
+    sql: \"SELECT name FROM customers WHERE id = $1 AND region = $2\"
+    args: [\"{{ new.customer_id }}\"]
+  - name: both
+    sql: \"SELECT 1\"
+    http: \"http://x/\"
+  - name: Bad-Name
+    http: \"http://x/{{ new.id\"
+  - name: nested
+    http: \"http://x/{{ lookup.customer.id }}\"
+observers:
+  - name: o
+    table: t
+    actions:
+      - type: slack
+        webhook_url: http://127.0.0.1:8080/slack
+        text: \"{{ lookup.nope.x }}\"
+      - type: slack
+        webhook_url: http://127.0.0.1:8080/slack
+        text: \"{% if new.id %}unclosed\"
+      - type: slack
+        webhook_url: http://127.0.0.1:8080/slack
+        text: \"{{ neww.id }}\"
+      - type: slack
+        webhook_url: http://127.0.0.1:8080/slack
+";
+    let p = problems(src, &[]);
+    let got: Vec<(String, String)> = p
+        .iter()
+        .map(|p| (p.path.clone(), p.message.clone()))
+        .collect();
+    let has = |path: &str, needle: &str| {
+        assert!(
+            got.iter().any(|(p, m)| p == path && m.contains(needle)),
+            "no problem at {path} containing {needle:?}: {got:#?}"
+        )
+    };
+    has(
+        "lookups[0].sql",
+        "parameters up to $2 but `args` has 1 value",
+    );
+    has("lookups[1].http", "exactly one source");
+    has("lookups[2].name", "invalid lookup name");
+    has("lookups[2].http", "template syntax error");
+    has("lookups[3].http", "cannot use other lookups");
+    has("observers[0].actions[0].text", "unknown lookup `nope`");
+    has("observers[0].actions[1].text", "template syntax error");
+    has(
+        "observers[0].actions[2].text",
+        "unknown template variable `neww`",
+    );
+    has("observers[0].actions[3]", "missing `text`");
+    let text_problem = p
+        .iter()
+        .find(|p| p.path == "observers[0].actions[0].text")
+        .unwrap();
+    assert_eq!(
+        text_problem.mark.map(|m| m.line),
+        Some(18),
+        "{text_problem:?}"
+    );
+}
+
+#[test]
+fn template_loops_and_filters_are_not_unknown_variables() {
+    let src = "\
+observers:
+  - name: o
+    table: t
+    actions:
+      - type: slack
+        webhook_url: http://127.0.0.1:8080/slack
+        text: \"{% for c in (changed or []) %}{{ loop.index }}:{{ c | upper }} {% endfor %}{{ range(2) | list | length }}\"
+";
+    let c = parse(src, &[]).unwrap();
+    let ActionConfig::Slack(s) = &c.observers[0].actions[0] else {
+        panic!("expected slack")
+    };
+    let ctx = crate::templates::event_context(&serde_json::json!({"changed": ["a", "b"]}));
+    assert_eq!(s.text.render(&ctx).unwrap(), "1:A 2:B 2");
+}
+
+#[test]
+fn eviction_observers_point_back_at_their_lookup() {
+    let c = parse(LOOKUPS, &[]).unwrap();
+    assert_eq!(
+        lookups::evict_observer_lookup(&c, 0),
+        None,
+        "a file observer"
+    );
+    assert_eq!(lookups::evict_observer_lookup(&c, 1), Some(0));
+    assert_eq!(lookups::evict_observer_lookup(&c, 2), None);
+}
+
+#[test]
+fn unquoted_templates_get_a_hint() {
+    let src = "\
+observers:
+  - name: o
+    table: t
+    actions:
+      - type: slack
+        webhook_url: http://127.0.0.1:8080/slack
+        text: {{ new.id }}
+";
+    let p = problems(src, &[]);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(p[0].path, "observers[0].actions[0].text");
+    assert!(
+        p[0].message.contains("quote the template"),
         "{}",
         p[0].message
     );

@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::actions::{self, Action};
-use crate::config::actions::actions_from_json;
+use crate::config::actions::actions_from_json_with_lookups;
 use crate::config::Env;
 use crate::db::{Db, DbError};
+use crate::lookups::Lookups;
 use crate::retry::RetryPolicy;
 
 /// How often a held event re-checks its observer (reloading definitions).
@@ -52,6 +53,8 @@ pub struct ObserverRegistry {
     env: Arc<dyn Env>,
     retry: RetryPolicy,
     http: reqwest::Client,
+    lookups: Arc<Lookups>,
+    lookup_names: Vec<String>,
     entries: RwLock<HashMap<i32, ObserverEntry>>,
     last_reload: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -63,6 +66,7 @@ impl ObserverRegistry {
         env: Arc<dyn Env>,
         retry: RetryPolicy,
         http: reqwest::Client,
+        lookups: Arc<Lookups>,
     ) -> Self {
         ObserverRegistry {
             db,
@@ -70,6 +74,8 @@ impl ObserverRegistry {
             env,
             retry,
             http,
+            lookup_names: lookups.names(),
+            lookups,
             entries: RwLock::new(HashMap::new()),
             last_reload: tokio::sync::Mutex::new(None),
         }
@@ -103,12 +109,17 @@ impl ObserverRegistry {
         let mut map = HashMap::with_capacity(defs.len());
         let mut summary = LoadSummary::default();
         for def in defs {
-            let entry = match actions_from_json(&def.actions, self.env.as_ref(), &self.retry) {
+            let entry = match actions_from_json_with_lookups(
+                &def.actions,
+                self.env.as_ref(),
+                &self.retry,
+                &self.lookup_names,
+            ) {
                 Ok(configs) => {
                     summary.ready += 1;
                     let built = configs
                         .iter()
-                        .map(|c| actions::build(c, &self.http))
+                        .map(|c| actions::build(c, &self.http, &self.lookups))
                         .collect();
                     ObserverEntry::Ready(Arc::new(RuntimeObserver {
                         id: def.id,
