@@ -193,7 +193,7 @@ async fn redis_down_mid_stream_falls_back_to_postgres_without_loss_or_doubles() 
     let yaml = config(
         "w-dedup-redis-down",
         &format!(
-            "deduplication: {{ backend: redis, ttl: 1h }}\nredis: {{ url: \"{}\", timeout: 300ms }}\n",
+            "deduplication: {{ backend: redis, ttl: 1h }}\nredis: {{ url: \"{}\", timeout: 2s }}\n",
             redis.url()
         ),
         &format!(
