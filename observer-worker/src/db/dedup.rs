@@ -42,7 +42,9 @@ impl Db {
         done_ttl: Duration,
     ) -> Result<Vec<ClaimState>, DbError> {
         const CTX: &str = "observers.dedup_claim";
-        let (c, stmt) = self.prepared(Lane::Dedup, CTX, queries::DEDUP_CLAIM).await?;
+        let (c, stmt) = self
+            .prepared(Lane::Dedup, CTX, queries::DEDUP_CLAIM)
+            .await?;
         let rows = c
             .query(
                 &stmt,

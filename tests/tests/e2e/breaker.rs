@@ -6,8 +6,10 @@
 
 use std::time::Duration;
 
+use observers_tests::cluster::TestDb;
 use observers_tests::receiver::{Receiver, Reply};
 use observers_tests::util::{poll, scalar_i64, wait_observer_ready};
+use observers_tests::worker::Worker;
 
 use crate::common::*;
 
@@ -31,7 +33,7 @@ fn observer(name: &str, table: &str, url: &str) -> String {
 
 const BREAKER: &str = "circuit_breaker: { enabled: true, failure_ratio: 0.5, min_requests: 5, window: 10s, open_for: 1s, half_open_requests: 1 }\n";
 
-async fn breaker_state(db: &observers_tests::cluster::TestDb, dest: &str, state: &str) -> bool {
+async fn breaker_state(db: &TestDb, dest: &str, state: &str) -> bool {
     poll(
         Duration::from_secs(15),
         Duration::from_millis(250),
@@ -51,7 +53,7 @@ async fn breaker_state(db: &observers_tests::cluster::TestDb, dest: &str, state:
 }
 
 /// Wait until no pair is parked (parked pairs are finished after the backlog is).
-async fn wait_parked_zero(db: &observers_tests::cluster::TestDb) -> bool {
+async fn wait_parked_zero(db: &TestDb) -> bool {
     poll(LONG, Duration::from_millis(200), || async {
         let n = scalar_i64(&db.client, "SELECT count(*) FROM observers.parked", &[])
             .await
@@ -62,22 +64,21 @@ async fn wait_parked_zero(db: &observers_tests::cluster::TestDb) -> bool {
     .is_some()
 }
 
-/// A failing destination with the breaker on: few requests while it is down, few dead letters,
-/// and after it recovers every remaining event is delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_breaker_holds_pairs_without_using_attempts_then_recovers() {
-    let (db, rx) = setup("breaker_recovers").await;
+/// A worker with `extra` config and observer `flaky` whose destination (`/down`) answers 503,
+/// after EVENTS events were written for it.
+async fn events_for_a_dead_destination(name: &str, extra: &str) -> (TestDb, Receiver, Worker) {
+    let (db, rx) = setup(name).await;
     rx.set_default("/down", Reply::status(503));
     db.client
         .batch_execute("CREATE TABLE public.t (id serial PRIMARY KEY)")
         .await
         .unwrap();
     let yaml = config(
-        "w-breaker-recovers",
-        BREAKER,
+        &format!("w-{name}"),
+        extra,
         &observer("flaky", "public.t", &rx.url("/down")),
     );
-    let mut worker = start_worker("breaker_recovers", &db, &yaml, &[]);
+    let worker = start_worker(name, &db, &yaml, &[]);
     wait_observer_ready(&db.client, "flaky", "public.t", SHORT).await;
     db.client
         .execute(
@@ -86,6 +87,14 @@ async fn open_breaker_holds_pairs_without_using_attempts_then_recovers() {
         )
         .await
         .unwrap();
+    (db, rx, worker)
+}
+
+/// A failing destination with the breaker on: few requests while it is down, few dead letters,
+/// and after it recovers every remaining event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_breaker_holds_pairs_without_using_attempts_then_recovers() {
+    let (db, rx, mut worker) = events_for_a_dead_destination("breaker_recovers", BREAKER).await;
 
     assert!(
         worker.wait_for_log("circuit breaker opened", SHORT).await,
@@ -152,26 +161,8 @@ async fn open_breaker_holds_pairs_without_using_attempts_then_recovers() {
 /// Control: the same failing destination without a breaker dead-letters every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_breaker_the_dead_destination_exhausts_every_event() {
-    let (db, rx) = setup("breaker_off").await;
-    rx.set_default("/down", Reply::status(503));
-    db.client
-        .batch_execute("CREATE TABLE public.t (id serial PRIMARY KEY)")
-        .await
-        .unwrap();
-    let yaml = config(
-        "w-breaker-off",
-        "circuit_breaker: disabled\n",
-        &observer("flaky", "public.t", &rx.url("/down")),
-    );
-    let mut worker = start_worker("breaker_off", &db, &yaml, &[]);
-    wait_observer_ready(&db.client, "flaky", "public.t", SHORT).await;
-    db.client
-        .execute(
-            "INSERT INTO public.t SELECT FROM generate_series(1, $1::int)",
-            &[&(EVENTS as i32)],
-        )
-        .await
-        .unwrap();
+    let (db, rx, mut worker) =
+        events_for_a_dead_destination("breaker_off", "circuit_breaker: disabled\n").await;
     assert!(wait_dlq(&db.client, EVENTS, LONG).await, "{}", rx.summary());
     assert_eq!(rx.count(), 3 * EVENTS as u64);
     worker.stop(SHORT).await;
