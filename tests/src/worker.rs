@@ -275,6 +275,21 @@ impl Worker {
             .await
     }
 
+    /// Wait until at least `n` log lines contain `needle` (a message the worker logs more than
+    /// once, e.g. at start and after a recovery); `false` on timeout.
+    pub async fn wait_for_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().lines().filter(|l| l.contains(needle)).count() >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Wait until some log line satisfies `pred`; `false` on timeout.
     pub async fn wait_for_log_where(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
