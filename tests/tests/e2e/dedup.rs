@@ -423,3 +423,131 @@ async fn without_dedup_racing_workers_run_pairs_concurrently() {
         "expected concurrent executions without dedup: {ex:?}"
     );
 }
+
+/// The dedup layer itself, two instances (two "workers") hammering the same 400 pairs at once
+/// against a real store: exactly one instance runs each pair, the other is told it is done.
+/// Half the winners fail first (release) and run again: still one success per pair.
+async fn two_instances_race(backend: &str, redis: Option<&RedisServer>) {
+    use observer_worker::config::{DedupBackend, DedupConfig, RedisConfig};
+    use observer_worker::db::Db;
+    use observer_worker::resilience::dedup::installation_bytes;
+    use observer_worker::resilience::{Dedup, PairKey, Verdict};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    let db = observers_tests::fresh_db(&format!("dedup_lib_{backend}")).await;
+    let stop = CancellationToken::new();
+    let cfg = DedupConfig {
+        enabled: true,
+        backend: if redis.is_some() {
+            DedupBackend::Redis
+        } else {
+            DedupBackend::Postgres
+        },
+        ttl: Duration::from_secs(3600),
+    };
+    let redis_cfg = redis.map(|r| RedisConfig {
+        url: r.url(),
+        timeout: Duration::from_secs(2),
+    });
+    let mut layers = vec![];
+    for w in ["a", "b"] {
+        let pool = Db::new(&db.url, Duration::from_secs(5)).unwrap();
+        let d = Dedup::start(&cfg, redis_cfg.as_ref(), pool, w, stop.clone()).unwrap();
+        layers.push(d);
+    }
+    if redis.is_some() {
+        // both instances connected (they start on the fallback until the probe answers)
+        let ok = poll(SHORT, Duration::from_millis(20), || async {
+            layers.iter().all(|d| !d.degraded()).then_some(())
+        })
+        .await;
+        assert!(ok.is_some(), "dedup never connected to redis");
+    }
+    let inst_text = Db::new(&db.url, Duration::from_secs(5))
+        .unwrap()
+        .installation_id()
+        .await
+        .unwrap();
+    let inst = installation_bytes(&inst_text).unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let successes = Arc::new(AtomicUsize::new(0));
+    let skipped = Arc::new(AtomicUsize::new(0));
+    let in_flight: Arc<parking_lot::Mutex<std::collections::HashSet<i64>>> = Arc::default();
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for event_id in 1..=400i64 {
+        for d in &layers {
+            let (d, stop) = (d.clone(), stop.clone());
+            let (runs, successes, skipped, in_flight, overlaps) = (
+                runs.clone(),
+                successes.clone(),
+                skipped.clone(),
+                in_flight.clone(),
+                overlaps.clone(),
+            );
+            tasks.spawn(async move {
+                let key = PairKey::new(&inst, 7, 0, event_id, "2026-11-29");
+                let mut failed_once = false;
+                loop {
+                    match d.claim(&key, Duration::from_secs(30), &stop).await {
+                        Verdict::Run => {
+                            if !in_flight.lock().insert(event_id) {
+                                overlaps.fetch_add(1, Ordering::SeqCst);
+                            }
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            in_flight.lock().remove(&event_id);
+                            if event_id % 2 == 0 && !failed_once {
+                                failed_once = true;
+                                d.release(&key).await;
+                                continue;
+                            }
+                            successes.fetch_add(1, Ordering::SeqCst);
+                            d.confirm(&key).await;
+                            return;
+                        }
+                        Verdict::AlreadyDone => {
+                            skipped.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Verdict::Stopped => panic!("stopped"),
+                    }
+                }
+            });
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    stop.cancel();
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "a pair ran in two instances at once"
+    );
+    assert_eq!(
+        successes.load(Ordering::SeqCst),
+        400,
+        "one success per pair"
+    );
+    assert_eq!(
+        skipped.load(Ordering::SeqCst),
+        400,
+        "the other instance skipped each pair"
+    );
+    // 400 successes + one failed run for each even pair
+    assert_eq!(runs.load(Ordering::SeqCst), 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dedup_layer_two_instances_race_postgres() {
+    two_instances_race("postgres", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dedup_layer_two_instances_race_redis() {
+    let redis = RedisServer::start();
+    two_instances_race("redis", Some(&redis)).await;
+}
