@@ -43,7 +43,8 @@ pub async fn run(
     let started = Instant::now();
     let group = config.worker.group.clone();
     let worker_id = config.worker.id.clone();
-    let db = Db::new(database_url, config.database.connect_timeout)?;
+    let db = Db::new(database_url, config.database.connect_timeout)?
+        .fetch_days(config.deduplication.enabled || config.circuit_breaker.enabled);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         group = %group,

@@ -172,6 +172,9 @@ pub struct Db {
     lease: Pool,
     side: Pool,
     dedup: Pool,
+    /// `batch_fetch` also returns each event's capture day (needed by deduplication and
+    /// parking; set by [`Db::fetch_days`]).
+    fetch_days: bool,
     pg: tokio_postgres::Config,
     target: String,
 }
@@ -251,9 +254,17 @@ impl Db {
             lease: make(&pg, 1)?,
             side: make(&pg, 4)?,
             dedup: make(&pg_dedup, 4)?,
+            fetch_days: false,
             pg,
             target,
         })
+    }
+
+    /// Makes `batch_fetch` return each event's capture day (deduplication and circuit breakers
+    /// need it). Set before the handle is cloned.
+    pub fn fetch_days(mut self, yes: bool) -> Self {
+        self.fetch_days = yes;
+        self
     }
 
     /// `host:port` (or socket path) for messages; never the password.

@@ -33,7 +33,8 @@ pub struct FetchedEvent {
     pub ordering_key: Option<String>,
     /// The complete webhook body, sent as is.
     pub body: Bytes,
-    /// UTC day of `captured_at` (`YYYY-MM-DD`): where its dedup state lives.
+    /// UTC day of `captured_at` (`YYYY-MM-DD`): where its dedup state lives. Empty unless the
+    /// database handle fetches days ([`Db::fetch_days`]).
     pub day: String,
 }
 
@@ -73,7 +74,12 @@ impl Db {
         limit: i32,
     ) -> Result<Vec<FetchedEvent>, DbError> {
         const CTX: &str = "observers.batch_fetch";
-        let (c, stmt) = self.prepared(Lane::Main, CTX, queries::BATCH_FETCH).await?;
+        let sql = if self.fetch_days {
+            queries::BATCH_FETCH_WITH_DAY
+        } else {
+            queries::BATCH_FETCH
+        };
+        let (c, stmt) = self.prepared(Lane::Main, CTX, sql).await?;
         let rows = c
             .query(
                 &stmt,
@@ -96,7 +102,10 @@ impl Db {
                 observer_id: row.try_get(1).map_err(|e| shape(CTX, e))?,
                 ordering_key: row.try_get(2).map_err(|e| shape(CTX, e))?,
                 body: Bytes::copy_from_slice(body.as_bytes()),
-                day: row.try_get(4).map_err(|e| shape(CTX, e))?,
+                day: row
+                    .try_get::<_, Option<String>>(4)
+                    .map_err(|e| shape(CTX, e))?
+                    .unwrap_or_default(),
             });
         }
         Ok(out)

@@ -19,7 +19,12 @@ pub const BATCH_OPEN: &str =
     "SELECT snap_lo::text, snap_hi::text, last_id, max_id FROM observers.batch_open($1, $2)";
 
 /// `batch_fetch(group, snap_lo, snap_hi, after_id, max_id, lim)` -> events by id.
-pub const BATCH_FETCH: &str = "SELECT id, observer_id, ordering_key, body, \
+pub const BATCH_FETCH: &str = "SELECT id, observer_id, ordering_key, body, NULL::text \
+     FROM observers.batch_fetch($1, $2::text::pg_snapshot, $3::text::pg_snapshot, $4, $5, $6)";
+
+/// [`BATCH_FETCH`] plus each event's UTC capture day (deduplication and parking need it; the
+/// plain query skips the per-row formatting).
+pub const BATCH_FETCH_WITH_DAY: &str = "SELECT id, observer_id, ordering_key, body, \
      to_char(captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') \
      FROM observers.batch_fetch($1, $2::text::pg_snapshot, $3::text::pg_snapshot, $4, $5, $6)";
 
