@@ -426,7 +426,8 @@ async fn without_dedup_racing_workers_run_pairs_concurrently() {
 
 /// The dedup layer itself, two instances (two "workers") hammering the same 400 pairs at once
 /// against a real store: exactly one instance runs each pair, the other is told it is done.
-/// Half the winners fail first (release) and run again: still one success per pair.
+/// Each instance fails its first run of an even pair (release): the pair runs again, still one
+/// success per pair.
 async fn two_instances_race(backend: &str, redis: Option<&RedisServer>) {
     use observer_worker::config::{DedupBackend, DedupConfig, RedisConfig};
     use observer_worker::db::Db;
@@ -474,16 +475,18 @@ async fn two_instances_race(backend: &str, redis: Option<&RedisServer>) {
     let runs = Arc::new(AtomicUsize::new(0));
     let successes = Arc::new(AtomicUsize::new(0));
     let skipped = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
     let in_flight: Arc<parking_lot::Mutex<std::collections::HashSet<i64>>> = Arc::default();
     let overlaps = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for event_id in 1..=400i64 {
         for d in &layers {
             let (d, stop) = (d.clone(), stop.clone());
-            let (runs, successes, skipped, in_flight, overlaps) = (
+            let (runs, successes, skipped, failures, in_flight, overlaps) = (
                 runs.clone(),
                 successes.clone(),
                 skipped.clone(),
+                failures.clone(),
                 in_flight.clone(),
                 overlaps.clone(),
             );
@@ -501,6 +504,7 @@ async fn two_instances_race(backend: &str, redis: Option<&RedisServer>) {
                             in_flight.lock().remove(&event_id);
                             if event_id % 2 == 0 && !failed_once {
                                 failed_once = true;
+                                failures.fetch_add(1, Ordering::SeqCst);
                                 d.release(&key).await;
                                 continue;
                             }
@@ -537,8 +541,11 @@ async fn two_instances_race(backend: &str, redis: Option<&RedisServer>) {
         400,
         "the other instance skipped each pair"
     );
-    // 400 successes + one failed run for each even pair
-    assert_eq!(runs.load(Ordering::SeqCst), 600);
+    // every run either succeeded or failed; each even pair failed once or twice (once per
+    // instance that got to run it before it succeeded)
+    let failed = failures.load(Ordering::SeqCst);
+    assert_eq!(runs.load(Ordering::SeqCst), 400 + failed);
+    assert!((200..=400).contains(&failed), "{failed} failed runs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
