@@ -154,15 +154,16 @@ pub fn read_dedup(r: &mut Reader, node: Option<&Node>) -> (DedupConfig, Option<M
     };
     cfg.enabled = feat.enabled;
     let f = &feat.fields;
-    let mut mark = feat.mark;
-    if let Some(n) = f.get("backend") {
-        mark = n.mark.or(mark);
-        match choice(r, f, "backend", &["redis", "postgres"]).as_deref() {
-            Some("redis") => cfg.backend = DedupBackend::Redis,
-            Some("postgres") => cfg.backend = DedupBackend::Postgres,
-            _ => {}
-        }
-    }
+    let (picked, mark) = backend(
+        r,
+        f,
+        feat.mark,
+        &[
+            ("redis", DedupBackend::Redis),
+            ("postgres", DedupBackend::Postgres),
+        ],
+    );
+    cfg.backend = picked.unwrap_or(cfg.backend);
     if let Some(n) = f.get("ttl") {
         if let Some(d) = r.duration(n, &f.path_of("ttl"), Duration::from_secs(1)) {
             cfg.ttl = d;
@@ -186,15 +187,16 @@ pub fn read_caching(r: &mut Reader, node: Option<&Node>) -> (CachingConfig, Opti
     };
     cfg.enabled = feat.enabled;
     let f = &feat.fields;
-    let mut mark = feat.mark;
-    if let Some(n) = f.get("backend") {
-        mark = n.mark.or(mark);
-        match choice(r, f, "backend", &["redis", "memory"]).as_deref() {
-            Some("redis") => cfg.backend = CacheBackend::Redis,
-            Some("memory") => cfg.backend = CacheBackend::Memory,
-            _ => {}
-        }
-    }
+    let (picked, mark) = backend(
+        r,
+        f,
+        feat.mark,
+        &[
+            ("redis", CacheBackend::Redis),
+            ("memory", CacheBackend::Memory),
+        ],
+    );
+    cfg.backend = picked.unwrap_or(cfg.backend);
     if let Some(n) = f.get("default_ttl") {
         if let Some(d) = r.duration(n, &f.path_of("default_ttl"), Duration::from_millis(1)) {
             cfg.default_ttl = d;
@@ -270,6 +272,24 @@ pub fn check_redis_needed(
             "backend `redis` needs a `redis:` section (e.g. `redis: { url: redis://127.0.0.1:6379 }`)",
         );
     }
+}
+
+/// The `backend:` of a feature section mapped through `choices` (`None` when absent or invalid,
+/// the latter reported), and where to report a missing `redis:` section: at `backend:` when it
+/// is written, else at the section.
+fn backend<B: Copy>(
+    r: &mut Reader,
+    f: &Fields<'_>,
+    section: Option<Mark>,
+    choices: &[(&str, B)],
+) -> (Option<B>, Option<Mark>) {
+    let Some(n) = f.get("backend") else {
+        return (None, section);
+    };
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let picked = choice(r, f, "backend", &names)
+        .and_then(|v| choices.iter().find(|(name, _)| *name == v).map(|(_, b)| *b));
+    (picked, n.mark.or(section))
 }
 
 fn choice(r: &mut Reader, f: &Fields<'_>, key: &str, choices: &[&str]) -> Option<String> {
