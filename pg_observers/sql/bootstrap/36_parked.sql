@@ -126,3 +126,21 @@ BEGIN
             last_status, epoch);
 END
 $$;
+
+-- Circuit breakers as the workers last reported them (heartbeats, every 5s), with the pairs
+-- parked for each destination. Breakers live in each worker process; a worker that stopped
+-- keeps its last report here until it is seen again (see last_seen).
+CREATE VIEW observers.breakers AS
+SELECT w.group_name,
+       w.worker_id,
+       b.key                          AS destination,
+       b.value->>'state'              AS state,
+       (b.value->>'opened')::bigint   AS times_opened,
+       (SELECT count(*) FROM observers.parked AS p
+         WHERE p.group_name = w.group_name AND p.destination = b.key) AS parked,
+       w.last_seen
+  FROM observers.worker AS w
+ CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(w.info->'breakers') = 'object'
+                                    THEN w.info->'breakers' ELSE '{}'::jsonb END) AS b;
+COMMENT ON VIEW observers.breakers IS
+    'Circuit breaker state per worker and destination (from heartbeats), with the pairs parked for it.';

@@ -59,3 +59,18 @@ SELECT event_id, action_type, webhook_id, payload, error, attempts, last_status 
 -- finishing a pair that is gone does nothing; a stale epoch is refused
 SELECT observers.park_finish('g', 1, 999999, 'x', 1, NULL);
 SELECT try($$SELECT observers.park_finish('g', 2, 1, NULL, 0, NULL)$$);
+
+-- observers.breakers: what workers report in their heartbeats, with the parked pairs
+SELECT observers.heartbeat('g', 'w1', '{"breakers": {"http://a:80": {"state": "open", "opened": 2}, "http://c:80": {"state": "closed", "opened": 0}}}');
+SELECT observers.heartbeat('g', 'w2', '{"breakers": null}');
+SELECT group_name, worker_id, destination, state, times_opened, parked FROM observers.breakers ORDER BY destination;
+-- operators read it; an ordinary role does not
+CREATE ROLE parked_admin_test LOGIN IN ROLE observers_admin;
+CREATE ROLE parked_nobody_test LOGIN;
+SET ROLE parked_admin_test;
+SELECT count(*) AS breakers_visible FROM observers.breakers;
+SET ROLE parked_nobody_test;
+SELECT count(*) FROM observers.breakers;
+RESET ROLE;
+DROP ROLE parked_admin_test;
+DROP ROLE parked_nobody_test;
