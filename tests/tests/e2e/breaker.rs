@@ -2,7 +2,7 @@
 //! pairs are parked (`observers.parked`) without using up their attempts (nothing
 //! dead-lettered, nothing lost), another destination keeps flowing, and the parked pairs are
 //! delivered when the breaker closes again.
-//! The state is visible in the worker's heartbeat (`observers.worker.info->'breakers'`).
+//! The state is visible in SQL (`observers.breakers`, from the workers' heartbeats).
 
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ async fn breaker_state(db: &TestDb, dest: &str, state: &str) -> bool {
         || async {
             let n = scalar_i64(
                 &db.client,
-                "SELECT count(*) FROM observers.worker WHERE info->'breakers'->$1->>'state' = $2",
+                "SELECT count(*) FROM observers.breakers WHERE destination = $1 AND state = $2",
                 &[&dest, &state],
             )
             .await
