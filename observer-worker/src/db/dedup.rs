@@ -84,6 +84,31 @@ impl Db {
             .collect())
     }
 
+    /// The keys among `keys` that are done (and in force) in `observers.dedup`; with `None`,
+    /// whether any done-mark there is in force (one empty key if so).
+    pub async fn dedup_done(
+        &self,
+        keys: Option<(&[Vec<u8>], &[String])>,
+    ) -> Result<Vec<Vec<u8>>, DbError> {
+        const CTX: &str = "observers.dedup_done";
+        let (c, stmt) = self.prepared(Lane::Dedup, CTX, queries::DEDUP_DONE).await?;
+        let (k, d): (Option<&[Vec<u8>]>, Option<&[String]>) = match keys {
+            Some((k, d)) => (Some(k), Some(d)),
+            None => (None, None),
+        };
+        let rows = c
+            .query(&stmt, &[&k, &d])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<_, Option<Vec<u8>>>(0)
+                    .map(Option::unwrap_or_default)
+                    .map_err(|e| self.err(CTX, e))
+            })
+            .collect()
+    }
+
     pub async fn dedup_confirm(
         &self,
         keys: &[Vec<u8>],

@@ -85,3 +85,7 @@ pub const PARK_FETCH: &str = "SELECT id, event_id, observer_id, action_index, we
 
 /// `park_finish(group, epoch, id, error, attempts, last_status)` (fenced).
 pub const PARK_FINISH: &str = "SELECT observers.park_finish($1, $2, $3, $4, $5, $6)";
+
+/// `dedup_done(keys, days)` -> the keys that are done and in force (NULL keys: one NULL row if
+/// any done-mark is in force).
+pub const DEDUP_DONE: &str = "SELECT key FROM observers.dedup_done($1, $2::text[]::date[])";

@@ -32,6 +32,8 @@ const QUEUE: usize = 4096;
 const CONCURRENT_BATCHES: usize = 4;
 /// How often a degraded worker tries Redis again.
 const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a worker on Redis looks whether `observers.dedup` still holds done-marks in force.
+const PG_DONE_RECHECK: Duration = Duration::from_secs(60);
 /// Prefix of every key this worker writes to Redis.
 pub const REDIS_PREFIX: &str = "fo:dedup:";
 
@@ -159,6 +161,9 @@ struct Shared {
     db: Db,
     redis: Option<Redis>,
     degraded: AtomicBool,
+    /// `observers.dedup` may hold done-marks in force that Redis lacks (made during a fallback,
+    /// maybe by an earlier process): pairs Redis lets us claim are checked there too.
+    pg_may_hold_done: AtomicBool,
     owner: String,
     ttl: Duration,
     hits: AtomicU64,
@@ -197,6 +202,8 @@ impl Dedup {
         let shared = Arc::new(Shared {
             db,
             degraded: AtomicBool::new(redis.is_some()),
+            // until the probe has looked: assume it may
+            pg_may_hold_done: AtomicBool::new(redis.is_some()),
             redis,
             owner: format!("{worker_id}/{:016x}", rand::random::<u64>()),
             ttl: cfg.ttl,
@@ -318,9 +325,13 @@ impl Shared {
         if let Some(r) = &self.redis {
             if !self.degraded.load(Ordering::Relaxed) {
                 match self.run_redis(r, &ops).await {
+                    Ok(v) if self.pg_may_hold_done.load(Ordering::Relaxed) => {
+                        return self.check_pg_done(r, &ops, v).await
+                    }
                     Ok(v) => return Ok(v),
                     Err(e) => {
                         *r.conn.write() = None;
+                        self.pg_may_hold_done.store(true, Ordering::Relaxed);
                         if !self.degraded.swap(true, Ordering::Relaxed) {
                             warn!(error = %e, "redis unreachable: deduplication falls back to PostgreSQL (observers.dedup) until it answers again");
                         }
@@ -330,6 +341,48 @@ impl Shared {
             self.fallback_batches.fetch_add(1, Ordering::Relaxed);
         }
         self.run_pg(&ops).await
+    }
+
+    /// Pairs Redis let us claim that `observers.dedup` knows as done (confirmed during a
+    /// fallback) are done: answer so, and teach Redis. An error of the check fails the batch
+    /// (its pairs wait): never run a pair whose state is unknown.
+    async fn check_pg_done(
+        &self,
+        r: &Redis,
+        ops: &[Op],
+        mut states: Vec<ClaimState>,
+    ) -> Result<Vec<ClaimState>, DedupError> {
+        let claimed: Vec<usize> = (0..ops.len())
+            .filter(|&i| matches!(ops[i], Op::Claim { .. }) && states[i] == ClaimState::Claimed)
+            .collect();
+        if claimed.is_empty() {
+            return Ok(states);
+        }
+        let keys: Vec<Vec<u8>> = claimed
+            .iter()
+            .map(|&i| ops[i].key().hash.to_vec())
+            .collect();
+        let days: Vec<String> = claimed.iter().map(|&i| ops[i].key().day.clone()).collect();
+        let done = self
+            .db
+            .dedup_done(Some((&keys, &days)))
+            .await
+            .map_err(|e| DedupError(Arc::from(e.to_string())))?;
+        if done.is_empty() {
+            return Ok(states);
+        }
+        let mut learned = Vec::new();
+        for &i in &claimed {
+            if done.iter().any(|k| k.as_slice() == ops[i].key().hash) {
+                states[i] = ClaimState::Done;
+                learned.push(Op::Confirm {
+                    key: ops[i].key().clone(),
+                });
+            }
+        }
+        // best effort: the next claim would ask PostgreSQL again anyway
+        let _ = self.run_redis(r, &learned).await;
+        Ok(states)
     }
 
     async fn run_redis(&self, r: &Redis, ops: &[Op]) -> Result<Vec<ClaimState>, String> {
@@ -437,7 +490,20 @@ impl Shared {
 async fn probe_redis(shared: Arc<Shared>, stop: CancellationToken) {
     let Some(r) = &shared.redis else { return };
     let mut warned_at_start = false;
+    let mut last_pg_check: Option<std::time::Instant> = None;
     loop {
+        // Does observers.dedup hold done-marks in force (from a fallback, maybe of an earlier
+        // process)? Looked at once a minute while Redis serves; the flag only goes down here.
+        if !shared.degraded.load(Ordering::Relaxed)
+            && last_pg_check.is_none_or(|t| t.elapsed() >= PG_DONE_RECHECK)
+        {
+            if let Ok(rows) = shared.db.dedup_done(None).await {
+                shared
+                    .pg_may_hold_done
+                    .store(!rows.is_empty(), Ordering::Relaxed);
+                last_pg_check = Some(std::time::Instant::now());
+            }
+        }
         if shared.degraded.load(Ordering::Relaxed) {
             let cfg = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))

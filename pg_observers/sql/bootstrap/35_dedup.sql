@@ -95,6 +95,27 @@ AS $$
      WHERE t.key = u.k AND t.day = u.d AND t.state = 'c' AND t.owner = dedup_release.owner
 $$;
 
+-- The keys among `keys` that are done and in force. With `backend: redis`, pairs confirmed here
+-- while Redis was unreachable are not in Redis: the worker asks this before running a pair that
+-- Redis let it claim, as long as any done-mark made here is in force (`NULL` keys: only that).
+CREATE FUNCTION observers.dedup_done(keys bytea[], days date[])
+RETURNS TABLE (key bytea)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.key
+      FROM observers.dedup AS t
+     WHERE keys IS NOT NULL
+       AND (t.key, t.day) IN (SELECT k, d FROM unnest(keys, days) AS u(k, d))
+       AND t.state = 'd' AND t.expires_at > now()
+    UNION ALL
+    SELECT NULL::bytea
+     WHERE keys IS NULL
+       AND EXISTS (SELECT 1 FROM observers.dedup AS t WHERE t.state = 'd' AND t.expires_at > now())
+$$;
+
 -- Called by maintain(): partitions for today - 1 .. today + 7, drop past partitions with no
 -- row in force, trim dedup_default. Returns a summary fragment.
 CREATE FUNCTION observers._maintain_dedup()

@@ -51,6 +51,7 @@ GRANT EXECUTE ON FUNCTION
     observers.dedup_claim(bytea[], date[], text, interval, interval),
     observers.dedup_confirm(bytea[], date[], interval),
     observers.dedup_release(bytea[], date[], text),
+    observers.dedup_done(bytea[], date[]),
     observers.park_add(text, bigint, bigint[], int[], int[], text[], text[], date[], text[], text[], int[], text[]),
     observers.park_fetch(text, text[], bigint[], int),
     observers.park_finish(text, bigint, bigint, text, int, int),

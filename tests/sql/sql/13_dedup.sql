@@ -48,6 +48,12 @@ SELECT observers.dedup_confirm(ARRAY[k(6)], ARRAY[today()], '1 millisecond');
 SELECT pg_sleep(0.02);
 SELECT * FROM claim('{6}', 'w1');
 
+-- dedup_done: which keys are done and in force; NULL keys: whether any done-mark is in force
+SELECT (SELECT count(*) FROM observers.dedup_done(NULL, NULL)) AS any_done;
+SELECT n FROM unnest('{1,2,3,6}'::int[]) AS n
+ WHERE k(n) IN (SELECT key FROM observers.dedup_done(ARRAY[k(1), k(2), k(3), k(6)],
+                                                      ARRAY[today(), today(), today(), today()]));
+
 -- rows live in the partition of their day
 SELECT tableoid::regclass::text = 'observers.dedup_p' || to_char(today(), 'YYYYMMDD') AS in_todays_partition,
        count(*)

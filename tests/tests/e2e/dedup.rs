@@ -558,3 +558,61 @@ async fn dedup_layer_two_instances_race_redis() {
     let redis = RedisServer::start();
     two_instances_race("redis", Some(&redis)).await;
 }
+
+/// Pairs confirmed in PostgreSQL while Redis was unreachable (here: by an earlier process) are
+/// not in Redis; a worker on Redis must still not run them again, and teaches Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_marks_made_during_a_fallback_are_honoured_after_redis_returns() {
+    use observer_worker::config::{DedupBackend, DedupConfig, RedisConfig};
+    use observer_worker::db::Db;
+    use observer_worker::resilience::dedup::installation_bytes;
+    use observer_worker::resilience::{Dedup, PairKey, Verdict};
+    use tokio_util::sync::CancellationToken;
+
+    let redis = RedisServer::start();
+    let db = observers_tests::fresh_db("dedup_fallback_marks").await;
+    let pool = Db::new(&db.url, Duration::from_secs(5)).unwrap();
+    let inst = installation_bytes(&pool.installation_id().await.unwrap()).unwrap();
+    let key = |e: i64| PairKey::new(&inst, 3, 0, e, "2026-11-29");
+    // the earlier process confirmed pairs 1..=5 on the fallback
+    let (hashes, days): (Vec<Vec<u8>>, Vec<String>) =
+        (1..=5).map(|e| (key(e).hash.to_vec(), key(e).day)).unzip();
+    pool.dedup_confirm(&hashes, &days, Duration::from_secs(3600))
+        .await
+        .unwrap();
+
+    let stop = CancellationToken::new();
+    let cfg = DedupConfig {
+        enabled: true,
+        backend: DedupBackend::Redis,
+        ttl: Duration::from_secs(3600),
+    };
+    let rcfg = RedisConfig {
+        url: redis.url(),
+        timeout: Duration::from_secs(2),
+    };
+    let d = Dedup::start(&cfg, Some(&rcfg), pool, "w", stop.clone()).unwrap();
+    assert!(
+        poll(SHORT, Duration::from_millis(20), || async {
+            (!d.degraded()).then_some(())
+        })
+        .await
+        .is_some(),
+        "never connected to redis"
+    );
+    for e in 1..=5 {
+        assert_eq!(
+            d.claim(&key(e), Duration::from_secs(30), &stop).await,
+            Verdict::AlreadyDone,
+            "pair {e}"
+        );
+    }
+    // a pair that never ran is claimed as usual
+    assert_eq!(
+        d.claim(&key(6), Duration::from_secs(30), &stop).await,
+        Verdict::Run
+    );
+    // Redis learned the done-marks: 5 'd' keys plus the claim of pair 6
+    assert_eq!(redis.dbsize(), Some(6));
+    stop.cancel();
+}
