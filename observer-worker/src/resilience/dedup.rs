@@ -492,18 +492,6 @@ async fn probe_redis(shared: Arc<Shared>, stop: CancellationToken) {
     let mut warned_at_start = false;
     let mut last_pg_check: Option<std::time::Instant> = None;
     loop {
-        // Does observers.dedup hold done-marks in force (from a fallback, maybe of an earlier
-        // process)? Looked at once a minute while Redis serves; the flag only goes down here.
-        if !shared.degraded.load(Ordering::Relaxed)
-            && last_pg_check.is_none_or(|t| t.elapsed() >= PG_DONE_RECHECK)
-        {
-            if let Ok(rows) = shared.db.dedup_done(None).await {
-                shared
-                    .pg_may_hold_done
-                    .store(!rows.is_empty(), Ordering::Relaxed);
-                last_pg_check = Some(std::time::Instant::now());
-            }
-        }
         if shared.degraded.load(Ordering::Relaxed) {
             let cfg = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))
@@ -527,6 +515,24 @@ async fn probe_redis(shared: Arc<Shared>, stop: CancellationToken) {
                     warned_at_start = true;
                 }
                 _ => {}
+            }
+        }
+        // Does observers.dedup hold done-marks in force (from a fallback, maybe of an earlier
+        // process)? Looked at as soon as Redis serves, then once a minute. Only this lowers the
+        // flag, and not when a fallback happened while it looked.
+        if !shared.degraded.load(Ordering::Relaxed)
+            && last_pg_check.is_none_or(|t| t.elapsed() >= PG_DONE_RECHECK)
+        {
+            let fallbacks = shared.fallback_batches.load(Ordering::Relaxed);
+            if let Ok(rows) = shared.db.dedup_done(None).await {
+                if !rows.is_empty() {
+                    shared.pg_may_hold_done.store(true, Ordering::Relaxed);
+                } else if shared.fallback_batches.load(Ordering::Relaxed) == fallbacks
+                    && !shared.degraded.load(Ordering::Relaxed)
+                {
+                    shared.pg_may_hold_done.store(false, Ordering::Relaxed);
+                }
+                last_pg_check = Some(std::time::Instant::now());
             }
         }
         tokio::select! {
