@@ -328,17 +328,7 @@ fn read_webhook(
         }
     });
 
-    let timeout = match f.get("timeout") {
-        Some(n) => r
-            .duration(n, &f.path_of("timeout"), Duration::from_millis(1))
-            .unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
-        None => DEFAULT_WEBHOOK_TIMEOUT,
-    };
-
-    let retry = match f.get("retry") {
-        Some(n) => read_retry(r, n, &f.path_of("retry"), retry),
-        None => retry.clone(),
-    };
+    let (timeout, retry) = read_timeout_and_retry(r, &f, retry);
 
     if let Some(n) = f.get("mode") {
         let p = f.path_of("mode");
@@ -396,16 +386,7 @@ fn read_slack(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> O
             None
         }
     };
-    let timeout = match f.get("timeout") {
-        Some(n) => r
-            .duration(n, &f.path_of("timeout"), Duration::from_millis(1))
-            .unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
-        None => DEFAULT_WEBHOOK_TIMEOUT,
-    };
-    let retry = match f.get("retry") {
-        Some(n) => read_retry(r, n, &f.path_of("retry"), retry),
-        None => retry.clone(),
-    };
+    let (timeout, retry) = read_timeout_and_retry(r, &f, retry);
     read_mode(r, &f);
     if r.problem_count() != before {
         return None;
@@ -472,6 +453,26 @@ fn read_mode(r: &mut Reader, f: &super::reader::Fields<'_>) {
             }
         }
     }
+}
+
+/// The `timeout` (default [`DEFAULT_WEBHOOK_TIMEOUT`]) and `retry` (fields not written come
+/// from `base`) of an HTTP action.
+fn read_timeout_and_retry(
+    r: &mut Reader,
+    f: &super::reader::Fields<'_>,
+    base: &RetryPolicy,
+) -> (Duration, RetryPolicy) {
+    let timeout = match f.get("timeout") {
+        Some(n) => r
+            .duration(n, &f.path_of("timeout"), Duration::from_millis(1))
+            .unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
+        None => DEFAULT_WEBHOOK_TIMEOUT,
+    };
+    let retry = match f.get("retry") {
+        Some(n) => read_retry(r, n, &f.path_of("retry"), base),
+        None => base.clone(),
+    };
+    (timeout, retry)
 }
 
 const RETRY_KEYS: &[&str] = &[
