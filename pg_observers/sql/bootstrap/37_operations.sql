@@ -267,11 +267,15 @@ AS $$
      LIMIT greatest(coalesce(dlq_list.lim, 100), 0)
 $$;
 
+-- One dead letter with its payload (a composite type: the parameter keeps the name id).
+CREATE TYPE observers.dlq_entry AS (
+    id bigint, observer text, group_name text, event_id bigint, action_index int,
+    action_type text, webhook_id text, error text, attempts int, last_status int,
+    created_at timestamptz, retries int, last_retry_at timestamptz, retry_pending boolean,
+    payload jsonb);
+
 CREATE FUNCTION observers.dlq_show(id bigint)
-RETURNS TABLE (id bigint, observer text, group_name text, event_id bigint, action_index int,
-               action_type text, webhook_id text, error text, attempts int, last_status int,
-               created_at timestamptz, retries int, last_retry_at timestamptz,
-               retry_pending boolean, payload jsonb)
+RETURNS SETOF observers.dlq_entry
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
