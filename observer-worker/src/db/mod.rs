@@ -9,6 +9,7 @@
 
 mod control;
 mod dedup;
+mod gauges;
 pub mod listener;
 mod outbox;
 mod parked;

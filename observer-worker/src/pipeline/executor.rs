@@ -19,6 +19,7 @@ use tracing::debug;
 
 use crate::actions::{Action, AttemptError, Delivery};
 use crate::resilience::{Admit, Breakers, Dedup, Verdict};
+use crate::telemetry::metrics::Metrics;
 
 /// Grace on top of the action's own timeout before the layer cuts it off
 /// (the webhook action enforces its timeout itself; this is the safety net).
@@ -63,6 +64,8 @@ pub struct Layers {
     pub stop: CancellationToken,
     pub dedup: Option<Arc<Dedup>>,
     pub breakers: Option<Arc<Breakers>>,
+    /// Per-attempt duration and outcome (`/metrics`); `None` with metrics disabled.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Layers {
@@ -72,6 +75,7 @@ impl Layers {
             stop,
             dedup: None,
             breakers: None,
+            metrics: None,
         }
     }
 }
@@ -119,6 +123,7 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
         };
         attempts += 1;
         let limit = action.timeout();
+        let began = std::time::Instant::now();
         let result =
             match tokio::time::timeout(limit + TIMEOUT_GRACE, action.execute(delivery)).await {
                 Ok(r) => r,
@@ -128,6 +133,9 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
                 ))),
             };
         drop(permit);
+        if let Some(m) = &layers.metrics {
+            m.attempt(action.type_name(), began.elapsed(), result.is_ok());
+        }
         if let (Some((b, _)), Some(p)) = (breaker, pass) {
             let failure = result
                 .as_ref()

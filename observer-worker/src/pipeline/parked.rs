@@ -29,6 +29,7 @@ use crate::actions::Delivery;
 use crate::db::{Db, ParkRecord, ParkedPair};
 use crate::resilience::batcher::Batcher;
 use crate::resilience::PairKey;
+use crate::telemetry::metrics::PairOutcome;
 use crate::telemetry::Stats;
 
 /// Parked pairs delivered at once.
@@ -227,6 +228,9 @@ impl ParkedLoop {
         match executor::run(action.as_ref(), &delivery, &self.layers).await {
             ActionOutcome::Delivered { .. } | ActionOutcome::AlreadyDone => {
                 Stats::add(&self.stats.parked_delivered, 1);
+                if let Some(m) = &self.layers.metrics {
+                    m.pair(action.type_name(), PairOutcome::Delivered);
+                }
                 self.finish(&p, None, 0, None).await;
             }
             ActionOutcome::Failed {
@@ -236,6 +240,9 @@ impl ParkedLoop {
             } => {
                 warn!(event_id = p.event_id, action_index = index, webhook_id = %p.webhook_id, attempts, error = %error, "parked pair failed; moving it to the dead-letter queue");
                 Stats::add(&self.stats.actions_dead_lettered, 1);
+                if let Some(m) = &self.layers.metrics {
+                    m.pair(action.type_name(), PairOutcome::DeadLettered);
+                }
                 self.finish(
                     &p,
                     Some(&error),
