@@ -70,6 +70,38 @@ pub mod names {
     pub const BACKLOG_OLDEST_AGE: &str = "observer_backlog_oldest_age_seconds";
     pub const DLQ_SIZE: &str = "observer_dlq_size";
     pub const GROUP_HAS_LEADER: &str = "observer_group_has_leader";
+
+    /// Every family above (docs/METRICS.md lists the same).
+    pub const ALL: &[&str] = &[
+        WORKER_INFO,
+        WORKER_START_TIME,
+        READY,
+        LEADER,
+        EVENTS_MATCHED,
+        EVENTS_PROCESSED,
+        EVENT_LATENCY,
+        BATCHES_CLOSED,
+        CHECKPOINTS_SAVED,
+        ACTIONS,
+        ACTION_ATTEMPTS,
+        ACTION_DURATION,
+        DEDUP_HITS,
+        DEDUP_DEGRADED,
+        PARKED_DELIVERED,
+        BREAKER_STATE,
+        BREAKER_OPENED,
+        LOOKUP_CACHE_HITS,
+        LOOKUP_CACHE_MISSES,
+        LOOKUP_SOURCE_CALLS,
+        LOOKUP_SOURCE_ERRORS,
+        LOOKUP_CACHE_DEGRADED,
+        DATABASE_UP,
+        DATABASE_REFRESHED,
+        BACKLOG,
+        BACKLOG_OLDEST_AGE,
+        DLQ_SIZE,
+        GROUP_HAS_LEADER,
+    ];
 }
 
 /// Final outcome of one (event, action) pair, the `outcome` label of `observer_actions_total`.
@@ -542,6 +574,90 @@ mod tests {
         let text = m.encode().unwrap();
         assert_eq!(sample(&text, "observer_database_up"), Some(1.0));
         assert!(!text.contains(r#"observer="orders""#), "{text}");
+    }
+
+    /// `observer_*` names in a text, histogram suffixes removed.
+    fn referenced(text: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("observer_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            // `observer_worker` is also the crate name in docs: only metric-shaped names
+            let preceded_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
+            if preceded_ok && base != "observer_" {
+                out.insert(base.to_owned());
+            }
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    #[test]
+    fn alerts_dashboard_and_docs_use_only_defined_metrics() {
+        let defined: std::collections::BTreeSet<String> =
+            names::ALL.iter().map(|s| s.to_string()).collect();
+        for (file, text) in [
+            (
+                "deploy/prometheus/alerts.yml",
+                include_str!("../../../deploy/prometheus/alerts.yml"),
+            ),
+            (
+                "deploy/grafana/fraiseql-observers.json",
+                include_str!("../../../deploy/grafana/fraiseql-observers.json"),
+            ),
+        ] {
+            let unknown: Vec<String> = referenced(text)
+                .into_iter()
+                .filter(|n| !defined.contains(n))
+                .collect();
+            assert!(
+                unknown.is_empty(),
+                "{file} uses undefined metrics {unknown:?}"
+            );
+        }
+        // and every metric is documented
+        let doc = include_str!("../../../docs/METRICS.md");
+        let undocumented: Vec<&&str> = names::ALL
+            .iter()
+            .filter(|n| !doc.contains(&format!("`{n}`")))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "docs/METRICS.md does not list {undocumented:?}"
+        );
+    }
+
+    #[test]
+    fn every_name_is_registered() {
+        let m = Metrics::new("g", "w").unwrap();
+        m.attempt("webhook", Duration::from_millis(1), true);
+        m.pair("webhook", PairOutcome::Delivered);
+        let text = m.encode().unwrap();
+        let vec_families_without_children = [
+            names::BREAKER_STATE,
+            names::BREAKER_OPENED,
+            names::LOOKUP_CACHE_HITS,
+            names::LOOKUP_CACHE_MISSES,
+            names::BACKLOG,
+            names::BACKLOG_OLDEST_AGE,
+            names::DLQ_SIZE,
+        ];
+        for n in names::ALL {
+            if !vec_families_without_children.contains(n) {
+                assert!(
+                    text.contains(&format!("# TYPE {n} ")),
+                    "{n} missing:\n{text}"
+                );
+            }
+        }
     }
 
     #[test]
