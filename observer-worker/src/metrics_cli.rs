@@ -414,8 +414,7 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io:
 pub fn render_text(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "worker    {} {}  group {}  id {}  ready {}  leader {}  database {}{}",
-        "fraiseql-observers",
+        "worker    fraiseql-observers {}  group {}  id {}  ready {}  leader {}  database {}{}",
         s.version.as_deref().unwrap_or("?"),
         s.group.as_deref().unwrap_or("?"),
         s.worker_id.as_deref().unwrap_or("?"),
