@@ -137,8 +137,8 @@ async fn insert(db: &TestDb, good: i32, bad: i32) {
     db.client
         .execute(
             "INSERT INTO public.things (label) \
-             SELECT CASE WHEN g <= $2 THEN 'bad' ELSE 'ok-' || g END \
-             FROM generate_series(1, $1 + $2) AS g",
+             SELECT CASE WHEN g <= $2::int THEN 'bad' ELSE 'ok-' || g END \
+             FROM generate_series(1, $1::int + $2::int) AS g",
             &[&good, &bad],
         )
         .await
@@ -442,15 +442,16 @@ async fn readiness_follows_the_database_and_metrics_keep_answering() {
     let mut worker = start_worker("metrics_ready", &db, &yaml, &[]);
     wait_observer_ready(&db.client, "things", "public.things", SHORT).await;
 
-    let ready = |want: u16| async move {
+    // `want` status with `reason` in the body
+    let ready = |want: u16, reason: &'static str| async move {
         poll(SHORT, Duration::from_millis(200), || async move {
             let (status, body) = get(port, "/health/ready").await?;
-            (status == want).then_some(body)
+            (status == want && body.contains(reason)).then_some(body)
         })
         .await
     };
     assert!(
-        ready(200).await.is_some(),
+        ready(200, "leader").await.is_some(),
         "never ready: {:?}",
         get(port, "/health/ready").await
     );
@@ -471,7 +472,8 @@ async fn readiness_follows_the_database_and_metrics_keep_answering() {
         .await
         .unwrap()
         .expect("stop the cluster");
-    let Some(body) = ready(503).await else {
+    // (the lease renewal may fail first; the database reason follows within the refresh interval)
+    let Some(body) = ready(503, "database unreachable").await else {
         panic!(
             "/health/ready did not turn 503 with the database stopped: {:?}",
             get(port, "/health/ready").await
@@ -501,7 +503,7 @@ async fn readiness_follows_the_database_and_metrics_keep_answering() {
         .unwrap()
         .expect("start the cluster again");
     assert!(
-        ready(200).await.is_some(),
+        ready(200, "leader").await.is_some(),
         "not ready again after the database returned: {:?}",
         get(port, "/health/ready").await
     );
