@@ -123,10 +123,12 @@ pub async fn run(
     }
 
     // every attempt, for observers.debug_event() (written off the delivery path)
-    let (attempt_log, attempt_writer) =
-        AttemptLog::new(db.clone(), worker_id.clone(), background.clone());
-    layers.attempt_log = Some(attempt_log);
-    tasks.spawn(attempt_writer);
+    if config.worker.attempt_log {
+        let (attempt_log, attempt_writer) =
+            AttemptLog::new(db.clone(), worker_id.clone(), background.clone());
+        layers.attempt_log = Some(attempt_log);
+        tasks.spawn(attempt_writer);
+    }
 
     tasks.spawn(lease::run(
         db.clone(),
