@@ -17,6 +17,7 @@ cd "$top"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=${DEMO_PGPORT:-$(free_port)}
 rport=${DEMO_RECEIVER_PORT:-$(free_port)}
+mport=${DEMO_METRICS_PORT:-$(free_port)}
 dir=/tmp/fraiseql-observers-demo
 run=$top/.run/demo
 bin=$top/target/debug
@@ -28,6 +29,7 @@ export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=demo
 export DATABASE_URL="postgres://postgres@127.0.0.1:$port/demo"
 export HOOK_SECRET="whsec_$(printf 'fraiseql-observers-demo-secret' | base64)"
 export RECEIVER_URL="http://127.0.0.1:$rport"
+export METRICS_LISTEN="127.0.0.1:$mport"
 
 worker_pid=""; receiver_pid=""
 stop_all() {

@@ -179,7 +179,18 @@ SELECT try($$SELECT payload FROM observers.dlq LIMIT 1$$) AS nobody_dead_letters
 SELECT try($$SELECT observers.dlq_purge(all_entries => true)$$) AS nobody_purge;
 SELECT try($$SELECT observers.debug_event(1)$$) AS nobody_debug;
 SELECT try($$SELECT * FROM observers.status()$$) AS nobody_status;
+-- even with USAGE on the schema (granted by mistake), every function and table stays closed
 RESET ROLE;
+GRANT USAGE ON SCHEMA observers TO ops_nobody_test;
+SET ROLE ops_nobody_test;
+SELECT try($$SELECT observers.create_observer('x', 'shop.orders')$$) AS usage_create;
+SELECT try($$SELECT new FROM observers.event LIMIT 1$$) AS usage_payloads;
+SELECT try($$SELECT payload FROM observers.dlq LIMIT 1$$) AS usage_dead_letters;
+SELECT try($$SELECT observers.dlq_purge(all_entries => true)$$) AS usage_purge;
+SELECT try($$SELECT observers.replay('orders', 1, 2)$$) AS usage_replay;
+SELECT try($$SELECT observers.debug_event(1)$$) AS usage_debug;
+RESET ROLE;
+REVOKE USAGE ON SCHEMA observers FROM ops_nobody_test;
 DROP ROLE ops_admin_test;
 DROP ROLE ops_worker_test;
 DROP ROLE ops_nobody_test;
