@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +54,119 @@ pub enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Trace one event end to end: the event, which observers matched, every attempt, dead
+    /// letters, parked pairs and deduplication state (exit 3 if nothing is known about it).
+    DebugEvent {
+        /// The event id (`id` in the webhook body, `evt_<ID>_<action>` in the webhook-id).
+        #[arg(value_name = "ID")]
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Dead-letter queue: list, show, retry, retry-all, purge, stats.
+    Dlq {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Deliver an observer's past events (ids FROM..=TO) again, with their original webhook-ids.
+    Replay {
+        /// The observer whose events to deliver again.
+        #[arg(value_name = "OBSERVER")]
+        observer: String,
+        /// First event id (inclusive).
+        #[arg(long, value_name = "ID")]
+        from: i64,
+        /// Last event id (inclusive).
+        #[arg(long, value_name = "ID")]
+        to: i64,
+        /// Deliver even pairs that deduplication recorded as already delivered.
+        #[arg(long)]
+        force: bool,
+        /// Only count the pairs that would be queued (nothing is changed).
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// Where an operator command finds the database: --database-url / DATABASE_URL, else the
+/// `database.url` of this configuration file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DbArgs {
+    /// Take the database URL from this configuration file if --database-url / DATABASE_URL is not set.
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// Filters of `dlq list`, `dlq retry-all` and `dlq purge`. Times are RFC 3339
+/// (`2026-05-01T10:00:00Z`, `2026-05-01T12:00:00+02:00`, `2026-05-01`) or a duration ago (`1h`, `30m`, `2d`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct DlqFilterArgs {
+    /// Only this observer's dead letters.
+    #[arg(long, value_name = "NAME")]
+    pub observer: Option<String>,
+    /// Only dead letters created at or after this time (RFC 3339, or a duration ago: `1h`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only dead letters created before this time (RFC 3339, or a duration ago: `30m`).
+    #[arg(long, value_name = "TIME")]
+    pub before: Option<String>,
+    /// Only dead letters whose error contains this text (case-insensitive).
+    #[arg(long = "error", value_name = "TEXT")]
+    pub error_contains: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: i32,
+    },
+    /// One dead letter with its payload.
+    Show {
+        #[arg(value_name = "ID")]
+        id: i64,
+    },
+    /// Queue one dead letter for redelivery (same webhook-id). It leaves the DLQ only when the
+    /// delivery succeeds.
+    Retry {
+        #[arg(value_name = "ID")]
+        id: i64,
+        /// Only say whether it would be queued.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Queue every matching dead letter for redelivery (all of them without filters).
+    RetryAll {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Only count the entries that would be queued.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters. Refuses without a filter, --id or --all.
+    Purge {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Delete this entry (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<i64>,
+        /// Delete every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Only count the entries that would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Dead letters per observer: count, pending retries, oldest, newest, last error.
+    Stats,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

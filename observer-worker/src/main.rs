@@ -45,7 +45,10 @@ fn main() -> ExitCode {
             },
             _ => commands::validate_config(file, cli.format, &mut std::io::stdout().lock()),
         },
-        Command::Status { ref config } => run_status(&cli, config.as_deref()),
+        Command::Status { ref config } => run_operator(&cli, config.as_deref()),
+        Command::DebugEvent { ref db, .. }
+        | Command::Dlq { ref db, .. }
+        | Command::Replay { ref db, .. } => run_operator(&cli, db.config.as_deref()),
         Command::Start { ref config } => run_start(&cli, config, url_on_command_line),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
@@ -58,7 +61,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run_status(cli: &Cli, config_path: Option<&Path>) -> i32 {
+/// `status`, `dlq ...`, `debug-event`, `replay`: the URL from --database-url / DATABASE_URL,
+/// else from `database.url` of the --config file.
+fn run_operator(cli: &Cli, config_path: Option<&Path>) -> i32 {
     let url = match (&cli.database_url, config_path) {
         (Some(u), _) => u.clone(),
         (None, Some(path)) => match config::load_file(
@@ -84,17 +89,13 @@ fn run_status(cli: &Cli, config_path: Option<&Path>) -> i32 {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match rt.block_on(commands::status(
+    rt.block_on(commands::run_operator(
+        &cli.command,
         &url,
         cli.format,
         &mut std::io::stdout().lock(),
-    )) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e}");
-            e.exit_code()
-        }
-    }
+    ))
+    .unwrap_or(EXIT_CONFIG)
 }
 
 fn run_start(cli: &Cli, config_path: &Path, url_on_command_line: bool) -> i32 {

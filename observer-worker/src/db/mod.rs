@@ -10,6 +10,7 @@
 mod control;
 mod dedup;
 pub mod listener;
+pub mod operator;
 mod outbox;
 mod parked;
 pub mod queries;
