@@ -85,8 +85,14 @@ fn i(v: &Value, key: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Heartbeat within [`STALE_AFTER_SECS`], and not the farewell a worker writes when it stops.
 fn live(w: &Value) -> bool {
-    f(w, "heartbeat_age_s").is_some_and(|a| a <= STALE_AFTER_SECS)
+    s(w, "role").as_deref() != Some("stopped")
+        && f(w, "heartbeat_age_s").is_some_and(|a| a <= STALE_AFTER_SECS)
+}
+
+fn stopped(w: &Value) -> bool {
+    s(w, "role").as_deref() == Some("stopped")
 }
 
 /// The problems of a report, most serious first.
@@ -137,7 +143,10 @@ pub fn problems(r: &StatusReport) -> Vec<Problem> {
     for w in &r.workers {
         let id = s(w, "worker_id").unwrap_or_default();
         let g = s(w, "group_name").unwrap_or_default();
-        if !live(w) {
+        if stopped(w) {
+            // a clean shutdown is not a problem by itself (no leader / no worker is reported
+            // per group above)
+        } else if !live(w) {
             out.push(Problem {
                 severity: "warning",
                 group: Some(g.clone()),
@@ -320,6 +329,8 @@ pub fn render_text(r: &StatusReport) -> String {
         for w in &r.workers {
             let state = if live(w) {
                 s(w, "role").unwrap_or_else(|| "running".to_owned())
+            } else if stopped(w) {
+                "stopped".to_owned()
             } else {
                 "NOT RUNNING".to_owned()
             };
@@ -336,7 +347,9 @@ pub fn render_text(r: &StatusReport) -> String {
         }
         out.push_str(&indent(&t.render()));
         if !r.workers.iter().any(live) {
-            out.push_str("  no worker is running (no heartbeat in the last 30s)\n");
+            out.push_str(
+                "  no worker is running (all stopped, or no heartbeat in the last 30s)\n",
+            );
         }
     }
 
@@ -473,6 +486,18 @@ mod tests {
         assert!(p[0]
             .message
             .contains("http://x:80: circuit breaker open, 5 pairs"));
+
+        let mut w = worker("w-1", 1.0, false);
+        w["role"] = json!("stopped");
+        let r = StatusReport {
+            observers: vec![observer(None, 0)],
+            workers: vec![w],
+            breakers: Some(vec![]),
+        };
+        let p = problems(&r);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("no leader and no running worker"), "{p:?}");
+        assert!(render_text(&r).contains("stopped"));
 
         let empty = render_text(&StatusReport::default());
         assert!(empty.contains("no observers"), "{empty}");
