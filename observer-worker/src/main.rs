@@ -64,8 +64,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `status`, `dlq ...`, `debug-event`, `replay`: the URL from --database-url / DATABASE_URL,
 /// else from `database.url` of the --config file.
 fn run_operator(cli: &Cli, config_path: Option<&Path>) -> i32 {
-    let url = match (&cli.database_url, config_path) {
-        (Some(u), _) => u.clone(),
+    // an empty DATABASE_URL counts as unset
+    let given = cli.database_url.as_deref().filter(|u| !u.trim().is_empty());
+    let url = match (given, config_path) {
+        (Some(u), _) => u.to_owned(),
         (None, Some(path)) => match config::load_file(
             path,
             &ProcessEnv,
