@@ -347,9 +347,7 @@ pub fn render_text(r: &StatusReport) -> String {
         }
         out.push_str(&indent(&t.render()));
         if !r.workers.iter().any(live) {
-            out.push_str(
-                "  no worker is running (all stopped, or no heartbeat in the last 30s)\n",
-            );
+            out.push_str("  no worker is running (all stopped, or no heartbeat in the last 30s)\n");
         }
     }
 
@@ -496,7 +494,10 @@ mod tests {
         };
         let p = problems(&r);
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].message.contains("no leader and no running worker"), "{p:?}");
+        assert!(
+            p[0].message.contains("no leader and no running worker"),
+            "{p:?}"
+        );
         assert!(render_text(&r).contains("stopped"));
 
         let empty = render_text(&StatusReport::default());

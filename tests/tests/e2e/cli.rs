@@ -157,17 +157,33 @@ async fn dlq_list_show_stats_retry_and_purge() {
         .iter()
         .all(|e| e["observer"] == "things"));
     let by_error = cli_json(&db, &["dlq", "list", "--error", "upstream EXPLODED"]).await;
-    assert_eq!(ids(&by_error), ids(&things), "--error is a case-insensitive substring");
+    assert_eq!(
+        ids(&by_error),
+        ids(&things),
+        "--error is a case-insensitive substring"
+    );
     let recent = cli_json(&db, &["dlq", "list", "--since", "1h", "--limit", "2"]).await;
     assert_eq!(ids(&recent), list_ids[..2], "--since 1h --limit 2");
     let future = cli_json(&db, &["dlq", "list", "--before", "2000-01-01T00:00:00Z"]).await;
-    assert_eq!(ids(&future).len(), 0, "nothing was dead-lettered before 2000");
+    assert_eq!(
+        ids(&future).len(),
+        0,
+        "nothing was dead-lettered before 2000"
+    );
     let out = cli(&db, &["dlq", "list"]).await;
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
-    assert!(t.contains("5 dead letters") && t.contains("WEBHOOK-ID"), "{t}");
+    assert!(
+        t.contains("5 dead letters") && t.contains("WEBHOOK-ID"),
+        "{t}"
+    );
     let out = cli(&db, &["dlq", "list", "--observer", "nope"]).await;
-    assert_eq!(out.status.code(), Some(3), "unknown observer: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "unknown observer: {}",
+        text(&out)
+    );
     let out = cli(&db, &["dlq", "list", "--since", "soon"]).await;
     assert_eq!(out.status.code(), Some(2), "bad time: {}", text(&out));
 
@@ -216,7 +232,10 @@ async fn dlq_list_show_stats_retry_and_purge() {
 
     // retry --dry-run changes nothing
     let dry = cli_json(&db, &["dlq", "retry", &id_s, "--dry-run"]).await;
-    assert_eq!((dry["queued"].clone(), dry["dry_run"].clone()), (true.into(), true.into()));
+    assert_eq!(
+        (dry["queued"].clone(), dry["dry_run"].clone()),
+        (true.into(), true.into())
+    );
     let again = cli_json(&db, &["dlq", "show", &id_s]).await;
     assert_eq!(
         (again["retries"].clone(), again["retry_pending"].clone()),
@@ -238,7 +257,11 @@ async fn dlq_list_show_stats_retry_and_purge() {
         after["error"].as_str().unwrap_or("").contains("500"),
         "{after:#}"
     );
-    assert_eq!(dlq_count(&db, "things").await, 3, "a failed retry keeps the entry");
+    assert_eq!(
+        dlq_count(&db, "things").await,
+        3,
+        "a failed retry keeps the entry"
+    );
     let retried: Vec<_> = rx.deliveries_for("/things")[requests_before..]
         .iter()
         .map(|d| d.webhook_id.clone())
@@ -257,7 +280,11 @@ async fn dlq_list_show_stats_retry_and_purge() {
     assert!(text(&out).contains("--all"), "{}", text(&out));
     let dry = cli_json(&db, &["dlq", "purge", "--observer", "others", "--dry-run"]).await;
     assert_eq!(dry["deleted"], 2, "{dry}");
-    assert_eq!(dlq_count(&db, "others").await, 2, "--dry-run deleted something");
+    assert_eq!(
+        dlq_count(&db, "others").await,
+        2,
+        "--dry-run deleted something"
+    );
     let others = ids(&cli_json(&db, &["dlq", "list", "--observer", "others"]).await);
     let one = others[0].to_string();
     let p = cli_json(&db, &["dlq", "purge", "--id", &one]).await;
@@ -271,7 +298,11 @@ async fn dlq_list_show_stats_retry_and_purge() {
     .await;
     assert_eq!(p["deleted"], 1, "{p}");
     assert_eq!(dlq_count(&db, "others").await, 0);
-    assert_eq!(dlq_count(&db, "things").await, 3, "purge touched another observer");
+    assert_eq!(
+        dlq_count(&db, "things").await,
+        3,
+        "purge touched another observer"
+    );
 
     // the endpoint is fixed: retry-all delivers every entry with its webhook-id, the DLQ empties
     rx.set_default("/things", Reply::ok());
@@ -282,7 +313,11 @@ async fn dlq_list_show_stats_retry_and_purge() {
         .iter()
         .map(|e| e["webhook_id"].as_str().unwrap().to_owned())
         .collect();
-    let dry = cli_json(&db, &["dlq", "retry-all", "--observer", "things", "--dry-run"]).await;
+    let dry = cli_json(
+        &db,
+        &["dlq", "retry-all", "--observer", "things", "--dry-run"],
+    )
+    .await;
     assert_eq!(dry["queued"], 3, "{dry}");
     assert_eq!(dlq_count(&db, "things").await, 3);
     let all = cli_json(&db, &["dlq", "retry-all", "--observer", "things"]).await;
@@ -298,7 +333,10 @@ async fn dlq_list_show_stats_retry_and_purge() {
         .filter(|d| d.succeeded())
         .filter_map(|d| d.webhook_id.clone())
         .collect();
-    assert_eq!(delivered, wanted, "delivered with the dead letters' webhook-ids");
+    assert_eq!(
+        delivered, wanted,
+        "delivered with the dead letters' webhook-ids"
+    );
     assert_eq!(cli_json(&db, &["dlq", "list"]).await, Value::Array(vec![]));
     let out = cli(&db, &["dlq", "stats"]).await;
     assert!(text(&out).contains("empty"), "{}", text(&out));
@@ -381,10 +419,27 @@ async fn replay_delivers_past_events_again_with_their_webhook_ids() {
     assert!(wait_backlog_zero(&db.client, SHORT).await);
     let ids = outbox_ids(&db.client, "things").await;
     let (from, to) = (ids[0].to_string(), ids[2].to_string());
-    let dry = cli_json(&db, &["replay", "things", "--from", &from, "--to", &to, "--dry-run"]).await;
+    let dry = cli_json(
+        &db,
+        &[
+            "replay",
+            "things",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--dry-run",
+        ],
+    )
+    .await;
     assert_eq!(dry["queued"], 3, "{dry}");
     rx.settle(Duration::from_secs(1), SHORT).await;
-    assert_eq!(rx.count(), 3, "--dry-run delivered something; {}", rx.summary());
+    assert_eq!(
+        rx.count(),
+        3,
+        "--dry-run delivered something; {}",
+        rx.summary()
+    );
     let r = cli_json(&db, &["replay", "things", "--from", &from, "--to", &to]).await;
     assert_eq!(r["queued"], 3, "{r}");
     assert!(
