@@ -113,8 +113,9 @@ pub fn render(id: i64, v: &Value) -> String {
     }
     let state = v.get("state").and_then(Value::as_str).unwrap_or("unknown");
     let meaning = match state {
-        "delivered" => {
-            "the group's cursor has passed it: every action finished (succeeded or dead-lettered)"
+        "finished" | "delivered" => {
+            "the group's cursor has passed it: each action was delivered, skipped as already \
+             done, dead-lettered or queued for redelivery"
         }
         "pending" => "not delivered yet: the group's cursor has not reached it",
         "in_open_batch" => "in the batch the leader is working on right now",
@@ -133,6 +134,21 @@ pub fn render(id: i64, v: &Value) -> String {
                 cell(o.get("name")),
                 cell(o.get("matched")),
                 cell(o.get("reason")),
+            ]);
+        }
+        out.push_str(&indent(&t.render()));
+    }
+
+    let actions = list(v, "actions");
+    if !actions.is_empty() {
+        out.push_str("\nACTIONS\n");
+        let mut t = Table::new(&["action", "type", "webhook-id", "result"]);
+        for a in actions {
+            t.row(vec![
+                cell(a.get("action_index")),
+                cell(a.get("type")),
+                cell(a.get("webhook_id")),
+                cell(a.get("result")),
             ]);
         }
         out.push_str(&indent(&t.render()));
@@ -187,7 +203,9 @@ mod tests {
             "event": {"id": 42, "observer": "orders", "op": "UPDATE", "table": "public.orders",
                       "txid": 900, "captured_at": "2026-05-01T10:00:00+00:00",
                       "new": {"id": 1}, "old": {"id": 1}, "changed": ["total"]},
-            "state": "delivered",
+            "state": "finished",
+            "actions": [{"action_index": 0, "type": "webhook", "webhook_id": "evt_42_0",
+                         "result": "dead-lettered"}],
             "observers": [{"name": "orders", "matched": true, "reason": "captured"},
                           {"name": "big", "matched": false, "reason": "condition false"}],
             "attempts": [{"action_index": 0, "attempt": 1, "at": "2026-05-01T10:00:01+00:00",
@@ -202,7 +220,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("changed  [\"total\"]"), "{text}");
-        assert!(text.contains("STATE delivered"), "{text}");
+        assert!(text.contains("STATE finished"), "{text}");
+        assert!(text.contains("0       webhook  evt_42_0    dead-lettered"), "{text}");
         assert!(
             text.contains("big       no       condition false"),
             "{text}"

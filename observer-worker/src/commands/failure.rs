@@ -55,7 +55,8 @@ impl CliError {
                     _ => "",
                 };
                 match e.sqlstate() {
-                    Some("P0002") => CliError::not_found(message.clone()),
+                    // P0002 no_data_found (dead letter id), 42704 undefined_object (observer name)
+                    Some("P0002") | Some("42704") => CliError::not_found(message.clone()),
                     Some("42501") => CliError::runtime(format!(
                         "{context}: {message}. Role {user} may not do this: operator commands need \
                          observers_admin (as a superuser: GRANT observers_admin TO {user};)"
@@ -67,7 +68,7 @@ impl CliError {
                     Some("3D000") => CliError::runtime(format!(
                         "{message}. Check the database name in --database-url / DATABASE_URL"
                     )),
-                    Some("42883") | Some("42P01") | Some("3F000") => CliError::runtime(format!(
+                    Some("42883") | Some("3F000") => CliError::runtime(format!(
                         "{context}: {message}. The pg_observers extension of this database is older \
                          than this CLI: install the new version and run \
                          `ALTER EXTENSION pg_observers UPDATE;` (docs/UPGRADING.md)"
