@@ -49,6 +49,12 @@ pub struct Stats {
     pub actions_parked: AtomicU64,
     /// Parked pairs delivered later.
     pub parked_delivered: AtomicU64,
+    /// Dead letters delivered by `observers.dlq_retry()` (they left the DLQ).
+    pub dlq_retries_delivered: AtomicU64,
+    /// Dead-letter retries that failed again (the entries stayed in the DLQ).
+    pub dlq_retries_failed: AtomicU64,
+    /// Pairs delivered again by `observers.replay()`.
+    pub replays_delivered: AtomicU64,
 }
 
 impl Stats {
@@ -72,6 +78,9 @@ impl Stats {
             "dedup_hits": Self::get(&self.dedup_hits),
             "actions_parked": Self::get(&self.actions_parked),
             "parked_delivered": Self::get(&self.parked_delivered),
+            "dlq_retries_delivered": Self::get(&self.dlq_retries_delivered),
+            "dlq_retries_failed": Self::get(&self.dlq_retries_failed),
+            "replays_delivered": Self::get(&self.replays_delivered),
         })
     }
 }

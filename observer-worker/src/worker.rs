@@ -20,6 +20,7 @@ use crate::config::{Config, LookupSource, ProcessEnv};
 use crate::db::{listener, Db, DbError};
 use crate::error::WorkerError;
 use crate::lookups::{LookupStats, Lookups, Sources};
+use crate::pipeline::attempt_log::AttemptLog;
 use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_INTERVAL};
 use crate::pipeline::executor::Layers;
 use crate::pipeline::handler::Deliverer;
@@ -92,7 +93,7 @@ pub async fn run(
     // 4. Background tasks. They stop after the consumer has drained, so the
     //    lease stays renewed while in-flight work finishes.
     let background = CancellationToken::new();
-    let Some((layers, installation)) =
+    let Some((mut layers, installation)) =
         build_layers(&config, &db, max_in_flight, &stop, &background).await?
     else {
         return Ok(());
@@ -102,6 +103,12 @@ pub async fn run(
     let fenced = Arc::new(Notify::new());
     let wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
+
+    // every attempt, for observers.debug_event() (written off the delivery path)
+    let (attempt_log, attempt_writer) =
+        AttemptLog::new(db.clone(), worker_id.clone(), background.clone());
+    layers.attempt_log = Some(attempt_log);
+    tasks.spawn(attempt_writer);
 
     tasks.spawn(lease::run(
         db.clone(),
@@ -143,21 +150,20 @@ pub async fn run(
             fenced.clone(),
         ))
     });
-    if layers.breakers.is_some() {
-        tasks.spawn(
-            Arc::new(ParkedLoop {
-                db: db.clone(),
-                group: group.clone(),
-                registry: registry.clone(),
-                lease: lease_rx.clone(),
-                fenced: fenced.clone(),
-                layers: layers.clone(),
-                installation,
-                stats: stats.clone(),
-            })
-            .run(background.clone()),
-        );
-    }
+    // parked pairs, dead-letter retries (observers.dlq_retry) and replays (observers.replay)
+    tasks.spawn(
+        Arc::new(ParkedLoop {
+            db: db.clone(),
+            group: group.clone(),
+            registry: registry.clone(),
+            lease: lease_rx.clone(),
+            fenced: fenced.clone(),
+            layers: layers.clone(),
+            installation,
+            stats: stats.clone(),
+        })
+        .run(background.clone()),
+    );
 
     // 5. Consume until stopped.
     let handler = Arc::new(Deliverer {
@@ -504,6 +510,7 @@ async fn heartbeat(
             "dedup": layers.dedup.as_ref().map(|d| d.snapshot()),
             "breakers": layers.breakers.as_ref().map(|b| b.snapshot()),
             "lookups": lookups.snapshot(),
+            "attempt_log": layers.attempt_log.as_ref().map(|l| l.snapshot()),
         });
         if let Err(e) = db.heartbeat(&group, &worker_id, &info).await {
             debug!(error = %e, "heartbeat failed");

@@ -64,9 +64,14 @@ extension_sql_file!(
     requires = ["worker_api"]
 );
 extension_sql_file!(
+    "../sql/bootstrap/37_operations.sql",
+    name = "operations",
+    requires = ["admin_api", "dedup", "parked"]
+);
+extension_sql_file!(
     "../sql/bootstrap/40_maintain.sql",
     name = "maintain",
-    requires = ["admin_api", "dedup", "parked", api::retention_setting]
+    requires = ["operations", api::retention_setting]
 );
 extension_sql_file!(
     "../sql/bootstrap/90_privileges.sql",

@@ -25,6 +25,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub event_id: i64,
+    /// The observer the pair belongs to (for the attempt log; 0 when not known).
+    pub observer_id: i32,
     pub action_index: usize,
     /// `evt_<event id>_<action index>`: identical on every attempt and redelivery.
     pub webhook_id: String,
@@ -43,6 +45,7 @@ impl Delivery {
     pub fn new(event_id: i64, action_index: usize, body: Bytes) -> Self {
         Delivery {
             event_id,
+            observer_id: 0,
             action_index,
             webhook_id: webhook_id(event_id, action_index),
             body,
@@ -50,6 +53,11 @@ impl Delivery {
             attempts_used: 0,
             may_park: false,
         }
+    }
+
+    pub fn for_observer(mut self, observer_id: i32) -> Self {
+        self.observer_id = observer_id;
+        self
     }
 
     pub fn with_dedup_key(mut self, key: PairKey) -> Self {

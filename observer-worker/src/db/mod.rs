@@ -7,6 +7,7 @@
 //! Pools reconnect by themselves: a connection that died (database restart)
 //! is dropped when next checked out and a fresh one is opened.
 
+mod attempts;
 mod control;
 mod dedup;
 pub mod listener;
@@ -16,6 +17,7 @@ mod parked;
 pub mod queries;
 pub mod schema;
 
+pub use attempts::AttemptRecord;
 pub use dedup::ClaimState;
 pub use parked::{ParkRecord, ParkedPair};
 

@@ -28,9 +28,14 @@ pub struct ParkedPair {
     pub action_index: i32,
     pub webhook_id: String,
     pub day: String,
-    pub destination: String,
+    /// NULL for DLQ retries and replays (queued from SQL, which does not know it).
+    pub destination: Option<String>,
     pub body: String,
     pub attempts: i32,
+    /// `breaker`, `dlq_retry` (observers.dlq_retry) or `replay` (observers.replay).
+    pub reason: String,
+    /// Deliver even if deduplication remembers the pair as done (`replay(..., force => true)`).
+    pub force: bool,
 }
 
 impl Db {
@@ -104,6 +109,8 @@ impl Db {
                     destination: r.try_get(6)?,
                     body: r.try_get(7)?,
                     attempts: r.try_get(8)?,
+                    reason: r.try_get(9)?,
+                    force: r.try_get(10)?,
                 })
             })
             .collect::<Result<_, tokio_postgres::Error>>()

@@ -79,9 +79,10 @@ pub const PARK_ADD: &str =
     "SELECT observers.park_add($1, $2, $3, $4, $5, $6, $7, $8::text[]::date[], \
      $9, $10, $11, $12)";
 
-/// `park_fetch(group, skip_destinations, skip_ids, lim)` -> parked pairs, oldest first.
+/// `park_fetch(group, skip_destinations, skip_ids, lim)` -> parked pairs (breaker-parked, DLQ
+/// retries, replays), oldest first.
 pub const PARK_FETCH: &str = "SELECT id, event_id, observer_id, action_index, webhook_id, day, \
-     destination, body, attempts FROM observers.park_fetch($1, $2, $3, $4)";
+     destination, body, attempts, reason, force FROM observers.park_fetch($1, $2, $3, $4)";
 
 /// `park_finish(group, epoch, id, error, attempts, last_status)` (fenced).
 pub const PARK_FINISH: &str = "SELECT observers.park_finish($1, $2, $3, $4, $5, $6)";
@@ -89,3 +90,8 @@ pub const PARK_FINISH: &str = "SELECT observers.park_finish($1, $2, $3, $4, $5, 
 /// `dedup_done(keys, days)` -> the keys that are done and in force (NULL keys: one NULL row if
 /// any done-mark is in force).
 pub const DEDUP_DONE: &str = "SELECT key FROM observers.dedup_done($1, $2::text[]::date[])";
+
+/// `attempt_add(worker_id, event_ids, observer_ids, action_indexes, attempts, ats, durations_ms,
+/// statuses, outcomes, errors)` -> rows written (the attempt log, batched).
+pub const ATTEMPT_ADD: &str =
+    "SELECT observers.attempt_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";

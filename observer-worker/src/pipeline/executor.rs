@@ -11,13 +11,15 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::attempt_log::AttemptLog;
 use crate::actions::{Action, AttemptError, Delivery};
+use crate::db::AttemptRecord;
 use crate::resilience::{Admit, Breakers, Dedup, Verdict};
 
 /// Grace on top of the action's own timeout before the layer cuts it off
@@ -63,6 +65,8 @@ pub struct Layers {
     pub stop: CancellationToken,
     pub dedup: Option<Arc<Dedup>>,
     pub breakers: Option<Arc<Breakers>>,
+    /// Where every attempt is recorded (`observers.attempt`), when on.
+    pub attempt_log: Option<Arc<AttemptLog>>,
 }
 
 impl Layers {
@@ -72,6 +76,7 @@ impl Layers {
             stop,
             dedup: None,
             breakers: None,
+            attempt_log: None,
         }
     }
 }
@@ -119,6 +124,7 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
         };
         attempts += 1;
         let limit = action.timeout();
+        let (started_at, started) = (SystemTime::now(), Instant::now());
         let result =
             match tokio::time::timeout(limit + TIMEOUT_GRACE, action.execute(delivery)).await {
                 Ok(r) => r,
@@ -128,6 +134,31 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
                 ))),
             };
         drop(permit);
+        if let Some(log) = &layers.attempt_log {
+            let (outcome, error, status) = match &result {
+                Ok(()) => ("delivered", None, None),
+                Err(e) => (
+                    if e.retryable && policy.allows_another(attempts) {
+                        "retry"
+                    } else {
+                        "failed"
+                    },
+                    Some(e.message.clone()),
+                    e.status.map(i32::from),
+                ),
+            };
+            log.record(AttemptRecord {
+                event_id: delivery.event_id,
+                observer_id: delivery.observer_id,
+                action_index: delivery.action_index as i32,
+                attempt: attempts as i32,
+                at: started_at,
+                duration_ms: started.elapsed().as_secs_f32() * 1000.0,
+                status,
+                outcome,
+                error,
+            });
+        }
         if let (Some((b, _)), Some(p)) = (breaker, pass) {
             let failure = result
                 .as_ref()

@@ -80,7 +80,8 @@ impl Deliverer {
         event: &FetchedEvent,
         index: usize,
     ) -> bool {
-        let mut delivery = Delivery::new(event.id, index, event.body.clone());
+        let mut delivery =
+            Delivery::new(event.id, index, event.body.clone()).for_observer(observer.id);
         // ordered observers wait for their destination instead: parking would reorder them
         delivery.may_park = event.ordering_key.is_none();
         if let (Some(inst), Some(_)) = (&self.installation, &self.layers.dedup) {

@@ -2,6 +2,7 @@
 //! (per-key order, bounded) -> handler (actions, dead letters, parked pairs) -> checkpoint;
 //! beside it, the parked-pairs loop (pairs whose destination's circuit breaker was open).
 
+pub mod attempt_log;
 pub mod checkpoint;
 pub mod consumer;
 pub mod dispatcher;

@@ -1,5 +1,7 @@
-//! Delivers the pairs parked while their destination's circuit breaker was open
-//! (`observers.parked`). Runs on the leader only, beside the consumer, with the same layers
+//! Delivers the pairs waiting in `observers.parked`: parked while their destination's circuit
+//! breaker was open, queued by `observers.dlq_retry()` (a dead letter: delivered, it leaves the
+//! DLQ; failed again, it stays there with its new error) or by `observers.replay()` (past
+//! events; `force` skips deduplication). Runs on the leader only, beside the consumer, with the same layers
 //! (dedup, breaker, concurrency, retry) and at most [`MAX_IN_FLIGHT`] pairs at a time:
 //!
 //! ```text
@@ -213,9 +215,11 @@ impl ParkedLoop {
                     .await
             }
         };
-        let mut delivery = Delivery::new(p.event_id, index, Bytes::from(p.body.clone()));
+        let mut delivery = Delivery::new(p.event_id, index, Bytes::from(p.body.clone()))
+            .for_observer(p.observer_id);
         delivery.attempts_used = p.attempts.max(0) as u32;
-        if let (Some(inst), Some(_)) = (&self.installation, &self.layers.dedup) {
+        // replay(..., force => true): deliver even if deduplication remembers it as done
+        if let (false, Some(inst), Some(_)) = (p.force, &self.installation, &self.layers.dedup) {
             delivery = delivery.with_dedup_key(PairKey::new(
                 inst,
                 p.observer_id,
@@ -225,8 +229,19 @@ impl ParkedLoop {
             ));
         }
         match executor::run(action.as_ref(), &delivery, &self.layers).await {
-            ActionOutcome::Delivered { .. } | ActionOutcome::AlreadyDone => {
-                Stats::add(&self.stats.parked_delivered, 1);
+            ActionOutcome::Delivered { .. } => {
+                let counter = match p.reason.as_str() {
+                    "dlq_retry" => &self.stats.dlq_retries_delivered,
+                    "replay" => &self.stats.replays_delivered,
+                    _ => &self.stats.parked_delivered,
+                };
+                Stats::add(counter, 1);
+                debug!(event_id = p.event_id, action_index = index, reason = %p.reason, "redelivered");
+                self.finish(&p, None, 0, None).await;
+            }
+            ActionOutcome::AlreadyDone => {
+                Stats::add(&self.stats.dedup_hits, 1);
+                debug!(event_id = p.event_id, action_index = index, reason = %p.reason, "already succeeded (deduplication): not executed again");
                 self.finish(&p, None, 0, None).await;
             }
             ActionOutcome::Failed {
@@ -234,8 +249,13 @@ impl ParkedLoop {
                 attempts,
                 last_status,
             } => {
-                warn!(event_id = p.event_id, action_index = index, webhook_id = %p.webhook_id, attempts, error = %error, "parked pair failed; moving it to the dead-letter queue");
-                Stats::add(&self.stats.actions_dead_lettered, 1);
+                if p.reason == "dlq_retry" {
+                    warn!(event_id = p.event_id, action_index = index, webhook_id = %p.webhook_id, attempts, error = %error, "dead-letter retry failed; the entry stays in the dead-letter queue");
+                    Stats::add(&self.stats.dlq_retries_failed, 1);
+                } else {
+                    warn!(event_id = p.event_id, action_index = index, webhook_id = %p.webhook_id, reason = %p.reason, attempts, error = %error, "redelivery failed; moving the pair to the dead-letter queue");
+                    Stats::add(&self.stats.actions_dead_lettered, 1);
+                }
                 self.finish(
                     &p,
                     Some(&error),

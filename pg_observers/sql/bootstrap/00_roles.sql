@@ -3,11 +3,13 @@
 -- Roles are cluster-wide objects: they are created once (if missing) and survive
 -- DROP EXTENSION. All three are NOLOGIN group roles.
 --
---   observers_admin    operators: create/drop/enable/disable observers, status(), read every
---                      table of schema observers (payloads included).
+--   observers_admin    operators: create/drop/enable/disable observers, status(), the
+--                      dead-letter queue (list, show, retry, purge), debug_event(), replay(),
+--                      read every table of schema observers (payloads included).
 --   observers_worker   the fraiseql-observers worker: lease, batches, checkpoints, DLQ,
---                      heartbeats, maintain(), and create_observer() (the worker applies the
---                      observers of its YAML file at start).
+--                      heartbeats, parked pairs, dedup state, the attempt log, maintain(),
+--                      status(), and create_observer() (the worker applies the observers of its
+--                      YAML file at start). No table with payloads, no retry/purge/replay.
 --   observers_capture  the identity the capture trigger runs as (owner of the SECURITY DEFINER
 --                      trigger function): may only INSERT into observers.event. Observer
 --                      conditions are evaluated with its rights, never with superuser rights.

@@ -104,7 +104,9 @@ CREATE TABLE observers.dlq (
     attempts     integer     NOT NULL,
     last_status  integer,
     epoch        bigint      NOT NULL,
-    created_at   timestamptz NOT NULL DEFAULT now()
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    retries      integer     NOT NULL DEFAULT 0,   -- observers.dlq_retry() rounds that failed again
+    last_retry_at timestamptz
 );
 CREATE INDEX dlq_observer_idx ON observers.dlq (observer_id, id);
 

@@ -233,9 +233,32 @@ BEGIN
 END
 $$;
 
--- The events of an open batch after `after_id`, up to `max_id`, in id order, at most `lim`.
--- body is the webhook JSON (SPEC section 4), keys in this order:
+-- The webhook body of an event (SPEC section 4), keys in this order:
 -- id, observer, op, table, new, old, changed, txid, captured_at.
+-- A plain SQL expression so that the planner inlines it into observers.batch_fetch().
+CREATE FUNCTION observers._event_body(p_id bigint, p_observer text, p_op text, p_table text,
+                                      p_new jsonb, p_old jsonb, p_changed text[], p_txid xid8,
+                                      p_captured_at timestamptz)
+RETURNS text
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT pg_catalog.json_build_object(
+               'id', p_id,
+               'observer', p_observer,
+               'op', p_op,
+               'table', p_table,
+               'new', p_new,
+               'old', p_old,
+               'changed', p_changed,
+               'txid', p_txid::text::bigint,
+               'captured_at', pg_catalog.to_char(p_captured_at AT TIME ZONE 'UTC',
+                                                 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+           )::text
+$$;
+
+-- The events of an open batch after `after_id`, up to `max_id`, in id order, at most `lim`.
+-- body is the webhook JSON (SPEC section 4, observers._event_body).
 CREATE FUNCTION observers.batch_fetch(group_name text, snap_lo pg_snapshot, snap_hi pg_snapshot,
                                       after_id bigint, max_id bigint, lim int)
 RETURNS TABLE (id bigint, observer_id int, ordering_key text, captured_at timestamptz, body text)
@@ -251,18 +274,9 @@ AS $$
                   FROM unnest(o.ordering_key) WITH ORDINALITY AS k(col, ord))::text
            END,
            e.captured_at,
-           json_build_object(
-               'id', e.id,
-               'observer', o.name,
-               'op', e.op,
-               'table', coalesce(n.nspname || '.' || c.relname, o.table_name::oid::text),
-               'new', e.new,
-               'old', e.old,
-               'changed', e.changed,
-               'txid', e.txid::text::bigint,
-               'captured_at', to_char(e.captured_at AT TIME ZONE 'UTC',
-                                      'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-           )::text
+           observers._event_body(e.id, o.name, e.op,
+                                 coalesce(n.nspname || '.' || c.relname, o.table_name::oid::text),
+                                 e.new, e.old, e.changed, e.txid, e.captured_at)
       FROM observers.event AS e
       JOIN observers.observer AS o ON o.id = e.observer_id
       LEFT JOIN pg_class AS c ON c.oid = o.table_name

@@ -7,6 +7,12 @@
 -- the leader delivers parked pairs once their breaker lets calls through, with the same
 -- webhook-id; a pair that then fails for good goes to the dead-letter queue.
 -- (Observers with an ordering_key never park: their events wait in order instead.)
+--
+-- The same table is the redelivery queue of the operators' functions (37_operations.sql):
+-- observers.dlq_retry() queues a dead letter (reason 'dlq_retry', dlq_id set: delivered, the
+-- dead letter goes; failed again, the dead letter stays with its new error), observers.replay()
+-- queues past events (reason 'replay'; force = deduplication skipped). The leader's loop treats
+-- all of them alike.
 
 CREATE TABLE observers.parked (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -17,12 +23,17 @@ CREATE TABLE observers.parked (
     action_type  text        NOT NULL,
     webhook_id   text        NOT NULL,
     day          date        NOT NULL,   -- the event's UTC capture day (its dedup partition)
-    destination  text        NOT NULL,   -- scheme://host:port
+    destination  text,                   -- scheme://host:port (NULL: not known yet)
     body         text        NOT NULL,   -- the exact body to send (text: key order kept)
     attempts     integer     NOT NULL,   -- attempts already used
     last_error   text,
     epoch        bigint      NOT NULL,
     parked_at    timestamptz NOT NULL DEFAULT now(),
+    reason       text        NOT NULL DEFAULT 'breaker'
+                 CONSTRAINT parked_reason_valid CHECK (reason IN ('breaker', 'dlq_retry', 'replay')),
+    dlq_id       bigint,                 -- reason 'dlq_retry': the dead letter being retried
+    force        boolean     NOT NULL DEFAULT false,  -- deliver even if it already succeeded
+    requested_by text,                   -- the role that asked (dlq_retry, replay)
     CONSTRAINT parked_pair_unique UNIQUE (group_name, event_id, observer_id, action_index)
 );
 COMMENT ON TABLE observers.parked IS
@@ -83,24 +94,26 @@ $$;
 -- still open) and the ids the caller is already working on.
 CREATE FUNCTION observers.park_fetch(group_name text, skip_destinations text[], skip_ids bigint[], lim int)
 RETURNS TABLE (id bigint, event_id bigint, observer_id int, action_index int, webhook_id text,
-               day text, destination text, body text, attempts int)
+               day text, destination text, body text, attempts int, reason text, force boolean)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT p.id, p.event_id, p.observer_id, p.action_index, p.webhook_id,
-           to_char(p.day, 'YYYY-MM-DD'), p.destination, p.body, p.attempts
+           to_char(p.day, 'YYYY-MM-DD'), p.destination, p.body, p.attempts, p.reason, p.force
       FROM observers.parked AS p
      WHERE p.group_name = park_fetch.group_name
-       AND p.destination <> ALL (coalesce(skip_destinations, '{}'))
+       AND (p.destination IS NULL OR p.destination <> ALL (coalesce(skip_destinations, '{}')))
        AND p.id <> ALL (coalesce(skip_ids, '{}'))
      ORDER BY p.id
      LIMIT lim
 $$;
 
 -- A parked pair is finished (fenced): delivered (error NULL: the row goes), or failed for good
--- (the row moves to the dead-letter queue in the same transaction).
+-- (the row moves to the dead-letter queue in the same transaction). A retried dead letter
+-- (dlq_id set) leaves the queue when it is delivered; when it fails again it stays, with the
+-- new error and one more retry counted.
 CREATE FUNCTION observers.park_finish(group_name text, epoch bigint, parked_id bigint,
                                       error text, attempts int, last_status int)
 RETURNS void
@@ -116,7 +129,24 @@ BEGIN
     DELETE FROM observers.parked AS p
      WHERE p.id = parked_id AND p.group_name = group_name
     RETURNING * INTO r;
-    IF NOT FOUND OR error IS NULL THEN
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF r.dlq_id IS NOT NULL THEN
+        IF error IS NULL THEN
+            DELETE FROM observers.dlq AS q WHERE q.id = r.dlq_id;
+        ELSE
+            UPDATE observers.dlq AS q
+               SET error = park_finish.error,
+                   attempts = q.attempts + greatest(coalesce(park_finish.attempts, 0), 0),
+                   last_status = park_finish.last_status,
+                   retries = q.retries + 1,
+                   last_retry_at = now()
+             WHERE q.id = r.dlq_id;
+        END IF;
+        RETURN;
+    END IF;
+    IF error IS NULL THEN
         RETURN;
     END IF;
     INSERT INTO observers.dlq (group_name, event_id, observer_id, action_index, action_type,

@@ -160,7 +160,7 @@ BEGIN
     END IF;
 
     -- 4. deduplication state (35_dedup.sql)
-    v_dedup := observers._maintain_dedup();
+    v_dedup := observers._maintain_dedup() || '; ' || observers._maintain_attempts(v_cutoff);
 
     RETURN format('created %s%s; dropped %s%s; kept %s%s; skipped %s%s; deleted %s old rows from event_default; %s',
                   cardinality(v_created),

@@ -55,6 +55,7 @@ GRANT EXECUTE ON FUNCTION
     observers.park_add(text, bigint, bigint[], int[], int[], text[], text[], date[], text[], text[], int[], text[]),
     observers.park_fetch(text, text[], bigint[], int),
     observers.park_finish(text, bigint, bigint, text, int, int),
+    observers.attempt_add(text, bigint[], int[], int[], int[], timestamptz[], real[], int[], text[], text[]),
     -- the worker applies the observers of its YAML file at start (create or replace)
     observers.create_observer(text, regclass, text[], text, text[], text[], jsonb, text, boolean)
 TO observers_worker;
@@ -67,5 +68,13 @@ GRANT EXECUTE ON FUNCTION
     observers.disable_observer(text),
     observers.status(),
     observers.maintain(),
-    observers.observer_definitions(text)
+    observers.observer_definitions(text),
+    observers.dlq_list(text, timestamptz, timestamptz, text, int),
+    observers.dlq_show(bigint),
+    observers.dlq_stats(),
+    observers.dlq_retry(bigint),
+    observers.dlq_retry_all(text, timestamptz, timestamptz, text, boolean),
+    observers.dlq_purge(text, timestamptz, timestamptz, text, bigint[], boolean, boolean),
+    observers.debug_event(bigint),
+    observers.replay(text, bigint, bigint, boolean)
 TO observers_admin;
