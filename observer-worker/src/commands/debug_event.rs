@@ -221,7 +221,10 @@ mod tests {
         );
         assert!(text.contains("changed  [\"total\"]"), "{text}");
         assert!(text.contains("STATE finished"), "{text}");
-        assert!(text.contains("0       webhook  evt_42_0    dead-lettered"), "{text}");
+        assert!(
+            text.contains("0       webhook  evt_42_0    dead-lettered"),
+            "{text}"
+        );
         assert!(
             text.contains("big       no       condition false"),
             "{text}"

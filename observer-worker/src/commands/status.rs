@@ -327,8 +327,13 @@ pub fn render_text(r: &StatusReport) -> String {
             "pid",
         ]);
         for w in &r.workers {
+            // the lease is the truth; the heartbeat's role can be up to 5 s old
             let state = if live(w) {
-                s(w, "role").unwrap_or_else(|| "running".to_owned())
+                match (w.get("leader") == Some(&Value::Bool(true)), s(w, "role")) {
+                    (true, _) => "leader".to_owned(),
+                    (false, Some(r)) if r == "leader" => "standby".to_owned(),
+                    (false, r) => r.unwrap_or_else(|| "running".to_owned()),
+                }
             } else if stopped(w) {
                 "stopped".to_owned()
             } else {
