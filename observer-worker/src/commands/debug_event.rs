@@ -29,6 +29,7 @@ pub async fn run(
         .map_err(|e| fail(db, e))?;
     let text = match format {
         Format::Json => to_json(&v),
+        Format::Text if knows_nothing(&v) => String::new(),
         Format::Text => render(id, &v),
     };
     out.write_all(text.as_bytes())

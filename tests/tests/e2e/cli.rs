@@ -496,3 +496,56 @@ async fn unreachable_database_is_exit_1_with_where_and_what_to_check() {
     let out = run_cli(&["dlq", "stats"], &[("DATABASE_URL", "")], SHORT).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_denied_names_the_role_to_grant() {
+    let (db, _rx) = setup("cli_perm").await;
+    // roles are cluster-wide: a name of our own
+    let role = format!("cli_ops_{}", std::process::id());
+    db.client
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;"
+        ))
+        .await
+        .unwrap();
+    let url = db.url.replacen("://postgres@", &format!("://{role}@"), 1);
+    assert_ne!(url, db.url, "unexpected test URL shape: {}", db.url);
+    for args in [
+        vec!["dlq", "list"],
+        vec!["dlq", "purge", "--all"],
+        vec!["status"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--database-url", url.as_str()]);
+        let out = run_cli(&all, &[], SHORT).await;
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {t}");
+        assert!(
+            t.contains(&format!("GRANT observers_admin TO {role}")),
+            "{args:?}: the error must say which role to grant: {t}"
+        );
+    }
+    // the worker's role may read status (without breakers) but not purge
+    db.client
+        .batch_execute(&format!("GRANT observers_worker TO {role}"))
+        .await
+        .unwrap();
+    let out = run_cli(&["status", "--database-url", url.as_str()], &[], SHORT).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("needs observers_admin"),
+        "{}",
+        text(&out)
+    );
+    let out = run_cli(
+        &["dlq", "purge", "--all", "--database-url", url.as_str()],
+        &[],
+        SHORT,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    db.client
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await
+        .ok();
+}
