@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything `make demo`, `make test` and `make bench` need, idempotently:
 #   Debian packages (PostgreSQL 15 server + headers, clang for bindgen, sudo for cargo-pgrx,
-#   redis-server for the tests that run a private Redis),
+#   redis-server for the tests that run a private Redis, prometheus for the metrics tests, which
+#   run a private Prometheus and promtool; the packaged prometheus service is left stopped and
+#   disabled),
 #   cargo-pgrx 0.18.0 (pinned: pgrx 0.19 needs a newer Rust than this machine has),
 #   and `cargo pgrx init` against the system PostgreSQL 15 (downloads nothing).
 # Safe to run again: each step checks first and skips what is already there.
@@ -26,6 +28,32 @@ if ((${#missing[@]})); then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
   say "Debian packages present"
+fi
+
+# 1b. Prometheus (Debian 2.42): the metrics tests start their own `prometheus` on a free port
+#     and lint with `promtool`. The package's own service must not run: apt is told not to start
+#     it (policy-rc.d, only if the machine has none), then it is stopped and disabled anyway.
+if ! dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
+  say "installing Debian package: prometheus (service left stopped and disabled)"
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | sudo_if_needed tee "$policy" >/dev/null
+    sudo_if_needed chmod 755 "$policy"
+    own_policy=1
+  fi
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus >/dev/null || { [ "$own_policy" = 1 ] && sudo_if_needed rm -f "$policy"; exit 1; }
+  [ "$own_policy" = 1 ] && sudo_if_needed rm -f "$policy"
+else
+  say "prometheus present"
+fi
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  sudo_if_needed systemctl disable --now prometheus >/dev/null 2>&1 || true
+else
+  sudo_if_needed service prometheus stop >/dev/null 2>&1 || true
+  sudo_if_needed update-rc.d prometheus disable >/dev/null 2>&1 || true
 fi
 
 # 2. cargo-pgrx, pinned

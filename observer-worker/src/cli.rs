@@ -90,6 +90,17 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Read the running worker's Prometheus metrics (/metrics) and print a summary
+    /// (exit 0 ok, 1 cannot reach the worker).
+    Metrics {
+        /// The worker's metrics URL [default: from the config file's metrics.listen, else
+        /// http://127.0.0.1:9187/metrics].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Take the URL from this configuration file's `metrics.listen`.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Where an operator command finds the database: --database-url / DATABASE_URL, else the

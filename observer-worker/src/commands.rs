@@ -231,6 +231,39 @@ pub async fn live_problems(
                 }
             }
         }
+        // templates: every new.<col> / old.<col> they read must be a column of the table, and
+        // old / new must exist for the observer's events
+        let mut template_problems = Vec::new();
+        for (j, action) in o.actions.iter().enumerate() {
+            let crate::config::ActionConfig::Slack(slack) = action else {
+                continue;
+            };
+            let text = node
+                .and_then(|n| n.get("actions"))
+                .and_then(|n| n.item(j))
+                .and_then(|n| n.get("text"));
+            let path = format!("{base}.actions[{j}].text");
+            let mark = text.and_then(|n| n.mark).or(node.and_then(|n| n.mark));
+            for (side, col) in slack.text.row_columns() {
+                let message = if !columns.contains(col) {
+                    format!(
+                        "template reads {side}.{col}, but {label} has no column {col:?} (its columns: {})",
+                        columns.join(", ")
+                    )
+                } else if side == "old" && o.events.iter().all(|e| e == "INSERT") {
+                    format!("template reads old.{col}, but INSERT events have no old row: use new.{col}")
+                } else if side == "new" && o.events.iter().all(|e| e == "DELETE") {
+                    format!("template reads new.{col}, but DELETE events have no new row: use old.{col}")
+                } else {
+                    continue;
+                };
+                template_problems.push(Problem {
+                    path: path.clone(),
+                    mark,
+                    message,
+                });
+            }
+        }
         if let Some(cond) = &o.condition {
             for op in &o.events {
                 if let Some(msg) = db.condition_error(&label, cond, op).await? {
@@ -253,6 +286,7 @@ pub async fn live_problems(
                 }
             }
         }
+        problems.extend(template_problems);
     }
     Ok(problems)
 }

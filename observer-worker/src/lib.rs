@@ -8,7 +8,9 @@
 //! * [`templates`] — minijinja templates of action fields (strict, compiled at config time).
 //! * [`lookups`] — cached lookups (`lookup.<name>` in templates): sources, caches, eviction.
 //! * [`retry`], [`signing`] — backoff policy and Standard Webhooks signatures.
-//! * [`worker`] — assembles everything for `start`; [`commands`] — the CLI commands.
+//! * [`telemetry`] — logging, counters, `/metrics` and the health endpoints.
+//! * [`worker`] — assembles everything for `start`; [`commands`] — the CLI commands
+//!   ([`metrics_cli`]: `fraiseql-observers metrics`).
 
 pub mod actions;
 pub mod cli;
@@ -17,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod lookups;
+pub mod metrics_cli;
 pub mod pipeline;
 pub mod resilience;
 pub mod retry;

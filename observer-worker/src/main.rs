@@ -50,6 +50,10 @@ fn main() -> ExitCode {
         | Command::Dlq { ref db, .. }
         | Command::Replay { ref db, .. } => run_operator(&cli, db.config.as_deref()),
         Command::Start { ref config } => run_start(&cli, config, url_on_command_line),
+        Command::Metrics {
+            ref url,
+            ref config,
+        } => run_metrics(&cli, url.as_deref(), config.as_deref()),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -98,6 +102,35 @@ fn run_operator(cli: &Cli, config_path: Option<&Path>) -> i32 {
         &mut std::io::stdout().lock(),
     ))
     .unwrap_or(EXIT_CONFIG)
+}
+
+/// `metrics`: --url, else `metrics.listen` of --config, else the default address.
+fn run_metrics(cli: &Cli, url: Option<&str>, config_path: Option<&Path>) -> i32 {
+    use observer_worker::metrics_cli;
+    let url = match (url, config_path) {
+        (Some(u), _) => u.to_owned(),
+        (None, Some(path)) => {
+            match config::load_file(path, &ProcessEnv, &Defaults::for_this_process()) {
+                Ok(c) if !c.metrics.enabled => {
+                    return usage(&format!(
+                        "metrics are disabled in {} (`metrics: disabled`): the worker serves none",
+                        path.display()
+                    ))
+                }
+                Ok(c) => metrics_cli::url_from_listen(&c.metrics.listen),
+                Err(e) => return report_config_error(&e, cli.format),
+            }
+        }
+        (None, None) => metrics_cli::DEFAULT_URL.to_owned(),
+    };
+    match runtime() {
+        Ok(rt) => rt.block_on(metrics_cli::run(
+            &url,
+            cli.format,
+            &mut std::io::stdout().lock(),
+        )),
+        Err(e) => fail(&e),
+    }
 }
 
 fn run_start(cli: &Cli, config_path: &Path, url_on_command_line: bool) -> i32 {

@@ -56,6 +56,8 @@ pub struct Template {
     lookups: Arc<BTreeSet<String>>,
     /// Other top-level variables the template reads (`new`, `op`, ...).
     variables: Arc<BTreeSet<String>>,
+    /// Row columns read as `new.<col>` / `old.<col>`: (`new` or `old`, column).
+    row_columns: Arc<BTreeSet<(String, String)>>,
 }
 
 impl fmt::Debug for Template {
@@ -96,15 +98,21 @@ impl Template {
         let mut env = environment();
         env.add_template_owned(NAME, source.to_owned())
             .map_err(|e| CompileError::Syntax(describe(&e)))?;
-        let (lookups, variables) = {
+        let (lookups, variables, row_columns) = {
             let t = env
                 .get_template(NAME)
                 .map_err(|e| CompileError::Syntax(describe(&e)))?;
             let mut lookups = BTreeSet::new();
             let mut variables = BTreeSet::new();
+            let mut row_columns = BTreeSet::new();
             for v in t.undeclared_variables(true) {
                 let mut parts = v.splitn(3, '.');
                 let head = parts.next().unwrap_or_default();
+                if head == "new" || head == "old" {
+                    if let Some(col) = parts.clone().next().filter(|c| !c.is_empty()) {
+                        row_columns.insert((head.to_owned(), col.to_owned()));
+                    }
+                }
                 if head == LOOKUP_VAR {
                     match parts.next() {
                         Some(name) if !name.is_empty() => {
@@ -116,18 +124,25 @@ impl Template {
                     variables.insert(head.to_owned());
                 }
             }
-            (lookups, variables)
+            (lookups, variables, row_columns)
         };
         Ok(Template {
             env: Arc::new(env),
             lookups: Arc::new(lookups),
             variables: Arc::new(variables),
+            row_columns: Arc::new(row_columns),
         })
     }
 
     /// Names of the lookups the template reads (`lookup.<name>`).
     pub fn lookups(&self) -> &BTreeSet<String> {
         &self.lookups
+    }
+
+    /// Row columns the template reads as `new.<col>` or `old.<col>` (`validate-config
+    /// --database-url` checks them against the table).
+    pub fn row_columns(&self) -> &BTreeSet<(String, String)> {
+        &self.row_columns
     }
 
     /// Top-level variables other than `lookup` the template reads.

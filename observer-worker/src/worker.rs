@@ -29,7 +29,9 @@ use crate::pipeline::parked::{ParkQueue, ParkedLoop};
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry};
 use crate::resilience::dedup::installation_bytes;
 use crate::resilience::{Breakers, Dedup};
-use crate::telemetry::Stats;
+use crate::telemetry::health::Phase;
+use crate::telemetry::metrics::{self, Metrics};
+use crate::telemetry::{self as telemetry, Stats};
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -54,9 +56,15 @@ pub async fn run(
         observers_in_file = config.observers.len(),
         "fraiseql-observers starting"
     );
-    if config.metrics.enabled {
-        info!(listen = %config.metrics.listen, "metrics: the /metrics endpoint is not served by this version yet (section accepted)");
-    }
+    // 0. Metrics and health first, so probes see a starting (or unreachable-database) worker.
+    //    Stopped when `run` returns, whichever way.
+    let telemetry_stop = CancellationToken::new();
+    let _telemetry_guard = telemetry_stop.clone().drop_guard();
+    let metrics = if config.metrics.enabled {
+        Some(start_telemetry(&config, &db, &stop, &telemetry_stop).await?)
+    } else {
+        None
+    };
 
     // 1. Database reachable, extension installed.
     let Some(version) = wait_for_database(&db, &stop).await? else {
@@ -98,17 +106,29 @@ pub async fn run(
     else {
         return Ok(());
     };
+    layers.metrics = metrics.clone();
     let stats = Arc::new(Stats::default());
     let (lease_tx, lease_rx) = watch::channel(LeaseState::Standby);
     let fenced = Arc::new(Notify::new());
     let wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
+    if let Some(m) = &metrics {
+        m.attach(metrics::Sources {
+            stats: stats.clone(),
+            lease: lease_rx.clone(),
+            breakers: layers.breakers.clone(),
+            dedup: layers.dedup.clone(),
+            lookups: lookups.clone(),
+        });
+    }
 
     // every attempt, for observers.debug_event() (written off the delivery path)
-    let (attempt_log, attempt_writer) =
-        AttemptLog::new(db.clone(), worker_id.clone(), background.clone());
-    layers.attempt_log = Some(attempt_log);
-    tasks.spawn(attempt_writer);
+    if config.worker.attempt_log {
+        let (attempt_log, attempt_writer) =
+            AttemptLog::new(db.clone(), worker_id.clone(), background.clone());
+        layers.attempt_log = Some(attempt_log);
+        tasks.spawn(attempt_writer);
+    }
 
     tasks.spawn(lease::run(
         db.clone(),
@@ -196,6 +216,9 @@ pub async fn run(
         stop.clone(),
         stats.clone(),
     );
+    if let Some(m) = &metrics {
+        m.mark_running();
+    }
     let report = consumer.run().await;
     if stop.is_cancelled() {
         info!("shutdown requested: stopped fetching");
@@ -270,6 +293,46 @@ pub async fn run(
         }
         None => Ok(()),
     }
+}
+
+/// Binds `metrics.listen` (a taken address is fatal: the operator asked for it) and starts
+/// the HTTP server and the database-gauge refresher; both stop with `telemetry_stop`.
+async fn start_telemetry(
+    config: &Config,
+    db: &Db,
+    stop: &CancellationToken,
+    telemetry_stop: &CancellationToken,
+) -> Result<Arc<Metrics>, WorkerError> {
+    let m = Metrics::new(&config.worker.group, &config.worker.id)
+        .map(Arc::new)
+        .map_err(|e| WorkerError::Fatal(format!("metrics registry: {e}")))?;
+    let listener = telemetry::server::bind(&config.metrics.listen)
+        .await
+        .map_err(WorkerError::Fatal)?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.metrics.listen.clone());
+    info!(listen = %addr, "metrics: serving /metrics, /health/live and /health/ready");
+    tokio::spawn(telemetry::server::run(
+        listener,
+        m.clone(),
+        telemetry_stop.clone(),
+    ));
+    tokio::spawn(telemetry::database::run(
+        db.clone(),
+        m.clone(),
+        telemetry_stop.clone(),
+    ));
+    // not ready from the moment shutdown is requested (in-flight work still drains)
+    let (m2, stop, done) = (m.clone(), stop.clone(), telemetry_stop.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => m2.set_phase(Phase::Stopping),
+            _ = done.cancelled() => {}
+        }
+    });
+    Ok(m)
 }
 
 /// The declared lookups and their cache (no I/O: connections open on first use).

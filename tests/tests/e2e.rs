@@ -30,6 +30,8 @@ mod install;
 mod late_commit;
 #[path = "e2e/lookups.rs"]
 mod lookups;
+#[path = "e2e/metrics.rs"]
+mod metrics;
 #[path = "e2e/operations.rs"]
 mod operations;
 #[path = "e2e/ordering.rs"]

@@ -76,6 +76,8 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// How long SIGTERM waits for in-flight actions.
     pub shutdown_timeout: Duration,
+    /// Record every attempt in `observers.attempt` (for `observers.debug_event()`).
+    pub attempt_log: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -159,6 +159,7 @@ fn read_worker(r: &mut Reader, node: Option<&Node>, defaults: &Defaults) -> Work
         batch_size: 500,
         poll_interval: Duration::from_secs(1),
         shutdown_timeout: Duration::from_secs(30),
+        attempt_log: true,
     };
     let Some(node) = node else { return cfg };
     let Some(f) = r.map(
@@ -170,6 +171,7 @@ fn read_worker(r: &mut Reader, node: Option<&Node>, defaults: &Defaults) -> Work
             "batch_size",
             "poll_interval",
             "shutdown_timeout",
+            "attempt_log",
         ],
     ) else {
         return cfg;
@@ -206,6 +208,11 @@ fn read_worker(r: &mut Reader, node: Option<&Node>, defaults: &Defaults) -> Work
     if let Some(n) = f.get("shutdown_timeout") {
         if let Some(d) = r.duration(n, &f.path_of("shutdown_timeout"), Duration::ZERO) {
             cfg.shutdown_timeout = d;
+        }
+    }
+    if let Some(n) = f.get("attempt_log") {
+        if let Some(b) = r.bool(n, &f.path_of("attempt_log")) {
+            cfg.attempt_log = b;
         }
     }
     cfg

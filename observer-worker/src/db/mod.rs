@@ -10,6 +10,7 @@
 mod attempts;
 mod control;
 mod dedup;
+mod gauges;
 pub mod listener;
 pub mod operator;
 mod outbox;

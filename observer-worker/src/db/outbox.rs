@@ -36,6 +36,8 @@ pub struct FetchedEvent {
     /// UTC day of `captured_at` (`YYYY-MM-DD`): where its dedup state lives. Empty unless the
     /// database handle fetches days ([`Db::fetch_days`]).
     pub day: String,
+    /// `captured_at` in Unix seconds (the database clock), for the end-to-end latency metric.
+    pub captured_at: f64,
 }
 
 fn shape(context: &'static str, e: tokio_postgres::Error) -> DbError {
@@ -106,6 +108,10 @@ impl Db {
                     .try_get::<_, Option<String>>(4)
                     .map_err(|e| shape(CTX, e))?
                     .unwrap_or_default(),
+                captured_at: row
+                    .try_get::<_, Option<f64>>(5)
+                    .map_err(|e| shape(CTX, e))?
+                    .unwrap_or(0.0),
             });
         }
         Ok(out)

@@ -19,13 +19,15 @@ pub const BATCH_OPEN: &str =
     "SELECT snap_lo::text, snap_hi::text, last_id, max_id FROM observers.batch_open($1, $2)";
 
 /// `batch_fetch(group, snap_lo, snap_hi, after_id, max_id, lim)` -> events by id.
-pub const BATCH_FETCH: &str = "SELECT id, observer_id, ordering_key, body, NULL::text \
+pub const BATCH_FETCH: &str = "SELECT id, observer_id, ordering_key, body, NULL::text, \
+     extract(epoch FROM captured_at)::float8 \
      FROM observers.batch_fetch($1, $2::text::pg_snapshot, $3::text::pg_snapshot, $4, $5, $6)";
 
 /// [`BATCH_FETCH`] plus each event's UTC capture day (deduplication and parking need it; the
 /// plain query skips the per-row formatting).
 pub const BATCH_FETCH_WITH_DAY: &str = "SELECT id, observer_id, ordering_key, body, \
-     to_char(captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') \
+     to_char(captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), \
+     extract(epoch FROM captured_at)::float8 \
      FROM observers.batch_fetch($1, $2::text::pg_snapshot, $3::text::pg_snapshot, $4, $5, $6)";
 
 /// `checkpoint_save(group, epoch, last_id)` (fenced).
@@ -95,3 +97,10 @@ pub const DEDUP_DONE: &str = "SELECT key FROM observers.dedup_done($1, $2::text[
 /// statuses, outcomes, errors)` -> rows written (the attempt log, batched).
 pub const ATTEMPT_ADD: &str =
     "SELECT observers.attempt_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// Per observer of group `$1`: backlog, age of the oldest unfinished event (seconds), dead
+/// letters, and whether the group has a leader (`/metrics`, refreshed every few seconds).
+pub const OBSERVER_GAUGES: &str = "SELECT observer, coalesce(backlog, 0)::bigint, \
+     coalesce(extract(epoch FROM oldest_undelivered_age), 0)::float8, \
+     coalesce(dlq_count, 0)::bigint, leader IS NOT NULL \
+     FROM observers.status() WHERE group_name = $1";

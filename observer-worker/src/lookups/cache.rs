@@ -127,9 +127,9 @@ impl Cache for MemoryCache {
                 })
                 .await;
             if missed.load(Ordering::Relaxed) {
-                LookupStats::bump(&self.stats.cache_misses);
+                self.stats.miss(lookup);
             } else {
-                LookupStats::bump(&self.stats.cache_hits);
+                self.stats.hit(lookup);
             }
             r.map(|e| e.value).map_err(|e| LookupError::clone(&e))
         })
@@ -287,14 +287,15 @@ impl Cache for RedisCache {
                     self.recovered();
                     if let Some(text) = value {
                         if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                            LookupStats::bump(&self.stats.cache_hits);
+                            self.stats.hit(lookup);
                             return Ok(Arc::new(v));
                         }
                     }
-                    LookupStats::bump(&self.stats.cache_misses);
+                    self.stats.miss(lookup);
                     let redis_key = format!("{REDIS_PREFIX}{lookup}:{generation}:{key}");
                     let timeout = self.timeout;
                     let stats = self.stats.clone();
+                    let name = lookup.to_owned();
                     let call: Fetch = Box::pin(async move {
                         let mut conn = conn;
                         // A caller that read before another flight's SET and registered after
@@ -302,7 +303,7 @@ impl Cache for RedisCache {
                         let get = conn.get::<_, Option<String>>(&redis_key);
                         if let Ok(Ok(Some(text))) = tokio::time::timeout(timeout, get).await {
                             if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                                LookupStats::bump(&stats.cache_hits);
+                                stats.hit(&name);
                                 return Ok(Arc::new(v));
                             }
                         }

@@ -76,6 +76,8 @@ impl LookupError {
 /// Counters of the lookup layer (also printed by the bench).
 #[derive(Debug, Default)]
 pub struct LookupStats {
+    /// Cache hits and misses per declared lookup (names fixed at build: bounded).
+    by_lookup: HashMap<String, LookupCounters>,
     pub source_calls: AtomicU64,
     pub source_errors: AtomicU64,
     pub cache_hits: AtomicU64,
@@ -85,12 +87,57 @@ pub struct LookupStats {
     pub evictions: AtomicU64,
 }
 
+/// Cache hits and misses of one lookup.
+#[derive(Debug, Default)]
+struct LookupCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
 impl LookupStats {
+    /// Counters with a hit/miss pair for each of `lookups`.
+    pub fn for_lookups(lookups: &[String]) -> LookupStats {
+        LookupStats {
+            by_lookup: lookups
+                .iter()
+                .map(|n| (n.clone(), LookupCounters::default()))
+                .collect(),
+            ..LookupStats::default()
+        }
+    }
+
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
     fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A cache hit of `lookup` (counted in total and per lookup).
+    pub(crate) fn hit(&self, lookup: &str) {
+        Self::bump(&self.cache_hits);
+        if let Some(c) = self.by_lookup.get(lookup) {
+            Self::bump(&c.hits);
+        }
+    }
+
+    /// A cache miss of `lookup` (counted in total and per lookup).
+    pub(crate) fn miss(&self, lookup: &str) {
+        Self::bump(&self.cache_misses);
+        if let Some(c) = self.by_lookup.get(lookup) {
+            Self::bump(&c.misses);
+        }
+    }
+
+    /// `(lookup, cache hits, cache misses)` of every declared lookup.
+    pub fn per_lookup(&self) -> Vec<(&str, u64, u64)> {
+        let mut v: Vec<(&str, u64, u64)> = self
+            .by_lookup
+            .iter()
+            .map(|(n, c)| (n.as_str(), Self::get(&c.hits), Self::get(&c.misses)))
+            .collect();
+        v.sort_unstable();
+        v
     }
 }
 
@@ -136,8 +183,8 @@ impl Lookups {
         redis: Option<&RedisConfig>,
         sources: Sources,
     ) -> Result<Lookups, LookupError> {
-        let stats = Arc::new(LookupStats::default());
         let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+        let stats = Arc::new(LookupStats::for_lookups(&names));
         let cache: Option<Arc<dyn Cache>> = match (caching.enabled, caching.backend, redis) {
             (false, _, _) => None,
             (true, CacheBackend::Memory, _) => Some(Arc::new(MemoryCache::new(
@@ -178,6 +225,11 @@ impl Lookups {
 
     pub fn stats(&self) -> &LookupStats {
         &self.stats
+    }
+
+    /// True while the Redis cache is failing (lookups call their sources directly).
+    pub fn cache_degraded(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.degraded())
     }
 
     /// For the heartbeat (`observers.worker.info->'lookups'`); `null` without lookups.

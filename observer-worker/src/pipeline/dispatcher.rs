@@ -288,6 +288,7 @@ mod tests {
             ordering_key: key.map(str::to_owned),
             body: Bytes::from_static(b"{}"),
             day: "2026-11-29".to_owned(),
+            captured_at: 0.0,
         }
     }
 

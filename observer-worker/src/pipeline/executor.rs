@@ -21,6 +21,7 @@ use super::attempt_log::AttemptLog;
 use crate::actions::{Action, AttemptError, Delivery};
 use crate::db::AttemptRecord;
 use crate::resilience::{Admit, Breakers, Dedup, Verdict};
+use crate::telemetry::metrics::Metrics;
 
 /// Grace on top of the action's own timeout before the layer cuts it off
 /// (the webhook action enforces its timeout itself; this is the safety net).
@@ -67,6 +68,8 @@ pub struct Layers {
     pub breakers: Option<Arc<Breakers>>,
     /// Where every attempt is recorded (`observers.attempt`), when on.
     pub attempt_log: Option<Arc<AttemptLog>>,
+    /// Per-attempt duration and outcome (`/metrics`); `None` with metrics disabled.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Layers {
@@ -77,6 +80,7 @@ impl Layers {
             dedup: None,
             breakers: None,
             attempt_log: None,
+            metrics: None,
         }
     }
 }
@@ -134,6 +138,7 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
                 ))),
             };
         drop(permit);
+        let elapsed = started.elapsed();
         if let Some(log) = &layers.attempt_log {
             let (outcome, error, status) = match &result {
                 Ok(()) => ("delivered", None, None),
@@ -153,11 +158,14 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
                 action_index: delivery.action_index as i32,
                 attempt: attempts as i32,
                 at: started_at,
-                duration_ms: started.elapsed().as_secs_f32() * 1000.0,
+                duration_ms: elapsed.as_secs_f32() * 1000.0,
                 status,
                 outcome,
                 error,
             });
+        }
+        if let Some(m) = &layers.metrics {
+            m.attempt(action.type_name(), elapsed, result.is_ok());
         }
         if let (Some((b, _)), Some(p)) = (breaker, pass) {
             let failure = result

@@ -17,6 +17,7 @@ use super::registry::{ObserverRegistry, RuntimeObserver};
 use crate::actions::{Action, BoxFuture, Delivery};
 use crate::db::{Db, DbError, DeadLetterRecord, FetchedEvent, ParkRecord};
 use crate::resilience::PairKey;
+use crate::telemetry::metrics::PairOutcome;
 use crate::telemetry::Stats;
 
 pub struct Deliverer {
@@ -66,6 +67,9 @@ impl Deliverer {
         };
         if results.iter().all(|done| *done) {
             Stats::add(&self.stats.events_finished, 1);
+            if let Some(m) = &self.layers.metrics {
+                m.event_finished(event.captured_at);
+            }
             EventOutcome::Finished
         } else {
             EventOutcome::Unfinished
@@ -96,11 +100,13 @@ impl Deliverer {
         match executor::run(action.as_ref(), &delivery, &self.layers).await {
             ActionOutcome::AlreadyDone => {
                 Stats::add(&self.stats.dedup_hits, 1);
+                self.count(action.as_ref(), PairOutcome::DedupSkipped);
                 debug!(observer = %observer.name, event_id = event.id, action_index = index, "already succeeded (deduplication): not executed again");
                 true
             }
             ActionOutcome::Delivered { attempts } => {
                 Stats::add(&self.stats.actions_delivered, 1);
+                self.count(action.as_ref(), PairOutcome::Delivered);
                 Stats::add(&self.stats.attempts_failed, u64::from(attempts - 1));
                 debug!(observer = %observer.name, event_id = event.id, action_index = index, attempts, "delivered");
                 true
@@ -134,6 +140,7 @@ impl Deliverer {
                 let done = parker.park(record).await;
                 if done {
                     Stats::add(&self.stats.actions_parked, 1);
+                    self.count(action.as_ref(), PairOutcome::Parked);
                 }
                 done
             }
@@ -172,9 +179,16 @@ impl Deliverer {
                     .await;
                 if done {
                     Stats::add(&self.stats.actions_dead_lettered, 1);
+                    self.count(action.as_ref(), PairOutcome::DeadLettered);
                 }
                 done
             }
+        }
+    }
+
+    fn count(&self, action: &dyn Action, outcome: PairOutcome) {
+        if let Some(m) = &self.layers.metrics {
+            m.pair(action.type_name(), outcome);
         }
     }
 

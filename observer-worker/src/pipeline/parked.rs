@@ -31,6 +31,7 @@ use crate::actions::Delivery;
 use crate::db::{Db, ParkRecord, ParkedPair};
 use crate::resilience::batcher::Batcher;
 use crate::resilience::PairKey;
+use crate::telemetry::metrics::PairOutcome;
 use crate::telemetry::Stats;
 
 /// Parked pairs delivered at once.
@@ -236,11 +237,17 @@ impl ParkedLoop {
                     _ => &self.stats.parked_delivered,
                 };
                 Stats::add(counter, 1);
+                if let Some(m) = &self.layers.metrics {
+                    m.pair(action.type_name(), PairOutcome::Delivered);
+                }
                 debug!(event_id = p.event_id, action_index = index, reason = %p.reason, "redelivered");
                 self.finish(&p, None, 0, None).await;
             }
             ActionOutcome::AlreadyDone => {
                 Stats::add(&self.stats.dedup_hits, 1);
+                if let Some(m) = &self.layers.metrics {
+                    m.pair(action.type_name(), PairOutcome::DedupSkipped);
+                }
                 debug!(event_id = p.event_id, action_index = index, reason = %p.reason, "already succeeded (deduplication): not executed again");
                 self.finish(&p, None, 0, None).await;
             }
@@ -255,6 +262,9 @@ impl ParkedLoop {
                 } else {
                     warn!(event_id = p.event_id, action_index = index, webhook_id = %p.webhook_id, reason = %p.reason, attempts, error = %error, "redelivery failed; moving the pair to the dead-letter queue");
                     Stats::add(&self.stats.actions_dead_lettered, 1);
+                    if let Some(m) = &self.layers.metrics {
+                        m.pair(action.type_name(), PairOutcome::DeadLettered);
+                    }
                 }
                 self.finish(
                     &p,

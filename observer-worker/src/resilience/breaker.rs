@@ -46,6 +46,15 @@ impl State {
             State::HalfOpen => "half_open",
         }
     }
+
+    /// The value of the `observer_circuit_breaker_state` gauge: 0 closed, 1 half-open, 2 open.
+    pub fn gauge_value(self) -> i64 {
+        match self {
+            State::Closed => 0,
+            State::HalfOpen => 1,
+            State::Open => 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -333,6 +342,18 @@ impl Breakers {
             );
         }
         serde_json::Value::Object(out)
+    }
+
+    /// `(destination, state, times opened)` of every breaker (for `/metrics`).
+    pub fn states(&self) -> Vec<(String, State, u64)> {
+        self.map
+            .lock()
+            .iter()
+            .map(|(k, b)| {
+                let b = b.lock();
+                (k.to_string(), b.state(), b.opened_count)
+            })
+            .collect()
     }
 
     /// How many breakers are open or half-open right now.

@@ -8,7 +8,7 @@ DROP SCHEMA IF EXISTS shop CASCADE;
 CREATE EXTENSION pg_observers;
 RESET client_min_messages;
 
-CREATE FUNCTION try(p_sql text) RETURNS text LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION try(p_sql text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE p_sql;
     RETURN 'ok';

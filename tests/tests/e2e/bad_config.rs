@@ -97,7 +97,8 @@ async fn validate_config_with_a_database_checks_tables_columns_and_conditions() 
         .unwrap();
     let yaml = "database:\n  url: ${DATABASE_URL}\nobservers:\n\
                 \x20 - name: missing_table\n    table: public.nope\n    events: [INSERT]\n    actions:\n      - type: webhook\n        url: http://127.0.0.1:9/x\n\
-                \x20 - name: bad_columns\n    table: public.orders\n    events: [UPDATE]\n    columns: [totl]\n    condition: \"NEW.totl > 1\"\n    actions:\n      - type: webhook\n        url: http://127.0.0.1:9/x\n";
+                \x20 - name: bad_columns\n    table: public.orders\n    events: [UPDATE]\n    columns: [totl]\n    condition: \"NEW.totl > 1\"\n    actions:\n      - type: webhook\n        url: http://127.0.0.1:9/x\n\
+                \x20 - name: bad_template\n    table: public.orders\n    events: [INSERT]\n    actions:\n      - type: slack\n        webhook_url: http://127.0.0.1:9/s\n        text: \"{{ new.totl }} was {{ old.total }}\"\n";
     let file = write_temp_file("validate-live.yaml", yaml);
     let out = run_cli(
         &[
@@ -131,6 +132,21 @@ async fn validate_config_with_a_database_checks_tables_columns_and_conditions() 
     assert!(
         text.contains("observers[1].columns") || text.contains("observers[1].condition"),
         "the missing column is not reported with its path:\n{text}"
+    );
+    // templates are checked against the table too, at the text's own YAML line
+    assert!(
+        text.contains("observers[2].actions[0].text") && text.contains("new.totl"),
+        "a template reading a missing column is not reported:\n{text}"
+    );
+    assert!(
+        text.contains("INSERT events have no old row"),
+        "a template reading old on INSERT is not reported:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("observers[2].actions[0].text"))
+            .all(|l| l.contains("24:")),
+        "the template problems do not carry the text's YAML line (24):\n{text}"
     );
 }
 

@@ -1,5 +1,12 @@
-//! Logging setup and the worker's internal counters (reported in heartbeats
-//! and the shutdown summary; the Prometheus endpoint comes in a later version).
+//! Logging setup, the worker's internal counters ([`Stats`]: heartbeats, the shutdown summary)
+//! and the Prometheus endpoint: [`metrics`] defines every metric, [`server`] serves `/metrics`,
+//! `/health/live` and `/health/ready` on `metrics.listen`, [`health`] decides readiness and
+//! [`database`] refreshes the database-derived gauges. See docs/METRICS.md.
+
+pub mod database;
+pub mod health;
+pub mod metrics;
+pub mod server;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +39,8 @@ pub fn init_logging(format: Format) {
     let _ = result;
 }
 
-/// Counters since start. Names follow `<thing>_<unit>` so they map 1:1 to
-/// the later `observer_*` Prometheus metrics.
+/// Counters since start (heartbeats, shutdown summary). `/metrics` mirrors them at scrape
+/// time into the `observer_*` families of [`metrics`].
 #[derive(Debug, Default)]
 pub struct Stats {
     pub events_fetched: AtomicU64,
