@@ -48,7 +48,9 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Show `observers.status()`: observers, backlog, checkpoint, leader, dead letters.
+    /// System health: observers (backlog, oldest undelivered, leader and lease, dead letters,
+    /// parked pairs, open breakers, last error), workers and their heartbeats, circuit breakers,
+    /// and the problems found (no leader, no running worker, dead letters, ...).
     Status {
         /// Take the database URL from this configuration file if --database-url / DATABASE_URL is not set.
         #[arg(long, short = 'c', value_name = "FILE")]
