@@ -549,3 +549,35 @@ async fn permission_denied_names_the_role_to_grant() {
         .await
         .ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_supplies_the_database_url() {
+    let (db, _rx) = setup("cli_config").await;
+    let file = observers_tests::worker::write_temp_file(
+        "cli-config.yaml",
+        &format!("database:\n  url: {}\nobservers: []\n", db.url),
+    );
+    let file = file.to_str().unwrap();
+    // an empty DATABASE_URL counts as unset, so the file's URL is used
+    let no_env = [("DATABASE_URL", "")];
+    for args in [
+        vec!["status", "-c", file, "--format", "json"],
+        vec!["dlq", "stats", "-c", file, "--format", "json"],
+        vec!["dlq", "-c", file, "list", "--format", "json"],
+    ] {
+        let out = run_cli(&args, &no_env, SHORT).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", text(&out)));
+        assert!(v.is_object() || v.is_array(), "{v}");
+    }
+    // --database-url wins over the file
+    let bad = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
+    let out = run_cli(
+        &["dlq", "stats", "-c", file, "--database-url", bad.as_str()],
+        &no_env,
+        SHORT,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
