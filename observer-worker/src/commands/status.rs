@@ -21,6 +21,14 @@ use super::session::fail;
 /// the same bound as `status().workers`).
 pub const STALE_AFTER_SECS: f64 = 30.0;
 
+/// Workers not seen for longer than this are left out of the text table and the problems (their
+/// heartbeat rows stay in `observers.worker` until deleted; `--format json` lists them).
+pub const FORGET_AFTER_SECS: f64 = 86_400.0;
+
+fn forgotten(w: &Value) -> bool {
+    f(w, "heartbeat_age_s").is_some_and(|a| a > FORGET_AFTER_SECS)
+}
+
 /// Everything `status` shows.
 #[derive(Debug, Clone, Default)]
 pub struct StatusReport {
@@ -143,7 +151,7 @@ pub fn problems(r: &StatusReport) -> Vec<Problem> {
     for w in &r.workers {
         let id = s(w, "worker_id").unwrap_or_default();
         let g = s(w, "group_name").unwrap_or_default();
-        if stopped(w) {
+        if stopped(w) || forgotten(w) {
             // a clean shutdown is not a problem by itself (no leader / no worker is reported
             // per group above)
         } else if !live(w) {
@@ -326,7 +334,7 @@ pub fn render_text(r: &StatusReport) -> String {
             "version",
             "pid",
         ]);
-        for w in &r.workers {
+        for w in r.workers.iter().filter(|w| !forgotten(w)) {
             // the lease is the truth; the heartbeat's role can be up to 5 s old
             let state = if live(w) {
                 match (w.get("leader") == Some(&Value::Bool(true)), s(w, "role")) {
@@ -350,7 +358,16 @@ pub fn render_text(r: &StatusReport) -> String {
                 field(w, "pid"),
             ]);
         }
-        out.push_str(&indent(&t.render()));
+        if !t.is_empty() {
+            out.push_str(&indent(&t.render()));
+        }
+        let old = r.workers.iter().filter(|w| forgotten(w)).count();
+        if old > 0 {
+            out.push_str(&format!(
+                "  {} not seen for over a day not shown (--format json lists them)\n",
+                plural(old as i64, "worker", "workers")
+            ));
+        }
         if !r.workers.iter().any(live) {
             out.push_str("  no worker is running (all stopped, or no heartbeat in the last 30s)\n");
         }
@@ -504,6 +521,19 @@ mod tests {
             "{p:?}"
         );
         assert!(render_text(&r).contains("stopped"));
+
+        let r = StatusReport {
+            observers: vec![observer(Some("w-1"), 0)],
+            workers: vec![worker("w-1", 1.0, true), worker("w-old", 200_000.0, false)],
+            breakers: Some(vec![]),
+        };
+        assert!(problems(&r).is_empty(), "{:?}", problems(&r));
+        let text = render_text(&r);
+        assert!(!text.contains("w-old"), "{text}");
+        assert!(
+            text.contains("1 worker not seen for over a day not shown"),
+            "{text}"
+        );
 
         let empty = render_text(&StatusReport::default());
         assert!(empty.contains("no observers"), "{empty}");
