@@ -214,4 +214,88 @@ mod tests {
         let cli = Cli::try_parse_from(["fraiseql-observers", "validate-config", "c.yaml"]).unwrap();
         assert!(matches!(cli.command, Command::ValidateConfig { .. }));
     }
+    #[test]
+    fn operator_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "fraiseql-observers",
+            "dlq",
+            "purge",
+            "--id",
+            "3",
+            "--id",
+            "4",
+            "--observer",
+            "orders",
+            "--since",
+            "1h",
+            "--dry-run",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Dlq {
+                command:
+                    DlqCommand::Purge {
+                        filter,
+                        ids,
+                        all,
+                        dry_run,
+                    },
+                ..
+            } => {
+                assert_eq!(ids, [3, 4]);
+                assert_eq!(filter.observer.as_deref(), Some("orders"));
+                assert_eq!(filter.since.as_deref(), Some("1h"));
+                assert!(!all && dry_run);
+            }
+            other => panic!("{other:?}"),
+        }
+        // -c works before and after the dlq subcommand
+        for args in [
+            ["fraiseql-observers", "dlq", "-c", "f.yaml", "stats"],
+            ["fraiseql-observers", "dlq", "stats", "-c", "f.yaml"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            match cli.command {
+                Command::Dlq { db, command } => {
+                    assert_eq!(db.config, Some(PathBuf::from("f.yaml")));
+                    assert!(matches!(command, DlqCommand::Stats));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let cli = Cli::try_parse_from([
+            "fraiseql-observers",
+            "replay",
+            "orders",
+            "--from",
+            "10",
+            "--to",
+            "20",
+            "--force",
+            "--format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.format, Format::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Replay {
+                from: 10,
+                to: 20,
+                force: true,
+                dry_run: false,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["fraiseql-observers", "dlq", "list"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Dlq {
+                command: DlqCommand::List { limit: 100, .. },
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["fraiseql-observers", "debug-event", "x"]).is_err());
+        assert!(Cli::try_parse_from(["fraiseql-observers", "replay", "o", "--from", "1"]).is_err());
+    }
 }
