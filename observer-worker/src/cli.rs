@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,11 +48,49 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Show `observers.status()`: observers, backlog, checkpoint, leader, dead letters.
+    /// System health: observers (backlog, oldest undelivered, leader and lease, dead letters,
+    /// parked pairs, open breakers, last error), workers and their heartbeats, circuit breakers,
+    /// and the problems found (no leader, no running worker, dead letters, ...).
     Status {
         /// Take the database URL from this configuration file if --database-url / DATABASE_URL is not set.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Trace one event end to end: the event, which observers matched, every attempt, dead
+    /// letters, parked pairs and deduplication state (exit 3 if nothing is known about it).
+    DebugEvent {
+        /// The event id (`id` in the webhook body, `evt_<ID>_<action>` in the webhook-id).
+        #[arg(value_name = "ID")]
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Dead-letter queue: list, show, retry, retry-all, purge, stats.
+    Dlq {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Deliver an observer's past events (ids FROM..=TO) again, with their original webhook-ids.
+    Replay {
+        /// The observer whose events to deliver again.
+        #[arg(value_name = "OBSERVER")]
+        observer: String,
+        /// First event id (inclusive).
+        #[arg(long, value_name = "ID")]
+        from: i64,
+        /// Last event id (inclusive).
+        #[arg(long, value_name = "ID")]
+        to: i64,
+        /// Deliver even pairs that deduplication recorded as already delivered.
+        #[arg(long)]
+        force: bool,
+        /// Only count the pairs that would be queued (nothing is changed).
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// Read the running worker's Prometheus metrics (/metrics) and print a summary
     /// (exit 0 ok, 1 cannot reach the worker).
@@ -65,6 +103,83 @@ pub enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+}
+
+/// Where an operator command finds the database: --database-url / DATABASE_URL, else the
+/// `database.url` of this configuration file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DbArgs {
+    /// Take the database URL from this configuration file if --database-url / DATABASE_URL is not set.
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// Filters of `dlq list`, `dlq retry-all` and `dlq purge`. Times are RFC 3339
+/// (`2026-05-01T10:00:00Z`, `2026-05-01T12:00:00+02:00`, `2026-05-01`) or a duration ago (`1h`, `30m`, `2d`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct DlqFilterArgs {
+    /// Only this observer's dead letters.
+    #[arg(long, value_name = "NAME")]
+    pub observer: Option<String>,
+    /// Only dead letters created at or after this time (RFC 3339, or a duration ago: `1h`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only dead letters created before this time (RFC 3339, or a duration ago: `30m`).
+    #[arg(long, value_name = "TIME")]
+    pub before: Option<String>,
+    /// Only dead letters whose error contains this text (case-insensitive).
+    #[arg(long = "error", value_name = "TEXT")]
+    pub error_contains: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: i32,
+    },
+    /// One dead letter with its payload.
+    Show {
+        #[arg(value_name = "ID")]
+        id: i64,
+    },
+    /// Queue one dead letter for redelivery (same webhook-id). It leaves the DLQ only when the
+    /// delivery succeeds.
+    Retry {
+        #[arg(value_name = "ID")]
+        id: i64,
+        /// Only say whether it would be queued.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Queue every matching dead letter for redelivery (all of them without filters).
+    RetryAll {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Only count the entries that would be queued.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters. Refuses without a filter, --id or --all.
+    Purge {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Delete this entry (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<i64>,
+        /// Delete every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Only count the entries that would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Dead letters per observer: count, pending retries, oldest, newest, last error.
+    Stats,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,5 +213,89 @@ mod tests {
         assert!(matches!(cli.command, Command::Start { .. }));
         let cli = Cli::try_parse_from(["fraiseql-observers", "validate-config", "c.yaml"]).unwrap();
         assert!(matches!(cli.command, Command::ValidateConfig { .. }));
+    }
+    #[test]
+    fn operator_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "fraiseql-observers",
+            "dlq",
+            "purge",
+            "--id",
+            "3",
+            "--id",
+            "4",
+            "--observer",
+            "orders",
+            "--since",
+            "1h",
+            "--dry-run",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Dlq {
+                command:
+                    DlqCommand::Purge {
+                        filter,
+                        ids,
+                        all,
+                        dry_run,
+                    },
+                ..
+            } => {
+                assert_eq!(ids, [3, 4]);
+                assert_eq!(filter.observer.as_deref(), Some("orders"));
+                assert_eq!(filter.since.as_deref(), Some("1h"));
+                assert!(!all && dry_run);
+            }
+            other => panic!("{other:?}"),
+        }
+        // -c works before and after the dlq subcommand
+        for args in [
+            ["fraiseql-observers", "dlq", "-c", "f.yaml", "stats"],
+            ["fraiseql-observers", "dlq", "stats", "-c", "f.yaml"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            match cli.command {
+                Command::Dlq { db, command } => {
+                    assert_eq!(db.config, Some(PathBuf::from("f.yaml")));
+                    assert!(matches!(command, DlqCommand::Stats));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let cli = Cli::try_parse_from([
+            "fraiseql-observers",
+            "replay",
+            "orders",
+            "--from",
+            "10",
+            "--to",
+            "20",
+            "--force",
+            "--format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.format, Format::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Replay {
+                from: 10,
+                to: 20,
+                force: true,
+                dry_run: false,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["fraiseql-observers", "dlq", "list"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Dlq {
+                command: DlqCommand::List { limit: 100, .. },
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["fraiseql-observers", "debug-event", "x"]).is_err());
+        assert!(Cli::try_parse_from(["fraiseql-observers", "replay", "o", "--from", "1"]).is_err());
     }
 }

@@ -1,13 +1,107 @@
 //! The CLI commands (other than the worker itself, see [`crate::worker`]).
+//!
+//! `validate-config` lives here; the operator commands (`status`, `dlq ...`, `debug-event`,
+//! `replay`) each have a module below, share [`session`] (connect, check the extension),
+//! [`failure`] (errors as advice, exit codes) and [`output`] (tables, ages, JSON), and are
+//! dispatched by [`run_operator`]. Their SQL is in [`crate::db::operator`].
+
+pub mod debug_event;
+pub mod dlq;
+pub mod failure;
+pub mod output;
+pub mod replay;
+pub mod session;
+pub mod status;
+pub mod time_arg;
 
 use std::io::Write;
 use std::path::Path;
 
-use crate::cli::Format;
+use crate::cli::{Command, Format};
 use crate::config::{self, yaml, Config, ConfigError, Defaults, Problem, ProcessEnv};
 use crate::db::schema::TableInfo;
-use crate::db::{Db, DbError, StatusTable};
-use crate::error::{WorkerError, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
+use crate::db::{Db, DbError};
+use crate::error::{EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
+
+pub use failure::CliError;
+
+/// Runs an operator command (`status`, `dlq ...`, `debug-event`, `replay`) against `url`.
+/// Returns the exit code; errors are printed to stderr as `error: ...` (exit codes in
+/// [`failure`]). Other commands return `None`.
+pub async fn run_operator(
+    command: &Command,
+    url: &str,
+    format: Format,
+    out: &mut dyn Write,
+) -> Option<i32> {
+    let result = match command {
+        Command::Status { .. }
+        | Command::DebugEvent { .. }
+        | Command::Dlq { .. }
+        | Command::Replay { .. } => operator(command, url, format, out).await,
+        _ => return None,
+    };
+    Some(match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.code
+        }
+    })
+}
+
+async fn operator(
+    command: &Command,
+    url: &str,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<i32, CliError> {
+    // arguments are checked before connecting: a typo is exit 2 even when the database is down
+    if let Command::Replay {
+        observer,
+        from,
+        to,
+        force,
+        dry_run,
+        ..
+    } = command
+    {
+        replay::check(&replay::ReplayArgs {
+            observer,
+            from: *from,
+            to: *to,
+            force: *force,
+            dry_run: *dry_run,
+        })?;
+    }
+    if let Command::Dlq { command, .. } = command {
+        dlq::precheck(command)?;
+    }
+    let db = session::connect(url).await?;
+    match command {
+        Command::Status { .. } => status::run(&db, format, out).await,
+        Command::DebugEvent { id, .. } => debug_event::run(&db, *id, format, out).await,
+        Command::Dlq { command, .. } => dlq::run(&db, command, format, out).await,
+        Command::Replay {
+            observer,
+            from,
+            to,
+            force,
+            dry_run,
+            ..
+        } => {
+            let a = replay::ReplayArgs {
+                observer,
+                from: *from,
+                to: *to,
+                force: *force,
+                dry_run: *dry_run,
+            };
+            replay::run(&db, &a, format, out).await
+        }
+        _ => Ok(0),
+    }
+}
 
 /// `validate-config FILE`: pure validation. Prints the result to stdout and
 /// returns the exit code (0 valid, 2 invalid or unreadable).
@@ -248,115 +342,9 @@ pub fn problems_json(file: &str, e: &ConfigError) -> serde_json::Value {
     serde_json::json!({"file": file, "valid": false, "problems": problems})
 }
 
-/// `status`: one query, printed as a table or JSON.
-pub async fn status(
-    database_url: &str,
-    format: Format,
-    out: &mut dyn Write,
-) -> Result<(), WorkerError> {
-    let db = Db::new(database_url, std::time::Duration::from_secs(5))?;
-    match db.extension_version().await? {
-        Some(_) => {}
-        None => {
-            return Err(WorkerError::ExtensionMissing {
-                target: db.target().to_owned(),
-            })
-        }
-    }
-    let table = db.status().await?;
-    let text = match format {
-        Format::Text => render_table(&table),
-        Format::Json => status_json(&table),
-    };
-    out.write_all(text.as_bytes())
-        .map_err(|e| WorkerError::Fatal(format!("cannot write output: {e}")))
-}
-
-/// A JSON array with one object per row, keys in column order, values as
-/// PostgreSQL prints them (strings) or `null`.
-pub fn status_json(t: &StatusTable) -> String {
-    let quote = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
-    let mut out = String::from("[");
-    for (i, row) in t.rows.iter().enumerate() {
-        out.push_str(if i == 0 { "\n  {" } else { ",\n  {" });
-        for (j, (c, v)) in t.columns.iter().zip(row).enumerate() {
-            if j > 0 {
-                out.push_str(", ");
-            }
-            out.push_str(&quote(c));
-            out.push_str(": ");
-            out.push_str(&v.as_deref().map(quote).unwrap_or_else(|| "null".to_owned()));
-        }
-        out.push('}');
-    }
-    out.push_str(if t.rows.is_empty() { "]\n" } else { "\n]\n" });
-    out
-}
-
-/// A plain aligned table; NULL shown as `-`.
-pub fn render_table(t: &StatusTable) -> String {
-    if t.rows.is_empty() {
-        return "no observers\n".to_owned();
-    }
-    let cell = |v: &Option<String>| {
-        v.clone()
-            .unwrap_or_else(|| "-".to_owned())
-            .replace('\n', " ")
-    };
-    let mut widths: Vec<usize> = t.columns.iter().map(|c| c.chars().count()).collect();
-    for row in &t.rows {
-        for (i, v) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell(v).chars().count());
-            }
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<String>, out: &mut String| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<width$}", width = *w))
-            .collect();
-        out.push_str(padded.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(
-        t.columns.iter().map(|c| c.to_uppercase()).collect(),
-        &mut out,
-    );
-    for row in &t.rows {
-        line(row.iter().map(cell).collect(), &mut out);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn table_rendering() {
-        let t = StatusTable {
-            columns: vec!["observer".into(), "backlog".into()],
-            rows: vec![
-                vec![Some("orders".into()), Some("12".into())],
-                vec![Some("x".into()), None],
-            ],
-        };
-        assert_eq!(
-            render_table(&t),
-            "OBSERVER  BACKLOG\norders    12\nx         -\n"
-        );
-        let json = status_json(&t);
-        assert!(
-            json.contains(r#"{"observer": "orders", "backlog": "12"}"#),
-            "{json}"
-        );
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v[1]["backlog"], serde_json::Value::Null);
-        assert_eq!(status_json(&StatusTable::default()), "[]\n");
-    }
 
     #[test]
     fn validate_config_exit_codes_and_output() {

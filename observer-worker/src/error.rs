@@ -13,6 +13,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_RUNTIME: i32 = 1;
 /// Exit code: bad configuration or command-line usage.
 pub const EXIT_CONFIG: i32 = 2;
+/// Exit code (operator commands): what was asked for does not exist (dead letter id, event,
+/// observer name).
+pub const EXIT_NOT_FOUND: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

@@ -1,5 +1,6 @@
 //! `fraiseql-observers`: entry point. Exit codes: 0 ok (also after a clean
-//! SIGTERM/SIGINT shutdown), 1 runtime error, 2 bad configuration or usage.
+//! SIGTERM/SIGINT shutdown), 1 runtime error, 2 bad configuration or usage, 3 not found
+//! (operator commands: dead letter, event, observer; docs/CLI_TOOLS.md).
 
 use std::io::Write;
 use std::path::Path;
@@ -45,7 +46,10 @@ fn main() -> ExitCode {
             },
             _ => commands::validate_config(file, cli.format, &mut std::io::stdout().lock()),
         },
-        Command::Status { ref config } => run_status(&cli, config.as_deref()),
+        Command::Status { ref config } => run_operator(&cli, config.as_deref()),
+        Command::DebugEvent { ref db, .. }
+        | Command::Dlq { ref db, .. }
+        | Command::Replay { ref db, .. } => run_operator(&cli, db.config.as_deref()),
         Command::Start { ref config } => run_start(&cli, config, url_on_command_line),
         Command::Metrics {
             ref url,
@@ -62,9 +66,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run_status(cli: &Cli, config_path: Option<&Path>) -> i32 {
-    let url = match (&cli.database_url, config_path) {
-        (Some(u), _) => u.clone(),
+/// `status`, `dlq ...`, `debug-event`, `replay`: the URL from --database-url / DATABASE_URL,
+/// else from `database.url` of the --config file.
+fn run_operator(cli: &Cli, config_path: Option<&Path>) -> i32 {
+    // an empty DATABASE_URL counts as unset
+    let given = cli.database_url.as_deref().filter(|u| !u.trim().is_empty());
+    let url = match (given, config_path) {
+        (Some(u), _) => u.to_owned(),
         (None, Some(path)) => match config::load_file(
             path,
             &ProcessEnv,
@@ -88,17 +96,13 @@ fn run_status(cli: &Cli, config_path: Option<&Path>) -> i32 {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match rt.block_on(commands::status(
+    rt.block_on(commands::run_operator(
+        &cli.command,
         &url,
         cli.format,
         &mut std::io::stdout().lock(),
-    )) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e}");
-            e.exit_code()
-        }
-    }
+    ))
+    .unwrap_or(EXIT_CONFIG)
 }
 
 /// `metrics`: --url, else `metrics.listen` of --config, else the default address.

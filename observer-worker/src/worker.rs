@@ -245,6 +245,22 @@ pub async fn run(
             }
         }
     }
+    // A last heartbeat says we stopped (`status` shows it at once instead of after the 30 s
+    // staleness bound). Best effort: a crash leaves the last regular heartbeat, which goes stale.
+    let farewell = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "role": "stopped",
+    });
+    if tokio::time::timeout(
+        Duration::from_secs(3),
+        db.heartbeat(&group, &worker_id, &farewell),
+    )
+    .await
+    .map_or(true, |r| r.is_err())
+    {
+        debug!(group = %group, "could not record the stop in observers.worker");
+    }
 
     if !lookups.names().is_empty() {
         let s = lookups.stats();

@@ -12,6 +12,8 @@ mod common;
 mod bad_config;
 #[path = "e2e/breaker.rs"]
 mod breaker;
+#[path = "e2e/cli.rs"]
+mod cli;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/db_restart.rs"]

@@ -1,8 +1,7 @@
-//! Lease, dead letters, observer registry, heartbeat, maintenance, status.
+//! Lease, dead letters, observer registry, heartbeat, maintenance. (The operator commands'
+//! queries, `status()` included, are in [`super::operator`].)
 
 use std::time::Duration;
-
-use tokio_postgres::SimpleQueryMessage;
 
 use super::{queries, Db, DbError, Lane};
 use crate::config::ObserverConfig;
@@ -17,13 +16,6 @@ pub struct ObserverDefinition {
     pub actions: serde_json::Value,
     pub ordering_key: Option<Vec<String>>,
     pub enabled: bool,
-}
-
-/// The result of `observers.status()` as text cells.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatusTable {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Option<String>>>,
 }
 
 /// What `dlq_add` records.
@@ -221,35 +213,5 @@ impl Db {
             .try_get::<_, Option<String>>(0)
             .map_err(|e| shape(CTX, e))?
             .unwrap_or_default())
-    }
-
-    /// `SELECT * FROM observers.status()`, every cell as text.
-    pub async fn status(&self) -> Result<StatusTable, DbError> {
-        const CTX: &str = "observers.status";
-        let c = self.client(Lane::Side, CTX).await?;
-        let messages = c
-            .simple_query(queries::STATUS)
-            .await
-            .map_err(|e| self.err(CTX, e))?;
-        let mut table = StatusTable::default();
-        for m in messages {
-            match m {
-                SimpleQueryMessage::RowDescription(cols) => {
-                    table.columns = cols.iter().map(|c| c.name().to_owned()).collect();
-                }
-                SimpleQueryMessage::Row(row) => {
-                    if table.columns.is_empty() {
-                        table.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
-                    }
-                    table.rows.push(
-                        (0..row.len())
-                            .map(|i| row.get(i).map(str::to_owned))
-                            .collect(),
-                    );
-                }
-                _ => {}
-            }
-        }
-        Ok(table)
     }
 }

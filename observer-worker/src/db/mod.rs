@@ -12,6 +12,7 @@ mod control;
 mod dedup;
 mod gauges;
 pub mod listener;
+pub mod operator;
 mod outbox;
 mod parked;
 pub mod queries;
@@ -32,7 +33,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-pub use control::{DeadLetterRecord, ObserverDefinition, StatusTable};
+pub use control::{DeadLetterRecord, ObserverDefinition};
 pub use outbox::{FetchedEvent, OpenBatch};
 
 /// SQLSTATE raised by fenced functions when the caller's lease epoch is stale.

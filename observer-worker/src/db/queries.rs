@@ -57,9 +57,6 @@ pub const CREATE_OBSERVER: &str = "SELECT id FROM observers.create_observer(\
 /// `maintain()` -> one-line summary.
 pub const MAINTAIN: &str = "SELECT observers.maintain()";
 
-/// `status()`, rendered generically (simple protocol: every column as text).
-pub const STATUS: &str = "SELECT * FROM observers.status()";
-
 /// The installation's id (namespaces deduplication keys per database).
 pub const INSTALLATION_ID: &str = "SELECT id::text FROM observers.installation LIMIT 1";
 

@@ -208,7 +208,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // (the default); "off, no attempt log" shows what the attempt log costs
     let variants: Vec<(&str, String, bool)> = vec![
         ("off", "deduplication: disabled\n".to_owned(), true),
-        ("off, no attempt log", "deduplication: disabled\n".to_owned(), false),
+        (
+            "off, no attempt log",
+            "deduplication: disabled\n".to_owned(),
+            false,
+        ),
         (
             "redis",
             format!(
