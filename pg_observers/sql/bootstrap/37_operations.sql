@@ -168,7 +168,8 @@ $$;
 --   checkpoint               the group's cursor (snap_lo, open batch snap_hi, last_id/max_id)
 --   leader                   worker holding the group's unexpired lease (NULL if none)
 --   dlq_count, last_error    dead letters of the observer, the latest error and when
---   workers, last_heartbeat  workers of the group seen in the last 30 s, the newest heartbeat
+--   workers, last_heartbeat  running workers of the group seen in the last 30 s (a worker that
+--                            stopped cleanly says so in its last heartbeat), the newest heartbeat
 --   parked                   the observer's pairs waiting for redelivery (observers.parked)
 --   open_breakers            destinations of the group a live worker reports not closed
 CREATE FUNCTION observers.status()
@@ -224,7 +225,8 @@ AS $$
             FROM observers.dlq AS q WHERE q.observer_id = o.id ORDER BY q.id DESC LIMIT 1
       ) AS last ON true
       CROSS JOIN LATERAL (
-          SELECT (count(*) FILTER (WHERE x.last_seen > now() - interval '30 seconds'))::int AS workers,
+          SELECT (count(*) FILTER (WHERE x.last_seen > now() - interval '30 seconds'
+                                     AND x.info->>'role' IS DISTINCT FROM 'stopped'))::int AS workers,
                  max(x.last_seen) AS last_heartbeat
             FROM observers.worker AS x
            WHERE x.group_name = o.group_name
@@ -235,7 +237,9 @@ AS $$
       CROSS JOIN LATERAL (
           SELECT coalesce(array_agg(DISTINCT z.destination ORDER BY z.destination), '{}') AS open_breakers
             FROM observers.breakers AS z
+            JOIN observers.worker AS zw ON zw.group_name = z.group_name AND zw.worker_id = z.worker_id
            WHERE z.group_name = o.group_name
+             AND zw.info->>'role' IS DISTINCT FROM 'stopped'
              AND z.state IS DISTINCT FROM 'closed'
              AND z.last_seen > now() - interval '30 seconds'
       ) AS br

@@ -63,6 +63,9 @@ SELECT observers.heartbeat('g', 'w1', '{"breakers": {"http://127.0.0.1:9": {"sta
 SELECT observer, backlog, leader, dlq_count, last_error, last_error_at IS NOT NULL AS has_error_time,
        workers, last_heartbeat IS NOT NULL AS heartbeat, parked, open_breakers
   FROM observers.status() ORDER BY observer;
+-- a worker that stopped cleanly (its last heartbeat says so) is neither counted nor its breakers
+SELECT observers.heartbeat('g', 'w2', '{"role": "stopped", "breakers": {"http://10.0.0.1:80": {"state": "open", "opened": 1}}}');
+SELECT observer, workers, open_breakers FROM observers.status() WHERE observer = 'orders';
 
 -- the dead-letter queue: list with filters, show, stats
 SELECT observer, action_index, error, attempts, last_status, retries, retry_pending
