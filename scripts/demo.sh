@@ -7,6 +7,8 @@
 #   4. the worker, started from scripts/demo/config.yaml, which observes `orders`
 #   5. some changes (insert, update, delete, a rolled-back insert, a late-committing transaction)
 #   6. what the receiver got, and what observers.status() says
+#   7. operating it with the CLI: status, the dead letter of an observer whose endpoint is down,
+#      debug-event of that event (every attempt), a dry-run retry, and the worker's /metrics
 #
 # At the end everything is stopped cleanly (worker SIGTERM, receiver, cluster) unless
 # DEMO_KEEP=1, which leaves all three running and prints how to look around and stop them.
@@ -121,10 +123,26 @@ print("no column in `columns`. The late transaction (customer 4) has lower event
 print("customer 5's but committed later: it is delivered after it, not skipped.")
 PY
 
+for _ in $(seq 1 100); do   # warehouse_sync: the deleted order, dead-lettered after 2 attempts
+  psql -Atc "SELECT count(*) FROM observers.dlq" | grep -q '^[1-9]' && break
+  sleep 0.1
+done
+
 b "7. observers.status()"
-psql -c "SELECT observer, group_name, backlog, oldest_undelivered_age, dlq_count, leader FROM observers.status()"
+psql -c "SELECT observer, group_name, backlog, oldest_undelivered_age, dlq_count, leader, workers FROM observers.status()"
 echo "deduplication remembers each pair that succeeded (it is not executed again after a crash):"
 psql -c "SELECT count(*) FILTER (WHERE state = 'd') AS pairs_done, count(*) FILTER (WHERE state = 'c') AS pairs_claimed, (SELECT count(*) FROM observers.parked) AS parked_pairs FROM observers.dedup"
+
+b "8. operating it: the fraiseql-observers CLI (docs/CLI_TOOLS.md; the same functions work from psql)"
+obs() { echo "\$ fraiseql-observers $*"; "$bin/fraiseql-observers" "$@" || true; echo; }
+obs status
+obs dlq list
+dead=$(psql -Atc "SELECT event_id FROM observers.dlq ORDER BY id LIMIT 1")
+obs debug-event "$dead"
+obs dlq retry-all --observer warehouse_sync --dry-run
+echo "(once the warehouse is back: fraiseql-observers dlq retry-all --observer warehouse_sync)"
+echo
+obs metrics --url "http://$METRICS_LISTEN/metrics"
 
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
   b "left running (DEMO_KEEP=1)"
