@@ -188,6 +188,27 @@ impl OperatorDb {
             .unwrap_or(Value::Null))
     }
 
+    /// A one-row, one-column result; NULL reads as `T::default()`.
+    async fn scalar<T>(
+        &self,
+        context: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<T, DbError>
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a> + Default,
+    {
+        let row = self
+            .client
+            .query_one(sql, params)
+            .await
+            .map_err(|e| self.err(context, e))?;
+        Ok(row
+            .try_get::<_, Option<T>>(0)
+            .map_err(|e| self.err(context, e))?
+            .unwrap_or_default())
+    }
+
     /// A one-row `bigint` result.
     pub async fn scalar_i64(
         &self,
@@ -195,15 +216,7 @@ impl OperatorDb {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<i64, DbError> {
-        let row = self
-            .client
-            .query_one(sql, params)
-            .await
-            .map_err(|e| self.err(context, e))?;
-        Ok(row
-            .try_get::<_, Option<i64>>(0)
-            .map_err(|e| self.err(context, e))?
-            .unwrap_or(0))
+        self.scalar(context, sql, params).await
     }
 
     /// A one-row `boolean` result.
@@ -213,15 +226,7 @@ impl OperatorDb {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<bool, DbError> {
-        let row = self
-            .client
-            .query_one(sql, params)
-            .await
-            .map_err(|e| self.err(context, e))?;
-        Ok(row
-            .try_get::<_, Option<bool>>(0)
-            .map_err(|e| self.err(context, e))?
-            .unwrap_or(false))
+        self.scalar(context, sql, params).await
     }
 
     /// Starts a transaction that [`OperatorDb::rollback`] undoes (dry runs of functions that

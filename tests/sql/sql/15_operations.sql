@@ -160,6 +160,13 @@ INSERT INTO shop.orders VALUES (4, 1, 'new');
 SELECT observers.debug_event((SELECT max(id) FROM observers.event))->>'state' AS new_event_state;
 SELECT d->>'state' AS state, d->'event' AS event FROM (SELECT observers.debug_event(-5) AS d) x;
 
+-- maintain() trims attempts older than observers.retention
+SELECT observers.attempt_add('w1', '{1,1}', '{1,1}', '{0,0}', '{1,1}', ARRAY[now() - interval '400 days', now()],
+                             '{1,1}', '{NULL,NULL}', '{delivered,delivered}', '{NULL,NULL}') AS logged;
+SELECT count(*) AS attempts_before FROM observers.attempt;
+SELECT regexp_replace(observers.maintain(), '^.*; (deleted \d+ old attempts)$', '\1') AS trimmed;
+SELECT count(*) AS attempts_after FROM observers.attempt;
+
 -- who may call what
 CREATE ROLE ops_admin_test LOGIN IN ROLE observers_admin;
 CREATE ROLE ops_worker_test LOGIN IN ROLE observers_worker;
