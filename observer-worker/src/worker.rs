@@ -112,6 +112,13 @@ pub async fn run(
     let fenced = Arc::new(Notify::new());
     let wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
+    // every attempt, for observers.debug_event() (written off the delivery path)
+    if config.worker.attempt_log {
+        let (attempt_log, attempt_writer) =
+            AttemptLog::new(db.clone(), worker_id.clone(), background.clone());
+        layers.attempt_log = Some(attempt_log);
+        tasks.spawn(attempt_writer);
+    }
     if let Some(m) = &metrics {
         m.attach(metrics::Sources {
             stats: stats.clone(),
@@ -119,15 +126,8 @@ pub async fn run(
             breakers: layers.breakers.clone(),
             dedup: layers.dedup.clone(),
             lookups: lookups.clone(),
+            attempt_log: layers.attempt_log.clone(),
         });
-    }
-
-    // every attempt, for observers.debug_event() (written off the delivery path)
-    if config.worker.attempt_log {
-        let (attempt_log, attempt_writer) =
-            AttemptLog::new(db.clone(), worker_id.clone(), background.clone());
-        layers.attempt_log = Some(attempt_log);
-        tasks.spawn(attempt_writer);
     }
 
     tasks.spawn(lease::run(

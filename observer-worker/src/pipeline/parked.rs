@@ -262,6 +262,9 @@ impl ParkedLoop {
                 } else {
                     warn!(event_id = p.event_id, action_index = index, webhook_id = %p.webhook_id, reason = %p.reason, attempts, error = %error, "redelivery failed; moving the pair to the dead-letter queue");
                     Stats::add(&self.stats.actions_dead_lettered, 1);
+                    if p.reason == "replay" {
+                        Stats::add(&self.stats.replays_failed, 1);
+                    }
                     if let Some(m) = &self.layers.metrics {
                         m.pair(action.type_name(), PairOutcome::DeadLettered);
                     }

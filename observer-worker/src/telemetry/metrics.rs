@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use super::health::{self, Phase, Readiness};
 use super::Stats;
 use crate::lookups::{LookupStats, Lookups};
+use crate::pipeline::attempt_log::AttemptLog;
 use crate::pipeline::lease::LeaseState;
 use crate::resilience::{Breakers, Dedup};
 
@@ -55,6 +56,8 @@ pub mod names {
     pub const DEDUP_HITS: &str = "observer_dedup_hits_total";
     pub const DEDUP_DEGRADED: &str = "observer_dedup_degraded";
     pub const PARKED_DELIVERED: &str = "observer_parked_delivered_total";
+    pub const REDELIVERIES: &str = "observer_redeliveries_total";
+    pub const ATTEMPT_LOG_DROPPED: &str = "observer_attempt_log_dropped_total";
     pub const BREAKER_STATE: &str = "observer_circuit_breaker_state";
     pub const BREAKER_OPENED: &str = "observer_circuit_breaker_opened_total";
 
@@ -88,6 +91,8 @@ pub mod names {
         DEDUP_HITS,
         DEDUP_DEGRADED,
         PARKED_DELIVERED,
+        REDELIVERIES,
+        ATTEMPT_LOG_DROPPED,
         BREAKER_STATE,
         BREAKER_OPENED,
         LOOKUP_CACHE_HITS,
@@ -141,6 +146,7 @@ pub struct Sources {
     pub breakers: Option<Arc<Breakers>>,
     pub dedup: Option<Arc<Dedup>>,
     pub lookups: Arc<Lookups>,
+    pub attempt_log: Option<Arc<AttemptLog>>,
 }
 
 /// One row of database-derived gauges (an observer of this worker's group).
@@ -180,6 +186,8 @@ pub struct Metrics {
     dedup_hits: IntCounter,
     dedup_degraded: IntGauge,
     parked_delivered: IntCounter,
+    redeliveries: IntCounterVec,
+    attempt_log_dropped: IntCounter,
     breaker_state: IntGaugeVec,
     breaker_opened: IntCounterVec,
     lookup_hits: IntCounterVec,
@@ -277,6 +285,11 @@ impl Metrics {
             dedup_hits: reg(&r, IntCounter::with_opts(opts(DEDUP_HITS, "Pairs not executed because they had already succeeded (deduplication)."))?)?,
             dedup_degraded: reg(&r, IntGauge::with_opts(opts(DEDUP_DEGRADED, "1 while deduplication is configured with Redis but falls back to PostgreSQL."))?)?,
             parked_delivered: reg(&r, IntCounter::with_opts(opts(PARKED_DELIVERED, "Parked pairs delivered after their circuit breaker let calls through."))?)?,
+            redeliveries: reg(
+                &r,
+                IntCounterVec::new(opts(REDELIVERIES, "Pairs redelivered on an operator's request (observers.dlq_retry, observers.replay), by reason and outcome."), &["reason", "outcome"])?,
+            )?,
+            attempt_log_dropped: reg(&r, IntCounter::with_opts(opts(ATTEMPT_LOG_DROPPED, "Attempt records not written to observers.attempt (the database was slower than the deliveries, or failed)."))?)?,
             breaker_state: reg(
                 &r,
                 IntGaugeVec::new(opts(BREAKER_STATE, "Circuit breaker state by destination: 0 closed, 1 half-open, 2 open."), &["destination"])?,
@@ -450,6 +463,20 @@ impl Metrics {
         mirror(&self.checkpoints_saved, Stats::get(&st.checkpoints_saved));
         mirror(&self.dedup_hits, Stats::get(&st.dedup_hits));
         mirror(&self.parked_delivered, Stats::get(&st.parked_delivered));
+        for (reason, outcome, counter) in [
+            ("dlq_retry", "delivered", &st.dlq_retries_delivered),
+            ("dlq_retry", "failed", &st.dlq_retries_failed),
+            ("replay", "delivered", &st.replays_delivered),
+            ("replay", "failed", &st.replays_failed),
+        ] {
+            mirror(
+                &self.redeliveries.with_label_values(&[reason, outcome]),
+                Stats::get(counter),
+            );
+        }
+        if let Some(log) = &s.attempt_log {
+            mirror(&self.attempt_log_dropped, log.dropped());
+        }
         self.dedup_degraded
             .set(i64::from(s.dedup.as_ref().is_some_and(|d| d.degraded())));
         if let Some(b) = &s.breakers {
@@ -649,6 +676,7 @@ mod tests {
             names::BACKLOG,
             names::BACKLOG_OLDEST_AGE,
             names::DLQ_SIZE,
+            names::REDELIVERIES,
         ];
         for n in names::ALL {
             if !vec_families_without_children.contains(n) {

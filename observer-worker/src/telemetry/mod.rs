@@ -62,6 +62,8 @@ pub struct Stats {
     pub dlq_retries_failed: AtomicU64,
     /// Pairs delivered again by `observers.replay()`.
     pub replays_delivered: AtomicU64,
+    /// Replayed pairs that failed for good (dead-lettered).
+    pub replays_failed: AtomicU64,
 }
 
 impl Stats {
@@ -88,6 +90,7 @@ impl Stats {
             "dlq_retries_delivered": Self::get(&self.dlq_retries_delivered),
             "dlq_retries_failed": Self::get(&self.dlq_retries_failed),
             "replays_delivered": Self::get(&self.replays_delivered),
+            "replays_failed": Self::get(&self.replays_failed),
         })
     }
 }

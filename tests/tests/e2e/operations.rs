@@ -179,6 +179,24 @@ async fn dlq_retry_redelivers_with_the_same_webhook_id_and_leaves_the_dlq_only_o
         ]
     );
     assert_eq!(dbg["actions"][0]["result"], "delivered");
+    // the worker counted them (its heartbeat, every 5 s; /metrics mirrors the same counters as
+    // observer_redeliveries_total{reason="dlq_retry"})
+    assert!(
+        wait_count(
+            &db.client,
+            "SELECT count(*) FROM observers.worker \
+              WHERE (info->'stats'->>'dlq_retries_failed')::int = 1 \
+                AND (info->'stats'->>'dlq_retries_delivered')::int = 3",
+            1,
+            SHORT
+        )
+        .await,
+        "heartbeat counters: {:?}",
+        db.client
+            .query_one("SELECT info->'stats' FROM observers.worker LIMIT 1", &[])
+            .await
+            .map(|r| r.get::<_, serde_json::Value>(0))
+    );
     assert_eq!(dbg["state"], "finished");
     assert_eq!(dbg["dlq"].as_array().map(Vec::len), Some(0));
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
