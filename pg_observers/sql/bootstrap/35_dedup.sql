@@ -116,6 +116,67 @@ AS $$
        AND EXISTS (SELECT 1 FROM observers.dedup AS t WHERE t.state = 'd' AND t.expires_at > now())
 $$;
 
+-- Day partitions (observers.dedup here, observers.attempt in 37_operations.sql): create the
+-- partition <prefix>YYYYMMDD of `p_parent` for [p_day, p_day + 1) unless it exists, as a member
+-- of the extension readable by operators. False when it exists, or could not be created now
+-- (lock timeout, or the DEFAULT partition holds rows of that day): the next maintain() retries.
+CREATE FUNCTION observers._create_day_partition(p_parent regclass, p_prefix text, p_day date,
+                                                p_storage text DEFAULT '')
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_name text := p_prefix || to_char(p_day, 'YYYYMMDD');
+    v_rel  regclass;
+BEGIN
+    IF to_regclass('observers.' || v_name) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('CREATE TABLE observers.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L) %s',
+                   v_name, p_parent, p_day, p_day + 1, p_storage);
+    v_rel := ('observers.' || v_name)::regclass;
+    IF NOT observers._is_extension_member(v_rel) THEN
+        EXECUTE format('ALTER EXTENSION pg_observers ADD TABLE %s', v_rel);
+    END IF;
+    EXECUTE format('GRANT SELECT ON %s TO observers_admin', v_rel);
+    RETURN true;
+EXCEPTION WHEN lock_not_available OR check_violation THEN
+    RETURN false;
+END
+$$;
+
+-- Drops a day partition (leaving the extension first). False on a lock timeout.
+CREATE FUNCTION observers._drop_day_partition(p_rel regclass)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF observers._is_extension_member(p_rel) THEN
+        EXECUTE format('ALTER EXTENSION pg_observers DROP TABLE %s', p_rel);
+    END IF;
+    EXECUTE format('DROP TABLE %s', p_rel);
+    RETURN true;
+EXCEPTION WHEN lock_not_available THEN
+    RETURN false;
+END
+$$;
+
+-- The day partitions of `p_parent` named <prefix>YYYYMMDD, with their day.
+CREATE FUNCTION observers._day_partitions(p_parent regclass, p_prefix text)
+RETURNS TABLE (rel regclass, day date)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass, to_date(substr(c.relname, length(p_prefix) + 1), 'YYYYMMDD')
+      FROM pg_inherits AS i
+      JOIN pg_class AS c ON c.oid = i.inhrelid
+     WHERE i.inhparent = p_parent
+       AND c.relname ~ ('^' || p_prefix || '[0-9]{8}$')
+$$;
+
 -- Called by maintain(): partitions for today - 1 .. today + 7, drop past partitions with no
 -- row in force, trim dedup_default. Returns a summary fragment.
 CREATE FUNCTION observers._maintain_dedup()
@@ -125,9 +186,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_today   date := (now() AT TIME ZONE 'UTC')::date;
-    v_day     date;
-    v_name    text;
-    v_rel     regclass;
     v_live    boolean;
     v_created int := 0;
     v_dropped int := 0;
@@ -135,45 +193,22 @@ DECLARE
     r         record;
 BEGIN
     FOR i IN -1..7 LOOP
-        v_day := v_today + i;
-        v_name := 'dedup_p' || to_char(v_day, 'YYYYMMDD');
-        CONTINUE WHEN to_regclass('observers.' || v_name) IS NOT NULL;
-        CONTINUE WHEN EXISTS (SELECT 1 FROM observers.dedup_default WHERE day = v_day);
-        BEGIN
-            -- fillfactor: a confirmation updates its claim in place (HOT) on the same page
-            EXECUTE format('CREATE TABLE observers.%I PARTITION OF observers.dedup FOR VALUES FROM (%L) TO (%L) WITH (fillfactor = 70)',
-                           v_name, v_day, v_day + 1);
-            v_rel := ('observers.' || v_name)::regclass;
-            IF NOT observers._is_extension_member(v_rel) THEN
-                EXECUTE format('ALTER EXTENSION pg_observers ADD TABLE %s', v_rel);
-            END IF;
-            EXECUTE format('GRANT SELECT ON %s TO observers_admin', v_rel);
+        CONTINUE WHEN EXISTS (SELECT 1 FROM observers.dedup_default WHERE day = v_today + i);
+        -- fillfactor: a confirmation updates its claim in place (HOT) on the same page
+        IF observers._create_day_partition('observers.dedup', 'dedup_p', v_today + i,
+                                           'WITH (fillfactor = 70)') THEN
             v_created := v_created + 1;
-        EXCEPTION WHEN lock_not_available OR check_violation THEN
-            NULL; -- retried by the next maintain()
-        END;
+        END IF;
     END LOOP;
 
-    FOR r IN
-        SELECT c.oid::regclass AS rel, to_date(substr(c.relname, 8), 'YYYYMMDD') AS day
-          FROM pg_inherits AS i
-          JOIN pg_class AS c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'observers.dedup'::regclass
-           AND c.relname ~ '^dedup_p[0-9]{8}$'
-    LOOP
+    FOR r IN SELECT * FROM observers._day_partitions('observers.dedup', 'dedup_p') LOOP
         CONTINUE WHEN r.day >= v_today - 1;
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE expires_at > now() OR claim_until > now())', r.rel)
            INTO v_live;
         CONTINUE WHEN v_live;
-        BEGIN
-            IF observers._is_extension_member(r.rel) THEN
-                EXECUTE format('ALTER EXTENSION pg_observers DROP TABLE %s', r.rel);
-            END IF;
-            EXECUTE format('DROP TABLE %s', r.rel);
+        IF observers._drop_day_partition(r.rel) THEN
             v_dropped := v_dropped + 1;
-        EXCEPTION WHEN lock_not_available THEN
-            NULL;
-        END;
+        END IF;
     END LOOP;
 
     DELETE FROM observers.dedup_default

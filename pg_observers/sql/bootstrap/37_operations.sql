@@ -19,8 +19,9 @@
 -- One row per attempt the worker made (delivered, failed and retried, failed for good).
 -- Written in batches with asynchronous commit: it is a diagnostic record, not part of the
 -- delivery guarantee (a crash can lose its last fraction of a second; the delivery state
--- itself is in the checkpoint, the DLQ and observers.parked). Trimmed by observers.maintain()
--- after observers.retention.
+-- itself is in the checkpoint, the DLQ and observers.parked). Partitioned by day (UTC) on `at`
+-- like the outbox: observers.maintain() creates the partitions ahead and drops a whole day once
+-- it is older than observers.retention (no DELETE, no bloat).
 CREATE TABLE observers.attempt (
     event_id     bigint      NOT NULL,
     observer_id  integer     NOT NULL,
@@ -33,9 +34,9 @@ CREATE TABLE observers.attempt (
                  CONSTRAINT attempt_outcome_valid CHECK (outcome IN ('delivered', 'retry', 'failed')),
     error        text,
     worker_id    text        NOT NULL
-);
+) PARTITION BY RANGE (at);
+CREATE TABLE observers.attempt_default PARTITION OF observers.attempt DEFAULT;
 CREATE INDEX attempt_event_idx ON observers.attempt (event_id);
-CREATE INDEX attempt_at_brin ON observers.attempt USING brin (at);
 COMMENT ON TABLE observers.attempt IS
     'Every delivery attempt (written by the worker, asynchronously; trimmed after observers.retention). Read it with observers.debug_event().';
 
@@ -72,21 +73,39 @@ BEGIN
 END
 $$;
 
--- Called by maintain() (the worker calls it at start and hourly): attempts older than the
--- retention go. In steady state each call deletes what aged out since the previous one, about
--- an hour of attempts; autovacuum reuses the space, so the table stays about one retention
--- period big. (At very high volume, turn the log off: worker.attempt_log: false.)
+-- Called by maintain(): partitions for today - 1 .. today + 7; a past day goes once all of it
+-- is older than the retention (`p_cutoff`); rows in attempt_default (only when maintain() did
+-- not run for a week) are deleted past the cutoff. Returns a summary fragment.
 CREATE FUNCTION observers._maintain_attempts(p_cutoff timestamptz)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_today   date := (now() AT TIME ZONE 'UTC')::date;
+    v_created int := 0;
+    v_dropped int := 0;
     v_deleted bigint;
+    r         record;
 BEGIN
-    DELETE FROM observers.attempt AS a WHERE a.at < p_cutoff;
+    FOR i IN -1..7 LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM observers.attempt_default
+                               WHERE at >= (v_today + i)::timestamp AT TIME ZONE 'UTC'
+                                 AND at < (v_today + i + 1)::timestamp AT TIME ZONE 'UTC');
+        IF observers._create_day_partition('observers.attempt', 'attempt_p', v_today + i) THEN
+            v_created := v_created + 1;
+        END IF;
+    END LOOP;
+    FOR r IN SELECT * FROM observers._day_partitions('observers.attempt', 'attempt_p') LOOP
+        CONTINUE WHEN (r.day + 1)::timestamp AT TIME ZONE 'UTC' > p_cutoff;
+        IF observers._drop_day_partition(r.rel) THEN
+            v_dropped := v_dropped + 1;
+        END IF;
+    END LOOP;
+    DELETE FROM observers.attempt_default AS a WHERE a.at < p_cutoff;
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
-    RETURN format('deleted %s old attempts', v_deleted);
+    RETURN format('attempts: created %s, dropped %s partitions, deleted %s old rows from attempt_default',
+                  v_created, v_dropped, v_deleted);
 END
 $$;
 

@@ -160,12 +160,20 @@ INSERT INTO shop.orders VALUES (4, 1, 'new');
 SELECT observers.debug_event((SELECT max(id) FROM observers.event))->>'state' AS new_event_state;
 SELECT d->>'state' AS state, d->'event' AS event FROM (SELECT observers.debug_event(-5) AS d) x;
 
--- maintain() trims attempts older than observers.retention
-SELECT observers.attempt_add('w1', '{1,1}', '{1,1}', '{0,0}', '{1,1}', ARRAY[now() - interval '400 days', now()],
-                             '{1,1}', '{NULL,NULL}', '{delivered,delivered}', '{NULL,NULL}') AS logged;
-SELECT count(*) AS attempts_before FROM observers.attempt;
-SELECT regexp_replace(observers.maintain(), '^.*; (deleted \d+ old attempts)$', '\1') AS trimmed;
-SELECT count(*) AS attempts_after FROM observers.attempt;
+-- maintain() keeps attempts in day partitions and drops a day once it is past
+-- observers.retention (a day 30 days ago, made by hand here; a row in attempt_default is
+-- deleted instead)
+SELECT count(*) >= 9 AS partitions_ahead FROM observers._day_partitions('observers.attempt', 'attempt_p');
+SELECT observers._create_day_partition('observers.attempt', 'attempt_p', (now() AT TIME ZONE 'UTC')::date - 30) AS old_day;
+SELECT observers.attempt_add('w1', '{1,1,1}', '{1,1,1}', '{0,0,0}', '{1,1,1}',
+                             ARRAY[((now() AT TIME ZONE 'UTC')::date - 30)::timestamp AT TIME ZONE 'UTC' + interval '12 hours',
+                                   now() - interval '400 days', now()],
+                             '{1,1,1}', '{NULL,NULL,NULL}', '{delivered,delivered,delivered}', '{NULL,NULL,NULL}') AS logged;
+SELECT tableoid::regclass = 'observers.attempt_default'::regclass AS in_default, count(*)
+  FROM observers.attempt GROUP BY 1 ORDER BY 1;
+SELECT regexp_replace(observers.maintain(), '^.*; (attempts: .*)$', '\1') AS trimmed;
+SELECT count(*) AS attempts_left_from_long_ago FROM observers.attempt WHERE at < now() - interval '20 days';
+SELECT to_regclass('observers.attempt_p' || to_char((now() AT TIME ZONE 'UTC')::date - 30, 'YYYYMMDD')) IS NULL AS old_day_dropped;
 
 -- who may call what
 CREATE ROLE ops_admin_test LOGIN IN ROLE observers_admin;
