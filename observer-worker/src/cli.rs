@@ -55,6 +55,10 @@ pub enum Command {
         /// Take the database URL from this configuration file if --database-url / DATABASE_URL is not set.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
+        /// For scripts and monitors: exit 4 when a problem of severity `error` is found (a group
+        /// without leader or running worker, ...); warnings alone still exit 0.
+        #[arg(long)]
+        check: bool,
     },
     /// Trace one event end to end: the event, which observers matched, every attempt, dead
     /// letters, parked pairs and deduplication state (exit 3 if nothing is known about it).

@@ -79,7 +79,7 @@ async fn operator(
     }
     let db = session::connect(url).await?;
     match command {
-        Command::Status { .. } => status::run(&db, format, out).await,
+        Command::Status { check, .. } => status::run(&db, format, *check, out).await,
         Command::DebugEvent { id, .. } => debug_event::run(&db, *id, format, out).await,
         Command::Dlq { command, .. } => dlq::run(&db, command, format, out).await,
         Command::Replay {

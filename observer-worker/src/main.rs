@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             },
             _ => commands::validate_config(file, cli.format, &mut std::io::stdout().lock()),
         },
-        Command::Status { ref config } => run_operator(&cli, config.as_deref()),
+        Command::Status { ref config, .. } => run_operator(&cli, config.as_deref()),
         Command::DebugEvent { ref db, .. }
         | Command::Dlq { ref db, .. }
         | Command::Replay { ref db, .. } => run_operator(&cli, db.config.as_deref()),

@@ -48,7 +48,15 @@ pub struct Problem {
     pub message: String,
 }
 
-pub async fn run(db: &OperatorDb, format: Format, out: &mut dyn Write) -> Result<i32, CliError> {
+/// `status --check` exit code when a problem of severity `error` is found.
+pub const EXIT_PROBLEM: i32 = 4;
+
+pub async fn run(
+    db: &OperatorDb,
+    format: Format,
+    check: bool,
+    out: &mut dyn Write,
+) -> Result<i32, CliError> {
     let observers = db
         .json_rows("observers.status()", STATUS, &[])
         .await
@@ -76,7 +84,8 @@ pub async fn run(db: &OperatorDb, format: Format, out: &mut dyn Write) -> Result
     };
     out.write_all(text.as_bytes())
         .map_err(|e| CliError::runtime(format!("cannot write output: {e}")))?;
-    Ok(0)
+    let failing = check && problems(&report).iter().any(|p| p.severity == "error");
+    Ok(if failing { EXIT_PROBLEM } else { 0 })
 }
 
 fn s(v: &Value, key: &str) -> Option<String> {

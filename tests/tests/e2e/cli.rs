@@ -377,6 +377,13 @@ async fn status_with_and_without_a_worker() {
     assert_eq!(s["observers"][0]["leader"], Value::Null, "{s:#}");
     assert_eq!(s["workers"], Value::Array(vec![]), "{s:#}");
     assert_eq!(s["problems"][0]["severity"], "error", "{s:#}");
+    let out = cli(&db, &["status", "--check"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "status --check with no worker: {}",
+        text(&out)
+    );
 
     // a worker runs: it leads, the backlog drains, no error
     let yaml = config(
@@ -407,6 +414,13 @@ async fn status_with_and_without_a_worker() {
     let t = text(&out);
     assert!(t.contains("w-cli-status") && t.contains("leader"), "{t}");
     assert!(t.contains("PROBLEMS\n  none"), "{t}");
+    let out = cli(&db, &["status", "--check"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "status --check with a leader: {}",
+        text(&out)
+    );
 
     // the worker stops: no leader, no running worker
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
