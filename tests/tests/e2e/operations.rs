@@ -279,3 +279,148 @@ async fn replay_skips_pairs_deduplication_remembers_unless_forced() {
     );
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
 }
+
+/// The worker needs nothing beyond `observers_worker` (plus SELECT on the tables it observes):
+/// a login role with only that delivers, dead-letters, writes the attempt log and heartbeats,
+/// keeps deduplication state, serves /metrics (its database gauges come from status()), and
+/// delivers a DLQ retry an operator queued; and nothing in its log says "permission denied".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_runs_with_only_observers_worker() {
+    let (db, rx) = setup("ops_least_privilege").await;
+    let role = format!("ops_worker_{}", std::process::id());
+    db.client
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN IN ROLE observers_worker;
+             CREATE TABLE public.things (id serial PRIMARY KEY, label text);
+             GRANT SELECT ON public.things TO {role};"
+        ))
+        .await
+        .unwrap();
+    let url = db.url.replacen("://postgres@", &format!("://{role}@"), 1);
+    assert_ne!(url, db.url, "unexpected test URL shape: {}", db.url);
+    let port = observers_tests::cluster::free_port();
+    let yaml = format!(
+        "{}metrics: {{ enabled: true, listen: 127.0.0.1:{port} }}\n{TWO_ATTEMPTS}\
+         deduplication: {{ backend: postgres, ttl: 1h }}\n\
+         circuit_breaker: {{ failure_ratio: 0.5, min_requests: 20, open_for: 30s }}\n\
+         observers:\n  - name: things\n    table: public.things\n    events: [INSERT]\n    actions:\n      - type: webhook\n        url: {}\n        timeout: 5s\n",
+        observers_tests::util::config_head(&format!("w-{role}")),
+        rx.url("/h")
+    );
+    let mut worker = Worker::start(
+        "ops_least_privilege",
+        &yaml,
+        &[("DATABASE_URL", url.as_str())],
+    );
+    wait_observer_ready(&db.client, "things", "public.things", SHORT).await;
+    // the role can neither read payloads nor purge: it really is the worker role only
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert!(c
+        .query("SELECT new FROM observers.event LIMIT 1", &[])
+        .await
+        .is_err());
+    assert!(c
+        .query("SELECT observers.dlq_purge(all_entries => true)", &[])
+        .await
+        .is_err());
+
+    // the first event fails twice: dead-lettered; then four more are delivered
+    rx.script("/h", [Reply::status(500), Reply::status(500)]);
+    db.client
+        .batch_execute("INSERT INTO public.things (label) VALUES ('first')")
+        .await
+        .unwrap();
+    assert!(
+        wait_dlq(&db.client, 1, SHORT).await,
+        "{}\n{}",
+        rx.summary(),
+        worker.log()
+    );
+    db.client
+        .batch_execute(
+            "INSERT INTO public.things (label) SELECT 'x' || g FROM generate_series(1, 4) g",
+        )
+        .await
+        .unwrap();
+    assert!(
+        wait_backlog_zero(&db.client, SHORT).await,
+        "{}",
+        worker.log()
+    );
+    assert!(rx.wait_for_events(4, SHORT).await, "{}", rx.summary());
+    // an operator retries the dead letter; the worker role delivers it and removes the entry
+    assert_eq!(
+        count(&db.client, "SELECT observers.dlq_retry_all()").await,
+        1
+    );
+    assert!(
+        wait_count(&db.client, "SELECT count(*) FROM observers.dlq", 0, SHORT).await,
+        "{}\n{}",
+        rx.summary(),
+        worker.log()
+    );
+    assert!(rx.wait_for_events(5, SHORT).await, "{}", rx.summary());
+    // its writes landed: attempts, dedup done-marks, heartbeat
+    assert!(
+        wait_count(
+            &db.client,
+            "SELECT count(*) FROM observers.attempt WHERE outcome = 'delivered'",
+            5,
+            SHORT
+        )
+        .await,
+        "attempt log incomplete; {}",
+        worker.log()
+    );
+    assert_eq!(
+        count(
+            &db.client,
+            "SELECT count(*) FROM observers.dedup WHERE state = 'd'"
+        )
+        .await,
+        5
+    );
+    assert!(
+        wait_count(
+            &db.client,
+            &format!("SELECT count(*) FROM observers.worker WHERE worker_id = 'w-{role}'"),
+            1,
+            SHORT
+        )
+        .await
+    );
+    // /metrics: the database gauges (from status(), as the worker role) are up to date
+    let body = poll(SHORT, Duration::from_millis(200), || async {
+        let b = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (b.lines().any(|l| l == "observer_database_up 1")
+            && b.lines()
+                .any(|l| l.starts_with("observer_dlq_size{") && l.ends_with(" 0")))
+        .then_some(b)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "/metrics never showed the database gauges (refreshed every 5 s); {}",
+            worker.log()
+        )
+    });
+    assert!(body.contains("observer_backlog_events{"), "{body}");
+    assert_eq!(worker.stop(SHORT).await.code(), Some(0));
+    let log = worker.log();
+    assert!(
+        !log.to_lowercase().contains("permission denied"),
+        "the worker role lacks a privilege:\n{log}"
+    );
+    db.client
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await
+        .ok();
+}
