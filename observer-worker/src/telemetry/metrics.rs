@@ -309,7 +309,7 @@ impl Metrics {
             lookup_calls: reg(&r, IntCounter::with_opts(opts(LOOKUP_SOURCE_CALLS, "Calls of lookup sources (SQL or HTTP)."))?)?,
             lookup_errors: reg(&r, IntCounter::with_opts(opts(LOOKUP_SOURCE_ERRORS, "Lookup source calls that failed."))?)?,
             lookup_degraded: reg(&r, IntGauge::with_opts(opts(LOOKUP_CACHE_DEGRADED, "1 while the Redis lookup cache is unreachable (lookups call their sources directly)."))?)?,
-            database_up: reg(&r, IntGauge::with_opts(opts(DATABASE_UP, "1 if the last database refresh succeeded, 0 if the database was unreachable."))?)?,
+            database_up: reg(&r, IntGauge::with_opts(opts(DATABASE_UP, "1 if the database answered the last probe (every 5 s), 0 if it was unreachable."))?)?,
             database_refreshed: reg(&r, Gauge::with_opts(opts(DATABASE_REFRESHED, "Unix time of the last successful refresh of the database gauges (backlog, DLQ)."))?)?,
             backlog: reg(
                 &r,
@@ -407,6 +407,11 @@ impl Metrics {
         self.group_has_leader.set(i64::from(has_leader));
         self.database_up.set(1);
         self.database_refreshed.set(unix_now());
+    }
+
+    /// The database answered the probe (the gauges may still be refreshing).
+    pub fn database_reachable(&self) {
+        self.database_up.set(1);
     }
 
     /// The database could not be reached: keep the last values, say so.

@@ -525,3 +525,77 @@ fn shipped_alert_rules_pass_promtool() {
         "promtool test rules deploy/prometheus/alerts_test.yml:\n{out}"
     );
 }
+
+/// The backlog and DLQ gauges come from `observers.status()`, which can be slow (it counts the
+/// backlog). A slow count must not make a reachable database look down: here the gauges query
+/// is blocked for 12 s (an operator's transaction holds a lock on `observers.dlq`, which
+/// `status()` reads) while the worker keeps answering ready with `observer_database_up 1`;
+/// the gauges stay at their last values and refresh once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gauges_query_does_not_make_the_database_look_down() {
+    let port = free_port();
+    let (db, _rx, mut worker) = workload_setup("metrics_slow_gauges", port).await;
+    let first = scrape_until(port, SHORT, |t| {
+        sample(t, "observer_database_up") == Some(1.0)
+            && sample(t, "observer_database_gauges_refreshed_timestamp_seconds").unwrap_or(0.0)
+                > 0.0
+    })
+    .await;
+    assert_eq!(sample(&first, "observer_database_up"), Some(1.0), "{first}");
+
+    // block status(): an ACCESS EXCLUSIVE lock on observers.dlq in an open transaction
+    let (locker, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE observers.dlq IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let blocked_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // 12 s: more than two refresh intervals and more than the probe's 4 s timeout
+    let until = tokio::time::Instant::now() + Duration::from_secs(12);
+    let mut checks = 0;
+    while tokio::time::Instant::now() < until {
+        let (status, body) = get(port, "/health/ready").await.expect("/health/ready");
+        assert_eq!(
+            status, 200,
+            "a blocked gauges query made the worker not ready: {body}"
+        );
+        let (_, text) = get(port, "/metrics").await.expect("/metrics");
+        assert_eq!(sample(&text, "observer_database_up"), Some(1.0), "{text}");
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(checks >= 10);
+    // the gauges really were blocked: no refresh since the lock was taken (1 s of slack)
+    let (_, text) = get(port, "/metrics").await.unwrap();
+    let refreshed = sample(
+        &text,
+        "observer_database_gauges_refreshed_timestamp_seconds",
+    )
+    .unwrap();
+    assert!(
+        refreshed < blocked_at + 1.0,
+        "the gauges refreshed while status() was blocked ({refreshed} >= {blocked_at})"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let after = scrape_until(port, SHORT, |t| {
+        sample(t, "observer_database_gauges_refreshed_timestamp_seconds").unwrap_or(0.0)
+            > blocked_at + 1.0
+    })
+    .await;
+    assert!(
+        sample(
+            &after,
+            "observer_database_gauges_refreshed_timestamp_seconds"
+        )
+        .unwrap()
+            > blocked_at + 1.0,
+        "the gauges did not refresh after the lock was released:\n{after}"
+    );
+    assert_eq!(worker.stop(SHORT).await.code(), Some(0));
+}
