@@ -227,7 +227,7 @@ impl Db {
         // in order, so a PostgreSQL crash can lose a confirmation only together with the
         // checkpoint after it; that pair then runs again with its webhook-id (the window
         // docs/RESILIENCE.md describes), never skipped.
-        let async_commit = |extra: &str| {
+        let with_options = |extra: &str| {
             let mut c = pg.clone();
             let options = match pg.get_options() {
                 Some(o) if !o.trim().is_empty() => format!("{o} {extra}"),
@@ -236,8 +236,12 @@ impl Db {
             c.options(options);
             c
         };
-        let pg_main = async_commit("-c synchronous_commit=off -c statement_timeout=60s");
-        let pg_dedup = async_commit("-c synchronous_commit=off -c statement_timeout=30s");
+        // jit=off everywhere: the worker runs short OLTP statements whose cost estimates grow
+        // with the outbox; JIT compiling them would cost far more than running them.
+        let pg_main = with_options("-c jit=off -c synchronous_commit=off -c statement_timeout=60s");
+        let pg_dedup =
+            with_options("-c jit=off -c synchronous_commit=off -c statement_timeout=30s");
+        let pg = with_options("-c jit=off");
         let make = |pg: &tokio_postgres::Config, size: usize| -> Result<Pool, DbError> {
             let mgr = Manager::from_config(
                 pg.clone(),
