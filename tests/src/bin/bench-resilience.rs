@@ -222,6 +222,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             true,
         ),
         (
+            "redis, no attempt log",
+            format!(
+                "deduplication: {{ backend: redis, ttl: 1h }}\nredis: {{ url: \"{}\" }}\n",
+                redis.url()
+            ),
+            false,
+        ),
+        (
             "postgres",
             "deduplication: { backend: postgres, ttl: 1h }\n".to_owned(),
             true,
