@@ -2,7 +2,8 @@
 //! off the delivery path:
 //!
 //! ```text
-//! executor ── try_send ──► bounded channel ──► writer task: up to BATCH rows per attempt_add
+//! executor ── try_send ──► bounded channel ──► writer task: what arrived within LINGER of the
+//!                                                first record, up to BATCH rows per attempt_add
 //! ```
 //!
 //! The log is a diagnostic record, not part of the delivery guarantee, so it never slows
@@ -27,7 +28,10 @@ use crate::db::{AttemptRecord, Db};
 /// Records waiting to be written, at most.
 const CAPACITY: usize = 16_384;
 /// Records per `attempt_add` call, at most.
-const BATCH: usize = 1_000;
+const BATCH: usize = 2_000;
+/// After the first record of a batch, wait this long for more: fewer, larger writes (a record
+/// shows in `debug_event` at most this much later).
+const LINGER: Duration = Duration::from_millis(100);
 
 pub struct AttemptLog {
     tx: mpsc::Sender<AttemptRecord>,
@@ -92,6 +96,18 @@ async fn writer(
         };
         if n == 0 && buf.is_empty() {
             return;
+        }
+        if buf.len() < BATCH && !stop.is_cancelled() {
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = stop.cancelled() => {}
+            }
+            while buf.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(rec) => buf.push(rec),
+                    Err(_) => break,
+                }
+            }
         }
         for chunk in buf.chunks(BATCH) {
             match db.attempt_add(&worker_id, chunk).await {
