@@ -117,6 +117,23 @@ impl Db {
             .map_err(|e| self.err(CTX, e))
     }
 
+    /// Names the destination of a queued row that has none (DLQ retries and replays).
+    pub async fn park_set_destination(
+        &self,
+        group: &str,
+        id: i64,
+        destination: &str,
+    ) -> Result<(), DbError> {
+        const CTX: &str = "observers.park_set_destination";
+        let (c, stmt) = self
+            .prepared(Lane::Side, CTX, queries::PARK_SET_DESTINATION)
+            .await?;
+        c.execute(&stmt, &[&group, &id, &destination])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        Ok(())
+    }
+
     /// Finishes a parked pair (fenced): delivered when `error` is `None`, else dead-lettered.
     pub async fn park_finish(
         &self,

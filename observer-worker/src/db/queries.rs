@@ -83,6 +83,10 @@ pub const PARK_ADD: &str =
 pub const PARK_FETCH: &str = "SELECT id, event_id, observer_id, action_index, webhook_id, day, \
      destination, body, attempts, reason, force FROM observers.park_fetch($1, $2, $3, $4)";
 
+/// `park_set_destination(group, id, destination)`: names the destination of a queued DLQ retry or
+/// replay (queued from SQL without one).
+pub const PARK_SET_DESTINATION: &str = "SELECT observers.park_set_destination($1, $2, $3)";
+
 /// `park_finish(group, epoch, id, error, attempts, last_status)` (fenced).
 pub const PARK_FINISH: &str = "SELECT observers.park_finish($1, $2, $3, $4, $5, $6)";
 

@@ -216,6 +216,22 @@ impl ParkedLoop {
                     .await
             }
         };
+        // a DLQ retry or replay (queued from SQL) learns its destination here; while that
+        // destination's breaker is open it stays queued and park_fetch skips it, instead of
+        // waiting in here and holding a delivery slot
+        if let (None, Some(dest)) = (&p.destination, action.destination()) {
+            if let Err(e) = self.db.park_set_destination(&self.group, p.id, dest).await {
+                warn!(error = %e, "cannot record the destination of a queued redelivery (it is delivered anyway)");
+            }
+            let open = self
+                .layers
+                .breakers
+                .as_ref()
+                .is_some_and(|b| b.open_destinations().iter().any(|d| d == dest));
+            if open {
+                return;
+            }
+        }
         let mut delivery = Delivery::new(p.event_id, index, Bytes::from(p.body.clone()))
             .for_observer(p.observer_id);
         delivery.attempts_used = p.attempts.max(0) as u32;

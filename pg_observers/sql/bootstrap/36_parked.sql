@@ -110,6 +110,21 @@ AS $$
      LIMIT lim
 $$;
 
+-- DLQ retries and replays are queued from SQL, which cannot expand the action's ${VAR} URL, so
+-- their destination is NULL. The worker names it when it first fetches the row, so that
+-- park_fetch skips the row like any other while that destination's breaker is open (instead of
+-- it waiting inside the worker, holding a delivery slot). Only a NULL destination is set.
+CREATE FUNCTION observers.park_set_destination(group_name text, parked_id bigint, destination text)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE observers.parked AS p
+       SET destination = $3
+     WHERE p.id = $2 AND p.group_name = $1 AND p.destination IS NULL AND $3 <> ''
+$$;
+
 -- A parked pair is finished (fenced): delivered (error NULL: the row goes), or failed for good
 -- (the row moves to the dead-letter queue in the same transaction). A retried dead letter
 -- (dlq_id set) leaves the queue when it is delivered; when it fails again it stays, with the

@@ -55,6 +55,7 @@ GRANT EXECUTE ON FUNCTION
     observers.park_add(text, bigint, bigint[], int[], int[], text[], text[], date[], text[], text[], int[], text[]),
     observers.park_fetch(text, text[], bigint[], int),
     observers.park_finish(text, bigint, bigint, text, int, int),
+    observers.park_set_destination(text, bigint, text),
     observers.attempt_add(text, bigint[], int[], int[], int[], timestamptz[], real[], int[], text[], text[]),
     -- the worker applies the observers of its YAML file at start (create or replace)
     observers.create_observer(text, regclass, text[], text, text[], text[], jsonb, text, boolean)

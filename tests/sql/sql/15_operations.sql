@@ -90,6 +90,13 @@ SELECT p.reason, p.force, p.attempts, p.destination, p.webhook_id = q.webhook_id
        p.body::jsonb = q.payload AS same_body, p.requested_by = session_user AS requested_by_me
   FROM observers.parked p JOIN observers.dlq q ON q.id = p.dlq_id;
 SELECT reason, force FROM observers.park_fetch('g', '{http://127.0.0.1:9}', '{}', 10);
+-- the worker names its destination when it first fetches it; from then on park_fetch skips it
+-- while that destination's breaker is open (only a NULL destination is ever set)
+SELECT observers.park_set_destination('g', (SELECT id FROM observers.parked WHERE reason = 'dlq_retry'), 'http://127.0.0.1:9');
+SELECT observers.park_set_destination('g', (SELECT id FROM observers.parked WHERE reason = 'dlq_retry'), 'http://elsewhere:80');
+SELECT destination FROM observers.parked WHERE reason = 'dlq_retry';
+SELECT count(*) AS fetched_while_open FROM observers.park_fetch('g', '{http://127.0.0.1:9}', '{}', 10);
+SELECT count(*) AS fetched_when_closed FROM observers.park_fetch('g', '{}', '{}', 10);
 SELECT id = (SELECT min(id) FROM observers.dlq) AS first, retry_pending FROM observers.dlq_list() ORDER BY id;
 -- the endpoint still fails: the entry stays, with the new error and one retry counted
 SELECT observers.park_finish('g', 1, (SELECT id FROM observers.parked WHERE reason = 'dlq_retry'),
