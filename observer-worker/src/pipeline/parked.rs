@@ -221,7 +221,7 @@ impl ParkedLoop {
         // waiting in here and holding a delivery slot
         if let (None, Some(dest)) = (&p.destination, action.destination()) {
             if let Err(e) = self.db.park_set_destination(&self.group, p.id, dest).await {
-                warn!(error = %e, "cannot record the destination of a queued redelivery (it is delivered anyway)");
+                warn!(error = %e, "cannot record the destination of a queued redelivery (only park_fetch skipping it while its breaker is open is affected)");
             }
             let open = self
                 .layers
