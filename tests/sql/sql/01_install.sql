@@ -11,7 +11,7 @@ SELECT e.extname, e.extversion ~ '^\d+\.\d+\.\d+$' AS cargo_version, e.extreloca
 SELECT c.relname, c.relkind
   FROM pg_class AS c
  WHERE c.relnamespace = 'observers'::regnamespace AND c.relkind IN ('r', 'p', 'S')
-   AND c.relname !~ '^(event|dedup)_p\d{8}$'
+   AND c.relname !~ '^(event|dedup|attempt)_p\d{8}$'
  ORDER BY 1;
 
 -- the outbox
@@ -26,19 +26,28 @@ SELECT i.indexrelid::regclass AS index, pg_get_indexdef(i.indexrelid)
 SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class AS c WHERE c.oid = 'observers.event_default'::regclass;
 SELECT seqcache FROM pg_sequence WHERE seqrelid = 'observers.event_id_seq'::regclass;
 
--- eight daily partitions (UTC), today .. today + 7, members of the extension
+-- eight daily partitions (UTC), today .. today + 7, members of the extension. "Today" is the
+-- day of the CREATE EXTENSION transaction: now() is the same all along this test's first
+-- transaction only, so the day is taken from the first partition and checked against the clock
+-- with a day's tolerance (a run that crosses midnight UTC must pass too).
 SELECT count(*) AS partitions,
-       min(c.relname) = observers._partition_name((now() AT TIME ZONE 'UTC')::date) AS first_is_today,
-       max(c.relname) = observers._partition_name((now() AT TIME ZONE 'UTC')::date + 7) AS last_is_today_plus_7,
+       min(c.relname) IN (observers._partition_name((clock_timestamp() AT TIME ZONE 'UTC')::date),
+                          observers._partition_name((clock_timestamp() AT TIME ZONE 'UTC')::date - 1)) AS first_is_today,
+       max(c.relname) = observers._partition_name(to_date(substr(min(c.relname), 8), 'YYYYMMDD') + 7) AS last_is_first_plus_7,
        bool_and(observers._is_extension_member(c.oid)) AS members
   FROM pg_class AS c
  WHERE c.relnamespace = 'observers'::regnamespace AND c.relname ~ '^event_p\d{8}$';
-SELECT pg_get_expr(c.relpartbound, c.oid) =
-       format('FOR VALUES FROM (%L) TO (%L)',
-              ((now() AT TIME ZONE 'UTC')::date)::timestamp AT TIME ZONE 'UTC',
-              ((now() AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC') AS utc_day_bounds
+SELECT bool_and(pg_get_expr(c.relpartbound, c.oid) =
+                format('FOR VALUES FROM (%L) TO (%L)',
+                       to_date(substr(c.relname, 8), 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC',
+                       (to_date(substr(c.relname, 8), 'YYYYMMDD') + 1)::timestamp AT TIME ZONE 'UTC')) AS utc_day_bounds
   FROM pg_class AS c
- WHERE c.oid = ('observers.' || observers._partition_name((now() AT TIME ZONE 'UTC')::date))::regclass;
+ WHERE c.relnamespace = 'observers'::regnamespace AND c.relname ~ '^event_p\d{8}$';
+-- the attempt log and the dedup state: yesterday .. today + 7
+SELECT c.relname ~ '^attempt' AS attempt, count(*) AS partitions
+  FROM pg_class AS c
+ WHERE c.relnamespace = 'observers'::regnamespace AND c.relname ~ '^(attempt|dedup)_p\d{8}$'
+ GROUP BY 1 ORDER BY 1;
 
 -- roles
 SELECT rolname, rolcanlogin, rolsuper FROM pg_roles WHERE rolname LIKE 'observers\_%' ORDER BY 1;
