@@ -69,7 +69,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'table_name must not be NULL';
     END IF;
-    SELECT c.relkind, c.relpersistence, n.nspname INTO r
+    SELECT c.relkind, c.relpersistence, n.nspname, c.relrowsecurity, c.relforcerowsecurity,
+           c.relowner INTO r
       FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
      WHERE c.oid = p_table;
     IF NOT FOUND THEN
@@ -106,7 +107,29 @@ BEGIN
                              observers._calling_role()::regrole, observers._table_label(p_table)),
             HINT = 'An observer publishes every column of the rows it captures, so the role creating it must have SELECT on the table.';
     END IF;
+    -- Row-level security: an observer publishes every row, whatever the policies say, so only a
+    -- role that sees every row anyway may observe the table (docs/SECURITY.md).
+    IF r.relrowsecurity AND NOT observers._bypasses_rls(observers._calling_role(), p_table) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('permission denied: table %s has row-level security and role %s does not bypass it',
+                             observers._table_label(p_table), observers._calling_role()::regrole),
+            HINT = 'An observer publishes every row it captures, whatever the policies allow its creator to see. Create it as the table''s owner (without FORCE ROW LEVEL SECURITY), a role with BYPASSRLS, or a superuser.';
+    END IF;
 END
+$$;
+
+-- Whether p_role sees every row of p_table whatever its row-level security policies say: a
+-- superuser, a role with BYPASSRLS, or the table's owner (or a member of the owning role) when
+-- the table does not FORCE ROW LEVEL SECURITY. PostgreSQL's own rule (check_enable_rls).
+CREATE FUNCTION observers._bypasses_rls(p_role oid, p_table regclass)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles AS r WHERE r.oid = p_role), false)
+        OR coalesce((SELECT NOT c.relforcerowsecurity AND pg_has_role(p_role, c.relowner, 'USAGE')
+                       FROM pg_class AS c WHERE c.oid = p_table), false)
 $$;
 
 -- Normalized events: upper case, no duplicates, in the order INSERT, UPDATE, DELETE.
@@ -268,7 +291,7 @@ BEGIN
                         observers._table_label(p_table), v_msg);
         v_hint := coalesce(nullif(v_hint, '') || ' ', '') || CASE
             WHEN v_state = '42501' THEN
-                'Conditions run as role observers_capture: grant it what the condition uses (USAGE on schemas, EXECUTE on functions, SELECT on tables).'
+                'Conditions run as role observers_capture, which holds no rights on your objects: a condition may only use what PUBLIC may use. Never grant observers_capture anything: every observer creator would get it too.'
             ELSE
                 'A condition is one SQL boolean expression over NEW and/or OLD, e.g. NEW.total > 1000. Names are resolved with search_path = pg_catalog: schema-qualify your own functions and tables.'
             END;
@@ -312,11 +335,34 @@ AS $$
       JOIN pg_attribute AS a ON a.attrelid = p_table AND a.attname = c.col
 $$;
 
--- Install the capture triggers of an observer (one per captured operation).
+-- The relations an observer's triggers sit on: the observed table and, for a table with
+-- inheritance children, every descendant (row triggers fire on the relation that holds the row,
+-- so an UPDATE through the parent of a child's row fires only the child's triggers). Partitions
+-- are not listed: a partitioned table's row triggers are cloned to its partitions by PostgreSQL.
+CREATE FUNCTION observers._observed_relations(p_table regclass)
+RETURNS SETOF regclass
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE tree(rel) AS (
+        SELECT c.oid FROM pg_class AS c WHERE c.oid = p_table
+        UNION
+        SELECT i.inhrelid
+          FROM tree AS t
+          JOIN pg_class AS pc ON pc.oid = t.rel AND pc.relkind = 'r'
+          JOIN pg_inherits AS i ON i.inhparent = t.rel
+    )
+    SELECT rel::regclass FROM tree
+$$;
+
+-- Install the capture triggers of an observer (one per captured operation and relation);
+-- triggers that already exist are left alone, so this also repairs a partial set.
 --
--- Plain tables capture INSERT and DELETE per statement through a transition table. Partitioned
--- tables, partitions and inheritance children capture per row: a statement-level trigger
--- would not see rows written through another table of the hierarchy.
+-- Plain tables without parent or children capture INSERT and DELETE per statement through a
+-- transition table. Partitioned tables, partitions and inheritance hierarchies capture per row:
+-- a statement-level trigger would not see rows written through another table of the hierarchy,
+-- and the observer covers every table of the hierarchy, wherever a statement is addressed.
 CREATE FUNCTION observers._install_triggers(o observers.observer)
 RETURNS void
 LANGUAGE plpgsql
@@ -326,35 +372,41 @@ DECLARE
     v_statement boolean;
     v_op        text;
     v_name      text;
+    v_rel       regclass;
     v_args      text := format('%L, %L, %L', o.id::text, o.name, coalesce(o.condition, ''));
     v_when      text;
 BEGIN
     SELECT c.relkind = 'r' AND NOT c.relispartition
-           AND NOT EXISTS (SELECT 1 FROM pg_inherits AS i WHERE i.inhrelid = c.oid)
+           AND NOT EXISTS (SELECT 1 FROM pg_inherits AS i
+                            WHERE i.inhrelid = c.oid OR i.inhparent = c.oid)
       INTO v_statement
       FROM pg_class AS c WHERE c.oid = o.table_name;
 
-    FOREACH v_op IN ARRAY o.events LOOP
-        v_name := observers._trigger_name(o.id, v_op);
-        IF v_op = 'UPDATE' THEN
-            v_when := CASE WHEN o.columns IS NOT NULL
-                           THEN format(' WHEN (%s)', observers._columns_changed_sql(o.table_name, o.columns))
-                           ELSE '' END;
-            EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW%s EXECUTE FUNCTION observers.capture(%s)',
-                           v_name, o.table_name, v_when, v_args);
-        ELSIF v_statement THEN
-            EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s TABLE AS %I FOR EACH STATEMENT EXECUTE FUNCTION observers.capture(%s)',
-                           v_name, v_op, o.table_name,
-                           CASE v_op WHEN 'INSERT' THEN 'NEW' ELSE 'OLD' END,
-                           CASE v_op WHEN 'INSERT' THEN 'observers_new_rows' ELSE 'observers_old_rows' END,
-                           v_args);
-        ELSE
-            EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION observers.capture(%s)',
-                           v_name, v_op, o.table_name, v_args);
-        END IF;
-        IF NOT o.enabled THEN
-            EXECUTE format('ALTER TABLE %s DISABLE TRIGGER %I', o.table_name, v_name);
-        END IF;
+    FOR v_rel IN SELECT * FROM observers._observed_relations(o.table_name) LOOP
+        FOREACH v_op IN ARRAY o.events LOOP
+            v_name := observers._trigger_name(o.id, v_op);
+            CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger AS t
+                                   WHERE t.tgrelid = v_rel AND t.tgname = v_name);
+            IF v_op = 'UPDATE' THEN
+                v_when := CASE WHEN o.columns IS NOT NULL
+                               THEN format(' WHEN (%s)', observers._columns_changed_sql(o.table_name, o.columns))
+                               ELSE '' END;
+                EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW%s EXECUTE FUNCTION observers.capture(%s)',
+                               v_name, v_rel, v_when, v_args);
+            ELSIF v_statement THEN
+                EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s TABLE AS %I FOR EACH STATEMENT EXECUTE FUNCTION observers.capture(%s)',
+                               v_name, v_op, v_rel,
+                               CASE v_op WHEN 'INSERT' THEN 'NEW' ELSE 'OLD' END,
+                               CASE v_op WHEN 'INSERT' THEN 'observers_new_rows' ELSE 'observers_old_rows' END,
+                               v_args);
+            ELSE
+                EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION observers.capture(%s)',
+                               v_name, v_op, v_rel, v_args);
+            END IF;
+            IF NOT o.enabled THEN
+                EXECUTE format('ALTER TABLE %s DISABLE TRIGGER %I', v_rel, v_name);
+            END IF;
+        END LOOP;
     END LOOP;
 END
 $$;
@@ -368,7 +420,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.tgname, t.tgrelid::regclass
       FROM pg_trigger AS t
-     WHERE t.tgrelid = o.table_name
+     WHERE t.tgrelid IN (SELECT * FROM observers._observed_relations(o.table_name))
        AND t.tgparentid = 0
        AND t.tgfoid = 'observers.capture()'::regprocedure
        AND t.tgname IN (observers._trigger_name(o.id, 'INSERT'),

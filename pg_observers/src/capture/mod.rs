@@ -27,6 +27,7 @@ mod jsonb;
 pub mod notify;
 pub mod plan_cache;
 pub mod query;
+mod session;
 mod writer;
 
 use crate::error::raise;
@@ -40,6 +41,7 @@ use pgrx::trigger_support::{
 };
 use plan_cache::{Path, TriggerArgs};
 use query::Op;
+use session::SessionGuard;
 use std::ffi::{c_char, CStr};
 
 pub fn init() {
@@ -122,6 +124,9 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
         plan_cache::process_invalidations();
         let cached = plan_cache::lookup(trigger.tgoid, tdr.tg_relation, &args);
 
+        // settings changed during the call are rolled back, and payloads are formatted the same
+        // whatever the writer's session says (TimeZone, DateStyle, bytea_output, ...)
+        let guard = SessionGuard::enter();
         let written = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
             let entry = match cached.clone() {
                 Some(e) => e,
@@ -140,8 +145,12 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
                 }
             }
         }))
-        .catch_others(|e| rethrow_with_context(e, &args, tdr.tg_relation))
+        .catch_others(|e| {
+            guard.restore_formats();
+            rethrow_with_context(e, &args, tdr.tg_relation)
+        })
         .execute();
+        guard.leave();
         drop(cached);
         if written > 0 {
             notify::after_capture();
@@ -171,7 +180,9 @@ unsafe fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
             false,
         );
         let result = f();
-        pg_sys::AtEOXact_GUC(true, level);
+        // false: roll back everything set meanwhile, not only search_path (a condition's
+        // function may have called set_config)
+        pg_sys::AtEOXact_GUC(false, level);
         result
     }
 }

@@ -9,6 +9,9 @@
 //! A condition is spliced in as `WHERE (\n<condition>\n)`: the newlines end a trailing `--`
 //! comment, and `observers._probe_condition` has verified at creation that the text is exactly
 //! one SQL expression, so it cannot escape the parentheses.
+//!
+//! Whole rows of a transition table are written `new.*` / `old.*`: a bare `new` would mean the
+//! user's column of that name when the table has one (`to_jsonb(new)` delivered `"new": 7`).
 
 /// The row operation a trigger captures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,10 +82,10 @@ pub fn capture_sql(op: Op, level: &Level, condition: Option<&str>) -> String {
     let w = where_clause(condition);
     match (op, level, condition) {
         (Op::Insert, Level::Statement { transition_table }, _) => format!(
-            "{INTO}new) SELECT $1, 'INSERT', pg_catalog.to_jsonb(new) FROM {transition_table} AS new{w}"
+            "{INTO}new) SELECT $1, 'INSERT', pg_catalog.to_jsonb(new.*) FROM {transition_table} AS new{w}"
         ),
         (Op::Delete, Level::Statement { transition_table }, _) => format!(
-            "{INTO}old) SELECT $1, 'DELETE', pg_catalog.to_jsonb(old) FROM {transition_table} AS old{w}"
+            "{INTO}old) SELECT $1, 'DELETE', pg_catalog.to_jsonb(old.*) FROM {transition_table} AS old{w}"
         ),
         (Op::Insert, Level::Row, None) => {
             format!("{INTO}new) VALUES ($1, 'INSERT', pg_catalog.to_jsonb($2))")
@@ -142,7 +145,7 @@ mod tests {
         assert_eq!(
             sql,
             "INSERT INTO observers.event (observer_id, op, new) SELECT $1, 'INSERT', \
-             pg_catalog.to_jsonb(new) FROM observers_new_rows AS new"
+             pg_catalog.to_jsonb(new.*) FROM observers_new_rows AS new"
         );
     }
 

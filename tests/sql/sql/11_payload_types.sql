@@ -8,7 +8,6 @@ CREATE EXTENSION IF NOT EXISTS amcheck;
 RESET client_min_messages;
 
 CREATE SCHEMA shop;
-GRANT USAGE ON SCHEMA shop TO observers_capture;
 CREATE TYPE shop.mood AS ENUM ('sad', 'ok', 'happy');
 CREATE TYPE shop.pair AS (a int, b text);
 CREATE DOMAIN shop.posint AS int CHECK (VALUE > 0);
@@ -43,7 +42,15 @@ INSERT INTO shop.kinds VALUES
    NULL, NULL, NULL, NULL, NULL, NULL, '[1, "two", {"three": 3}]', '12.50', NULL, NULL, NULL, NULL, NULL,
    NULL, NULL, NULL);
 
--- both paths wrote the same payload, and it is to_jsonb of the row
+-- both paths wrote the same payload, and it is to_jsonb of the row under the canonical
+-- formats (UTC, ISO dates, postgres interval style, hex bytea), whatever the writer's session
+-- says: pg_regress runs psql with TimeZone PST8PDT, DateStyle Postgres and IntervalStyle
+-- postgres_verbose, so the rows above were written with those (docs/WEBHOOKS.md)
+SHOW TimeZone;
+SHOW IntervalStyle;
+SET TimeZone = 'UTC';
+SET IntervalStyle = postgres;
+SET DateStyle = 'ISO, MDY';
 SELECT k.id,
        d.new = s.new AS direct_equals_sql,
        d.new = to_jsonb(k) AS direct_equals_to_jsonb,
@@ -57,6 +64,9 @@ SELECT key, value, jsonb_typeof(value) AS type
   FROM observers.event AS e, jsonb_each(e.new)
  WHERE e.observer_id = 1 AND e.new ->> 'id' IN ('1', '2')
  ORDER BY e.id, key;
+RESET TimeZone;
+RESET IntervalStyle;
+RESET DateStyle;
 
 -- UPDATE (row by row) and DELETE (per statement), both paths
 UPDATE shop.kinds SET t = t || '!', jb = '{"changed": true}', f8 = f8 * 2 WHERE id IN (1, 2);
@@ -76,10 +86,16 @@ CREATE TABLE shop.pkinds_1 PARTITION OF shop.pkinds FOR VALUES FROM (0) TO (100)
 SELECT name FROM observers.create_observer('p_direct', 'shop.pkinds', '{INSERT}');
 SELECT name FROM observers.create_observer('p_sql', 'shop.pkinds', '{INSERT}', condition => 'NEW.id > 0');
 INSERT INTO shop.pkinds SELECT * FROM shop.kinds;
+SET TimeZone = 'UTC';
+SET IntervalStyle = postgres;
+SET DateStyle = 'ISO, MDY';
 SELECT count(*) AS rows, bool_and(d.new = s.new) AS direct_equals_sql, bool_and(d.new = to_jsonb(k)) AS equals_to_jsonb
   FROM shop.pkinds AS k
   JOIN observers.event AS d ON d.observer_id = 5 AND (d.new ->> 'id')::int = k.id
   JOIN observers.event AS s ON s.observer_id = 6 AND (s.new ->> 'id')::int = k.id;
+RESET TimeZone;
+RESET IntervalStyle;
+RESET DateStyle;
 
 -- all events of one statement share captured_at and txid; ids follow the rows
 INSERT INTO shop.kinds (id) SELECT g FROM generate_series(10, 14) AS g;
