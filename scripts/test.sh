@@ -3,7 +3,8 @@
 # installed and the binaries are built):
 #   1. a throwaway PostgreSQL 15 cluster shared by the suite (tests that restart the database
 #      start their own);
-#   2. pg_regress golden-file tests of the SQL API (tests/sql);
+#   2. pg_regress golden-file tests of the SQL API (tests/sql), then again on three clusters whose
+#      clock is moved days ahead / across midnight UTC / into other time zones (libfaketime);
 #   3. cargo test: worker unit tests and the end-to-end tests (real binary, real receiver).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +25,9 @@ export WEBHOOK_RECEIVER_BIN="$top/target/debug/webhook-receiver"
 
 echo "==> SQL API tests (pg_regress)"
 scripts/test-sql.sh
+
+echo "==> SQL API tests on servers whose clock is moved (timeless golden files)"
+scripts/test-sql-timeless.sh
 
 echo "==> unit and end-to-end tests (cargo test)"
 cargo test --workspace --exclude pg_observers -- --test-threads="${TEST_THREADS:-4}"

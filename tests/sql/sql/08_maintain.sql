@@ -98,27 +98,8 @@ SELECT m();
 RESET observers.retention;
 SELECT m();
 
--- maintain() never makes writers wait long: with a capturing transaction open, it cannot get
--- the lock that creating a partition needs within 50ms, skips it and reports it
-SET client_min_messages = warning;
-CREATE EXTENSION IF NOT EXISTS dblink;
-RESET client_min_messages;
-SELECT drop_day_partition(5);
-SELECT dblink_connect('writer',
-         format('host=%s port=%s dbname=%s user=%s',
-                coalesce(host(inet_server_addr()), split_part(current_setting('unix_socket_directories'), ',', 1)),
-                current_setting('port'), current_database(), current_user));
-SELECT dblink_exec('writer', 'BEGIN');
-SELECT dblink_exec('writer', 'INSERT INTO t VALUES (1)');
-SELECT m();
-SELECT dblink_exec('writer', 'COMMIT');
-SELECT m();
--- a concurrent maintain() does nothing
-SELECT dblink_exec('writer', 'BEGIN');
-SELECT dblink_exec('writer', 'LOCK TABLE observers.event IN SHARE UPDATE EXCLUSIVE MODE');
-SELECT m();
-SELECT dblink_exec('writer', 'ROLLBACK');
-SELECT dblink_disconnect('writer');
+-- (maintain() under lock contention: 18_maintain_locks)
+
 
 DROP TABLE t;
 DROP VIEW parts;
