@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::actions::webhook;
+use crate::actions::egress::Egress;
 use crate::config::lookups::evict_observer_lookup;
 use crate::config::{Config, LookupSource, ProcessEnv};
 use crate::db::{listener, Db, DbError};
@@ -80,12 +80,14 @@ pub async fn run(
 
     // 3. What we run comes from the database.
     let max_in_flight = config.concurrency.effective_max_in_flight();
-    let http = webhook::http_client(max_in_flight).map_err(|e| WorkerError::Http(e.to_string()))?;
+    let http = Egress::new(max_in_flight, config.destinations.clone())
+        .map_err(|e| WorkerError::Http(e.to_string()))?;
     let lookups = Arc::new(build_lookups(&config, &db, &http)?);
     let registry = Arc::new(ObserverRegistry::new(
         db.clone(),
         group.clone(),
         Arc::new(ProcessEnv),
+        Arc::new(config.action_secrets.clone()),
         config.retry.clone(),
         http,
         lookups.clone(),
@@ -336,7 +338,7 @@ async fn start_telemetry(
 }
 
 /// The declared lookups and their cache (no I/O: connections open on first use).
-fn build_lookups(config: &Config, db: &Db, http: &reqwest::Client) -> Result<Lookups, WorkerError> {
+fn build_lookups(config: &Config, db: &Db, http: &Egress) -> Result<Lookups, WorkerError> {
     if config.lookups.is_empty() {
         return Ok(Lookups::empty());
     }

@@ -4,6 +4,7 @@
 //! one place (`pipeline::executor`), in one fixed order.
 
 pub mod cache_evict;
+pub mod egress;
 pub mod slack;
 pub mod webhook;
 
@@ -141,7 +142,7 @@ pub trait Action: Send + Sync + 'static {
 /// worker's declared lookups (templated actions resolve them).
 pub fn build(
     config: &ActionConfig,
-    http: &reqwest::Client,
+    http: &egress::Egress,
     lookups: &Arc<Lookups>,
 ) -> Arc<dyn Action> {
     match config {

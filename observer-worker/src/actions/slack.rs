@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::egress::Egress;
 use super::webhook::WebhookAction;
 use super::{Action, AttemptError, BoxFuture, Delivery};
 use crate::config::{SlackConfig, WebhookConfig};
@@ -28,7 +29,7 @@ pub struct SlackAction {
 }
 
 impl SlackAction {
-    pub fn new(cfg: &SlackConfig, client: reqwest::Client, lookups: Arc<Lookups>) -> Self {
+    pub fn new(cfg: &SlackConfig, client: Egress, lookups: Arc<Lookups>) -> Self {
         let post = WebhookAction::new(
             &WebhookConfig {
                 url: cfg.webhook_url.clone(),

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
+use super::egress::{denied_in, Egress};
 use super::{Action, AttemptError, BoxFuture, Delivery};
 use crate::config::WebhookConfig;
 use crate::retry::{classify_status, parse_retry_after, Classification, RetryPolicy};
@@ -19,21 +20,14 @@ const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
-/// The shared HTTP client: keep-alive pool sized for `max_in_flight`,
-/// redirects not followed (a redirected POST would silently become a GET).
-pub fn http_client(max_in_flight: usize) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .user_agent(concat!("fraiseql-observers/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(max_in_flight.max(1))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .build()
+/// The shared HTTP client with the default destination policy (built-in denies only);
+/// the worker builds its own with the file's `destinations:` ([`Egress::new`]).
+pub fn http_client(max_in_flight: usize) -> Result<Egress, reqwest::Error> {
+    Egress::new(max_in_flight, crate::config::DestinationPolicy::default())
 }
 
 pub struct WebhookAction {
-    client: reqwest::Client,
+    client: Egress,
     url: reqwest::Url,
     /// Content-Type plus the configured headers (marked sensitive).
     headers: HeaderMap,
@@ -55,7 +49,7 @@ pub fn destination_of(url: &reqwest::Url) -> String {
 }
 
 impl WebhookAction {
-    pub fn new(cfg: &WebhookConfig, client: reqwest::Client) -> Self {
+    pub fn new(cfg: &WebhookConfig, client: Egress) -> Self {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (name, value) in &cfg.headers {
@@ -88,8 +82,12 @@ impl WebhookAction {
                 headers.insert(WEBHOOK_SIGNATURE, v);
             }
         }
-        let request = self
+        // a denied destination is a permanent failure: dead-lettered with the reason, no retries
+        let client = self
             .client
+            .check(&self.url)
+            .map_err(|denied| AttemptError::permanent(denied.to_string()))?;
+        let request = client
             .post(self.url.clone())
             .headers(headers)
             .timeout(self.timeout)
@@ -139,6 +137,10 @@ impl WebhookAction {
 
     fn transport_error(&self, e: reqwest::Error) -> AttemptError {
         let e = e.without_url();
+        // the resolver refused every address of the host: permanent, like a denied URL
+        if let Some(denied) = denied_in(&e) {
+            return AttemptError::permanent(denied.to_string());
+        }
         if e.is_timeout() {
             return AttemptError::retryable(format!(
                 "timeout after {}",

@@ -8,12 +8,23 @@
 //! * `$${` writes a literal `${`. A `$` not followed by `{` is kept as is.
 //! * Expanded values are never expanded again, so a secret that contains
 //!   `${...}` is used verbatim.
+//! * An [`Env`] may refuse a name ([`Env::allows`]): then the placeholder is an
+//!   error and the environment is not read, with or without a default. Actions
+//!   defined in the database expand through such an env (`config::secrets`).
 
 use std::collections::HashMap;
 
 /// Where variables come from. The process environment in production, a map in tests.
 pub trait Env: Send + Sync {
     fn var(&self, name: &str) -> Option<String>;
+    /// Whether `name` may be read at all. Checked before [`Env::var`].
+    fn allows(&self, _name: &str) -> bool {
+        true
+    }
+    /// For a refused name: where the configuration allows it (for the error message).
+    fn how_to_allow(&self, _name: &str) -> String {
+        String::new()
+    }
 }
 
 /// The real process environment.
@@ -41,6 +52,9 @@ pub enum ExpandError {
     Unterminated,
     #[error("invalid variable name {0:?} in placeholder (expected letters, digits and `_`, not starting with a digit)")]
     BadName(String),
+    /// The env refused the name: it was not read (its value is nowhere in this error).
+    #[error("`${{{name}}}` is not allowed here, the environment was not read: {how}")]
+    NotAllowed { name: String, how: String },
 }
 
 /// True if the text contains a placeholder (or an escaped one) that expansion would change.
@@ -80,6 +94,12 @@ pub fn expand(text: &str, env: &dyn Env) -> Result<String, ExpandError> {
         if !valid_name(name) {
             return Err(ExpandError::BadName(name.to_owned()));
         }
+        if !env.allows(name) {
+            return Err(ExpandError::NotAllowed {
+                name: name.to_owned(),
+                how: env.how_to_allow(name),
+            });
+        }
         match (env.var(name), default) {
             (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
             (Some(v), _) => out.push_str(&v),
@@ -92,7 +112,36 @@ pub fn expand(text: &str, env: &dyn Env) -> Result<String, ExpandError> {
     Ok(out)
 }
 
-fn valid_name(name: &str) -> bool {
+/// The names of the variables `text` refers to (with or without a default), in order,
+/// without duplicates. Escaped `$${...}` and malformed placeholders are not references.
+pub fn placeholders(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        let after = &rest[pos + 1..];
+        if let Some(escaped) = after.strip_prefix("${") {
+            rest = escaped;
+            continue;
+        }
+        let Some(inner_start) = after.strip_prefix('{') else {
+            rest = after;
+            continue;
+        };
+        let Some(close) = inner_start.find('}') else {
+            break;
+        };
+        let inner = &inner_start[..close];
+        let name = inner.split_once(":-").map_or(inner, |(n, _)| n);
+        if valid_name(name) && !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+        rest = &inner_start[close + 1..];
+    }
+    names
+}
+
+/// A variable name: letters, digits and `_`, not starting with a digit.
+pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     match chars.next() {
         Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
@@ -164,5 +213,54 @@ mod tests {
             expand("${}", &env(&[])).unwrap_err(),
             ExpandError::BadName(_)
         ));
+    }
+
+    /// An env that allows only `A`.
+    struct OnlyA(HashMap<String, String>);
+    impl Env for OnlyA {
+        fn var(&self, name: &str) -> Option<String> {
+            assert_eq!(name, "A", "the environment was read for a refused name");
+            self.0.var(name)
+        }
+        fn allows(&self, name: &str) -> bool {
+            name == "A"
+        }
+        fn how_to_allow(&self, name: &str) -> String {
+            format!("allow {name} somewhere")
+        }
+    }
+
+    #[test]
+    fn refused_names_are_errors_and_never_read_even_with_a_default() {
+        let e = OnlyA(env(&[("A", "a"), ("B", "secret-b")]));
+        assert_eq!(expand("${A}${A:-x}", &e).unwrap(), "aa");
+        for text in ["${B}", "x${B:-fallback}", "${A}${B}"] {
+            let err = expand(text, &e).unwrap_err();
+            assert_eq!(
+                err,
+                ExpandError::NotAllowed {
+                    name: "B".into(),
+                    how: "allow B somewhere".into()
+                },
+                "{text}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains("${B}") && msg.contains("allow B somewhere"),
+                "{msg}"
+            );
+            assert!(!msg.contains("secret-b"), "{msg}");
+        }
+        // escapes are not references
+        assert_eq!(expand("$${B}", &e).unwrap(), "${B}");
+    }
+
+    #[test]
+    fn placeholders_lists_referenced_names() {
+        assert_eq!(
+            placeholders("Bearer ${TOKEN} ${HOST:-x} $${ESCAPED} ${TOKEN} $5 ${1BAD} ${OPEN"),
+            vec!["TOKEN".to_owned(), "HOST".to_owned()]
+        );
+        assert!(placeholders("plain").is_empty());
     }
 }

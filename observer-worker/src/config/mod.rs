@@ -4,11 +4,13 @@
 //! The reference for every key is docs/CONFIGURATION.md.
 
 pub mod actions;
+pub mod destinations;
 pub mod env;
 pub mod lookups;
 mod parse;
 pub mod reader;
 pub mod resilience;
+pub mod secrets;
 mod validate;
 pub mod yaml;
 
@@ -17,12 +19,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use actions::{ActionConfig, SlackConfig, WebhookConfig};
+pub use destinations::DestinationPolicy;
 pub use env::{Env, ProcessEnv};
 pub use lookups::{LookupConfig, LookupSource};
 pub use reader::Problem;
 pub use resilience::{
     BreakerConfig, CacheBackend, CachingConfig, DedupBackend, DedupConfig, RedisConfig,
 };
+pub use secrets::ActionSecrets;
 
 use crate::retry::RetryPolicy;
 
@@ -45,6 +49,11 @@ pub struct Config {
     pub circuit_breaker: BreakerConfig,
     /// `lookups:`: cached enrichment usable from templates as `lookup.<name>`.
     pub lookups: Vec<LookupConfig>,
+    /// `action_secrets:` plus what the file's observers use: the variables actions
+    /// defined in the database may expand (docs/SECURITY.md).
+    pub action_secrets: ActionSecrets,
+    /// `destinations:`: where actions and HTTP lookups may connect (docs/SECURITY.md).
+    pub destinations: DestinationPolicy,
     /// Observers from the file (plus the internal `lookup_evict_*` observers
     /// of lookups with `table:` when caching is on), applied to the database at start.
     pub observers: Vec<ObserverConfig>,
@@ -195,11 +204,15 @@ pub fn parse_str(source: &str, env: &dyn Env, defaults: &Defaults) -> Result<Con
     let tree = match yaml::parse(source) {
         Ok(t) => t,
         Err(e) => {
+            let message = match e.kind {
+                yaml::SyntaxErrorKind::Syntax => format!("YAML syntax error: {}", e.message),
+                yaml::SyntaxErrorKind::AliasLimit => e.message,
+            };
             return Err(vec![Problem {
                 path: String::new(),
                 mark: Some(e.mark),
-                message: format!("YAML syntax error: {}", e.message),
-            }])
+                message,
+            }]);
         }
     };
     let mut reader = reader::Reader::new(env);

@@ -30,6 +30,8 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "job_queue",
     "elasticsearch",
     "lookups",
+    "action_secrets",
+    "destinations",
     "observers",
 ];
 
@@ -97,6 +99,10 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         }
     }
 
+    let mut action_secrets = super::secrets::read_action_secrets(r, top.get("action_secrets"));
+    action_secrets.add_file_observers(&observers);
+    let destinations = super::destinations::read_destinations(r, top.get("destinations"));
+
     if caching.enabled {
         // the product observing itself: changes to a lookup's table evict it
         observers.extend(lookups::evict_observers(&lookups, &retry));
@@ -115,6 +121,8 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         caching,
         circuit_breaker,
         lookups,
+        action_secrets,
+        destinations,
         observers,
     })
 }

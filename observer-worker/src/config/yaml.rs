@@ -189,11 +189,29 @@ fn plain_scalar_to_json(text: &str) -> serde_json::Value {
     J::String(text.to_owned())
 }
 
-/// A YAML syntax error.
+/// Most nodes that aliases (`*name`) may add to a document, counting every node of every
+/// copy. A configuration that repeats a `retry:` or `headers:` block through an alias a few
+/// hundred times stays far below it; a "billion laughs" document (aliases of aliases of
+/// aliases) reaches it after a few KiB of memory instead of gigabytes.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+/// Most scalar bytes that aliases may add to a document (one long scalar aliased many times).
+pub const MAX_ALIAS_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a document could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyntaxErrorKind {
+    /// Not YAML (or not the single document a configuration is).
+    Syntax,
+    /// Aliases would expand the document past [`MAX_ALIAS_NODES`] / [`MAX_ALIAS_BYTES`].
+    AliasLimit,
+}
+
+/// A YAML syntax error, or a document whose aliases expand too far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
     pub mark: Mark,
     pub message: String,
+    pub kind: SyntaxErrorKind,
 }
 
 /// Parses a YAML document. An empty document yields a `Null` node.
@@ -203,6 +221,7 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     parser.load(&mut builder, true).map_err(|e| SyntaxError {
         mark: Mark::from_marker(*e.marker()),
         message: e.info().to_owned(),
+        kind: SyntaxErrorKind::Syntax,
     })?;
     if let Some(err) = builder.error {
         return Err(err);
@@ -216,6 +235,7 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
             message:
                 "the configuration must be a single YAML document (found a second `---` document)"
                     .into(),
+            kind: SyntaxErrorKind::Syntax,
         });
     }
     Ok(builder
@@ -229,40 +249,108 @@ enum Frame {
         items: Vec<Node>,
         mark: Mark,
         anchor: usize,
+        weight: Weight,
     },
     Map {
         entries: Vec<(Node, Node)>,
         pending_key: Option<Node>,
         mark: Mark,
         anchor: usize,
+        weight: Weight,
     },
+}
+
+/// The size of a node: how many nodes (itself included) and scalar bytes it holds.
+/// Kept alongside the tree as it is built, so an alias knows what a copy costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Weight {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Weight {
+    const ONE: Weight = Weight { nodes: 1, bytes: 0 };
+
+    fn add(&mut self, other: Weight) {
+        self.nodes = self.nodes.saturating_add(other.nodes);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
 }
 
 #[derive(Default)]
 struct TreeBuilder {
     stack: Vec<Frame>,
     documents: Vec<Node>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes and their weight.
+    anchors: HashMap<usize, (Node, Weight)>,
+    /// What aliases copied so far (bounded by [`MAX_ALIAS_NODES`] / [`MAX_ALIAS_BYTES`]).
+    expanded: Weight,
     error: Option<SyntaxError>,
 }
 
 impl TreeBuilder {
-    fn push_node(&mut self, node: Node, anchor: usize) {
+    fn push_node(&mut self, node: Node, weight: Weight, anchor: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), weight));
         }
         match self.stack.last_mut() {
             None => self.documents.push(node),
-            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Seq {
+                items, weight: w, ..
+            }) => {
+                w.add(weight);
+                items.push(node)
+            }
             Some(Frame::Map {
                 entries,
                 pending_key,
+                weight: w,
                 ..
-            }) => match pending_key.take() {
-                None => *pending_key = Some(node),
-                Some(key) => entries.push((key, node)),
-            },
+            }) => {
+                w.add(weight);
+                match pending_key.take() {
+                    None => *pending_key = Some(node),
+                    Some(key) => entries.push((key, node)),
+                }
+            }
         }
+    }
+
+    /// Copies an anchored node, unless the copies would pass the alias limits.
+    fn push_alias(&mut self, id: usize, mark: Mark) {
+        let Some((node, weight)) = self.anchors.get(&id) else {
+            self.error = Some(SyntaxError {
+                mark,
+                message: "alias refers to an unknown anchor".into(),
+                kind: SyntaxErrorKind::Syntax,
+            });
+            return;
+        };
+        let weight = *weight;
+        let mut total = self.expanded;
+        total.add(weight);
+        // Checked before cloning: the copies are what would exhaust memory.
+        if total.nodes > MAX_ALIAS_NODES || total.bytes > MAX_ALIAS_BYTES {
+            self.error = Some(SyntaxError {
+                mark,
+                message: format!(
+                    "YAML aliases expand too far: with this alias they would add {} nodes and {} bytes \
+                     to the document (at most {MAX_ALIAS_NODES} nodes and {} MiB); write the \
+                     repeated part out, or use fewer aliases (aliases of aliases multiply)",
+                    total.nodes,
+                    total.bytes,
+                    MAX_ALIAS_BYTES / (1024 * 1024),
+                ),
+                kind: SyntaxErrorKind::AliasLimit,
+            });
+            return;
+        }
+        self.expanded = total;
+        let node = Node {
+            mark: Some(mark),
+            ..node.clone()
+        };
+        self.push_node(node, weight, 0);
     }
 }
 
@@ -275,35 +363,43 @@ impl MarkedEventReceiver for TreeBuilder {
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
                 let plain = matches!(style, TScalarStyle::Plain);
+                let weight = Weight {
+                    nodes: 1,
+                    bytes: text.len(),
+                };
                 let value = if plain && matches!(text.as_str(), "~" | "null" | "Null" | "NULL" | "")
                 {
                     Value::Null
                 } else {
                     Value::Scalar { text, plain }
                 };
-                self.push_node(Node::new(value, Some(mark)), anchor);
+                self.push_node(Node::new(value, Some(mark)), weight, anchor);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
                 items: Vec::new(),
                 mark,
                 anchor,
+                weight: Weight::ONE,
             }),
             Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
                 entries: Vec::new(),
                 pending_key: None,
                 mark,
                 anchor,
+                weight: Weight::ONE,
             }),
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
                 Some(Frame::Seq {
                     items,
                     mark,
                     anchor,
-                }) => self.push_node(Node::new(Value::Seq(items), Some(mark)), anchor),
+                    weight,
+                }) => self.push_node(Node::new(Value::Seq(items), Some(mark)), weight, anchor),
                 Some(Frame::Map {
                     entries,
                     mark,
                     anchor,
+                    weight,
                     ..
                 }) => {
                     // Block mappings report their start after the first key;
@@ -312,25 +408,11 @@ impl MarkedEventReceiver for TreeBuilder {
                         .first()
                         .and_then(|(k, _)| k.mark)
                         .map_or(mark, |k| k.min(mark));
-                    self.push_node(Node::new(Value::Map(entries), Some(mark)), anchor)
+                    self.push_node(Node::new(Value::Map(entries), Some(mark)), weight, anchor)
                 }
                 None => {}
             },
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(node) => self.push_node(
-                    Node {
-                        mark: Some(mark),
-                        ..node
-                    },
-                    0,
-                ),
-                None => {
-                    self.error = Some(SyntaxError {
-                        mark,
-                        message: "alias refers to an unknown anchor".into(),
-                    });
-                }
-            },
+            Event::Alias(id) => self.push_alias(id, mark),
             Event::Nothing
             | Event::StreamStart
             | Event::StreamEnd
@@ -401,6 +483,58 @@ mod tests {
             err.message.contains("single YAML document"),
             "{}",
             err.message
+        );
+    }
+
+    /// The classic "billion laughs": nine levels of nine aliases under an unknown key
+    /// (9^9 = 387 million scalars, tens of GB if copied). It must fail at once with the
+    /// alias error and its line:column, before anything is copied beyond the limit.
+    #[test]
+    fn billion_laughs_is_refused_with_a_clear_error() {
+        let mut doc = String::from("observers: []\nunknown_key:\n  a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        for w in names.windows(2) {
+            let (prev, next) = (w[0], w[1]);
+            let refs = vec![format!("*{prev}"); 9].join(",");
+            doc.push_str(&format!("  {next}: &{next} [{refs}]\n"));
+        }
+        assert!(doc.len() < 600, "{} bytes", doc.len());
+        let err = parse(&doc).unwrap_err();
+        assert_eq!(err.kind, SyntaxErrorKind::AliasLimit);
+        assert!(
+            err.message.contains("aliases expand too far") && err.message.contains("100000 nodes"),
+            "{}",
+            err.message
+        );
+        // the alias that crossed the limit: level f (line 8), after a few aliases of level e
+        assert_eq!(err.mark.line, 8, "{err:?}");
+        assert!(err.mark.column > 1);
+    }
+
+    /// One long scalar aliased many times is bounded by bytes, not nodes.
+    #[test]
+    fn long_scalar_aliased_many_times_is_refused() {
+        let long = "x".repeat(1024 * 1024);
+        let refs = vec!["*s"; 20].join(", ");
+        let doc = format!("s: &s \"{long}\"\nl: [{refs}]\n");
+        let err = parse(&doc).unwrap_err();
+        assert_eq!(err.kind, SyntaxErrorKind::AliasLimit);
+        assert_eq!(err.mark.line, 2);
+    }
+
+    /// Ordinary reuse (a retry block shared by many observers) stays well within the limits.
+    #[test]
+    fn ordinary_aliases_are_fine() {
+        let mut doc =
+            String::from("retry: &r {max_attempts: 3, initial_backoff: 1s}\nobservers:\n");
+        for i in 0..500 {
+            doc.push_str(&format!("  - {{name: o{i}, retry: *r}}\n"));
+        }
+        let tree = parse(&doc).unwrap();
+        let o = tree.get("observers").and_then(|n| n.item(499)).unwrap();
+        assert_eq!(
+            o.get("retry").unwrap().value,
+            tree.get("retry").unwrap().value
         );
     }
 }

@@ -170,7 +170,10 @@ impl Lookups {
         Lookups {
             defs: HashMap::new(),
             cache: None,
-            sources: Arc::new(Sources::new(reqwest::Client::new(), None)),
+            sources: Arc::new(Sources::new(
+                crate::actions::webhook::http_client(1).expect("cannot build an HTTP client"),
+                None,
+            )),
             stats: Arc::new(LookupStats::default()),
         }
     }

@@ -13,6 +13,7 @@ use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 
 use super::{LookupError, LookupResult, LookupStats, Request};
+use crate::actions::egress::{denied_in, Egress};
 use crate::actions::BoxFuture;
 use crate::config::actions::redacted_url;
 use crate::config::LookupSource;
@@ -24,14 +25,15 @@ pub const MAX_HTTP_BODY: usize = 1024 * 1024;
 /// Largest SQL lookup value (the row as JSON).
 pub const MAX_SQL_VALUE: usize = 1024 * 1024;
 
-/// What the lookups call: an HTTP client and, when SQL lookups exist, a pool.
+/// What the lookups call: the worker's HTTP client (bound to its `destinations:` policy)
+/// and, when SQL lookups exist, a pool.
 pub struct Sources {
-    http: reqwest::Client,
+    http: Egress,
     pg: Option<Pool>,
 }
 
 impl Sources {
-    pub fn new(http: reqwest::Client, pg: Option<Pool>) -> Sources {
+    pub fn new(http: Egress, pg: Option<Pool>) -> Sources {
         Sources { http, pg }
     }
 
@@ -104,8 +106,11 @@ async fn http(sources: &Sources, url: &str, timeout: Duration) -> Result<Value, 
     let parsed =
         reqwest::Url::parse(url).map_err(|e| format!("the rendered URL is invalid ({e})"))?;
     let shown = redacted_url(&parsed);
-    let mut response = sources
+    let client = sources
         .http
+        .check(&parsed)
+        .map_err(|denied| format!("GET {shown}: {denied}"))?;
+    let mut response = client
         .get(parsed)
         .header(ACCEPT, "application/json")
         .timeout(timeout)
@@ -113,7 +118,9 @@ async fn http(sources: &Sources, url: &str, timeout: Duration) -> Result<Value, 
         .await
         .map_err(|e| {
             let e = e.without_url();
-            if e.is_timeout() {
+            if let Some(denied) = denied_in(&e) {
+                format!("GET {shown}: {denied}")
+            } else if e.is_timeout() {
                 format!(
                     "GET {shown}: timeout after {}",
                     humantime::format_duration(timeout)

@@ -3,10 +3,11 @@
 //! The database is the source of truth: observers from the YAML file were
 //! applied there at start, observers created in SQL are picked up the same
 //! way. `${VAR}` placeholders in actions are expanded here, from the worker's
-//! environment.
+//! environment, but only the variables the worker's file allows for that observer
+//! (`action_secrets:` and the file's own observers; see `config::secrets`).
 //!
-//! An observer whose actions cannot be built (unset variable, unknown action
-//! type, bad URL) is **broken**: its events are held — neither delivered nor
+//! An observer whose actions cannot be built (unset or not allowed variable,
+//! unknown action type, bad URL) is **broken**: its events are held — neither delivered nor
 //! skipped — and the problem is logged as an error on every reload until it
 //! is fixed (in SQL, or by setting the variable and restarting).
 
@@ -17,9 +18,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
+use crate::actions::egress::Egress;
 use crate::actions::{self, Action};
 use crate::config::actions::actions_from_json_with_lookups;
-use crate::config::Env;
+use crate::config::{ActionSecrets, Env};
 use crate::db::{Db, DbError};
 use crate::lookups::Lookups;
 use crate::retry::RetryPolicy;
@@ -51,8 +53,10 @@ pub struct ObserverRegistry {
     db: Db,
     group: String,
     env: Arc<dyn Env>,
+    /// Which variables each observer's actions may expand.
+    secrets: Arc<ActionSecrets>,
     retry: RetryPolicy,
-    http: reqwest::Client,
+    http: Egress,
     lookups: Arc<Lookups>,
     lookup_names: Vec<String>,
     entries: RwLock<HashMap<i32, ObserverEntry>>,
@@ -64,14 +68,16 @@ impl ObserverRegistry {
         db: Db,
         group: String,
         env: Arc<dyn Env>,
+        secrets: Arc<ActionSecrets>,
         retry: RetryPolicy,
-        http: reqwest::Client,
+        http: Egress,
         lookups: Arc<Lookups>,
     ) -> Self {
         ObserverRegistry {
             db,
             group,
             env,
+            secrets,
             retry,
             http,
             lookup_names: lookups.names(),
@@ -109,9 +115,10 @@ impl ObserverRegistry {
         let mut map = HashMap::with_capacity(defs.len());
         let mut summary = LoadSummary::default();
         for def in defs {
+            let env = self.secrets.env_for(&def.name, self.env.as_ref());
             let entry = match actions_from_json_with_lookups(
                 &def.actions,
-                self.env.as_ref(),
+                &env,
                 &self.retry,
                 &self.lookup_names,
             ) {
