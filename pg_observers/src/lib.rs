@@ -69,6 +69,11 @@ extension_sql_file!(
     requires = ["admin_api", "dedup", "parked"]
 );
 extension_sql_file!(
+    "../sql/bootstrap/39_event_names.sql",
+    name = "event_names",
+    requires = ["operations"]
+);
+extension_sql_file!(
     "../sql/bootstrap/40_maintain.sql",
     name = "maintain",
     requires = ["operations", api::retention_setting]

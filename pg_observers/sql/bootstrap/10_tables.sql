@@ -126,3 +126,20 @@ SELECT pg_catalog.pg_extension_config_dump('observers.observer', '');
 SELECT pg_catalog.pg_extension_config_dump('observers.observer_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('observers.dlq', '');
 SELECT pg_catalog.pg_extension_config_dump('observers.dlq_id_seq', '');
+
+-- The names an observer's events were captured under (docs/SQL.md, "Names at capture time"): the
+-- events of observer `observer_id` with ids up to `until_id` (and above the previous row's
+-- `until_id`) were captured while its table was called `table_label` and its ordering-key columns
+-- `ordering_key`. Written by the DDL event triggers of 39_event_names.sql when a table is renamed,
+-- moved or dropped, or an ordering-key column renamed; later events use the observer's current
+-- names. batch_fetch() and replay() build `table` and the ordering key from it.
+CREATE TABLE observers.observer_names (
+    observer_id  integer     NOT NULL REFERENCES observers.observer (id) ON DELETE CASCADE,
+    until_id     bigint      NOT NULL,
+    table_label  text        NOT NULL,
+    ordering_key text[],
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (observer_id, until_id)
+);
+COMMENT ON TABLE observers.observer_names IS
+    'Table and ordering-key names of observers before a rename or drop, by event id range.';

@@ -267,20 +267,28 @@ STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+    -- `table` and the ordering key use the names the event was captured under (h: the first
+    -- observer_names row at or above the event's id), else the current ones
     SELECT e.id,
            e.observer_id,
-           CASE WHEN o.ordering_key IS NOT NULL THEN
+           CASE WHEN coalesce(h.ordering_key, o.ordering_key) IS NOT NULL THEN
                (SELECT jsonb_agg(coalesce(e.new, e.old) -> k.col ORDER BY k.ord)
-                  FROM unnest(o.ordering_key) WITH ORDINALITY AS k(col, ord))::text
+                  FROM unnest(coalesce(h.ordering_key, o.ordering_key)) WITH ORDINALITY AS k(col, ord))::text
            END,
            e.captured_at,
            observers._event_body(e.id, o.name, e.op,
-                                 coalesce(n.nspname || '.' || c.relname, o.table_name::oid::text),
+                                 coalesce(h.table_label, n.nspname || '.' || c.relname,
+                                          o.table_name::oid::text),
                                  e.new, e.old, e.changed, e.txid, e.captured_at)
       FROM observers.event AS e
       JOIN observers.observer AS o ON o.id = e.observer_id
       LEFT JOIN pg_class AS c ON c.oid = o.table_name
       LEFT JOIN pg_namespace AS n ON n.oid = c.relnamespace
+      LEFT JOIN LATERAL (SELECT x.table_label, x.ordering_key
+                           FROM observers.observer_names AS x
+                          WHERE x.observer_id = e.observer_id AND x.until_id >= e.id
+                          ORDER BY x.until_id
+                          LIMIT 1) AS h ON true
      WHERE o.group_name = $1
        AND e.id > $4
        AND e.id <= $5

@@ -509,11 +509,17 @@ BEGIN
     SELECT o.group_name, e.id, o.id, a.idx::int - 1, coalesce(a.action->>'type', 'webhook'),
            observers._webhook_id(e.id, a.idx::int - 1),
            (e.captured_at AT TIME ZONE 'UTC')::date, NULL,
-           observers._event_body(e.id, o.name, e.op, coalesce(v_label, o.table_name::oid::text),
+           observers._event_body(e.id, o.name, e.op,
+                                 coalesce(h.table_label, v_label, o.table_name::oid::text),
                                  e.new, e.old, e.changed, e.txid, e.captured_at),
            0, 0, 'replay', coalesce(replay.force, false), session_user
       FROM observers.event AS e
      CROSS JOIN jsonb_array_elements(o.actions) WITH ORDINALITY AS a(action, idx)
+      -- the table's name when the event was captured (as batch_fetch)
+      LEFT JOIN LATERAL (SELECT x.table_label FROM observers.observer_names AS x
+                          WHERE x.observer_id = e.observer_id AND x.until_id >= e.id
+                          ORDER BY x.until_id
+                          LIMIT 1) AS h ON true
      WHERE e.observer_id = o.id
        AND e.id BETWEEN from_id AND to_id
      ORDER BY e.id, a.idx

@@ -93,3 +93,10 @@ SET observers.no_such_setting = 1;
 
 -- maintain() right after CREATE EXTENSION has nothing to do
 SELECT observers.maintain();
+
+-- event triggers (names at capture time: 39_event_names.sql), members of the extension
+SELECT e.evtname, e.evtevent, e.evtenabled, e.evttags,
+       EXISTS (SELECT 1 FROM pg_depend AS d
+                WHERE d.classid = 'pg_event_trigger'::regclass AND d.objid = e.oid AND d.deptype = 'e'
+                  AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_observers')) AS member
+  FROM pg_event_trigger AS e ORDER BY 1;
