@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use super::{Action, AttemptError, BoxFuture, Delivery};
+use super::{Action, AttemptError, BoxFuture, Delivered, Delivery};
 use crate::config::actions::CacheEvictConfig;
 use crate::lookups::Lookups;
 use crate::retry::RetryPolicy;
@@ -43,16 +43,16 @@ impl Action for CacheEvictAction {
         &self.retry
     }
 
-    fn execute<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>> {
+    fn execute<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
         Box::pin(async move {
             match self.lookups.evict(&self.lookup).await {
                 Ok(true) => {
                     debug!(lookup = %self.lookup, event_id = d.event_id, "lookup cache evicted");
-                    Ok(())
+                    Ok(Delivered::default())
                 }
                 Ok(false) => {
                     debug!(lookup = %self.lookup, "cache_evict for a lookup this worker does not declare: nothing to do");
-                    Ok(())
+                    Ok(Delivered::default())
                 }
                 Err(e) => Err(e.into_attempt()),
             }

@@ -71,6 +71,12 @@ impl Delivery {
 pub fn webhook_id(event_id: i64, action_index: usize) -> String {
     format!("evt_{event_id}_{action_index}")
 }
+/// A successful attempt: what the destination answered, for the attempt log
+/// (`observers.attempt.status`); `None` for actions without a status (cache eviction).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivered {
+    pub status: Option<u16>,
+}
 
 /// Why one attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,7 +141,7 @@ pub trait Action: Send + Sync + 'static {
         None
     }
     /// One attempt.
-    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>>;
+    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<Delivered, AttemptError>>;
 }
 
 /// Builds the runtime action for a validated configuration. `lookups` are the

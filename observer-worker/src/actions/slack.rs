@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::egress::Egress;
 use super::webhook::WebhookAction;
-use super::{Action, AttemptError, BoxFuture, Delivery};
+use super::{Action, AttemptError, BoxFuture, Delivered, Delivery};
 use crate::config::{SlackConfig, WebhookConfig};
 use crate::lookups::Lookups;
 use crate::retry::RetryPolicy;
@@ -67,7 +67,7 @@ impl SlackAction {
         Ok(Bytes::from(body))
     }
 
-    async fn attempt(&self, d: &Delivery) -> Result<(), AttemptError> {
+    async fn attempt(&self, d: &Delivery) -> Result<Delivered, AttemptError> {
         let body = self.render(&d.body).await?;
         let message = Delivery { body, ..d.clone() };
         self.post.execute(&message).await
@@ -93,7 +93,7 @@ impl Action for SlackAction {
         self.post.destination()
     }
 
-    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>> {
+    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
         Box::pin(self.attempt(delivery))
     }
 }

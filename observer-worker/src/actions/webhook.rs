@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
 use super::egress::{denied_in, Egress};
-use super::{Action, AttemptError, BoxFuture, Delivery};
+use super::{Action, AttemptError, BoxFuture, Delivered, Delivery};
 use crate::config::WebhookConfig;
 use crate::retry::{classify_status, parse_retry_after, Classification, RetryPolicy};
 use crate::signing::SigningKey;
@@ -66,7 +66,7 @@ impl WebhookAction {
         }
     }
 
-    async fn attempt(&self, d: &Delivery) -> Result<(), AttemptError> {
+    async fn attempt(&self, d: &Delivery) -> Result<Delivered, AttemptError> {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -109,7 +109,9 @@ impl WebhookAction {
         let body = read_bounded(&mut response, keep, RESPONSE_DRAIN_LIMIT).await;
 
         match class {
-            Classification::Success => Ok(()),
+            Classification::Success => Ok(Delivered {
+                status: Some(status.as_u16()),
+            }),
             Classification::Retryable | Classification::Permanent => {
                 let mut message = format!("HTTP {}", status.as_u16());
                 if let Some(reason) = status.canonical_reason() {
@@ -187,7 +189,7 @@ impl Action for WebhookAction {
         Some(&self.destination)
     }
 
-    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>> {
+    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
         Box::pin(self.attempt(delivery))
     }
 }

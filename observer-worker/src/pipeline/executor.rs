@@ -141,7 +141,7 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
         let elapsed = started.elapsed();
         if let Some(log) = &layers.attempt_log {
             let (outcome, error, status) = match &result {
-                Ok(()) => ("delivered", None, None),
+                Ok(d) => ("delivered", None, d.status.map(i32::from)),
                 Err(e) => (
                     if e.retryable && policy.allows_another(attempts) {
                         "retry"
@@ -176,13 +176,13 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
         }
         if let Some((d, key)) = dedup {
             match &result {
-                Ok(()) => d.confirm(key).await,
+                Ok(_) => d.confirm(key).await,
                 Err(_) => d.release(key).await,
             }
         }
 
         let err = match result {
-            Ok(()) => return ActionOutcome::Delivered { attempts },
+            Ok(_) => return ActionOutcome::Delivered { attempts },
             Err(e) => e,
         };
         if !err.retryable || !policy.allows_another(attempts) {
@@ -223,14 +223,14 @@ mod tests {
 
     /// Returns scripted results, one per attempt.
     struct Scripted {
-        results: Mutex<Vec<Result<(), AttemptError>>>,
+        results: Mutex<Vec<Result<Delivered, AttemptError>>>,
         calls: AtomicU32,
         policy: RetryPolicy,
         delay: Duration,
     }
 
     impl Scripted {
-        fn new(results: Vec<Result<(), AttemptError>>, max_attempts: u32) -> Self {
+        fn new(results: Vec<Result<Delivered, AttemptError>>, max_attempts: u32) -> Self {
             Scripted {
                 results: Mutex::new(results),
                 calls: AtomicU32::new(0),
@@ -256,13 +256,13 @@ mod tests {
         fn retry_policy(&self) -> &RetryPolicy {
             &self.policy
         }
-        fn execute<'a>(&'a self, _d: &'a Delivery) -> BoxFuture<'a, Result<(), AttemptError>> {
+        fn execute<'a>(&'a self, _d: &'a Delivery) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(self.delay).await;
                 let mut r = self.results.lock().unwrap();
                 if r.is_empty() {
-                    Ok(())
+                    Ok(crate::actions::Delivered::default())
                 } else {
                     r.remove(0)
                 }
@@ -270,7 +270,7 @@ mod tests {
         }
     }
 
-    fn http(status: u16, retryable: bool) -> Result<(), AttemptError> {
+    fn http(status: u16, retryable: bool) -> Result<Delivered, AttemptError> {
         Err(AttemptError {
             retryable,
             message: format!("HTTP {status}"),

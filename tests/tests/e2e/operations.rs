@@ -175,7 +175,8 @@ async fn dlq_retry_redelivers_with_the_same_webhook_id_and_leaves_the_dlq_only_o
             ("failed".to_owned(), Some(500)),
             ("retry".to_owned(), Some(500)),
             ("failed".to_owned(), Some(500)),
-            ("delivered".to_owned(), None),
+            // the status of a delivered attempt is recorded too (it was NULL before issue 9)
+            ("delivered".to_owned(), Some(200)),
         ]
     );
     assert_eq!(dbg["actions"][0]["result"], "delivered");
