@@ -12,6 +12,8 @@ mod common;
 mod bad_config;
 #[path = "e2e/breaker.rs"]
 mod breaker;
+#[path = "e2e/broken_observers.rs"]
+mod broken_observers;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/crash.rs"]
