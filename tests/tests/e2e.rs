@@ -16,6 +16,8 @@ mod breaker;
 mod broken_observers;
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/cli_exact.rs"]
+mod cli_exact;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/db_restart.rs"]

@@ -43,8 +43,8 @@ pub const BREAKERS: &str = "SELECT to_jsonb(b) || jsonb_build_object(\
 pub const DLQ_LIST: &str = "SELECT to_jsonb(d) FROM observers.dlq_list(\
        observer => $1, since => $2, before => $3, error_contains => $4, lim => $5) AS d";
 
-/// One dead letter with its payload.
-pub const DLQ_SHOW: &str = "SELECT to_jsonb(d) FROM observers.dlq_show(id => $1) AS d";
+/// One dead letter with its payload, as JSON text (numbers exact: see `commands::exact_json`).
+pub const DLQ_SHOW: &str = "SELECT to_jsonb(d)::text FROM observers.dlq_show(id => $1) AS d";
 
 /// Queue one dead letter for redelivery: true queued, false a retry was already pending.
 pub const DLQ_RETRY: &str = "SELECT observers.dlq_retry(id => $1)";
@@ -61,8 +61,8 @@ pub const DLQ_PURGE: &str = "SELECT observers.dlq_purge(\
 /// Dead letters per observer.
 pub const DLQ_STATS: &str = "SELECT to_jsonb(s) FROM observers.dlq_stats() AS s";
 
-/// Everything known about one event.
-pub const DEBUG_EVENT: &str = "SELECT observers.debug_event(id => $1)";
+/// Everything known about one event, as JSON text (numbers exact: see `commands::exact_json`).
+pub const DEBUG_EVENT: &str = "SELECT observers.debug_event(id => $1)::text";
 
 /// Queue past events of an observer for redelivery.
 pub const REPLAY: &str =
@@ -171,6 +171,27 @@ impl OperatorDb {
             .map(|r| r.try_get::<_, Option<Value>>(0).ok().flatten())
             .map(|v| v.unwrap_or(Value::Null))
             .collect())
+    }
+
+    /// Rows of a query whose only column is text (JSON text: parsed by the caller, which keeps
+    /// every digit of a number; see `commands::exact_json`). NULL is `None`.
+    pub async fn text_rows(
+        &self,
+        context: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Option<String>>, DbError> {
+        let rows = self
+            .client
+            .query(sql, params)
+            .await
+            .map_err(|e| self.err(context, e))?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<_, Option<String>>(0)
+                    .map_err(|e| self.err(context, e))
+            })
+            .collect()
     }
 
     /// The single value of a one-row, one-column query (NULL as `Value::Null`).
