@@ -39,6 +39,13 @@ pub const BREAKERS: &str = "SELECT to_jsonb(b) || jsonb_build_object(\
        'age_s', extract(epoch FROM now() - b.last_seen)::float8) \
      FROM observers.breakers AS b ORDER BY b.group_name, b.destination, b.worker_id";
 
+/// Is the current role a member of observers_worker and not of observers_admin? (No error when
+/// the roles do not exist.)
+pub const WORKER_ROLE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r \
+       WHERE r.rolname = 'observers_worker' AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')) \
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r \
+       WHERE r.rolname = 'observers_admin' AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'))";
+
 /// Dead letters, oldest first.
 pub const DLQ_LIST: &str = "SELECT to_jsonb(d) FROM observers.dlq_list(\
        observer => $1, since => $2, before => $3, error_contains => $4, lim => $5) AS d";
@@ -91,6 +98,8 @@ pub struct OperatorDb {
     client: Client,
     target: String,
     user: String,
+    /// The role is a worker role (member of observers_worker, not of observers_admin).
+    worker_role: bool,
 }
 
 impl OperatorDb {
@@ -126,6 +135,7 @@ impl OperatorDb {
             client,
             target,
             user,
+            worker_role: false,
         })
     }
 
@@ -137,6 +147,23 @@ impl OperatorDb {
     /// The role the CLI connects as (for "grant observers_admin to ..." hints).
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// Finds out whether the role is a worker role: a member of `observers_worker` and not of
+    /// `observers_admin` (permission hints then point at an operator role instead of offering
+    /// it the admin role). Best effort: false when it cannot tell.
+    pub async fn detect_worker_role(&mut self) {
+        self.worker_role = self
+            .client
+            .query_one(WORKER_ROLE, &[])
+            .await
+            .ok()
+            .and_then(|r| r.try_get::<_, bool>(0).ok())
+            .unwrap_or(false);
+    }
+
+    pub fn is_worker_role(&self) -> bool {
+        self.worker_role
     }
 
     fn err(&self, context: &'static str, e: tokio_postgres::Error) -> DbError {
