@@ -169,7 +169,8 @@ mod tests {
         assert!(!e.message.contains("GRANT observers_admin"), "{e}");
         assert!(
             e.message.contains("Connect as an operator role")
-                && e.message.contains("CREATE ROLE ops_alice LOGIN IN ROLE observers_admin"),
+                && e.message
+                    .contains("CREATE ROLE ops_alice LOGIN IN ROLE observers_admin"),
             "{e}"
         );
 
