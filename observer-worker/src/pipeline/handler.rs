@@ -127,7 +127,7 @@ impl Deliverer {
                 let destination = action.destination().unwrap_or("");
                 debug!(observer = %observer.name, event_id = event.id, action_index = index, destination, attempts, "destination's circuit breaker is open: parking the pair");
                 let Some(parker) = &self.parker else {
-                    return false; // parking needs breakers, which build the queue
+                    return false; // the worker always builds the queue; not reached
                 };
                 let record = ParkRecord {
                     event_id: event.id,
