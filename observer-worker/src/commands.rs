@@ -7,6 +7,7 @@
 
 pub mod debug_event;
 pub mod dlq;
+pub mod exact_json;
 pub mod failure;
 pub mod output;
 pub mod replay;

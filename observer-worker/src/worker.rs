@@ -26,7 +26,7 @@ use crate::pipeline::executor::Layers;
 use crate::pipeline::handler::Deliverer;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
 use crate::pipeline::parked::{ParkQueue, ParkedLoop};
-use crate::pipeline::registry::{LoadSummary, ObserverRegistry};
+use crate::pipeline::registry::{LoadSummary, ObserverRegistry, BROKEN_RECHECK};
 use crate::resilience::dedup::installation_bytes;
 use crate::resilience::{Breakers, Dedup};
 use crate::telemetry::health::Phase;
@@ -129,6 +129,7 @@ pub async fn run(
             dedup: layers.dedup.clone(),
             lookups: lookups.clone(),
             attempt_log: layers.attempt_log.clone(),
+            registry: Some(registry.clone()),
         });
     }
 
@@ -158,20 +159,20 @@ pub async fn run(
             stats: stats.clone(),
             layers: layers.clone(),
             lookups: lookups.clone(),
+            registry: registry.clone(),
         },
         background.clone(),
     ));
     tasks.spawn(maintenance(db.clone(), background.clone()));
     tasks.spawn(refresh_definitions(registry.clone(), background.clone()));
 
-    let parker = layers.breakers.is_some().then(|| {
-        Arc::new(ParkQueue::new(
-            db.clone(),
-            group.clone(),
-            lease_rx.clone(),
-            fenced.clone(),
-        ))
-    });
+    // pairs of open destinations (with circuit breakers) and of broken observers
+    let parker = Some(Arc::new(ParkQueue::new(
+        db.clone(),
+        group.clone(),
+        lease_rx.clone(),
+        fenced.clone(),
+    )));
     // parked pairs, dead-letter retries (observers.dlq_retry) and replays (observers.replay)
     tasks.spawn(
         Arc::new(ParkedLoop {
@@ -541,6 +542,8 @@ struct Reported {
     stats: Arc<Stats>,
     layers: Layers,
     lookups: Arc<Lookups>,
+    /// Its broken observers (`info.broken_observers`, shown by `observers.status()`).
+    registry: Arc<ObserverRegistry>,
 }
 
 /// Best-effort `observers.heartbeat` every few seconds.
@@ -556,6 +559,7 @@ async fn heartbeat(
         stats,
         layers,
         lookups,
+        registry,
     } = reported;
     let started_at = httpdate::fmt_http_date(std::time::SystemTime::now());
     loop {
@@ -576,6 +580,7 @@ async fn heartbeat(
             "breakers": layers.breakers.as_ref().map(|b| b.snapshot()),
             "lookups": lookups.snapshot(),
             "attempt_log": layers.attempt_log.as_ref().map(|l| l.snapshot()),
+            "broken_observers": registry.broken_report(),
         });
         if let Err(e) = db.heartbeat(&group, &worker_id, &info).await {
             debug!(error = %e, "heartbeat failed");
@@ -602,10 +607,16 @@ async fn maintenance(db: Db, stop: CancellationToken) {
     }
 }
 
-/// Picks up observers changed in SQL while running.
+/// Picks up observers changed in SQL while running (sooner while one is broken, so that its
+/// parked events go out soon after the fix).
 async fn refresh_definitions(registry: Arc<ObserverRegistry>, stop: CancellationToken) {
     loop {
-        if !sleep_or_stop(DEFINITIONS_REFRESH, &stop).await {
+        let every = if registry.broken().is_empty() {
+            DEFINITIONS_REFRESH
+        } else {
+            BROKEN_RECHECK
+        };
+        if !sleep_or_stop(every, &stop).await {
             return;
         }
         if let Err(e) = registry.reload().await {

@@ -238,7 +238,11 @@ fn report(what: Impurity) -> ! {
                 "A condition must not change anything.",
             ),
         };
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, Some(hint))
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            message,
+            Some(hint),
+        )
     }
 }
 
@@ -256,7 +260,10 @@ unsafe extern "C-unwind" fn not_immutable(func: pg_sys::Oid, context: *mut c_voi
 
 /// The raw parse tree walker of `check_single_expression`: subqueries and parameters.
 #[pg_guard]
-unsafe extern "C-unwind" fn raw_impure_walker(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
+unsafe extern "C-unwind" fn raw_impure_walker(
+    node: *mut pg_sys::Node,
+    context: *mut c_void,
+) -> bool {
     // SAFETY: PostgreSQL's raw expression walker hands us valid nodes of a raw parse tree.
     unsafe {
         if node.is_null() {
@@ -264,9 +271,9 @@ unsafe extern "C-unwind" fn raw_impure_walker(node: *mut pg_sys::Node, context: 
         }
         let impurity = match (*node).type_ {
             pg_sys::NodeTag::T_SubLink => Some(Impurity::Subquery),
-            pg_sys::NodeTag::T_ParamRef => {
-                Some(Impurity::Parameter((*(node as *mut pg_sys::ParamRef)).number))
-            }
+            pg_sys::NodeTag::T_ParamRef => Some(Impurity::Parameter(
+                (*(node as *mut pg_sys::ParamRef)).number,
+            )),
             _ => None,
         };
         if let Some(i) = impurity {
@@ -289,9 +296,9 @@ unsafe extern "C-unwind" fn impure_walker(node: *mut pg_sys::Node, context: *mut
         let found = context as *mut Option<Impurity>;
         let impurity = match (*node).type_ {
             pg_sys::NodeTag::T_SubLink | pg_sys::NodeTag::T_Query => Some(Impurity::Subquery),
-            pg_sys::NodeTag::T_Param => Some(Impurity::Parameter(
-                (*(node as *mut pg_sys::Param)).paramid,
-            )),
+            pg_sys::NodeTag::T_Param => {
+                Some(Impurity::Parameter((*(node as *mut pg_sys::Param)).paramid))
+            }
             pg_sys::NodeTag::T_SQLValueFunction => Some(Impurity::SqlValue),
             pg_sys::NodeTag::T_NextValueExpr => Some(Impurity::NextValue),
             _ => None,

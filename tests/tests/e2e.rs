@@ -12,8 +12,12 @@ mod common;
 mod bad_config;
 #[path = "e2e/breaker.rs"]
 mod breaker;
+#[path = "e2e/broken_observers.rs"]
+mod broken_observers;
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/cli_exact.rs"]
+mod cli_exact;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/db_restart.rs"]

@@ -141,7 +141,10 @@ pub trait Action: Send + Sync + 'static {
         None
     }
     /// One attempt.
-    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<Delivered, AttemptError>>;
+    fn execute<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<Delivered, AttemptError>>;
 }
 
 /// Builds the runtime action for a validated configuration. `lookups` are the

@@ -93,7 +93,10 @@ impl Action for SlackAction {
         self.post.destination()
     }
 
-    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
+    fn execute<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
         Box::pin(self.attempt(delivery))
     }
 }

@@ -189,7 +189,10 @@ impl Action for WebhookAction {
         Some(&self.destination)
     }
 
-    fn execute<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
+    fn execute<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
         Box::pin(self.attempt(delivery))
     }
 }

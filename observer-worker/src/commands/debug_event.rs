@@ -7,8 +7,9 @@ use serde_json::Value;
 use crate::cli::Format;
 use crate::db::operator::{OperatorDb, DEBUG_EVENT};
 
+use super::exact_json::Exact;
 use super::failure::CliError;
-use super::output::{cell, json as to_json, truncate, Table};
+use super::output::{cell, truncate, Table};
 use super::session::fail;
 
 const SECTIONS: [(&str, &str); 3] = [
@@ -23,14 +24,17 @@ pub async fn run(
     format: Format,
     out: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let v = db
-        .json_scalar("observers.debug_event", DEBUG_EVENT, &[&id])
+    let rows = db
+        .text_rows("observers.debug_event", DEBUG_EVENT, &[&id])
         .await
         .map_err(|e| fail(db, e))?;
+    // payloads keep every digit of their numbers (exact_json); the rest is read through Value
+    let exact = Exact::from_db(rows.first().and_then(|r| r.as_deref()))?;
+    let v = exact.to_value();
     let text = match format {
-        Format::Json => to_json(&v),
+        Format::Json => format!("{}\n", exact.pretty()),
         Format::Text if knows_nothing(&v) => String::new(),
-        Format::Text => render(id, &v),
+        Format::Text => render(id, &exact),
     };
     out.write_all(text.as_bytes())
         .map_err(|e| CliError::runtime(format!("cannot write output: {e}")))?;
@@ -87,9 +91,12 @@ fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-pub fn render(id: i64, v: &Value) -> String {
+/// The text report; `exact` is `observers.debug_event(id)` (row images printed exactly).
+pub fn render(id: i64, exact: &Exact) -> String {
+    let v = &exact.to_value();
     let mut out = String::new();
     let event = v.get("event").filter(|e| !e.is_null());
+    let exact_event = exact.get("event");
     match event {
         Some(e) => {
             out.push_str(&format!(
@@ -102,9 +109,9 @@ pub fn render(id: i64, v: &Value) -> String {
                 cell(e.get("captured_at")),
             ));
             for k in ["new", "old", "changed"] {
-                match e.get(k) {
-                    None | Some(Value::Null) => {}
-                    Some(x) => out.push_str(&format!("  {k:<8} {x}\n")),
+                match exact_event.and_then(|x| x.get(k)) {
+                    None | Some(Exact::Null) => {}
+                    Some(x) => out.push_str(&format!("  {k:<8} {}\n", x.compact())),
                 }
             }
         }
@@ -215,7 +222,7 @@ mod tests {
             "dlq": [{"id": 3, "error": "HTTP 500", "payload": {"x": 1}}],
             "parked": [], "dedup": []
         });
-        let text = render(42, &v);
+        let text = render(42, &Exact::from(&v));
         assert!(
             text.starts_with("EVENT 42  UPDATE on public.orders"),
             "{text}"
@@ -243,6 +250,6 @@ mod tests {
         let v = json!({"event": null, "state": "unknown", "observers": [], "attempts": [],
                        "dlq": [], "parked": [], "dedup": []});
         assert!(knows_nothing(&v));
-        assert!(render(5, &v).contains("EVENT 5: not in the outbox"));
+        assert!(render(5, &Exact::from(&v)).contains("EVENT 5: not in the outbox"));
     }
 }

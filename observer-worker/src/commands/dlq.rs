@@ -14,6 +14,7 @@ use crate::db::operator::{
     DlqFilter, OperatorDb, DLQ_LIST, DLQ_PURGE, DLQ_RETRY, DLQ_RETRY_ALL, DLQ_SHOW, DLQ_STATS,
 };
 
+use super::exact_json::Exact;
 use super::failure::CliError;
 use super::output::{field, json as to_json, plural, truncate, Table};
 use super::session::fail;
@@ -116,12 +117,12 @@ pub async fn run(
         DlqCommand::Show { id } => {
             let entry = show(db, *id).await?;
             match format {
-                Format::Json => to_json(&entry),
+                Format::Json => format!("{}\n", entry.pretty()),
                 Format::Text => render_show(&entry),
             }
         }
         DlqCommand::Retry { id, dry_run } => {
-            let entry = show(db, *id).await?;
+            let entry = show(db, *id).await?.to_value();
             let queued = if *dry_run {
                 db.begin().await.map_err(|e| fail(db, e))?;
                 let r = db
@@ -218,16 +219,18 @@ pub async fn run(
     Ok(0)
 }
 
-async fn show(db: &OperatorDb, id: i64) -> Result<Value, CliError> {
+/// One dead letter, its payload's numbers exact (`exact_json`).
+async fn show(db: &OperatorDb, id: i64) -> Result<Exact, CliError> {
     let rows = db
-        .json_rows("observers.dlq_show", DLQ_SHOW, &[&id])
+        .text_rows("observers.dlq_show", DLQ_SHOW, &[&id])
         .await
         .map_err(|e| fail(db, e))?;
-    rows.into_iter().next().ok_or_else(|| {
-        CliError::not_found(format!(
+    match rows.first() {
+        Some(text) => Exact::from_db(text.as_deref()),
+        None => Err(CliError::not_found(format!(
             "no dead letter with id {id}: see `fraiseql-observers dlq list`"
-        ))
-    })
+        ))),
+    }
 }
 
 fn action(e: &Value) -> String {
@@ -280,7 +283,8 @@ pub fn render_list(rows: &[Value], limit: i32) -> String {
     out
 }
 
-pub fn render_show(e: &Value) -> String {
+pub fn render_show(exact: &Exact) -> String {
+    let e = &exact.to_value();
     let mut out = String::new();
     let rows = [
         ("id", field(e, "id")),
@@ -302,9 +306,9 @@ pub fn render_show(e: &Value) -> String {
         out.push_str(&format!("{k:<14} {v}\n"));
     }
     out.push_str("payload:\n");
-    let payload = match e.get("payload") {
-        Some(Value::Null) | None => "-".to_owned(),
-        Some(p) => serde_json::to_string_pretty(p).unwrap_or_else(|_| p.to_string()),
+    let payload = match exact.get("payload") {
+        Some(Exact::Null) | None => "-".to_owned(),
+        Some(p) => p.pretty(),
     };
     for l in payload.lines() {
         out.push_str("  ");
@@ -429,7 +433,7 @@ mod tests {
         assert!(render_list(&[entry()], 1).contains("raise --limit"));
         assert_eq!(render_list(&[], 10), "no dead letters match\n");
 
-        let text = render_show(&entry());
+        let text = render_show(&Exact::from(&entry()));
         assert!(text.contains("webhook-id     evt_42_0\n"), "{text}");
         assert!(text.contains("last retry     -\n"), "{text}");
         assert!(text.contains("  \"op\": \"INSERT\""), "{text}");

@@ -40,6 +40,13 @@ impl CliError {
 
     /// Turns a database error into advice. `target` is `host:port`, `user` the role connected as.
     pub fn from_db(e: DbError, target: &str, user: &str) -> CliError {
+        CliError::from_db_as(e, target, user, false)
+    }
+
+    /// [`CliError::from_db`] knowing whether `user` is the worker's role (a member of
+    /// `observers_worker` but not of `observers_admin`): then a refusal never suggests granting
+    /// it `observers_admin` (that would give the worker's credentials the operators' rights).
+    pub fn from_db_as(e: DbError, target: &str, user: &str, worker_role: bool) -> CliError {
         match &e {
             DbError::Unavailable { message, .. } => CliError::runtime(format!(
                 "cannot reach PostgreSQL at {target}: {message}. Check --database-url / DATABASE_URL \
@@ -57,9 +64,20 @@ impl CliError {
                 match e.sqlstate() {
                     // P0002 no_data_found (dead letter id), 42704 undefined_object (observer name)
                     Some("P0002") | Some("42704") => CliError::not_found(message.clone()),
+                    Some("42501") if worker_role => CliError::runtime(format!(
+                        "{context}: {message}. Role {user} may not do this: it is a worker role \
+                         (observers_worker), and operator commands need observers_admin. Connect \
+                         as an operator role instead (--database-url / DATABASE_URL); a superuser \
+                         creates one with CREATE ROLE ops_alice LOGIN IN ROLE observers_admin; \
+                         (do not grant observers_admin to the worker's role: it needs only \
+                         observers_worker)"
+                    )),
                     Some("42501") => CliError::runtime(format!(
                         "{context}: {message}. Role {user} may not do this: operator commands need \
-                         observers_admin (as a superuser: GRANT observers_admin TO {user};)"
+                         a member of observers_admin. Connect as an operator role \
+                         (--database-url / DATABASE_URL), or, if {user} is an operator's own \
+                         login, have a superuser run GRANT observers_admin TO {user}; (never to \
+                         the worker's role: it needs only observers_worker)"
                     )),
                     Some("28000") | Some("28P01") => CliError::runtime(format!(
                         "cannot log in to PostgreSQL at {target} as {user}: {message}. Check the user \
@@ -137,6 +155,24 @@ mod tests {
         );
         assert_eq!(e.code, 1);
         assert!(e.message.contains("GRANT observers_admin TO ops"), "{e}");
+        // the worker's role is pointed at an operator role, never offered the admin role
+        let e = CliError::from_db_as(
+            sql(
+                "42501",
+                "permission denied for function dlq_purge (SQLSTATE 42501)",
+            ),
+            "h:1",
+            "wk",
+            true,
+        );
+        assert_eq!(e.code, 1);
+        assert!(!e.message.contains("GRANT observers_admin"), "{e}");
+        assert!(
+            e.message.contains("Connect as an operator role")
+                && e.message
+                    .contains("CREATE ROLE ops_alice LOGIN IN ROLE observers_admin"),
+            "{e}"
+        );
 
         let e = CliError::from_db(
             sql("22023", "give a filter or all_entries => true"),

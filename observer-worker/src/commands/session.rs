@@ -20,11 +20,14 @@ pub async fn connect(url: &str) -> Result<OperatorDb, CliError> {
             }
         })
         .unwrap_or_default();
-    let db = OperatorDb::connect(url)
+    let mut db = OperatorDb::connect(url)
         .await
         .map_err(|e| CliError::from_db(e, &target, "<your role>"))?;
     match db.extension_version().await {
-        Ok(Some(_)) => Ok(db),
+        Ok(Some(_)) => {
+            db.detect_worker_role().await;
+            Ok(db)
+        }
         Ok(None) => Err(CliError::runtime(format!(
             "the pg_observers extension is not installed in the database at {}: run \
              `CREATE EXTENSION pg_observers;` there (as a superuser), or check that \
@@ -37,5 +40,5 @@ pub async fn connect(url: &str) -> Result<OperatorDb, CliError> {
 
 /// A database error of `db` as advice.
 pub fn fail(db: &OperatorDb, e: DbError) -> CliError {
-    CliError::from_db(e, db.target(), db.user())
+    CliError::from_db_as(e, db.target(), db.user(), db.is_worker_role())
 }

@@ -1,7 +1,7 @@
 //! `status`: the operator's view. Observers (backlog, oldest undelivered age, leader and lease,
 //! dead letters, parked pairs, open breakers, last error), workers (heartbeat age, leader),
-//! circuit breakers, and a list of problems (no leader, no live worker, stale heartbeats,
-//! dead letters, open breakers, Redis degraded).
+//! circuit breakers, and a list of problems (broken observers, no leader, no live worker, stale
+//! heartbeats, dead letters, open breakers, Redis degraded).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -125,6 +125,23 @@ pub fn problems(r: &StatusReport) -> Vec<Problem> {
         let entry = groups.entry(g).or_insert((false, Vec::new()));
         entry.0 |= s(o, "leader").is_some();
         entry.1.push(s(o, "observer").unwrap_or_default());
+    }
+    for o in &r.observers {
+        // a running worker cannot build it (observers.status().broken): it delivers nothing
+        if let Some(why) = s(o, "broken") {
+            let name = s(o, "observer").unwrap_or_default();
+            out.push(Problem {
+                severity: "error",
+                group: s(o, "group_name"),
+                observer: Some(name.clone()),
+                message: format!(
+                    "observer {name} is broken: {why}. Fix its definition \
+                     (observers.create_observer(..., replace => true), or the worker's YAML file) \
+                     or set the variable and restart the worker; docs/TROUBLESHOOTING.md, \
+                     \"An observer is broken\""
+                ),
+            });
+        }
     }
     for (g, (has_leader, names)) in &groups {
         if *has_leader {
@@ -500,6 +517,40 @@ mod tests {
         let v = report_json(&r);
         assert_eq!(v["problems"][0]["severity"], "error");
         assert_eq!(v["observers"][0]["dlq_count"], 3);
+    }
+
+    #[test]
+    fn a_broken_observer_is_an_error() {
+        let mut bad = observer(Some("w-1"), 0);
+        bad["observer"] = json!("bad");
+        bad["broken"] = json!("actions[0].url: environment variable UNSET_VAR is not set; its events are parked (observers.parked) and delivered once it is fixed");
+        let r = StatusReport {
+            observers: vec![observer(Some("w-1"), 0), bad],
+            workers: vec![worker("w-1", 1.0, true)],
+            breakers: Some(vec![]),
+        };
+        let p = problems(&r);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].severity, "error");
+        assert_eq!(p[0].observer.as_deref(), Some("bad"));
+        assert!(
+            p[0].message.starts_with(
+                "observer bad is broken: actions[0].url: environment variable UNSET_VAR is not set"
+            ),
+            "{p:?}"
+        );
+        let text = render_text(&r);
+        assert!(text.contains("ERROR observer bad is broken"), "{text}");
+        assert_eq!(report_json(&r)["problems"][0]["observer"], "bad");
+        // `broken` NULL (or absent: an older extension) is no problem
+        let mut fine = observer(Some("w-1"), 0);
+        fine["broken"] = Value::Null;
+        let r = StatusReport {
+            observers: vec![fine],
+            workers: vec![worker("w-1", 1.0, true)],
+            breakers: Some(vec![]),
+        };
+        assert!(problems(&r).is_empty(), "{:?}", problems(&r));
     }
 
     #[test]

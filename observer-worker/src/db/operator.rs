@@ -39,12 +39,19 @@ pub const BREAKERS: &str = "SELECT to_jsonb(b) || jsonb_build_object(\
        'age_s', extract(epoch FROM now() - b.last_seen)::float8) \
      FROM observers.breakers AS b ORDER BY b.group_name, b.destination, b.worker_id";
 
+/// Is the current role a member of observers_worker and not of observers_admin? (No error when
+/// the roles do not exist.)
+pub const WORKER_ROLE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r \
+       WHERE r.rolname = 'observers_worker' AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')) \
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r \
+       WHERE r.rolname = 'observers_admin' AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'))";
+
 /// Dead letters, oldest first.
 pub const DLQ_LIST: &str = "SELECT to_jsonb(d) FROM observers.dlq_list(\
        observer => $1, since => $2, before => $3, error_contains => $4, lim => $5) AS d";
 
-/// One dead letter with its payload.
-pub const DLQ_SHOW: &str = "SELECT to_jsonb(d) FROM observers.dlq_show(id => $1) AS d";
+/// One dead letter with its payload, as JSON text (numbers exact: see `commands::exact_json`).
+pub const DLQ_SHOW: &str = "SELECT to_jsonb(d)::text FROM observers.dlq_show(id => $1) AS d";
 
 /// Queue one dead letter for redelivery: true queued, false a retry was already pending.
 pub const DLQ_RETRY: &str = "SELECT observers.dlq_retry(id => $1)";
@@ -61,8 +68,8 @@ pub const DLQ_PURGE: &str = "SELECT observers.dlq_purge(\
 /// Dead letters per observer.
 pub const DLQ_STATS: &str = "SELECT to_jsonb(s) FROM observers.dlq_stats() AS s";
 
-/// Everything known about one event.
-pub const DEBUG_EVENT: &str = "SELECT observers.debug_event(id => $1)";
+/// Everything known about one event, as JSON text (numbers exact: see `commands::exact_json`).
+pub const DEBUG_EVENT: &str = "SELECT observers.debug_event(id => $1)::text";
 
 /// Queue past events of an observer for redelivery.
 pub const REPLAY: &str =
@@ -91,6 +98,8 @@ pub struct OperatorDb {
     client: Client,
     target: String,
     user: String,
+    /// The role is a worker role (member of observers_worker, not of observers_admin).
+    worker_role: bool,
 }
 
 impl OperatorDb {
@@ -126,6 +135,7 @@ impl OperatorDb {
             client,
             target,
             user,
+            worker_role: false,
         })
     }
 
@@ -137,6 +147,23 @@ impl OperatorDb {
     /// The role the CLI connects as (for "grant observers_admin to ..." hints).
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// Finds out whether the role is a worker role: a member of `observers_worker` and not of
+    /// `observers_admin` (permission hints then point at an operator role instead of offering
+    /// it the admin role). Best effort: false when it cannot tell.
+    pub async fn detect_worker_role(&mut self) {
+        self.worker_role = self
+            .client
+            .query_one(WORKER_ROLE, &[])
+            .await
+            .ok()
+            .and_then(|r| r.try_get::<_, bool>(0).ok())
+            .unwrap_or(false);
+    }
+
+    pub fn is_worker_role(&self) -> bool {
+        self.worker_role
     }
 
     fn err(&self, context: &'static str, e: tokio_postgres::Error) -> DbError {
@@ -171,6 +198,27 @@ impl OperatorDb {
             .map(|r| r.try_get::<_, Option<Value>>(0).ok().flatten())
             .map(|v| v.unwrap_or(Value::Null))
             .collect())
+    }
+
+    /// Rows of a query whose only column is text (JSON text: parsed by the caller, which keeps
+    /// every digit of a number; see `commands::exact_json`). NULL is `None`.
+    pub async fn text_rows(
+        &self,
+        context: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Option<String>>, DbError> {
+        let rows = self
+            .client
+            .query(sql, params)
+            .await
+            .map_err(|e| self.err(context, e))?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<_, Option<String>>(0)
+                    .map_err(|e| self.err(context, e))
+            })
+            .collect()
     }
 
     /// The single value of a one-row, one-column query (NULL as `Value::Null`).

@@ -1,5 +1,7 @@
-//! Pairs parked while their destination's circuit breaker is open
-//! (`observers.parked`, pg_observers/sql/bootstrap/36_parked.sql).
+//! Pairs parked while their destination's circuit breaker is open, or while their observer is
+//! broken (`observers.parked`, pg_observers/sql/bootstrap/36_parked.sql).
+
+use std::borrow::Cow;
 
 use super::{queries, Db, DbError, Lane};
 
@@ -9,7 +11,8 @@ pub struct ParkRecord {
     pub event_id: i64,
     pub observer_id: i32,
     pub action_index: i32,
-    pub action_type: &'static str,
+    /// `webhook`, `slack`, ... (a broken observer's pairs keep the type as stored).
+    pub action_type: Cow<'static, str>,
     pub webhook_id: String,
     /// UTC capture day `YYYY-MM-DD`.
     pub day: String,
@@ -52,7 +55,7 @@ impl Db {
         let event_ids = col(&|r| r.event_id);
         let observer_ids: Vec<i32> = recs.iter().map(|r| r.observer_id).collect();
         let indexes: Vec<i32> = recs.iter().map(|r| r.action_index).collect();
-        let types: Vec<&str> = recs.iter().map(|r| r.action_type).collect();
+        let types: Vec<&str> = recs.iter().map(|r| r.action_type.as_ref()).collect();
         let ids: Vec<&str> = recs.iter().map(|r| r.webhook_id.as_str()).collect();
         let days: Vec<&str> = recs.iter().map(|r| r.day.as_str()).collect();
         let dests: Vec<&str> = recs.iter().map(|r| r.destination.as_str()).collect();

@@ -215,7 +215,7 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actions::BoxFuture;
+    use crate::actions::{BoxFuture, Delivered};
     use crate::retry::{Jitter, RetryPolicy};
     use bytes::Bytes;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -256,13 +256,16 @@ mod tests {
         fn retry_policy(&self) -> &RetryPolicy {
             &self.policy
         }
-        fn execute<'a>(&'a self, _d: &'a Delivery) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
+        fn execute<'a>(
+            &'a self,
+            _d: &'a Delivery,
+        ) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(self.delay).await;
                 let mut r = self.results.lock().unwrap();
                 if r.is_empty() {
-                    Ok(crate::actions::Delivered::default())
+                    Ok(Delivered::default())
                 } else {
                     r.remove(0)
                 }

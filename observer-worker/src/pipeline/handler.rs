@@ -13,7 +13,7 @@ use super::dispatcher::{EventHandler, EventOutcome};
 use super::executor::{self, ActionOutcome, Layers};
 use super::lease::LeaseState;
 use super::parked::ParkQueue;
-use super::registry::{ObserverRegistry, RuntimeObserver};
+use super::registry::{ObserverRegistry, Runnable, RuntimeObserver};
 use crate::actions::{Action, BoxFuture, Delivery};
 use crate::db::{Db, DbError, DeadLetterRecord, FetchedEvent, ParkRecord};
 use crate::resilience::PairKey;
@@ -30,7 +30,7 @@ pub struct Deliverer {
     pub layers: Layers,
     /// This installation's id (part of dedup keys); set when deduplication is on.
     pub installation: Option<[u8; 16]>,
-    /// Where pairs of open destinations go; set when circuit breakers are on.
+    /// Where pairs of open destinations (circuit breakers) and of broken observers go.
     pub parker: Option<Arc<ParkQueue>>,
     pub stats: Arc<Stats>,
 }
@@ -43,12 +43,16 @@ impl EventHandler for Deliverer {
 
 impl Deliverer {
     async fn deliver(&self, event: FetchedEvent) -> EventOutcome {
-        let Some(observer) = self
+        // events of ordered observers are never parked: that would reorder them
+        let may_park = event.ordering_key.is_none();
+        let observer = match self
             .registry
-            .runnable(event.observer_id, event.id, &self.layers.stop)
+            .runnable(event.observer_id, event.id, may_park, &self.layers.stop)
             .await
-        else {
-            return EventOutcome::Unfinished;
+        {
+            Some(Runnable::Ready(o)) => o,
+            Some(Runnable::Broken(b)) => return self.park_broken(&b, &event).await,
+            None => return EventOutcome::Unfinished,
         };
         let results = if observer.actions.len() == 1 {
             vec![
@@ -123,13 +127,13 @@ impl Deliverer {
                 let destination = action.destination().unwrap_or("");
                 debug!(observer = %observer.name, event_id = event.id, action_index = index, destination, attempts, "destination's circuit breaker is open: parking the pair");
                 let Some(parker) = &self.parker else {
-                    return false; // parking needs breakers, which build the queue
+                    return false; // the worker always builds the queue; not reached
                 };
                 let record = ParkRecord {
                     event_id: event.id,
                     observer_id: observer.id,
                     action_index: index as i32,
-                    action_type: action.type_name(),
+                    action_type: action.type_name().into(),
                     webhook_id: delivery.webhook_id.clone(),
                     day: event.day.clone(),
                     destination: destination.to_owned(),

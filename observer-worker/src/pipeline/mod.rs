@@ -1,8 +1,10 @@
 //! The delivery pipeline: lease -> consumer (snapshot cursor) -> dispatcher
 //! (per-key order, bounded) -> handler (actions, dead letters, parked pairs) -> checkpoint;
-//! beside it, the parked-pairs loop (pairs whose destination's circuit breaker was open).
+//! beside it, the parked-pairs loop (pairs whose destination's circuit breaker was open, or
+//! whose observer was broken: see `broken`).
 
 pub mod attempt_log;
+pub mod broken;
 pub mod checkpoint;
 pub mod consumer;
 pub mod dispatcher;

@@ -1,5 +1,6 @@
 //! Delivers the pairs waiting in `observers.parked`: parked while their destination's circuit
-//! breaker was open, queued by `observers.dlq_retry()` (a dead letter: delivered, it leaves the
+//! breaker was open or while their observer was broken (`super::broken`; delivered once it is
+//! fixed), queued by `observers.dlq_retry()` (a dead letter: delivered, it leaves the
 //! DLQ; failed again, it stays there with its new error) or by `observers.replay()` (past
 //! events; `force` skips deduplication). Runs on the leader only, beside the consumer, with the same layers
 //! (dedup, breaker, concurrency, retry) and at most [`MAX_IN_FLIGHT`] pairs at a time:
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::broken::parked_destination;
 use super::executor::{self, ActionOutcome, Layers};
 use super::handler::durably;
 use super::lease::LeaseState;
@@ -154,12 +156,14 @@ impl ParkedLoop {
             }
             let free = MAX_IN_FLIGHT.saturating_sub(in_flight.lock().len());
             if leader && free > 0 && !self.layers.stop.is_cancelled() {
-                let skip_destinations = self
+                let mut skip_destinations = self
                     .layers
                     .breakers
                     .as_ref()
                     .map(|b| b.open_destinations())
                     .unwrap_or_default();
+                // pairs of broken observers wait for the fix (their rows name the observer)
+                skip_destinations.extend(self.registry.broken_destinations());
                 let skip_ids: Vec<i64> = in_flight.lock().iter().copied().collect();
                 match self
                     .db
@@ -208,8 +212,19 @@ impl ParkedLoop {
                         .await
                 }
             },
-            // broken: wait until it is fixed (it stays parked)
-            Some(ObserverEntry::Broken { .. }) => return,
+            // broken: it stays parked until the observer is fixed. A DLQ retry or replay
+            // queued meanwhile (no destination yet) is named after the broken observer, so
+            // park_fetch skips it like the observer's own parked pairs instead of returning it
+            // on every poll
+            Some(ObserverEntry::Broken(b)) => {
+                if p.destination.is_none() {
+                    let dest = parked_destination(b.id);
+                    if let Err(e) = self.db.park_set_destination(&self.group, p.id, &dest).await {
+                        debug!(error = %e, "cannot mark a queued redelivery of a broken observer");
+                    }
+                }
+                return;
+            }
             None => {
                 return self
                     .dead_letter(&p, "the observer was dropped while the pair was parked")

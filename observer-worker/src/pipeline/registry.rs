@@ -7,9 +7,11 @@
 //! (`action_secrets:` and the file's own observers; see `config::secrets`).
 //!
 //! An observer whose actions cannot be built (unset or not allowed variable,
-//! unknown action type, bad URL) is **broken**: its events are held — neither delivered nor
-//! skipped — and the problem is logged as an error on every reload until it
-//! is fixed (in SQL, or by setting the variable and restarting).
+//! unknown action type, bad URL) is **broken** (see [`super::broken`]): its events are parked —
+//! neither delivered nor skipped, and without holding the other observers of
+//! the group — or, with an `ordering_key`, held; the problem is logged as an
+//! error on every reload and reported in heartbeats until it is fixed (in SQL,
+//! or by setting the variable and restarting).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
+use super::broken::{parked_destination, BrokenObserver};
 use crate::actions::egress::Egress;
 use crate::actions::{self, Action};
 use crate::config::actions::actions_from_json_with_lookups;
@@ -40,7 +43,13 @@ pub struct RuntimeObserver {
 #[derive(Clone)]
 pub enum ObserverEntry {
     Ready(Arc<RuntimeObserver>),
-    Broken { name: String, problems: Vec<String> },
+    Broken(Arc<BrokenObserver>),
+}
+
+/// What to do with an event of an observer: run it, or park it (its observer is broken).
+pub enum Runnable {
+    Ready(Arc<RuntimeObserver>),
+    Broken(Arc<BrokenObserver>),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,16 +146,15 @@ impl ObserverRegistry {
                 Err(problems) => {
                     summary.broken += 1;
                     let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                    let broken = BrokenObserver::new(&def, problems);
                     error!(
                         observer = %def.name,
                         observer_id = def.id,
-                        problems = %problems.join("; "),
-                        "observer is broken: its events are held (not delivered, not skipped) until it is fixed"
+                        problems = %broken.problems.join("; "),
+                        "observer is broken: {} (fix its definition in SQL, or set the variable and restart the worker)",
+                        broken.consequence(&self.group)
                     );
-                    ObserverEntry::Broken {
-                        name: def.name.clone(),
-                        problems,
-                    }
+                    ObserverEntry::Broken(Arc::new(broken))
                 }
             };
             debug!(observer = %def.name, observer_id = def.id, table = %def.table_name, enabled = def.enabled, "observer loaded");
@@ -158,14 +166,53 @@ impl ObserverRegistry {
         Ok(summary)
     }
 
-    /// The runnable observer for an event, waiting (and reloading) while it is
-    /// unknown or broken. `None` only when `stop` fires first.
+    /// The broken observers, by name.
+    pub fn broken(&self) -> Vec<Arc<BrokenObserver>> {
+        let mut out: Vec<Arc<BrokenObserver>> = self
+            .entries
+            .read()
+            .map(|m| {
+                m.values()
+                    .filter_map(|e| match e {
+                        ObserverEntry::Broken(b) => Some(b.clone()),
+                        ObserverEntry::Ready(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The destinations under which the pairs of broken observers are parked (the parked-pairs
+    /// loop leaves them alone until their observer is fixed).
+    pub fn broken_destinations(&self) -> Vec<String> {
+        self.broken()
+            .iter()
+            .map(|b| parked_destination(b.id))
+            .collect()
+    }
+
+    /// The heartbeat's `info.broken_observers` (shown by `observers.status()`).
+    pub fn broken_report(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.broken()
+                .iter()
+                .map(|b| b.report(&self.group))
+                .collect(),
+        )
+    }
+
+    /// What to do with an event: its runnable observer, or its broken observer when the event
+    /// may be parked (`may_park`: the observer has no ordering key). Waits (and reloads) while
+    /// the observer is unknown, or broken and not parkable. `None` only when `stop` fires first.
     pub async fn runnable(
         &self,
         observer_id: i32,
         event_id: i64,
+        may_park: bool,
         stop: &CancellationToken,
-    ) -> Option<Arc<RuntimeObserver>> {
+    ) -> Option<Runnable> {
         let mut announced = false;
         loop {
             match self.get(observer_id) {
@@ -173,7 +220,10 @@ impl ObserverRegistry {
                     if announced {
                         info!(observer = %o.name, event_id, "observer is runnable again; delivering held events");
                     }
-                    return Some(o);
+                    return Some(Runnable::Ready(o));
+                }
+                Some(ObserverEntry::Broken(b)) if may_park && !b.ordered => {
+                    return Some(Runnable::Broken(b));
                 }
                 Some(ObserverEntry::Broken { .. }) => {
                     if !announced {

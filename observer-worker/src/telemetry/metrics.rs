@@ -34,6 +34,7 @@ use super::Stats;
 use crate::lookups::{LookupStats, Lookups};
 use crate::pipeline::attempt_log::AttemptLog;
 use crate::pipeline::lease::LeaseState;
+use crate::pipeline::registry::ObserverRegistry;
 use crate::resilience::{Breakers, Dedup};
 
 /// Metric names (all `observer_`-prefixed; counters end in `_total`, durations in `_seconds`).
@@ -56,6 +57,7 @@ pub mod names {
     pub const DEDUP_HITS: &str = "observer_dedup_hits_total";
     pub const DEDUP_DEGRADED: &str = "observer_dedup_degraded";
     pub const PARKED_DELIVERED: &str = "observer_parked_delivered_total";
+    pub const BROKEN_OBSERVERS: &str = "observer_broken_observers";
     pub const REDELIVERIES: &str = "observer_redeliveries_total";
     pub const ATTEMPT_LOG_DROPPED: &str = "observer_attempt_log_dropped_total";
     pub const BREAKER_STATE: &str = "observer_circuit_breaker_state";
@@ -91,6 +93,7 @@ pub mod names {
         DEDUP_HITS,
         DEDUP_DEGRADED,
         PARKED_DELIVERED,
+        BROKEN_OBSERVERS,
         REDELIVERIES,
         ATTEMPT_LOG_DROPPED,
         BREAKER_STATE,
@@ -147,6 +150,8 @@ pub struct Sources {
     pub dedup: Option<Arc<Dedup>>,
     pub lookups: Arc<Lookups>,
     pub attempt_log: Option<Arc<AttemptLog>>,
+    /// The observers the worker runs (`observer_broken_observers`).
+    pub registry: Option<Arc<ObserverRegistry>>,
 }
 
 /// One row of database-derived gauges (an observer of this worker's group).
@@ -186,6 +191,7 @@ pub struct Metrics {
     dedup_hits: IntCounter,
     dedup_degraded: IntGauge,
     parked_delivered: IntCounter,
+    broken_observers: IntGaugeVec,
     redeliveries: IntCounterVec,
     attempt_log_dropped: IntCounter,
     breaker_state: IntGaugeVec,
@@ -284,7 +290,11 @@ impl Metrics {
             checkpoints_saved: reg(&r, IntCounter::with_opts(opts(CHECKPOINTS_SAVED, "Checkpoints written."))?)?,
             dedup_hits: reg(&r, IntCounter::with_opts(opts(DEDUP_HITS, "Pairs not executed because they had already succeeded (deduplication)."))?)?,
             dedup_degraded: reg(&r, IntGauge::with_opts(opts(DEDUP_DEGRADED, "1 while deduplication is configured with Redis but falls back to PostgreSQL."))?)?,
-            parked_delivered: reg(&r, IntCounter::with_opts(opts(PARKED_DELIVERED, "Parked pairs delivered after their circuit breaker let calls through."))?)?,
+            parked_delivered: reg(&r, IntCounter::with_opts(opts(PARKED_DELIVERED, "Parked pairs delivered later (their circuit breaker let calls through, or their broken observer was fixed)."))?)?,
+            broken_observers: reg(
+                &r,
+                IntGaugeVec::new(opts(BROKEN_OBSERVERS, "1 for each observer of the group this worker cannot build (unset ${VAR}, unknown action type, undeclared lookup): it delivers nothing until it is fixed."), &["group", "observer"])?,
+            )?,
             redeliveries: reg(
                 &r,
                 IntCounterVec::new(opts(REDELIVERIES, "Pairs redelivered on an operator's request (observers.dlq_retry, observers.replay), by reason and outcome."), &["reason", "outcome"])?,
@@ -481,6 +491,15 @@ impl Metrics {
         }
         if let Some(log) = &s.attempt_log {
             mirror(&self.attempt_log_dropped, log.dropped());
+        }
+        // a fixed observer's series goes away
+        self.broken_observers.reset();
+        if let Some(registry) = &s.registry {
+            for b in registry.broken() {
+                self.broken_observers
+                    .with_label_values(&[self.group.as_str(), b.name.as_str()])
+                    .set(1);
+            }
         }
         self.dedup_degraded
             .set(i64::from(s.dedup.as_ref().is_some_and(|d| d.degraded())));
@@ -682,6 +701,7 @@ mod tests {
             names::BACKLOG_OLDEST_AGE,
             names::DLQ_SIZE,
             names::REDELIVERIES,
+            names::BROKEN_OBSERVERS,
         ];
         for n in names::ALL {
             if !vec_families_without_children.contains(n) {

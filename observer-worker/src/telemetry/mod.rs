@@ -54,6 +54,8 @@ pub struct Stats {
     pub dedup_hits: AtomicU64,
     /// Pairs parked because their destination's circuit breaker was open.
     pub actions_parked: AtomicU64,
+    /// Pairs parked because their observer was broken (its actions could not be built).
+    pub broken_parked: AtomicU64,
     /// Parked pairs delivered later.
     pub parked_delivered: AtomicU64,
     /// Dead letters delivered by `observers.dlq_retry()` (they left the DLQ).
@@ -86,6 +88,7 @@ impl Stats {
             "checkpoints_saved": Self::get(&self.checkpoints_saved),
             "dedup_hits": Self::get(&self.dedup_hits),
             "actions_parked": Self::get(&self.actions_parked),
+            "broken_parked": Self::get(&self.broken_parked),
             "parked_delivered": Self::get(&self.parked_delivered),
             "dlq_retries_delivered": Self::get(&self.dlq_retries_delivered),
             "dlq_retries_failed": Self::get(&self.dlq_retries_failed),

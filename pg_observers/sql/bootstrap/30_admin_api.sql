@@ -202,8 +202,11 @@ BEGIN
 END
 $$;
 
--- actions must be a JSON array of objects, each with a string "type". Stored as given
--- (${VAR} placeholders included: the worker expands them; secrets are never stored).
+-- actions must be a JSON array of objects, each with a string "type" the worker can run. Stored
+-- as given (${VAR} placeholders included: the worker expands them; secrets are never stored).
+-- The type lists are the worker's (observer-worker/src/config/actions.rs AVAILABLE_ACTION_TYPES
+-- plus the internal cache_evict, and LATER_ACTION_TYPES; a unit test there keeps them equal):
+-- an observer whose action type the worker does not know would only be found broken at delivery.
 CREATE FUNCTION observers._check_actions(p_actions jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -213,6 +216,12 @@ AS $$
 DECLARE
     v_action jsonb;
     v_index  int := 0;
+    v_type   text;
+    v_known  CONSTANT text[] := ARRAY['webhook', 'slack', 'cache_evict'];
+    v_later  CONSTANT text[] := ARRAY['email', 'search', 'elasticsearch', 'job'];
+    v_hint   CONSTANT text := 'Known action types: webhook, slack (cache_evict is internal: the '
+                              'worker''s lookup eviction). Coming in a later version: email, '
+                              'search, elasticsearch, job.';
 BEGIN
     IF p_actions IS NULL THEN
         RETURN '[]'::jsonb;
@@ -233,6 +242,17 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
                 MESSAGE = format('action %s has no "type" (a non-empty string such as "webhook")',
                                  v_index);
+        END IF;
+        v_type := btrim(v_action ->> 'type');
+        IF v_type = ANY (v_later) THEN
+            RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
+                MESSAGE = format('action %s: action type "%s" is not available in this version yet',
+                                 v_index, v_type),
+                HINT = v_hint;
+        ELSIF NOT v_type = ANY (v_known) THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('action %s: unknown action type "%s"', v_index, v_type),
+                HINT = v_hint;
         END IF;
         v_index := v_index + 1;
     END LOOP;

@@ -1,7 +1,8 @@
 -- pg_observers: the operators' control plane (SPEC section 5). See docs/SQL.md ("Operating").
 --
 --   observers.status()             one row per observer: backlog, checkpoint, leader, workers,
---                                  dead letters, pairs waiting for redelivery, open breakers
+--                                  dead letters, pairs waiting for redelivery, open breakers,
+--                                  observers a running worker cannot build (broken)
 --   observers.dlq_list/dlq_show/dlq_stats          read the dead-letter queue
 --   observers.dlq_retry/dlq_retry_all              queue dead letters for redelivery
 --   observers.dlq_purge                            delete dead letters (a filter is required)
@@ -194,13 +195,20 @@ $$;
 --                            stopped cleanly says so in its last heartbeat), the newest heartbeat
 --   parked                   the observer's pairs waiting for redelivery (observers.parked)
 --   open_breakers            destinations of the group a live worker reports not closed
+--   broken                   why a running worker of the group cannot build the observer's
+--                            actions (unknown action type, unset ${VAR}, undeclared lookup),
+--                            as the workers report it in their heartbeats (info.broken_observers);
+--                            NULL when every running worker can run it. An error: the observer
+--                            delivers nothing until it is fixed (its events wait in
+--                            observers.parked, or, with an ordering_key, hold its group)
 CREATE FUNCTION observers.status()
 RETURNS TABLE (observer text, group_name text, table_name text, enabled boolean,
                backlog bigint, oldest_undelivered_age interval,
                checkpoint text, checkpoint_updated_at timestamptz,
                leader text, lease_expires_at timestamptz,
                dlq_count bigint, last_error text, last_error_at timestamptz,
-               workers int, last_heartbeat timestamptz, parked bigint, open_breakers text[])
+               workers int, last_heartbeat timestamptz, parked bigint, open_breakers text[],
+               broken text)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
@@ -226,7 +234,8 @@ AS $$
            w.workers,
            w.last_heartbeat,
            p.parked,
-           br.open_breakers
+           br.open_breakers,
+           bk.broken
       FROM observers.observer AS o
       LEFT JOIN observers.checkpoint AS k ON k.group_name = o.group_name
       LEFT JOIN observers.leader_lease AS l ON l.group_name = o.group_name
@@ -266,6 +275,19 @@ AS $$
              AND z.state IS DISTINCT FROM 'closed'
              AND z.last_seen > now() - interval '30 seconds'
       ) AS br
+      CROSS JOIN LATERAL (
+          -- text comparisons: a malformed report must not make status() fail
+          SELECT string_agg(DISTINCT coalesce(x.e->>'problem', 'broken (no reason reported)'), '; '
+                            ORDER BY coalesce(x.e->>'problem', 'broken (no reason reported)')) AS broken
+            FROM observers.worker AS bw
+           CROSS JOIN LATERAL jsonb_array_elements(
+                   CASE WHEN jsonb_typeof(bw.info->'broken_observers') = 'array'
+                        THEN bw.info->'broken_observers' ELSE '[]'::jsonb END) AS x(e)
+           WHERE bw.group_name = o.group_name
+             AND bw.last_seen > now() - interval '30 seconds'
+             AND bw.info->>'role' IS DISTINCT FROM 'stopped'
+             AND x.e->>'observer_id' = o.id::text
+      ) AS bk
      ORDER BY o.group_name, o.name
 $$;
 

@@ -558,6 +558,12 @@ async fn permission_denied_names_the_role_to_grant() {
     )
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // the worker's role is sent to an operator role, never offered observers_admin
+    let t = text(&out);
+    assert!(
+        !t.contains("GRANT observers_admin") && t.contains("Connect as an operator role"),
+        "a worker role must not be told to get observers_admin: {t}"
+    );
     db.client
         .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
         .await

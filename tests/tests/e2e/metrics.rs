@@ -407,9 +407,16 @@ async fn a_real_prometheus_scrapes_the_worker_and_loads_the_alert_rules() {
         prom.query(r#"up{job="fraiseql-observers"}"#).await,
         Some(1.0)
     );
+    // every rule of the file (counted from the file, so adding a rule needs no edit here)
+    let rules = std::fs::read_to_string(workspace_root().join("deploy/prometheus/alerts.yml"))
+        .expect("read alerts.yml")
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    assert!(rules >= 10, "alerts.yml has only {rules} rules");
     assert_eq!(
         prom.rules_loaded().await,
-        9,
+        rules,
         "alerts.yml should load into a real Prometheus"
     );
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
