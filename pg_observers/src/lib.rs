@@ -54,6 +54,11 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/bootstrap/32_integrity.sql",
+    name = "integrity",
+    requires = ["admin_api"]
+);
+extension_sql_file!(
     "../sql/bootstrap/35_dedup.sql",
     name = "dedup",
     requires = ["tables"]
@@ -66,7 +71,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/bootstrap/37_operations.sql",
     name = "operations",
-    requires = ["admin_api", "dedup", "parked"]
+    requires = ["admin_api", "integrity", "dedup", "parked"]
 );
 extension_sql_file!(
     "../sql/bootstrap/40_maintain.sql",

@@ -236,6 +236,7 @@ pub fn body_snippet(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::config::WebhookConfig;
+    use crate::installation::InstallationId;
     use bytes::Bytes;
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -330,6 +331,7 @@ mod tests {
     }
 
     const BODY: &str = r#"{"id" : 42, "op" : "INSERT"}"#;
+    const INST: InstallationId = InstallationId::from_bytes([0xab; 16]);
 
     #[tokio::test]
     async fn sends_body_as_is_with_standard_webhooks_headers() {
@@ -340,7 +342,7 @@ mod tests {
         .await;
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let a = action(&url, Some(secret), Duration::from_secs(5));
-        let d = Delivery::new(42, 1, Bytes::from_static(BODY.as_bytes()));
+        let d = Delivery::new(&INST, 42, 1, Bytes::from_static(BODY.as_bytes()));
         a.execute(&d).await.unwrap();
         a.execute(&d).await.unwrap(); // a retry: same id, same body
 
@@ -358,18 +360,18 @@ mod tests {
             Some("application/json")
         );
         assert_eq!(r.header("authorization").as_deref(), Some("Bearer t0ken"));
-        assert_eq!(r.header("webhook-id").as_deref(), Some("evt_42_1"));
-        assert_eq!(seen[1].header("webhook-id").as_deref(), Some("evt_42_1"));
+        let id = "evt_abababababababab_42_1";
+        assert_eq!(r.header("webhook-id").as_deref(), Some(id));
+        assert_eq!(seen[1].header("webhook-id").as_deref(), Some(id));
         let ts: i64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
         assert!((now - ts).abs() < 60);
-        let expected =
-            SigningKey::from_secret(secret)
-                .unwrap()
-                .sign("evt_42_1", ts, BODY.as_bytes());
+        let expected = SigningKey::from_secret(secret)
+            .unwrap()
+            .sign(id, ts, BODY.as_bytes());
         assert_eq!(r.header("webhook-signature"), Some(expected));
     }
 
@@ -381,7 +383,7 @@ mod tests {
         )
         .await;
         let a = action(&url, None, Duration::from_secs(5));
-        a.execute(&Delivery::new(1, 0, Bytes::from_static(b"{}")))
+        a.execute(&Delivery::new(&INST, 1, 0, Bytes::from_static(b"{}")))
             .await
             .unwrap();
         assert_eq!(seen.lock().unwrap()[0].header("webhook-signature"), None);
@@ -395,7 +397,7 @@ mod tests {
         )
         .await;
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(!err.retryable);
@@ -414,7 +416,7 @@ mod tests {
         )
         .await;
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(err.retryable);
@@ -431,7 +433,7 @@ mod tests {
         )
         .await;
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(!err.retryable);
@@ -452,7 +454,7 @@ mod tests {
         )
         .await;
         let err = action(&url, None, Duration::from_millis(200))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(err.retryable);
@@ -471,7 +473,7 @@ mod tests {
             .port();
         let url = format!("http://127.0.0.1:{port}/hook?token=s3cr3t");
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(err.retryable);
@@ -483,7 +485,7 @@ mod tests {
     async fn garbage_instead_of_http_is_retryable() {
         let (url, _) = server("this is not HTTP at all\r\n\r\n", Duration::ZERO).await;
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(err.retryable, "{err:?}");
