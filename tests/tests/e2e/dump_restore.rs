@@ -33,12 +33,14 @@ async fn insert(client: &Client, labels: &[&str]) {
     }
 }
 
+/// The one text value `sql` returns ("NULL" for NULL).
 async fn text(client: &Client, sql: &str) -> String {
     client
         .query_one(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
+        .get::<_, Option<String>>(0)
+        .unwrap_or_else(|| "NULL".to_owned())
 }
 
 /// Runs one of PostgreSQL's client programs; panics with its output unless it exits 0.
