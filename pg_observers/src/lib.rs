@@ -4,8 +4,9 @@
 //! * `condition` validation of observer conditions at creation time
 //! * `api`       small Rust helpers behind the SQL API
 //! * `gucs`      configuration parameters
-//! * `sql/bootstrap/*.sql` everything else: tables, the worker API, the admin API,
-//!   partition maintenance, privileges (see docs/ARCHITECTURE.md and docs/SQL.md)
+//! * `sql/bootstrap/*.sql` everything else: tables, the worker API, the admin API, capture
+//!   integrity (event triggers, repair), partition maintenance, privileges (see
+//!   docs/ARCHITECTURE.md and docs/SQL.md)
 
 use pgrx::prelude::*;
 
