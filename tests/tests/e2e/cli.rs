@@ -138,7 +138,11 @@ async fn dlq_list_show_stats_retry_and_purge() {
             "{e} vs {row:?}"
         );
         let event = e["event_id"].as_i64().unwrap();
-        assert_eq!(e["webhook_id"], webhook_id(&db.client, event, 0).await, "{e}");
+        assert_eq!(
+            e["webhook_id"],
+            webhook_id(&db.client, event, 0).await,
+            "{e}"
+        );
         assert_eq!(e["attempts"], 2, "{e}");
         assert_eq!(e["last_status"], 500, "{e}");
         assert_eq!(e["retries"], 0, "{e}");
@@ -478,7 +482,10 @@ async fn broken_capture_is_an_error_for_status_check_and_metrics() {
             .await
         }
     };
-    assert!(check_is(0).await.is_some(), "a healthy worker never made status --check pass");
+    assert!(
+        check_is(0).await.is_some(),
+        "a healthy worker never made status --check pass"
+    );
     let gauge = poll(SHORT, Duration::from_millis(250), || metric(port, series)).await;
     assert_eq!(gauge, Some(0.0), "{series}");
 
@@ -504,7 +511,9 @@ async fn broken_capture_is_an_error_for_status_check_and_metrics() {
     let t = text(&out);
     assert!(
         t.contains("ERROR observer things does not capture as defined")
-            && t.contains(&format!("INSERT not captured: trigger {trigger} on public.things is disabled"))
+            && t.contains(&format!(
+                "INSERT not captured: trigger {trigger} on public.things is disabled"
+            ))
             && t.contains("observers.repair_observer('things')"),
         "{t}"
     );
@@ -536,7 +545,10 @@ async fn broken_capture_is_an_error_for_status_check_and_metrics() {
         repaired,
         [format!("enabled INSERT trigger {trigger} on public.things")]
     );
-    assert!(check_is(0).await.is_some(), "status --check still fails after the repair");
+    assert!(
+        check_is(0).await.is_some(),
+        "status --check still fails after the repair"
+    );
     let gauge = poll(SHORT, Duration::from_millis(250), || async {
         metric(port, series).await.filter(|v| *v == 0.0)
     })

@@ -80,12 +80,7 @@ async fn dump_and_restore(src: &TestDb, dump: &Path) -> (TestDb, String) {
     let url = with_database(&src.url, &name);
     let stderr = run(
         "pg_restore",
-        &[
-            "--exit-on-error",
-            "--dbname",
-            &url,
-            dump.to_str().unwrap(),
-        ],
+        &["--exit-on-error", "--dbname", &url, dump.to_str().unwrap()],
     );
     let client = connect(&url).await.unwrap();
     (TestDb { name, url, client }, stderr)
@@ -122,7 +117,10 @@ async fn dump_and_restore_keeps_observers_dead_letters_redeliveries_and_ids() {
     // an operator retries the dead letter while no worker runs: it waits in observers.parked
     let queued: bool = src
         .client
-        .query_one("SELECT observers.dlq_retry(min(id)) FROM observers.dlq", &[])
+        .query_one(
+            "SELECT observers.dlq_retry(min(id)) FROM observers.dlq",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -189,7 +187,12 @@ async fn dump_and_restore_keeps_observers_dead_letters_redeliveries_and_ids() {
         Some(0)
     );
     assert_eq!(
-        scalar_i64(&dst.client, "SELECT count(*) FROM observers.checkpoint", &[]).await,
+        scalar_i64(
+            &dst.client,
+            "SELECT count(*) FROM observers.checkpoint",
+            &[]
+        )
+        .await,
         Some(0)
     );
 
