@@ -409,7 +409,7 @@ async fn a_real_prometheus_scrapes_the_worker_and_loads_the_alert_rules() {
     );
     assert_eq!(
         prom.rules_loaded().await,
-        9,
+        10,
         "alerts.yml should load into a real Prometheus"
     );
     assert_eq!(worker.stop(SHORT).await.code(), Some(0));
