@@ -82,12 +82,14 @@ DECLARE
     v_name  text;
     v_col   text;
     v_parts text;
+    v_kind  "char";
     t       record;
 BEGIN
     IF o.id IS NULL THEN
         RETURN;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_class AS c WHERE c.oid = o.table_name) THEN
+    SELECT c.relkind INTO v_kind FROM pg_class AS c WHERE c.oid = o.table_name;
+    IF NOT FOUND THEN
         kind := 'table_dropped';
         message := 'its table was dropped: nothing is captured';
         RETURN NEXT;
@@ -129,7 +131,7 @@ BEGIN
                               v_op, t.tgname, v_label);
             RETURN NEXT;
         END IF;
-        IF o.enabled THEN
+        IF o.enabled AND v_kind = 'p' THEN
             v_parts := observers._disabled_on_partitions(o.table_name, t.tgname);
             IF v_parts IS NOT NULL THEN
                 kind := 'partition_disabled';
