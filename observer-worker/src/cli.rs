@@ -63,7 +63,7 @@ pub enum Command {
     /// Trace one event end to end: the event, which observers matched, every attempt, dead
     /// letters, parked pairs and deduplication state (exit 3 if nothing is known about it).
     DebugEvent {
-        /// The event id (`id` in the webhook body, `evt_<ID>_<action>` in the webhook-id).
+        /// The event id (`id` in the webhook body, `evt_<installation>_<ID>_<action>` in the webhook-id).
         #[arg(value_name = "ID")]
         id: i64,
         #[command(flatten)]

@@ -8,6 +8,7 @@
 //! * [`templates`] — minijinja templates of action fields (strict, compiled at config time).
 //! * [`lookups`] — cached lookups (`lookup.<name>` in templates): sources, caches, eviction.
 //! * [`retry`], [`signing`] — backoff policy and Standard Webhooks signatures.
+//! * [`installation`] — this installation's id and the idempotency key (webhook-id) of a pair.
 //! * [`telemetry`] — logging, counters, `/metrics` and the health endpoints.
 //! * [`worker`] — assembles everything for `start`; [`commands`] — the CLI commands
 //!   ([`metrics_cli`]: `fraiseql-observers metrics`).
@@ -18,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod installation;
 pub mod lookups;
 pub mod metrics_cli;
 pub mod pipeline;

@@ -19,6 +19,7 @@ use crate::config::lookups::evict_observer_lookup;
 use crate::config::{Config, LookupSource, ProcessEnv};
 use crate::db::{listener, Db, DbError};
 use crate::error::WorkerError;
+use crate::installation::InstallationId;
 use crate::lookups::{LookupStats, Lookups, Sources};
 use crate::pipeline::attempt_log::AttemptLog;
 use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_INTERVAL};
@@ -27,7 +28,6 @@ use crate::pipeline::handler::Deliverer;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
 use crate::pipeline::parked::{ParkQueue, ParkedLoop};
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry, BROKEN_RECHECK};
-use crate::resilience::dedup::installation_bytes;
 use crate::resilience::{Breakers, Dedup};
 use crate::telemetry::health::Phase;
 use crate::telemetry::metrics::{self, Metrics};
@@ -100,11 +100,16 @@ pub async fn run(
         warn!(group = %group, "no observers in this group: nothing will be delivered until one is created");
     }
 
-    // 4. Background tasks. They stop after the consumer has drained, so the
+    // 4. This installation's id (every webhook-id and dedup key carries it).
+    let Some(installation) = load_installation(&db, &stop).await? else {
+        return Ok(());
+    };
+    info!(installation = %installation, "installation id");
+
+    // 5. Background tasks. They stop after the consumer has drained, so the
     //    lease stays renewed while in-flight work finishes.
     let background = CancellationToken::new();
-    let Some((mut layers, installation)) =
-        build_layers(&config, &db, max_in_flight, &stop, &background).await?
+    let Some(mut layers) = build_layers(&config, &db, max_in_flight, &stop, &background).await?
     else {
         return Ok(());
     };
@@ -188,7 +193,7 @@ pub async fn run(
         .run(background.clone()),
     );
 
-    // 5. Consume until stopped.
+    // 6. Consume until stopped.
     let handler = Arc::new(Deliverer {
         registry: registry.clone(),
         db: db.clone(),
@@ -227,7 +232,7 @@ pub async fn run(
         info!("shutdown requested: stopped fetching");
     }
 
-    // 6. Release the lease so a standby takes over at once.
+    // 7. Release the lease so a standby takes over at once.
     let last_state = *lease_rx.borrow();
     background.cancel();
     while tasks.join_next().await.is_some() {}
@@ -374,15 +379,46 @@ fn build_lookups(config: &Config, db: &Db, http: &Egress) -> Result<Lookups, Wor
     Ok(lookups)
 }
 
-/// The resilience layers of `config` (concurrency, circuit breakers, deduplication) and, with
-/// deduplication on, this installation's id. `Ok(None)` if stopped first.
+/// This installation's id (`observers.installation`), retried while the database is unreachable.
+/// `Ok(None)` if stopped first.
+async fn load_installation(
+    db: &Db,
+    stop: &CancellationToken,
+) -> Result<Option<InstallationId>, WorkerError> {
+    let mut backoff = Duration::from_millis(500);
+    let id = loop {
+        match db.installation_id().await {
+            Ok(id) => break id,
+            Err(e) if e.is_retryable() => {
+                warn!(retry_in = %humantime::format_duration(backoff), "{e}");
+                if !sleep_or_stop(backoff, stop).await {
+                    return Ok(None);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(WorkerError::Db(e)),
+        }
+    };
+    match id.as_deref().and_then(InstallationId::parse) {
+        Some(installation) => Ok(Some(installation)),
+        None => Err(WorkerError::Fatal(format!(
+            "observers.installation holds {}, not one UUID: restore it from a dump of this \
+             database, or (a new identity: webhook-ids change) run as a superuser \
+             INSERT INTO observers.installation DEFAULT VALUES",
+            id.map_or_else(|| "no row".to_owned(), |s| format!("{s:?}"))
+        ))),
+    }
+}
+
+/// The resilience layers of `config` (concurrency, circuit breakers, deduplication).
+/// `Ok(None)` if stopped first.
 async fn build_layers(
     config: &Config,
     db: &Db,
     max_in_flight: usize,
     stop: &CancellationToken,
     background: &CancellationToken,
-) -> Result<Option<(Layers, Option<[u8; 16]>)>, WorkerError> {
+) -> Result<Option<Layers>, WorkerError> {
     let mut layers = Layers::new(Arc::new(Semaphore::new(max_in_flight)), stop.clone());
     let cb = &config.circuit_breaker;
     if cb.enabled {
@@ -398,27 +434,8 @@ async fn build_layers(
     }
     let dd = &config.deduplication;
     if !dd.enabled {
-        return Ok(Some((layers, None)));
+        return Ok(Some(layers));
     }
-    let mut backoff = Duration::from_millis(500);
-    let id = loop {
-        match db.installation_id().await {
-            Ok(id) => break id,
-            Err(e) if e.is_retryable() => {
-                warn!(retry_in = %humantime::format_duration(backoff), "{e}");
-                if !sleep_or_stop(backoff, stop).await {
-                    return Ok(None);
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(WorkerError::Db(e)),
-        }
-    };
-    let installation = installation_bytes(&id).ok_or_else(|| {
-        WorkerError::Fatal(format!(
-            "observers.installation holds {id:?}, not a UUID: reinstall the extension"
-        ))
-    })?;
     let dedup = Dedup::start(
         dd,
         config.redis.as_ref(),
@@ -433,7 +450,7 @@ async fn build_layers(
         "deduplication on"
     );
     layers.dedup = Some(dedup);
-    Ok(Some((layers, Some(installation))))
+    Ok(Some(layers))
 }
 
 /// Retries until the database answers. `Ok(None)` if stopped first.

@@ -4,8 +4,9 @@
 //! * `condition` validation of observer conditions at creation time
 //! * `api`       small Rust helpers behind the SQL API
 //! * `gucs`      configuration parameters
-//! * `sql/bootstrap/*.sql` everything else: tables, the worker API, the admin API,
-//!   partition maintenance, privileges (see docs/ARCHITECTURE.md and docs/SQL.md)
+//! * `sql/bootstrap/*.sql` everything else: tables, the worker API, the admin API, capture
+//!   integrity (event triggers, repair), partition maintenance, privileges (see
+//!   docs/ARCHITECTURE.md and docs/SQL.md)
 
 use pgrx::prelude::*;
 
@@ -54,6 +55,11 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/bootstrap/32_integrity.sql",
+    name = "integrity",
+    requires = ["admin_api"]
+);
+extension_sql_file!(
     "../sql/bootstrap/35_dedup.sql",
     name = "dedup",
     requires = ["tables"]
@@ -66,7 +72,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/bootstrap/37_operations.sql",
     name = "operations",
-    requires = ["admin_api", "dedup", "parked"]
+    requires = ["admin_api", "integrity", "dedup", "parked"]
 );
 extension_sql_file!(
     "../sql/bootstrap/39_event_names.sql",

@@ -26,6 +26,8 @@ mod db_restart;
 mod dedup;
 #[path = "e2e/delivery.rs"]
 mod delivery;
+#[path = "e2e/dump_restore.rs"]
+mod dump_restore;
 #[path = "e2e/filters.rs"]
 mod filters;
 #[path = "e2e/install.rs"]

@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::ActionConfig;
+use crate::installation::InstallationId;
 use crate::lookups::Lookups;
 use crate::resilience::PairKey;
 use crate::retry::RetryPolicy;
@@ -29,7 +30,8 @@ pub struct Delivery {
     /// The observer the pair belongs to (for the attempt log; 0 when not known).
     pub observer_id: i32,
     pub action_index: usize,
-    /// `evt_<event id>_<action index>`: identical on every attempt and redelivery.
+    /// The pair's idempotency key ([`InstallationId::pair_id`]): identical on every attempt and
+    /// redelivery.
     pub webhook_id: String,
     /// The event body (JSON text), sent as is.
     pub body: Bytes,
@@ -43,12 +45,17 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(event_id: i64, action_index: usize, body: Bytes) -> Self {
+    pub fn new(
+        installation: &InstallationId,
+        event_id: i64,
+        action_index: usize,
+        body: Bytes,
+    ) -> Self {
         Delivery {
             event_id,
             observer_id: 0,
             action_index,
-            webhook_id: webhook_id(event_id, action_index),
+            webhook_id: installation.pair_id(event_id, action_index),
             body,
             dedup_key: None,
             attempts_used: 0,
@@ -65,11 +72,15 @@ impl Delivery {
         self.dedup_key = Some(key);
         self
     }
-}
 
-/// The stable idempotency key of an (event, action) pair.
-pub fn webhook_id(event_id: i64, action_index: usize) -> String {
-    format!("evt_{event_id}_{action_index}")
+    /// A redelivery from `observers.parked` (a parked pair, a DLQ retry, a replay) sends the
+    /// webhook-id stored with it: the one the receiver saw when the pair was first attempted.
+    pub fn with_webhook_id(mut self, webhook_id: String) -> Self {
+        if !webhook_id.is_empty() {
+            self.webhook_id = webhook_id;
+        }
+        self
+    }
 }
 /// A successful attempt: what the destination answered, for the attempt log
 /// (`observers.attempt.status`); `None` for actions without a status (cache eviction).

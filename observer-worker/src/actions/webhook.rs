@@ -243,6 +243,7 @@ pub fn body_snippet(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::config::WebhookConfig;
+    use crate::installation::InstallationId;
     use bytes::Bytes;
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -337,6 +338,7 @@ mod tests {
     }
 
     const BODY: &str = r#"{"id" : 42, "op" : "INSERT"}"#;
+    const INST: InstallationId = InstallationId::from_bytes([0xab; 16]);
 
     #[tokio::test]
     async fn sends_body_as_is_with_standard_webhooks_headers() {
@@ -347,7 +349,7 @@ mod tests {
         .await;
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let a = action(&url, Some(secret), Duration::from_secs(5));
-        let d = Delivery::new(42, 1, Bytes::from_static(BODY.as_bytes()));
+        let d = Delivery::new(&INST, 42, 1, Bytes::from_static(BODY.as_bytes()));
         a.execute(&d).await.unwrap();
         a.execute(&d).await.unwrap(); // a retry: same id, same body
 
@@ -365,18 +367,18 @@ mod tests {
             Some("application/json")
         );
         assert_eq!(r.header("authorization").as_deref(), Some("Bearer t0ken"));
-        assert_eq!(r.header("webhook-id").as_deref(), Some("evt_42_1"));
-        assert_eq!(seen[1].header("webhook-id").as_deref(), Some("evt_42_1"));
+        let id = "evt_abababababababab_42_1";
+        assert_eq!(r.header("webhook-id").as_deref(), Some(id));
+        assert_eq!(seen[1].header("webhook-id").as_deref(), Some(id));
         let ts: i64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
         assert!((now - ts).abs() < 60);
-        let expected =
-            SigningKey::from_secret(secret)
-                .unwrap()
-                .sign("evt_42_1", ts, BODY.as_bytes());
+        let expected = SigningKey::from_secret(secret)
+            .unwrap()
+            .sign(id, ts, BODY.as_bytes());
         assert_eq!(r.header("webhook-signature"), Some(expected));
     }
 
@@ -388,7 +390,7 @@ mod tests {
         )
         .await;
         let a = action(&url, None, Duration::from_secs(5));
-        a.execute(&Delivery::new(1, 0, Bytes::from_static(b"{}")))
+        a.execute(&Delivery::new(&INST, 1, 0, Bytes::from_static(b"{}")))
             .await
             .unwrap();
         assert_eq!(seen.lock().unwrap()[0].header("webhook-signature"), None);
@@ -402,7 +404,7 @@ mod tests {
         )
         .await;
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(!err.retryable);
@@ -421,7 +423,7 @@ mod tests {
         )
         .await;
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(err.retryable);
@@ -438,7 +440,7 @@ mod tests {
         )
         .await;
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(!err.retryable);
@@ -459,7 +461,7 @@ mod tests {
         )
         .await;
         let err = action(&url, None, Duration::from_millis(200))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(err.retryable);
@@ -478,7 +480,7 @@ mod tests {
             .port();
         let url = format!("http://127.0.0.1:{port}/hook?token=s3cr3t");
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(err.retryable);
@@ -490,7 +492,7 @@ mod tests {
     async fn garbage_instead_of_http_is_retryable() {
         let (url, _) = server("this is not HTTP at all\r\n\r\n", Duration::ZERO).await;
         let err = action(&url, None, Duration::from_secs(5))
-            .execute(&Delivery::new(1, 0, Bytes::new()))
+            .execute(&Delivery::new(&INST, 1, 0, Bytes::new()))
             .await
             .unwrap_err();
         assert!(err.retryable, "{err:?}");

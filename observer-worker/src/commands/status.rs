@@ -1,7 +1,7 @@
 //! `status`: the operator's view. Observers (backlog, oldest undelivered age, leader and lease,
 //! dead letters, parked pairs, open breakers, last error), workers (heartbeat age, leader),
 //! circuit breakers, and a list of problems (broken observers, no leader, no live worker, stale
-//! heartbeats, dead letters, open breakers, Redis degraded).
+//! heartbeats, capture broken by a schema change, dead letters, open breakers, Redis degraded).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -171,6 +171,35 @@ pub fn problems(r: &StatusReport) -> Vec<Problem> {
             severity: "error",
             group: Some(g.clone()),
             observer: None,
+            message,
+        });
+    }
+    // capture broken by a schema change (observers.status().capture_error): for an enabled
+    // observer an error (row changes are lost until it is repaired)
+    for o in &r.observers {
+        let Some(why) = s(o, "capture_error") else {
+            continue;
+        };
+        let name = s(o, "observer").unwrap_or_default();
+        let enabled = o.get("enabled") != Some(&Value::Bool(false));
+        let message = if enabled {
+            format!(
+                "observer {name} does not capture as defined: {why}. Run \
+                 SELECT * FROM observers.repair_observer('{name}'): it puts back what it can and \
+                 says what to do otherwise (docs/TROUBLESHOOTING.md, \"Capture broken by a \
+                 schema change\")"
+            )
+        } else {
+            format!(
+                "observer {name} (disabled): its triggers do not match its definition: {why}. \
+                 observers.enable_observer('{name}') or observers.repair_observer('{name}') \
+                 puts them back"
+            )
+        };
+        out.push(Problem {
+            severity: if enabled { "error" } else { "warning" },
+            group: s(o, "group_name"),
+            observer: Some(name),
             message,
         });
     }
@@ -601,5 +630,36 @@ mod tests {
             empty.contains("no worker has ever sent a heartbeat"),
             "{empty}"
         );
+    }
+
+    #[test]
+    fn broken_capture_is_an_error_for_an_enabled_observer() {
+        let mut o = observer(Some("w-1"), 0);
+        o["capture_error"] =
+            json!("UPDATE not captured: trigger observers_1_update on public.orders is missing");
+        let mut off = observer(None, 0);
+        off["observer"] = json!("paused");
+        off["enabled"] = json!(false);
+        off["capture_error"] =
+            json!("DELETE not captured: trigger observers_2_delete on public.orders is missing");
+        let r = StatusReport {
+            observers: vec![o, off],
+            workers: vec![worker("w-1", 1.0, true)],
+            breakers: Some(vec![]),
+        };
+        let p = problems(&r);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].severity, "error");
+        assert_eq!(p[0].observer.as_deref(), Some("orders"));
+        assert!(
+            p[0].message
+                .contains("observers_1_update on public.orders is missing")
+                && p[0].message.contains("observers.repair_observer('orders')"),
+            "{p:?}"
+        );
+        assert_eq!(p[1].severity, "warning", "a disabled observer: {p:?}");
+        assert!(p[1].message.contains("enable_observer('paused')"), "{p:?}");
+        assert!(render_text(&r).contains("ERROR observer orders does not capture as defined"));
+        assert_eq!(report_json(&r)["problems"][0]["severity"], "error");
     }
 }

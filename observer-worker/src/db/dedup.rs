@@ -18,17 +18,19 @@ pub enum ClaimState {
 }
 
 impl Db {
-    /// The installation id of the extension (stable for the life of the database's extension).
-    pub async fn installation_id(&self) -> Result<String, DbError> {
+    /// The installation id of the extension (kept for the life of the database, and across
+    /// pg_dump/restore); `None` if the row was deleted.
+    pub async fn installation_id(&self) -> Result<Option<String>, DbError> {
         const CTX: &str = "observers.installation";
         let (c, stmt) = self
             .prepared(Lane::Side, CTX, queries::INSTALLATION_ID)
             .await?;
         let row = c
-            .query_one(&stmt, &[])
+            .query_opt(&stmt, &[])
             .await
             .map_err(|e| self.err(CTX, e))?;
-        row.try_get(0).map_err(|e| self.err(CTX, e))
+        row.map(|r| r.try_get(0).map_err(|e| self.err(CTX, e)))
+            .transpose()
     }
 
     /// Claims `keys` (with their capture days, `YYYY-MM-DD`) for `owner`; one state per key,

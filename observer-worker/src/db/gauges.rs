@@ -1,5 +1,5 @@
-//! The database-derived gauges of `/metrics` (backlog, oldest unfinished event, dead letters
-//! per observer), read from `observers.status()`.
+//! The database-derived gauges of `/metrics` (backlog, oldest unfinished event, dead letters,
+//! broken capture per observer), read from `observers.status()`.
 
 use super::{queries, Db, DbError, Lane};
 use crate::telemetry::metrics::ObserverGauges;
@@ -28,6 +28,7 @@ impl Db {
                     oldest_age_seconds: r.try_get(2).map_err(shape)?,
                     dlq: r.try_get(3).map_err(shape)?,
                     has_leader: r.try_get(4).map_err(shape)?,
+                    capture_broken: r.try_get(5).map_err(shape)?,
                 })
             })
             .collect()

@@ -57,7 +57,7 @@ pub const CREATE_OBSERVER: &str = "SELECT id FROM observers.create_observer(\
 /// `maintain()` -> one-line summary.
 pub const MAINTAIN: &str = "SELECT observers.maintain()";
 
-/// The installation's id (namespaces deduplication keys per database).
+/// The installation's id (part of every webhook-id and deduplication key; one row).
 pub const INSTALLATION_ID: &str = "SELECT id::text FROM observers.installation LIMIT 1";
 
 /// `dedup_claim(keys, days, owner, claim_ttl, done_ttl)` -> (key, 'claimed'|'done'|'busy').
@@ -100,8 +100,9 @@ pub const ATTEMPT_ADD: &str =
     "SELECT observers.attempt_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Per observer of group `$1`: backlog, age of the oldest unfinished event (seconds), dead
-/// letters, and whether the group has a leader (`/metrics`, refreshed every few seconds).
+/// letters, whether the group has a leader, and whether its capture is broken (`/metrics`,
+/// refreshed every few seconds).
 pub const OBSERVER_GAUGES: &str = "SELECT observer, coalesce(backlog, 0)::bigint, \
      coalesce(extract(epoch FROM oldest_undelivered_age), 0)::float8, \
-     coalesce(dlq_count, 0)::bigint, leader IS NOT NULL \
+     coalesce(dlq_count, 0)::bigint, leader IS NOT NULL, capture_error IS NOT NULL \
      FROM observers.status() WHERE group_name = $1";

@@ -288,7 +288,12 @@ mod tests {
     }
 
     fn delivery() -> Delivery {
-        Delivery::new(7, 0, Bytes::from_static(b"{}"))
+        Delivery::new(
+            &crate::installation::InstallationId::from_bytes([1; 16]),
+            7,
+            0,
+            Bytes::from_static(b"{}"),
+        )
     }
 
     #[tokio::test]

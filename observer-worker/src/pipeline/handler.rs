@@ -16,6 +16,7 @@ use super::parked::ParkQueue;
 use super::registry::{ObserverRegistry, Runnable, RuntimeObserver};
 use crate::actions::{Action, BoxFuture, Delivery};
 use crate::db::{Db, DbError, DeadLetterRecord, FetchedEvent, ParkRecord};
+use crate::installation::InstallationId;
 use crate::resilience::PairKey;
 use crate::telemetry::metrics::PairOutcome;
 use crate::telemetry::Stats;
@@ -28,8 +29,8 @@ pub struct Deliverer {
     pub fenced: Arc<Notify>,
     /// Concurrency, circuit breakers, deduplication (and the soft shutdown token).
     pub layers: Layers,
-    /// This installation's id (part of dedup keys); set when deduplication is on.
-    pub installation: Option<[u8; 16]>,
+    /// This installation's id: part of every webhook-id and, with deduplication, of dedup keys.
+    pub installation: InstallationId,
     /// Where pairs of open destinations (circuit breakers) and of broken observers go.
     pub parker: Option<Arc<ParkQueue>>,
     pub stats: Arc<Stats>,
@@ -88,13 +89,13 @@ impl Deliverer {
         event: &FetchedEvent,
         index: usize,
     ) -> bool {
-        let mut delivery =
-            Delivery::new(event.id, index, event.body.clone()).for_observer(observer.id);
+        let mut delivery = Delivery::new(&self.installation, event.id, index, event.body.clone())
+            .for_observer(observer.id);
         // ordered observers wait for their destination instead: parking would reorder them
         delivery.may_park = event.ordering_key.is_none();
-        if let (Some(inst), Some(_)) = (&self.installation, &self.layers.dedup) {
+        if self.layers.dedup.is_some() {
             delivery = delivery.with_dedup_key(PairKey::new(
-                inst,
+                self.installation.bytes(),
                 observer.id,
                 index,
                 event.id,

@@ -31,6 +31,7 @@ use super::lease::LeaseState;
 use super::registry::{ObserverEntry, ObserverRegistry};
 use crate::actions::Delivery;
 use crate::db::{Db, ParkRecord, ParkedPair};
+use crate::installation::InstallationId;
 use crate::resilience::batcher::Batcher;
 use crate::resilience::PairKey;
 use crate::telemetry::metrics::PairOutcome;
@@ -134,7 +135,8 @@ pub struct ParkedLoop {
     pub lease: watch::Receiver<LeaseState>,
     pub fenced: Arc<Notify>,
     pub layers: Layers,
-    pub installation: Option<[u8; 16]>,
+    /// This installation's id (dedup keys; the webhook-id comes stored with the pair).
+    pub installation: InstallationId,
     pub stats: Arc<Stats>,
 }
 
@@ -247,13 +249,21 @@ impl ParkedLoop {
                 return;
             }
         }
-        let mut delivery = Delivery::new(p.event_id, index, Bytes::from(p.body.clone()))
-            .for_observer(p.observer_id);
+        // the webhook-id stored with the pair: the one its earlier attempts were sent with (a
+        // pair dead-lettered before the id format changed keeps its old id)
+        let mut delivery = Delivery::new(
+            &self.installation,
+            p.event_id,
+            index,
+            Bytes::from(p.body.clone()),
+        )
+        .with_webhook_id(p.webhook_id.clone())
+        .for_observer(p.observer_id);
         delivery.attempts_used = p.attempts.max(0) as u32;
         // replay(..., force => true): deliver even if deduplication remembers it as done
-        if let (false, Some(inst), Some(_)) = (p.force, &self.installation, &self.layers.dedup) {
+        if !p.force && self.layers.dedup.is_some() {
             delivery = delivery.with_dedup_key(PairKey::new(
-                inst,
+                self.installation.bytes(),
                 p.observer_id,
                 index,
                 p.event_id,

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use super::batcher::Batcher;
 use crate::config::{DedupBackend, DedupConfig, RedisConfig};
 use crate::db::{ClaimState, Db};
+use crate::installation::InstallationId;
 
 /// Largest batch sent in one round trip.
 const MAX_BATCH: usize = 512;
@@ -79,15 +80,7 @@ impl PairKey {
 
 /// Parses the installation UUID text into its 16 bytes.
 pub fn installation_bytes(uuid: &str) -> Option<[u8; 16]> {
-    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    InstallationId::parse(uuid).map(|i| *i.bytes())
 }
 
 #[derive(Debug, Clone)]

@@ -74,6 +74,7 @@ pub mod names {
     pub const BACKLOG: &str = "observer_backlog_events";
     pub const BACKLOG_OLDEST_AGE: &str = "observer_backlog_oldest_age_seconds";
     pub const DLQ_SIZE: &str = "observer_dlq_size";
+    pub const CAPTURE_BROKEN: &str = "observer_capture_broken";
     pub const GROUP_HAS_LEADER: &str = "observer_group_has_leader";
 
     /// Every family above (docs/METRICS.md lists the same).
@@ -108,6 +109,7 @@ pub mod names {
         BACKLOG,
         BACKLOG_OLDEST_AGE,
         DLQ_SIZE,
+        CAPTURE_BROKEN,
         GROUP_HAS_LEADER,
     ];
 }
@@ -164,6 +166,8 @@ pub struct ObserverGauges {
     pub dlq: i64,
     /// Some worker holds the group's lease right now.
     pub has_leader: bool,
+    /// Its capture triggers do not match its definition (`observers.status().capture_error`).
+    pub capture_broken: bool,
 }
 
 /// The registry and every family. One per worker process, shared by the pipeline (hot path),
@@ -206,6 +210,7 @@ pub struct Metrics {
     backlog: IntGaugeVec,
     backlog_age: GaugeVec,
     dlq: IntGaugeVec,
+    capture_broken: IntGaugeVec,
     group_has_leader: IntGauge,
 }
 
@@ -333,6 +338,10 @@ impl Metrics {
                 &r,
                 IntGaugeVec::new(opts(DLQ_SIZE, "Dead letters in observers.dlq, by observer."), &["group", "observer"])?,
             )?,
+            capture_broken: reg(
+                &r,
+                IntGaugeVec::new(opts(CAPTURE_BROKEN, "1 if the observer does not capture as defined (a capture trigger dropped, disabled or renamed, or its table or a columns column dropped: observers.status().capture_error), by observer."), &["group", "observer"])?,
+            )?,
             group_has_leader: reg(&r, IntGauge::with_opts(opts(GROUP_HAS_LEADER, "1 if some worker holds this group's leader lease (from the database)."))?)?,
             registry: r,
         };
@@ -404,6 +413,7 @@ impl Metrics {
         self.backlog.reset();
         self.backlog_age.reset();
         self.dlq.reset();
+        self.capture_broken.reset();
         let mut has_leader = false;
         for row in rows {
             let labels = [self.group.as_str(), row.observer.as_str()];
@@ -412,6 +422,9 @@ impl Metrics {
                 .with_label_values(&labels)
                 .set(row.oldest_age_seconds);
             self.dlq.with_label_values(&labels).set(row.dlq);
+            self.capture_broken
+                .with_label_values(&labels)
+                .set(i64::from(row.capture_broken));
             has_leader |= row.has_leader;
         }
         self.group_has_leader.set(i64::from(has_leader));
@@ -605,6 +618,7 @@ mod tests {
             oldest_age_seconds: 2.5,
             dlq: 3,
             has_leader: true,
+            capture_broken: true,
         }]);
         m.database_down();
         let text = m.encode().unwrap();
@@ -619,6 +633,13 @@ mod tests {
         assert_eq!(
             sample(&text, r#"observer_dlq_size{group="g",observer="orders"}"#),
             Some(3.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"observer_capture_broken{group="g",observer="orders"}"#
+            ),
+            Some(1.0)
         );
         // a refresh without the observer removes its series
         m.database_refreshed(&[]);
@@ -700,6 +721,7 @@ mod tests {
             names::BACKLOG,
             names::BACKLOG_OLDEST_AGE,
             names::DLQ_SIZE,
+            names::CAPTURE_BROKEN,
             names::REDELIVERIES,
             names::BROKEN_OBSERVERS,
         ];

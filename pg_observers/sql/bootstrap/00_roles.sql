@@ -3,7 +3,7 @@
 -- Roles are cluster-wide objects: they are created once (if missing) and survive
 -- DROP EXTENSION. All three are NOLOGIN group roles.
 --
---   observers_admin    operators: create/drop/enable/disable observers, status(), the
+--   observers_admin    operators: create/drop/enable/disable/repair observers, status(), the
 --                      dead-letter queue (list, show, retry, purge), debug_event(), replay(),
 --                      read every table of schema observers (payloads included).
 --   observers_worker   the fraiseql-observers worker: lease, batches, checkpoints, DLQ,

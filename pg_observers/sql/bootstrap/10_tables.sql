@@ -120,12 +120,29 @@ CREATE TABLE observers.worker (
     PRIMARY KEY (group_name, worker_id)
 );
 
--- pg_dump keeps observer definitions and dead letters. The outbox, checkpoints, leases and
--- heartbeats are not dumped: snapshots and txids mean nothing in another cluster.
+-- What pg_dump keeps (docs/OPERATIONS.md, "Backups: pg_dump and restore"). pg_dump skips the
+-- tables of an extension unless they are marked here; a restore runs CREATE EXTENSION and then
+-- loads the marked rows. Kept: the observer definitions, the dead letters, the pairs waiting for
+-- redelivery (36_parked.sql), the installation id (35_dedup.sql) and the event id sequence, so
+-- that a restored database goes on with new ids and webhook-ids it never sent before.
+-- Not kept, on purpose:
+--   * the outbox (observers.event and its partitions): delivery state, not configuration. Its
+--     day partitions are created at run time, where pg_extension_config_dump() cannot mark them,
+--     and its txid column means nothing in another cluster's transaction id space. Drain the
+--     backlog before a dump that is meant to move a database (docs/OPERATIONS.md).
+--   * checkpoints: a checkpoint is a pair of snapshots of the cluster's transaction ids. Restored
+--     into a cluster whose transaction counter is lower (any fresh cluster), every new event would
+--     look older than the checkpoint and be skipped without a trace. A group without a checkpoint
+--     starts at the beginning of the (restored, empty) outbox: nothing delivered before the dump
+--     is in it, nothing new is skipped.
+--   * leases and heartbeats (process state), the attempt log and deduplication state (partitioned
+--     by day like the outbox; a done-mark only matters for the events of the old outbox).
+-- The sequences of identity columns must be marked themselves, or their values restart at 1.
 SELECT pg_catalog.pg_extension_config_dump('observers.observer', '');
 SELECT pg_catalog.pg_extension_config_dump('observers.observer_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('observers.dlq', '');
 SELECT pg_catalog.pg_extension_config_dump('observers.dlq_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('observers.event_id_seq', '');
 
 -- The names an observer's events were captured under (docs/SQL.md, "Names at capture time"): the
 -- events of observer `observer_id` with ids up to `until_id` (and above the previous row's

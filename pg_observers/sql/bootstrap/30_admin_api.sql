@@ -612,7 +612,9 @@ END
 $$;
 
 -- Stop / resume capturing. Returns false when the observer already was in that state.
--- Events captured while it was enabled are still delivered.
+-- Events captured while it was enabled are still delivered. enable_observer() also puts back
+-- capture triggers that schema changes removed, disabled or renamed (observers._repair_capture,
+-- 32_integrity.sql), even when the observer was enabled already; each change is a NOTICE.
 CREATE FUNCTION observers.disable_observer(name text)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -642,19 +644,28 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    o observers.observer;
+    o          observers.observer;
+    v_was      boolean;
+    v_repaired text;
 BEGIN
     LOCK TABLE observers.observer IN EXCLUSIVE MODE;
     o := observers._find_observer(enable_observer.name);
-    IF o.enabled THEN
-        RETURN false;
-    END IF;
+    v_was := o.enabled;
     IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = o.table_name) THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_table',
             MESSAGE = format('the table of observer "%s" no longer exists', o.name),
             HINT = 'Drop the observer, or re-create it on an existing table with replace => true.';
     END IF;
-    PERFORM observers._set_triggers_enabled(o, true);
+    IF NOT v_was THEN
+        PERFORM observers._set_triggers_enabled(o, true);
+        o.enabled := true;
+    END IF;
+    FOR v_repaired IN SELECT * FROM observers._repair_capture(o) LOOP
+        RAISE NOTICE 'observer "%": %', o.name, v_repaired;
+    END LOOP;
+    IF v_was THEN
+        RETURN false;
+    END IF;
     UPDATE observers.observer AS x SET enabled = true, updated_at = now() WHERE x.id = o.id;
     RETURN true;
 END

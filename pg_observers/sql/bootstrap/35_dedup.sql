@@ -13,15 +13,48 @@
 -- Rows whose day has no partition land in dedup_default, which maintain() trims with a DELETE
 -- (only after maintain() did not run for a week).
 
--- This installation's identity. Deduplication keys include it, so two databases that share one
--- Redis never mistake each other's event ids for their own.
+-- This installation's identity: part of every deduplication key (two databases that share one
+-- Redis never mistake each other's event ids for their own) and of every webhook-id (two
+-- databases that feed one receiver never send the same id; observers._webhook_id).
+--
+-- Exactly one row, kept by pg_dump (10_tables.sql): a restore runs CREATE EXTENSION, which
+-- inserts a fresh row, and then loads the dumped one. The trigger below makes the row inserted
+-- last replace the others, so the restored database keeps the id it had, and the unique index
+-- refuses a second row if the trigger was bypassed (a data-only restore with --disable-triggers
+-- then fails loudly instead of leaving two ids). A database copied with CREATE DATABASE ...
+-- TEMPLATE keeps the id too; give a copy that runs beside the original its own id
+-- (docs/OPERATIONS.md).
 CREATE TABLE observers.installation (
     id         uuid        NOT NULL DEFAULT gen_random_uuid() PRIMARY KEY,
     created_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO observers.installation DEFAULT VALUES;
+CREATE UNIQUE INDEX installation_one_row ON observers.installation ((true));
 COMMENT ON TABLE observers.installation IS
-    'One row: this installation''s id (part of every deduplication key).';
+    'One row: this installation''s id (part of every deduplication key and webhook-id; kept by pg_dump).';
+
+CREATE FUNCTION observers._installation_replace()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM observers.installation;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER installation_replace BEFORE INSERT ON observers.installation
+    FOR EACH ROW EXECUTE FUNCTION observers._installation_replace();
+
+INSERT INTO observers.installation DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('observers.installation', '');
+
+-- This installation's id (NULL only if someone deleted the row).
+CREATE FUNCTION observers._installation_id()
+RETURNS uuid
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT i.id FROM observers.installation AS i $$;
 
 CREATE TABLE observers.dedup (
     key         bytea       NOT NULL,

@@ -39,6 +39,10 @@ CREATE TABLE observers.parked (
 COMMENT ON TABLE observers.parked IS
     'Pairs waiting for their destination''s circuit breaker to close; delivered later by the leader with the same webhook-id.';
 CREATE INDEX parked_destination_idx ON observers.parked (group_name, destination, id);
+-- Kept by pg_dump (10_tables.sql): a restored database still delivers what was waiting, with
+-- the webhook-ids stored here.
+SELECT pg_catalog.pg_extension_config_dump('observers.parked', '');
+SELECT pg_catalog.pg_extension_config_dump('observers.parked_id_seq', '');
 
 -- Park pairs (fenced), batched: element i of every array describes one pair. Parking the same
 -- pair again keeps one row and the larger attempt count. Returns how many were parked.

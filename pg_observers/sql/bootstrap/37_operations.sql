@@ -115,12 +115,21 @@ $$;
 
 -- Shared pieces ------------------------------------------------------------------------------
 
--- The webhook-id of a pair (the worker's actions::webhook_id, kept identical).
+-- The idempotency key (webhook-id) of a pair: evt_<installation>_<event id>_<action index>, where
+-- <installation> is the first 16 hex digits of observers.installation.id. Unique per installation
+-- (two databases feeding one receiver never collide), kept across pg_dump/restore (the
+-- installation id and the event id sequence are dumped), identical on every retry. The worker's
+-- InstallationId::pair_id (observer-worker/src/installation.rs) computes the same; keep the two
+-- identical (docs/WEBHOOKS.md).
 CREATE FUNCTION observers._webhook_id(p_event_id bigint, p_action_index int)
 RETURNS text
 LANGUAGE sql
-IMMUTABLE
-AS $$ SELECT 'evt_' || p_event_id || '_' || p_action_index $$;
+STABLE
+AS $$
+    SELECT pg_catalog.concat('evt_',
+                             pg_catalog.left(pg_catalog.replace(observers._installation_id()::text, '-', ''), 16),
+                             '_', p_event_id, '_', p_action_index)
+$$;
 
 -- The deduplication key of a pair, as the worker computes it (resilience/dedup.rs PairKey).
 CREATE FUNCTION observers._dedup_key(p_observer_id int, p_action_index int, p_event_id bigint)
@@ -201,6 +210,10 @@ $$;
 --                            NULL when every running worker can run it. An error: the observer
 --                            delivers nothing until it is fixed (its events wait in
 --                            observers.parked, or, with an ordering_key, hold its group)
+--   capture_error            NULL, or why the observer does not capture what it is defined to
+--                            (a capture trigger dropped, disabled or renamed, its table or a
+--                            `columns` column dropped: 32_integrity.sql; repair_observer() fixes
+--                            what can be fixed)
 CREATE FUNCTION observers.status()
 RETURNS TABLE (observer text, group_name text, table_name text, enabled boolean,
                backlog bigint, oldest_undelivered_age interval,
@@ -208,7 +221,7 @@ RETURNS TABLE (observer text, group_name text, table_name text, enabled boolean,
                leader text, lease_expires_at timestamptz,
                dlq_count bigint, last_error text, last_error_at timestamptz,
                workers int, last_heartbeat timestamptz, parked bigint, open_breakers text[],
-               broken text)
+               broken text, capture_error text)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
@@ -235,7 +248,8 @@ AS $$
            w.last_heartbeat,
            p.parked,
            br.open_breakers,
-           bk.broken
+           bk.broken,
+           observers._capture_error(o)
       FROM observers.observer AS o
       LEFT JOIN observers.checkpoint AS k ON k.group_name = o.group_name
       LEFT JOIN observers.leader_lease AS l ON l.group_name = o.group_name

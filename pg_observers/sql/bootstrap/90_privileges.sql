@@ -67,6 +67,7 @@ GRANT EXECUTE ON FUNCTION
     observers.drop_observer(text),
     observers.enable_observer(text),
     observers.disable_observer(text),
+    observers.repair_observer(text),
     observers.status(),
     observers.maintain(),
     observers.observer_definitions(text),

@@ -136,7 +136,9 @@ SELECT observers.replay('orders', (SELECT min(id) FROM ev WHERE observer = 'orde
 SELECT observers.replay('orders', (SELECT min(id) FROM ev), (SELECT max(id) FROM ev)) AS queued_again;
 SELECT observers.replay('big', (SELECT min(id) FROM ev), (SELECT max(id) FROM ev), force => true) AS forced;
 SELECT p.reason, p.force, count(*) AS pairs, bool_and(p.body = b.body) AS same_body,
-       bool_and(p.webhook_id = 'evt_' || p.event_id || '_' || p.action_index) AS webhook_ids
+       bool_and(p.webhook_id = format('evt_%s_%s_%s',
+                                      left(replace((SELECT id::text FROM observers.installation), '-', ''), 16),
+                                      p.event_id, p.action_index)) AS webhook_ids
   FROM observers.parked p JOIN batch b ON b.id = p.event_id GROUP BY 1, 2 ORDER BY 2;
 DELETE FROM observers.parked;
 
@@ -150,7 +152,7 @@ SELECT d->>'state' AS state, d->'event'->>'observer' AS observer, d->'event'->>'
 SELECT o->>'name' AS name, o->>'matched' AS matched, o->>'reason' AS reason
   FROM (SELECT observers.debug_event((SELECT id FROM ev WHERE observer = 'orders' AND row = '1' AND op = 'INSERT')) AS d) x,
        jsonb_array_elements(d->'observers') o;
-SELECT a->>'action_index' AS action, a->>'webhook_id' LIKE 'evt_%' AS webhook_id, a->>'result' AS result
+SELECT a->>'action_index' AS action, a->>'webhook_id' ~ '^evt_[0-9a-f]{16}_[0-9]+_[0-9]+$' AS webhook_id, a->>'result' AS result
   FROM (SELECT observers.debug_event((SELECT id FROM ev WHERE observer = 'orders' AND row = '1' AND op = 'INSERT')) AS d) x,
        jsonb_array_elements(d->'actions') a;
 SELECT a->>'attempt' AS attempt, a->>'status' AS status, a->>'outcome' AS outcome, a->>'duration_ms' AS ms, a->>'error' AS error

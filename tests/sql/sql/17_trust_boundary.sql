@@ -178,12 +178,22 @@ DELETE FROM tb.animal WHERE id = 3;
 SELECT e.op, coalesce(e.new, e.old) ->> 'id' AS id, e.new ->> 'name' AS name
   FROM observers.event AS e JOIN observers.observer AS o ON o.id = e.observer_id
  WHERE o.name = 'animals' ORDER BY e.id;
+-- a child attached later has no trigger yet: status() says so, repair_observer() installs it
+CREATE TABLE tb.kitten (fluffy boolean) INHERITS (tb.animal);
+SELECT capture_error FROM observers.status() WHERE observer = 'animals';
+SELECT * FROM observers.repair_observer('animals');
+SELECT capture_error FROM observers.status() WHERE observer = 'animals';
+INSERT INTO tb.kitten VALUES (4, 'tom', true);
+UPDATE tb.animal SET name = lower(name) WHERE id = 4;
+SELECT e.op, e.new ->> 'id' AS id, e.new ->> 'name' AS name
+  FROM observers.event AS e JOIN observers.observer AS o ON o.id = e.observer_id
+ WHERE o.name = 'animals' AND e.new ->> 'id' = '4' ORDER BY e.id;
 SELECT observers.disable_observer('animals'), observers.enable_observer('animals');
 SELECT count(*) FILTER (WHERE tgenabled = 'O') AS enabled_triggers
-  FROM pg_trigger WHERE tgname LIKE E'observers\\_%' AND tgrelid IN ('tb.animal'::regclass, 'tb.dog'::regclass, 'tb.puppy'::regclass);
+  FROM pg_trigger WHERE tgname LIKE E'observers\\_%' AND tgrelid IN ('tb.animal'::regclass, 'tb.dog'::regclass, 'tb.puppy'::regclass, 'tb.kitten'::regclass);
 SELECT observers.drop_observer('animals');
 SELECT count(*) AS triggers_left FROM pg_trigger
- WHERE tgname LIKE E'observers\\_%' AND tgrelid IN ('tb.animal'::regclass, 'tb.dog'::regclass, 'tb.puppy'::regclass);
+ WHERE tgname LIKE E'observers\\_%' AND tgrelid IN ('tb.animal'::regclass, 'tb.dog'::regclass, 'tb.puppy'::regclass, 'tb.kitten'::regclass);
 
 -- 13. The payload does not depend on the writer's session: the same row written from a session
 -- with the defaults and from one with every format setting changed gives the same payload,

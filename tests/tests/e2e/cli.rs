@@ -138,7 +138,11 @@ async fn dlq_list_show_stats_retry_and_purge() {
             "{e} vs {row:?}"
         );
         let event = e["event_id"].as_i64().unwrap();
-        assert_eq!(e["webhook_id"], format!("evt_{event}_0"), "{e}");
+        assert_eq!(
+            e["webhook_id"],
+            webhook_id(&db.client, event, 0).await,
+            "{e}"
+        );
         assert_eq!(e["attempts"], 2, "{e}");
         assert_eq!(e["last_status"], 500, "{e}");
         assert_eq!(e["retries"], 0, "{e}");
@@ -434,6 +438,135 @@ async fn status_with_and_without_a_worker() {
     assert_eq!(s["workers"][0]["leader"], false, "{s:#}");
 }
 
+/// The value of `series` in the worker's `/metrics`, once it is there.
+async fn metric(port: u16, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Issue 9 §2.12: a schema change that switches capture off is an error for `status`, for
+/// `status --check` (exit 4) and for `/metrics` (`observer_capture_broken`) until
+/// `observers.repair_observer()` puts it back; events written meanwhile are lost, so it must not
+/// wait for someone to notice missing webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_capture_is_an_error_for_status_check_and_metrics() {
+    let (db, rx) = setup("cli_capture").await;
+    db.client
+        .batch_execute("CREATE TABLE public.things (id serial PRIMARY KEY, label text)")
+        .await
+        .unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "{}metrics:\n  listen: 127.0.0.1:{port}\nobservers:\n{}",
+        observers_tests::util::config_head("w-cli-capture"),
+        observer("things", "public.things", &rx.url("/h"))
+    );
+    let mut worker = start_worker("cli_capture", &db, &yaml, &[]);
+    wait_observer_ready(&db.client, "things", "public.things", SHORT).await;
+    let series = r#"observer_capture_broken{group="default",observer="things"}"#;
+    let check_is = |want: i32| {
+        let db = &db;
+        async move {
+            poll(SHORT, Duration::from_millis(250), || async {
+                let out = cli(db, &["status", "--check"]).await;
+                (out.status.code() == Some(want)).then_some(out)
+            })
+            .await
+        }
+    };
+    assert!(
+        check_is(0).await.is_some(),
+        "a healthy worker never made status --check pass"
+    );
+    let gauge = poll(SHORT, Duration::from_millis(250), || metric(port, series)).await;
+    assert_eq!(gauge, Some(0.0), "{series}");
+
+    // the table's owner switches the INSERT trigger off: nothing is captured any more
+    let trigger = text_of(
+        &db,
+        "SELECT observers._trigger_name(id, 'INSERT') FROM observers.observer WHERE name = 'things'",
+    )
+    .await;
+    db.client
+        .batch_execute(&format!(
+            "ALTER TABLE public.things DISABLE TRIGGER {trigger}"
+        ))
+        .await
+        .unwrap();
+    insert(&db, "things", &["lost"]).await;
+    assert_eq!(outbox_ids(&db.client, "things").await.len(), 0);
+
+    let Some(out) = check_is(4).await else {
+        let last = cli(&db, &["status", "--check"]).await;
+        panic!("status --check never exited 4: {}", text(&last));
+    };
+    let t = text(&out);
+    assert!(
+        t.contains("ERROR observer things does not capture as defined")
+            && t.contains(&format!(
+                "INSERT not captured: trigger {trigger} on public.things is disabled"
+            ))
+            && t.contains("observers.repair_observer('things')"),
+        "{t}"
+    );
+    let s = cli_json(&db, &["status"]).await;
+    assert_eq!(s["problems"][0]["severity"], "error", "{s:#}");
+    assert_eq!(s["problems"][0]["observer"], "things", "{s:#}");
+    assert!(
+        s["observers"][0]["capture_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is disabled")),
+        "{s:#}"
+    );
+    let gauge = poll(SHORT, Duration::from_millis(250), || async {
+        metric(port, series).await.filter(|v| *v == 1.0)
+    })
+    .await;
+    assert_eq!(gauge, Some(1.0), "{series} never turned 1");
+
+    // repaired: capture resumes, status --check passes, the gauge goes back to 0
+    let repaired: Vec<String> = db
+        .client
+        .query("SELECT * FROM observers.repair_observer('things')", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        repaired,
+        [format!("enabled INSERT trigger {trigger} on public.things")]
+    );
+    assert!(
+        check_is(0).await.is_some(),
+        "status --check still fails after the repair"
+    );
+    let gauge = poll(SHORT, Duration::from_millis(250), || async {
+        metric(port, series).await.filter(|v| *v == 0.0)
+    })
+    .await;
+    assert_eq!(gauge, Some(0.0), "{series} never went back to 0");
+    insert(&db, "things", &["captured"]).await;
+    assert!(rx.wait_for_events(1, SHORT).await, "{}", rx.summary());
+    assert_eq!(
+        delivered_labels(&rx),
+        ["captured".to_owned()].into_iter().collect()
+    );
+    assert_eq!(worker.stop(SHORT).await.code(), Some(0));
+}
+
+async fn text_of(db: &TestDb, sql: &str) -> String {
+    db.client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_delivers_past_events_again_with_their_webhook_ids() {
     let (db, rx, mut worker) = start("cli_replay").await;
@@ -473,7 +606,7 @@ async fn replay_delivers_past_events_again_with_their_webhook_ids() {
     for (event, webhook_ids) in webhook_ids_by_event(&rx.deliveries()) {
         assert_eq!(
             webhook_ids.into_iter().collect::<Vec<_>>(),
-            [format!("evt_{event}_0")],
+            [webhook_id(&db.client, event, 0).await],
             "a replay keeps the webhook-id"
         );
     }

@@ -141,6 +141,17 @@ pub async fn wait_backlog_zero(client: &Client, timeout: Duration) -> bool {
     .is_some()
 }
 
+/// The webhook-id of an (event, action) pair as the extension computes it
+/// (`observers._webhook_id`: `evt_<installation>_<event>_<action>`, docs/WEBHOOKS.md); the worker
+/// must send exactly this.
+pub async fn webhook_id(client: &Client, event: i64, action: i32) -> String {
+    client
+        .query_one("SELECT observers._webhook_id($1, $2)", &[&event, &action])
+        .await
+        .expect("observers._webhook_id")
+        .get(0)
+}
+
 /// All event ids in the outbox for observer `name`.
 pub async fn outbox_ids(client: &Client, observer: &str) -> Vec<i64> {
     client

@@ -470,7 +470,8 @@ async fn two_instances_race(backend: &str, redis: Option<&RedisServer>) {
         .unwrap()
         .installation_id()
         .await
-        .unwrap();
+        .unwrap()
+        .expect("observers.installation has its row");
     let inst = installation_bytes(&inst_text).unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let successes = Arc::new(AtomicUsize::new(0));
@@ -572,7 +573,7 @@ async fn done_marks_made_during_a_fallback_are_honoured_after_redis_returns() {
     let redis = RedisServer::start();
     let db = observers_tests::fresh_db("dedup_fallback_marks").await;
     let pool = Db::new(&db.url, Duration::from_secs(5)).unwrap();
-    let inst = installation_bytes(&pool.installation_id().await.unwrap()).unwrap();
+    let inst = installation_bytes(&pool.installation_id().await.unwrap().unwrap()).unwrap();
     let key = |e: i64| PairKey::new(&inst, 3, 0, e, "2026-11-29");
     // the earlier process confirmed pairs 1..=5 on the fallback
     let (hashes, days): (Vec<Vec<u8>>, Vec<String>) =

@@ -113,6 +113,16 @@ async fn every_op_is_delivered_with_exact_payload_headers_and_signature() {
     );
 
     let outbox = outbox_ids(&db.client, "order_events").await;
+    // the first 16 hex digits of this database's installation id
+    let installation: String = db
+        .client
+        .query_one(
+            "SELECT left(replace(id::text, '-', ''), 16) FROM observers.installation",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(
         outbox.len(),
         3,
@@ -203,8 +213,13 @@ async fn every_op_is_delivered_with_exact_payload_headers_and_signature() {
             .unwrap_or_else(|| panic!("no webhook-id: {ctx}"));
         assert_eq!(
             wid,
-            format!("evt_{}_0", outbox[i]),
-            "webhook-id is evt_<event id>_<action index>"
+            format!("evt_{installation}_{}_0", outbox[i]),
+            "webhook-id is evt_<installation>_<event id>_<action index> (docs/WEBHOOKS.md)"
+        );
+        assert_eq!(
+            wid,
+            webhook_id(&db.client, outbox[i], 0).await,
+            "the worker and the extension (replays, DLQ retries) build the same webhook-id"
         );
         let wts = d
             .webhook_timestamp

@@ -86,7 +86,7 @@ async fn late_commit_with_lower_id_is_delivered_after_higher_ids() {
     assert_eq!(second.body.as_ref().unwrap()["new"]["label"], "A");
     assert_eq!(
         second.webhook_id.as_deref(),
-        Some(format!("evt_{a_event}_0").as_str())
+        Some(webhook_id(&db.client, a_event, 0).await.as_str())
     );
     assert!(
         wait_backlog_zero(&db.client, SHORT).await,

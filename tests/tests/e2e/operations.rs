@@ -103,7 +103,7 @@ async fn dlq_retry_redelivers_with_the_same_webhook_id_and_leaves_the_dlq_only_o
     );
     let retried: Vec<_> = rx.deliveries()[before..].to_vec();
     assert_eq!(retried.len(), 2, "{}", rx.summary());
-    let want_id = format!("evt_{first_event}_0");
+    let want_id = webhook_id(&db.client, first_event, 0).await;
     assert!(retried
         .iter()
         .all(|d| d.webhook_id.as_deref() == Some(want_id.as_str())));
@@ -130,7 +130,11 @@ async fn dlq_retry_redelivers_with_the_same_webhook_id_and_leaves_the_dlq_only_o
     for d in &ok {
         assert_eq!(
             d.webhook_id.as_deref(),
-            Some(format!("evt_{}_0", d.event_id().unwrap()).as_str()),
+            Some(
+                webhook_id(&db.client, d.event_id().unwrap(), 0)
+                    .await
+                    .as_str()
+            ),
             "a retried dead letter keeps its webhook-id"
         );
     }

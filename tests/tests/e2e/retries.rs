@@ -71,7 +71,7 @@ async fn server_error_then_success_is_retried_with_the_same_webhook_id() {
     );
     assert_eq!(
         d[0].webhook_id.as_deref(),
-        Some(format!("evt_{event}_0").as_str())
+        Some(webhook_id(&db.client, event, 0).await.as_str())
     );
     assert_eq!(d[0].body, d[1].body, "the retry sends the same body");
     assert!(wait_backlog_zero(&db.client, SHORT).await);
@@ -106,7 +106,7 @@ async fn client_error_is_dead_lettered_after_one_attempt() {
     assert_eq!(row["last_status"].as_deref(), Some("400"), "{row:?}");
     assert_eq!(
         row["webhook_id"].as_deref(),
-        Some(format!("evt_{event}_0").as_str()),
+        Some(webhook_id(&db.client, event, 0).await.as_str()),
         "{row:?}"
     );
     let err = row["error"].clone().unwrap_or_default();
@@ -286,7 +286,7 @@ async fn garbage_responses_200_is_success_502_html_is_retried() {
     );
     assert_eq!(
         ok[0].webhook_id.as_deref(),
-        Some(format!("evt_{event}_0").as_str()),
+        Some(webhook_id(&db.client, event, 0).await.as_str()),
         "action index 0"
     );
     let bg = rx.deliveries_for("/bad-gateway");
@@ -297,7 +297,7 @@ async fn garbage_responses_200_is_success_502_html_is_retried() {
     );
     assert_eq!(
         bg[0].webhook_id.as_deref(),
-        Some(format!("evt_{event}_1").as_str()),
+        Some(webhook_id(&db.client, event, 1).await.as_str()),
         "action index 1"
     );
     assert_eq!(bg[1].webhook_id, bg[0].webhook_id);
