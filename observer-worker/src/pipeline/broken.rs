@@ -180,7 +180,8 @@ impl Deliverer {
                 action_index: index as i32,
                 action_type: Cow::Owned(action_type.clone()),
                 // the same id the pair gets when it is delivered directly
-                webhook_id: Delivery::new(event.id, index, event.body.clone()).webhook_id,
+                webhook_id: Delivery::new(&self.installation, event.id, index, event.body.clone())
+                    .webhook_id,
                 day: day.clone(),
                 destination: destination.clone(),
                 body: body.clone(),
