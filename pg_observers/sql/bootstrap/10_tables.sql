@@ -31,7 +31,10 @@ CREATE TABLE observers.observer (
                  CONSTRAINT observer_actions_array CHECK (jsonb_typeof(actions) = 'array'),
     enabled      boolean     NOT NULL DEFAULT true,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    updated_at   timestamptz NOT NULL DEFAULT now()
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    -- the role that created (or last replaced) the observer: its rights are what the observer
+    -- may reveal (row-level security, docs/SECURITY.md)
+    created_by   text
 );
 COMMENT ON TABLE observers.observer IS
     'Observer definitions. Manage with observers.create_observer/drop_observer/enable_observer/disable_observer.';

@@ -567,7 +567,8 @@ BEGIN
         UPDATE observers.observer AS o
            SET table_name = v_table, events = v_events, condition = v_condition,
                columns = v_columns, ordering_key = v_key, actions = v_actions,
-               group_name = v_group, updated_at = now()
+               group_name = v_group, updated_at = now(),
+               created_by = observers._calling_role()::regrole::text
          WHERE o.id = v_old.id
         RETURNING * INTO v_new;
         IF v_old.table_name <> v_table OR v_old.events <> v_events
@@ -580,8 +581,9 @@ BEGIN
     END IF;
 
     INSERT INTO observers.observer (name, group_name, table_name, events, condition, columns,
-                                    ordering_key, actions)
-    VALUES (v_name, v_group, v_table, v_events, v_condition, v_columns, v_key, v_actions)
+                                    ordering_key, actions, created_by)
+    VALUES (v_name, v_group, v_table, v_events, v_condition, v_columns, v_key, v_actions,
+            observers._calling_role()::regrole::text)
     RETURNING * INTO v_new;
     PERFORM observers._install_triggers(v_new);
     RETURN v_new;

@@ -87,6 +87,8 @@ $$;
 -- captures exactly what it is defined to). kind is one of
 --   table_dropped, column_missing, trigger_missing            (only a DROP causes these)
 --   trigger_renamed, trigger_disabled, partition_disabled, trigger_enabled   (ALTER causes these)
+--   child_missing, child_disabled       (an inheritance child attached later, or ALTER on a child)
+--   rls_not_bypassed                    (row-level security enabled after the observer was made)
 -- trigger_enabled: the observer is disabled but its trigger fires (it captures anyway).
 CREATE FUNCTION observers._capture_problems(o observers.observer)
 RETURNS TABLE (kind text, message text)
@@ -159,6 +161,15 @@ BEGIN
             END IF;
         END IF;
     END LOOP;
+    -- row-level security enabled (or forced) after the observer was created, for a creator that
+    -- does not bypass it: the observer publishes rows its creator cannot read
+    IF EXISTS (SELECT 1 FROM pg_class AS c WHERE c.oid = o.table_name AND c.relrowsecurity)
+       AND NOT coalesce(observers._bypasses_rls(to_regrole(o.created_by), o.table_name), false) THEN
+        kind := 'rls_not_bypassed';
+        message := format('%s has row-level security that the observer''s creator %s does not bypass: it publishes rows its creator cannot read',
+                          v_label, coalesce(o.created_by, '(unknown)'));
+        RETURN NEXT;
+    END IF;
     -- inheritance children: an observer on a table with children has its triggers on each of
     -- them (_install_triggers); a child attached later has none until the observer is repaired
     IF v_kind = 'r' THEN
@@ -321,7 +332,9 @@ DECLARE
 BEGIN
     FOR o IN SELECT * FROM observers.observer AS x WHERE x.id = ANY (p_ids) ORDER BY x.name LOOP
         SELECT string_agg(p.message, '; '),
-               CASE WHEN bool_or(p.kind = 'column_missing') THEN
+               CASE WHEN bool_or(p.kind = 'rls_not_bypassed') THEN
+                        format('Drop the observer (SELECT observers.drop_observer(%L)), or re-create it as a role that bypasses row-level security for the table (its owner without FORCE, BYPASSRLS, or a superuser) with create_observer(..., replace => true).', o.name)
+                    WHEN bool_or(p.kind = 'column_missing') THEN
                         'Re-create the observer with the columns that remain (observers.create_observer(..., replace => true)); its UPDATE events are not captured until then.'
                     WHEN bool_or(p.kind IN ('trigger_missing', 'trigger_disabled', 'partition_disabled')) THEN
                         format('Row changes are not captured until you run SELECT * FROM observers.repair_observer(%L); observers.status() reports it meanwhile.', o.name)
@@ -415,7 +428,7 @@ BEGIN
          WHERE c.classid IN ('pg_class'::regclass, 'pg_trigger'::regclass);
         IF v_ids IS NOT NULL THEN
             PERFORM observers._warn_capture_problems(
-                v_ids, '{trigger_renamed,trigger_disabled,partition_disabled,trigger_enabled}', tg_tag);
+                v_ids, '{trigger_renamed,trigger_disabled,partition_disabled,trigger_enabled,rls_not_bypassed}', tg_tag);
         END IF;
     EXCEPTION WHEN OTHERS THEN
         NULL;  -- never fail the user's command; observers.status() still sees the problem

@@ -149,6 +149,19 @@ SET ROLE regress_tb_owner;
 SELECT observers.create_observer('rls_forced', 'tb.secrets');
 RESET ROLE;
 SELECT name FROM observers.observer WHERE name LIKE 'rls%' ORDER BY 1;
+-- row-level security enabled on a table after a role that does not bypass it observed it: the
+-- DDL warns, status() reports it as an error for that observer only
+CREATE TABLE tb.notes (id int PRIMARY KEY, owner text, body text);
+ALTER TABLE tb.notes OWNER TO regress_tb_owner;
+GRANT SELECT ON tb.notes TO regress_tb_worker;
+SET ROLE regress_tb_worker;
+SELECT name, created_by FROM observers.create_observer('notes_worker', 'tb.notes');
+RESET ROLE;
+SET ROLE regress_tb_owner;
+SELECT name, created_by FROM observers.create_observer('notes_owner', 'tb.notes');
+ALTER TABLE tb.notes ENABLE ROW LEVEL SECURITY;
+RESET ROLE;
+SELECT observer, capture_error FROM observers.status() WHERE observer LIKE 'notes%' ORDER BY 1;
 
 -- 7. A column named "new" (or "old") is a column, not the row.
 CREATE TABLE tb.nn2 (new int, old int);
