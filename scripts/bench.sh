@@ -13,7 +13,7 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-port=${BENCH_PGPORT:-55434}
+port=${BENCH_PGPORT:-25434}
 dir=/tmp/fraiseql-observers-bench
 scripts/pgcluster.sh destroy "$dir"
 scripts/pgcluster.sh start "$dir" "$port" "shared_buffers=1GB" "max_wal_size=4GB" "checkpoint_timeout=30min"

@@ -10,7 +10,8 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-port=${TEST_PGPORT:-55432}
+# below the ephemeral port range (32768-60999): no client socket of this busy machine can hold it
+port=${TEST_PGPORT:-25432}
 dir=${TEST_PGDATA:-/tmp/fraiseql-observers-test-cluster}
 scripts/pgcluster.sh destroy "$dir"          # a test run always starts from a fresh cluster
 PGCLUSTER_FSYNC=off scripts/pgcluster.sh start "$dir" "$port"
