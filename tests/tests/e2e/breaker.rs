@@ -195,7 +195,14 @@ async fn open_breaker_does_not_hold_up_another_destination() {
             .replace("max_attempts: 3", "max_attempts: 1000"),
         up.url("/hook")
     );
-    let yaml = config("w-breaker-isolation", BREAKER, &observers);
+    // open_for 5s (not 1s): the count of requests the open destination sees below grows by one
+    // half-open probe per open_for, so on a loaded machine (a slow run of the inserts) a 1 s
+    // window let 30 probes through and failed the assertion without anything being wrong
+    let yaml = config(
+        "w-breaker-isolation",
+        &BREAKER.replace("open_for: 1s", "open_for: 5s"),
+        &observers,
+    );
     let mut worker = start_worker("breaker_isolation", &db, &yaml, &[]);
     wait_observer_ready(&db.client, "healthy", "public.b", SHORT).await;
 
