@@ -311,6 +311,14 @@ BEGIN
 END
 $$;
 
+-- The same under the short name the issue tracker and operators use ("repair").
+CREATE FUNCTION observers.repair(name text)
+RETURNS TABLE (repaired text)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT r.repaired FROM observers.repair_observer(repair.name) AS r $$;
+
 -- Event triggers ------------------------------------------------------------------------------
 --
 -- They warn the session that ran a DDL command which broke an observer's capture, at once. They

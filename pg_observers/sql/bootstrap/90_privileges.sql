@@ -68,6 +68,7 @@ GRANT EXECUTE ON FUNCTION
     observers.enable_observer(text),
     observers.disable_observer(text),
     observers.repair_observer(text),
+    observers.repair(text),
     observers.status(),
     observers.maintain(),
     observers.observer_definitions(text),

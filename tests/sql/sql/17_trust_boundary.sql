@@ -194,7 +194,7 @@ SELECT e.op, coalesce(e.new, e.old) ->> 'id' AS id, e.new ->> 'name' AS name
 -- a child attached later has no trigger yet: status() says so, repair_observer() installs it
 CREATE TABLE tb.kitten (fluffy boolean) INHERITS (tb.animal);
 SELECT capture_error FROM observers.status() WHERE observer = 'animals';
-SELECT * FROM observers.repair_observer('animals');
+SELECT * FROM observers.repair('animals');   -- the short name of repair_observer
 SELECT capture_error FROM observers.status() WHERE observer = 'animals';
 INSERT INTO tb.kitten VALUES (4, 'tom', true);
 UPDATE tb.animal SET name = lower(name) WHERE id = 4;
