@@ -24,6 +24,7 @@ use super::batcher::Batcher;
 use crate::config::{DedupBackend, DedupConfig, RedisConfig};
 use crate::db::{ClaimState, Db};
 use crate::installation::InstallationId;
+use crate::retry::Backoff;
 
 /// Largest batch sent in one round trip.
 const MAX_BATCH: usize = 512;
@@ -37,6 +38,12 @@ const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PG_DONE_RECHECK: Duration = Duration::from_secs(60);
 /// Prefix of every key this worker writes to Redis.
 pub const REDIS_PREFIX: &str = "fo:dedup:";
+
+/// How a pair waits while another worker holds its claim (or the store does not answer):
+/// 25 ms, doubling, at most 1 s.
+pub fn claim_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(25), Duration::from_secs(1))
+}
 
 /// The identity of one pair in the dedup store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +229,7 @@ impl Dedup {
         claim_ttl: Duration,
         stop: &CancellationToken,
     ) -> Verdict {
-        let mut backoff = Duration::from_millis(25);
+        let mut backoff = claim_backoff();
         let mut warned = false;
         loop {
             let op = Op::Claim {
@@ -244,11 +251,9 @@ impl Dedup {
                 }
                 Err(_) => return Verdict::Stopped,
             }
-            tokio::select! {
-                _ = stop.cancelled() => return Verdict::Stopped,
-                _ = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(stop).await {
+                return Verdict::Stopped;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -266,7 +271,7 @@ impl Dedup {
     }
 
     async fn finish(&self, op: Op, what: &'static str) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
         for attempt in 1..=4 {
             match self.batcher.call(op.clone()).await {
                 Ok(Ok(_)) | Err(_) => return,
@@ -274,8 +279,7 @@ impl Dedup {
                     warn!(error = %e, operation = what, "deduplication state not updated; the pair may run again after a crash (receivers dedup by webhook-id)");
                 }
                 Ok(Err(_)) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
