@@ -8,6 +8,10 @@
 //!   integrity (event triggers, repair), partition maintenance, privileges (see
 //!   docs/ARCHITECTURE.md and docs/SQL.md)
 
+// Every `unsafe` block says why it is sound (`// SAFETY: ...` right above it); `make clippy`
+// and CI (`cargo clippy --workspace --all-targets -- -D warnings`) enforce it.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use pgrx::prelude::*;
 
 mod api;
