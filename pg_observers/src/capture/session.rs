@@ -41,7 +41,10 @@ struct Formats {
 }
 
 impl Formats {
-    /// SAFETY: reads backend-local globals.
+    /// The output formats in force in this session now.
+    ///
+    /// # Safety
+    /// Reads backend-local globals.
     unsafe fn current() -> Formats {
         // SAFETY: reads backend-local globals of this (single-threaded) backend.
         unsafe {
@@ -55,7 +58,11 @@ impl Formats {
         }
     }
 
-    /// SAFETY: backend-local; `pg_tzset` caches the zone in TopMemoryContext (it lives as long
+    /// The canonical output formats of payloads (UTC, ISO, postgres interval style, hex bytea,
+    /// extra_float_digits 1).
+    ///
+    /// # Safety
+    /// Backend-local; `pg_tzset` caches the zone in TopMemoryContext (it lives as long
     /// as the backend), so the pointer stays valid.
     unsafe fn canonical() -> Formats {
         // SAFETY: backend-local globals; `pg_tzset` caches the zone in TopMemoryContext (it lives
@@ -74,7 +81,10 @@ impl Formats {
         }
     }
 
-    /// SAFETY: writes backend-local globals; `timezone` is a zone from `pg_tzset`.
+    /// Makes these formats the session's.
+    ///
+    /// # Safety
+    /// Writes backend-local globals; `timezone` is a zone from `pg_tzset`.
     unsafe fn install(self) {
         // SAFETY: writes backend-local globals of this backend; `timezone` is a zone from
         // `pg_tzset` (or the session's own), which lives as long as the backend.
@@ -98,7 +108,10 @@ pub struct SessionGuard {
 }
 
 impl SessionGuard {
-    /// SAFETY: inside a transaction; pair with `leave` (normal return) or `restore_formats`
+    /// Pins the canonical formats and opens a GUC nest level for one capture call.
+    ///
+    /// # Safety
+    /// Inside a transaction; pair with `leave` (normal return) or `restore_formats`
     /// (error path).
     pub unsafe fn enter() -> SessionGuard {
         // SAFETY: inside a transaction (contract): a GUC nest level may be opened; `leave` or the
@@ -119,7 +132,8 @@ impl SessionGuard {
 
     /// Put the writer's formats back (idempotent). Used on every exit, error or not.
     ///
-    /// SAFETY: writes backend-local globals.
+    /// # Safety
+    /// Writes backend-local globals.
     pub unsafe fn restore_formats(&self) {
         if let Some(saved) = self.saved {
             // SAFETY: writes backend-local globals; the saved formats were read from this backend
@@ -130,7 +144,8 @@ impl SessionGuard {
 
     /// Normal return: roll back every setting changed during the call, then the formats.
     ///
-    /// SAFETY: no other GUC nest level opened after `enter` may still be open.
+    /// # Safety
+    /// No other GUC nest level opened after `enter` may still be open.
     pub unsafe fn leave(self) {
         // SAFETY: no GUC nest level opened after `enter` is still open (contract), so this one can
         // be closed.
