@@ -1,6 +1,7 @@
 # FraiseQL Observers — every entry point a user or CI needs.
 #   make demo   the main job end to end on a private PostgreSQL cluster (PostgreSQL only)
 #   make test   the whole test suite against real services (what .ci/run calls)
+#   make lint   rustfmt --check and clippy -D warnings on every crate (.ci/run calls it first)
 #   make bench  capture overhead + end-to-end delivery benchmarks
 # Each target installs what it needs first (scripts/install-deps.sh is idempotent).
 
@@ -11,7 +12,7 @@ CARGO      ?= cargo
 # tests and benchmarks should all exercise the code users run.
 EXT_FLAGS  := --release
 
-.PHONY: all deps install-ext build build-release test test-sql test-rust demo bench clean-clusters fmt clippy
+.PHONY: all deps install-ext build build-release test test-sql test-rust demo bench clean-clusters fmt clippy lint
 
 all: build
 
@@ -44,5 +45,12 @@ clean-clusters:
 fmt:
 	$(CARGO) fmt --all
 
-clippy:
-	$(CARGO) clippy --all-targets -- -D warnings
+# --workspace: the extension is not a default member, but it is linted too (it needs
+# `cargo pgrx init`, hence deps); #![deny(clippy::undocumented_unsafe_blocks)] in pg_observers
+# makes every unsafe block carry a `// SAFETY:` comment.
+clippy: deps
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -5,7 +5,8 @@
 #      start their own);
 #   2. pg_regress golden-file tests of the SQL API (tests/sql), then again on three clusters whose
 #      clock is moved days ahead / across midnight UTC / into other time zones (libfaketime);
-#   3. cargo test: worker unit tests and the end-to-end tests (real binary, real receiver).
+#   3. cargo test: the extension's pure unit tests (no server needed), then the worker unit tests
+#      and the end-to-end tests (real binary, real receiver).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -29,6 +30,9 @@ scripts/test-sql.sh
 
 echo "==> SQL API tests on servers whose clock is moved (timeless golden files)"
 scripts/test-sql-timeless.sh
+
+echo "==> extension unit tests (cargo test -p pg_observers --lib: pure code, no server)"
+cargo test -p pg_observers --lib
 
 echo "==> unit and end-to-end tests (cargo test)"
 cargo test --workspace --exclude pg_observers -- --test-threads="${TEST_THREADS:-4}"

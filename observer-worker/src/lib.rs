@@ -13,6 +13,8 @@
 //! * [`worker`] — assembles everything for `start`; [`commands`] — the CLI commands
 //!   ([`metrics_cli`]: `fraiseql-observers metrics`).
 
+#![forbid(unsafe_code)]
+
 pub mod actions;
 pub mod cli;
 pub mod commands;

@@ -2,6 +2,8 @@
 //! SIGTERM/SIGINT shutdown), 1 runtime error, 2 bad configuration or usage, 3 not found
 //! (operator commands: dead letter, event, observer; docs/CLI_TOOLS.md).
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;

@@ -1,9 +1,13 @@
 //! Retry policy: exponential backoff with full jitter, `Retry-After`, and the
 //! classification of outcomes into success / retryable / permanent.
 //!
-//! Pure logic; the retry *loop* lives in `pipeline::executor`.
+//! Pure logic; the retry *loop* of actions lives in `pipeline::executor`. Every other loop
+//! that waits for something to come back (the database, Redis, the lease, a durable write)
+//! uses [`Backoff`] and [`sleep_or_cancel`]: one way to wait and retry.
 
 use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
 
 /// How the computed backoff is randomised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +97,63 @@ impl RetryPolicy {
 /// the checkpoint behind it) for longer than this.
 pub const RETRY_AFTER_CEILING: Duration = Duration::from_secs(3600);
 
+/// Exponential backoff of an internal retry loop (reconnects, durable writes, claims): the first
+/// wait is `initial`, each further one doubles, up to `max`; [`Backoff::reset`] after a success.
+/// No jitter: these loops are few per process and wait for one shared resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// `initial` is capped at `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let initial = initial.min(max);
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// The wait that [`Backoff::next_delay`] returns next (for "retrying in ..." logs).
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
+    /// The wait before the next try; the one after is twice as long (at most `max`).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        d
+    }
+
+    /// Back to `initial` (the resource answered).
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    /// Sleeps [`Backoff::next_delay`] unless `stop` fires first. False when stopped.
+    pub async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let d = self.next_delay();
+        sleep_or_cancel(stop, d).await
+    }
+}
+
+/// Sleeps `d`, or less if `stop` fires. True when the whole time passed, false when stopped
+/// (also when `stop` had fired before the call).
+pub async fn sleep_or_cancel(stop: &CancellationToken, d: Duration) -> bool {
+    if stop.is_cancelled() {
+        return false;
+    }
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
 /// What an HTTP status means for delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Classification {
@@ -130,6 +191,50 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_max_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(1000));
+        assert_eq!(b.peek(), ms(100));
+        let seen: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        assert_eq!(
+            seen,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+        b.reset();
+        assert_eq!(b.next_delay(), ms(100));
+        // an initial above the cap starts at the cap
+        let mut c = Backoff::new(ms(500), ms(300));
+        assert_eq!((c.next_delay(), c.next_delay()), (ms(300), ms(300)));
+        // no overflow however long it runs
+        let mut d = Backoff::new(Duration::from_secs(1), Duration::MAX);
+        for _ in 0..200 {
+            d.next_delay();
+        }
+        assert_eq!(d.peek(), Duration::MAX);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_waits_its_delay_unless_cancelled() {
+        let stop = CancellationToken::new();
+        let mut b = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+        let t0 = tokio::time::Instant::now();
+        assert!(b.wait(&stop).await);
+        assert!(b.wait(&stop).await);
+        // paused clock: exactly the two delays passed (2 s + 4 s)
+        assert_eq!(t0.elapsed(), Duration::from_secs(6));
+        // cancelled mid-sleep: returns false at once, without the 8 s
+        let s2 = stop.clone();
+        let waiter = tokio::spawn(async move { b.wait(&s2).await });
+        tokio::task::yield_now().await;
+        stop.cancel();
+        assert!(!waiter.await.unwrap());
+        assert_eq!(t0.elapsed(), Duration::from_secs(6));
+        // already cancelled: no sleep at all
+        assert!(!sleep_or_cancel(&stop, Duration::from_secs(3600)).await);
+        assert_eq!(t0.elapsed(), Duration::from_secs(6));
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy::default()

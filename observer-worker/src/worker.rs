@@ -29,6 +29,7 @@ use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
 use crate::pipeline::parked::{ParkQueue, ParkedLoop};
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry, BROKEN_RECHECK};
 use crate::resilience::{Breakers, Dedup};
+use crate::retry::{sleep_or_cancel, Backoff};
 use crate::telemetry::health::Phase;
 use crate::telemetry::metrics::{self, Metrics};
 use crate::telemetry::{self as telemetry, Stats};
@@ -385,16 +386,15 @@ async fn load_installation(
     db: &Db,
     stop: &CancellationToken,
 ) -> Result<Option<InstallationId>, WorkerError> {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = startup_backoff();
     let id = loop {
         match db.installation_id().await {
             Ok(id) => break id,
             Err(e) if e.is_retryable() => {
-                warn!(retry_in = %humantime::format_duration(backoff), "{e}");
-                if !sleep_or_stop(backoff, stop).await {
+                warn!(retry_in = %humantime::format_duration(backoff.peek()), "{e}");
+                if !backoff.wait(stop).await {
                     return Ok(None);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
             Err(e) => return Err(WorkerError::Db(e)),
         }
@@ -458,7 +458,7 @@ async fn wait_for_database(
     db: &Db,
     stop: &CancellationToken,
 ) -> Result<Option<String>, WorkerError> {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = startup_backoff();
     loop {
         match db.extension_version().await {
             Ok(Some(v)) => return Ok(Some(v)),
@@ -469,17 +469,16 @@ async fn wait_for_database(
             }
             Err(e) if e.is_retryable() => {
                 warn!(
-                    retry_in = %humantime::format_duration(backoff),
+                    retry_in = %humantime::format_duration(backoff.peek()),
                     "{e}; retrying in {} (check that PostgreSQL is running and that database.url / DATABASE_URL points to it)",
-                    humantime::format_duration(backoff)
+                    humantime::format_duration(backoff.peek())
                 );
             }
             Err(e) => return Err(WorkerError::Db(e)),
         }
-        if !sleep_or_stop(backoff, stop).await {
+        if !backoff.wait(stop).await {
             return Ok(None);
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -490,7 +489,7 @@ async fn apply_observers(
     stop: &CancellationToken,
 ) -> Result<bool, WorkerError> {
     for (i, o) in config.observers.iter().enumerate() {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = startup_backoff();
         loop {
             match db.create_observer(o, &config.worker.group).await {
                 Ok(()) => {
@@ -498,11 +497,10 @@ async fn apply_observers(
                     break;
                 }
                 Err(e) if e.is_retryable() => {
-                    warn!(observer = %o.name, retry_in = %humantime::format_duration(backoff), "{e}");
-                    if !sleep_or_stop(backoff, stop).await {
+                    warn!(observer = %o.name, retry_in = %humantime::format_duration(backoff.peek()), "{e}");
+                    if !backoff.wait(stop).await {
                         return Ok(false);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => {
                     return Err(WorkerError::ObserverRejected {
@@ -531,27 +529,24 @@ async fn load_definitions(
     db: &Db,
     stop: &CancellationToken,
 ) -> Result<Option<LoadSummary>, WorkerError> {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = startup_backoff();
     loop {
         match registry.reload().await {
             Ok(s) => return Ok(Some(s)),
             Err(e) if e.is_retryable() => {
-                warn!(database = %db.target(), retry_in = %humantime::format_duration(backoff), "{e}");
+                warn!(database = %db.target(), retry_in = %humantime::format_duration(backoff.peek()), "{e}");
             }
             Err(e) => return Err(WorkerError::Db(e)),
         }
-        if !sleep_or_stop(backoff, stop).await {
+        if !backoff.wait(stop).await {
             return Ok(None);
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
-async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
+/// How the start-up steps wait for the database: 0.5 s, doubling, at most 10 s.
+fn startup_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(10))
 }
 
 /// What the heartbeat reports besides the lease role.
@@ -602,7 +597,7 @@ async fn heartbeat(
         if let Err(e) = db.heartbeat(&group, &worker_id, &info).await {
             debug!(error = %e, "heartbeat failed");
         }
-        if !sleep_or_stop(HEARTBEAT_INTERVAL, &stop).await {
+        if !sleep_or_cancel(&stop, HEARTBEAT_INTERVAL).await {
             return;
         }
     }
@@ -618,7 +613,7 @@ async fn maintenance(db: Db, stop: CancellationToken) {
             }
             Err(e) => warn!(error = %e, "outbox maintenance failed"),
         }
-        if !sleep_or_stop(MAINTENANCE_INTERVAL, &stop).await {
+        if !sleep_or_cancel(&stop, MAINTENANCE_INTERVAL).await {
             return;
         }
     }
@@ -633,7 +628,7 @@ async fn refresh_definitions(registry: Arc<ObserverRegistry>, stop: Cancellation
         } else {
             BROKEN_RECHECK
         };
-        if !sleep_or_stop(every, &stop).await {
+        if !sleep_or_cancel(&stop, every).await {
             return;
         }
         if let Err(e) = registry.reload().await {

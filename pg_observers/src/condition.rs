@@ -176,6 +176,9 @@ enum Impurity {
 /// # Safety
 /// `plan` is a plan prepared by SPI in the current SPI connection.
 unsafe fn check_pure(plan: pg_sys::SPIPlanPtr) {
+    // SAFETY: `plan` was prepared by SPI in the current connection (contract): its plan sources,
+    // query list and Query nodes are live, and they are only read; the walker gets a pointer to a
+    // local that outlives the walk.
     unsafe {
         let sources = pg_sys::SPI_plan_get_plan_sources(plan);
         if sources.is_null() || (*sources).length != 1 {

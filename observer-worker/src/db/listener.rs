@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::root_cause;
+use crate::retry::Backoff;
 
 pub const WAKEUP_CHANNEL: &str = "observers_wakeup";
 
@@ -24,7 +25,7 @@ pub async fn run(
     wake: Arc<Notify>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut was_connected = false;
     loop {
         if cancel.is_cancelled() {
@@ -55,7 +56,7 @@ pub async fn run(
                             debug!(channel = WAKEUP_CHANNEL, "listening for wake-ups");
                         }
                         was_connected = true;
-                        backoff = Duration::from_millis(200);
+                        backoff.reset();
                         // catch up on anything notified while we were away
                         wake.notify_one();
                         tokio::select! {
@@ -74,13 +75,11 @@ pub async fn run(
                 drop(client);
             }
             Err(e) => {
-                debug!(target_db = %target, error = %root_cause(&e), retry_in = ?backoff, "wake-up listener cannot connect");
+                debug!(target_db = %target, error = %root_cause(&e), retry_in = ?backoff.peek(), "wake-up listener cannot connect");
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        if !backoff.wait(&cancel).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }

@@ -30,6 +30,7 @@ use super::dispatcher::{Completion, CompletionKind, Dispatcher, EventHandler};
 use super::lease::LeaseState;
 use crate::config::CheckpointConfig;
 use crate::db::{Db, DbError, FetchedEvent, OpenBatch};
+use crate::retry::Backoff;
 use crate::telemetry::Stats;
 
 /// After a full page, the next fetch asks only for ids in
@@ -213,7 +214,7 @@ impl<H: EventHandler> Consumer<H> {
 
     /// Runs until `stop` fires (then drains and saves) or a fatal error.
     pub async fn run(mut self) -> ConsumerReport {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut fatal = None;
         loop {
             let epoch = match self.wait_for_lease().await {
@@ -226,7 +227,7 @@ impl<H: EventHandler> Consumer<H> {
             };
             match self.lead(epoch).await {
                 Ok(LeadEnd::Shutdown) => break,
-                Ok(LeadEnd::LeaseChanged) => backoff = Duration::from_millis(100),
+                Ok(LeadEnd::LeaseChanged) => backoff.reset(),
                 Err(LeadError::Fatal(f)) => {
                     fatal = Some(f);
                     break;
@@ -236,11 +237,11 @@ impl<H: EventHandler> Consumer<H> {
                         warn!(group = %self.s.group, epoch, error = %e, "fenced: stopped processing the batch; re-checking the leader lease");
                         self.fenced.notify_one();
                     } else if e.is_retryable() {
-                        warn!(group = %self.s.group, retry_in = %humantime::format_duration(backoff), "{e}; in-flight deliveries continue");
+                        warn!(group = %self.s.group, retry_in = %humantime::format_duration(backoff.peek()), "{e}; in-flight deliveries continue");
                     } else {
-                        error!(group = %self.s.group, retry_in = %humantime::format_duration(backoff), error = %e, "database call failed");
+                        error!(group = %self.s.group, retry_in = %humantime::format_duration(backoff.peek()), error = %e, "database call failed");
                     }
-                    match self.pause(backoff).await {
+                    match self.pause(backoff.next_delay()).await {
                         Ok(true) => {}
                         Ok(false) => break,
                         Err(f) => {
@@ -248,7 +249,6 @@ impl<H: EventHandler> Consumer<H> {
                             break;
                         }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -3,24 +3,31 @@
 //! ```text
 //! retry (policy, Retry-After, shutdown-aware sleeps)
 //!   └─ circuit breaker (wait while the destination's breaker is open: no attempt used)
-//!        └─ deduplication (claim the pair; skip it if it already succeeded; wait while
-//!           another worker runs it; confirm after success, release after failure)
-//!             └─ concurrency (semaphore: one permit per attempt, released while sleeping)
+//!        └─ concurrency (semaphore: one permit per attempt, released while sleeping)
+//!             └─ deduplication (claim the pair; skip it if it already succeeded; wait,
+//!                without the permit, while another worker runs it; confirm after success,
+//!                release after failure)
 //!                  └─ timeout (per attempt)
 //!                       └─ the action (talks to its service once)
 //! ```
+//!
+//! The permit comes before the claim on purpose: a claim lives for the attempt's time limit
+//! plus [`CLAIM_GRACE`], so it must be taken when the attempt can start. Claimed first, a pair
+//! could wait for a permit (under load) until its claim expired, and another worker could run
+//! the same pair meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::attempt_log::AttemptLog;
 use crate::actions::{Action, AttemptError, Delivery};
 use crate::db::AttemptRecord;
-use crate::resilience::{Admit, Breakers, Dedup, Verdict};
+use crate::resilience::dedup::{claim_backoff, warn_unavailable};
+use crate::resilience::{Admit, Breakers, ClaimTry, Dedup, PairKey};
 use crate::telemetry::metrics::Metrics;
 
 /// Grace on top of the action's own timeout before the layer cuts it off
@@ -108,23 +115,12 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
             },
             None => None,
         };
-        if let Some((d, key)) = dedup {
-            let claim_ttl = action.timeout() + TIMEOUT_GRACE + CLAIM_GRACE;
-            match d.claim(key, claim_ttl, stop).await {
-                Verdict::Run => {}
-                verdict => {
-                    if let (Some((b, _)), Some(p)) = (breaker, pass) {
-                        b.cancel(p);
-                    }
-                    return match verdict {
-                        Verdict::AlreadyDone => ActionOutcome::AlreadyDone,
-                        _ => ActionOutcome::Abandoned { attempts },
-                    };
-                }
-            }
-        }
-        let Ok(permit) = layers.limiter.acquire().await else {
-            return ActionOutcome::Abandoned { attempts };
+        let claim_ttl = action.timeout() + TIMEOUT_GRACE + CLAIM_GRACE;
+        let permit = match permit_then_claim(layers, dedup, claim_ttl).await {
+            Ready::Go(permit) => permit,
+            // an unused probe pass gives its breaker slot back when dropped
+            Ready::AlreadyDone => return ActionOutcome::AlreadyDone,
+            Ready::Stopped => return ActionOutcome::Abandoned { attempts },
         };
         attempts += 1;
         let limit = action.timeout();
@@ -208,6 +204,45 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
         tokio::select! {
             _ = stop.cancelled() => return ActionOutcome::Abandoned { attempts },
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// What [`permit_then_claim`] got.
+enum Ready<'a> {
+    /// A concurrency permit, and the pair's claim when deduplication is on.
+    Go(SemaphorePermit<'a>),
+    AlreadyDone,
+    Stopped,
+}
+
+/// Takes a concurrency permit, then (with deduplication) claims the pair, so the claim's TTL
+/// starts when the attempt can start. While another worker holds the claim, or the store does
+/// not answer, the permit is given back and the pair waits without one.
+async fn permit_then_claim<'a>(
+    layers: &'a Layers,
+    dedup: Option<(&Dedup, &PairKey)>,
+    claim_ttl: Duration,
+) -> Ready<'a> {
+    let mut backoff = claim_backoff();
+    let mut warned = false;
+    loop {
+        let Ok(permit) = layers.limiter.acquire().await else {
+            return Ready::Stopped;
+        };
+        let Some((d, key)) = dedup else {
+            return Ready::Go(permit);
+        };
+        match d.try_claim(key, claim_ttl).await {
+            ClaimTry::Run => return Ready::Go(permit),
+            ClaimTry::AlreadyDone => return Ready::AlreadyDone,
+            ClaimTry::Stopped => return Ready::Stopped,
+            ClaimTry::Busy => {}
+            ClaimTry::Unavailable(e) => warn_unavailable(&e, &mut warned),
+        }
+        drop(permit);
+        if !backoff.wait(&layers.stop).await {
+            return Ready::Stopped;
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::actions::{Action, BoxFuture, Delivery};
 use crate::db::{Db, DbError, DeadLetterRecord, FetchedEvent, ParkRecord};
 use crate::installation::InstallationId;
 use crate::resilience::PairKey;
+use crate::retry::Backoff;
 use crate::telemetry::metrics::PairOutcome;
 use crate::telemetry::Stats;
 
@@ -224,6 +225,12 @@ impl Deliverer {
     }
 }
 
+/// How a write that must become durable (a dead letter, a parked pair) waits between tries:
+/// 100 ms, doubling, at most 5 s.
+pub(crate) fn durable_write_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}
+
 /// See [`Deliverer::durably`] (shared with the parked-pairs loop).
 pub(crate) async fn durably<'r, F, Fut>(
     db: &Db,
@@ -239,7 +246,7 @@ where
     Fut: std::future::Future<Output = Result<i64, DbError>> + 'r,
 {
     let mut lease = lease.clone();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = durable_write_backoff();
     let mut warned = false;
     loop {
         let epoch = match lease.wait_for(|s| s.held_epoch().is_some()).await {
@@ -269,8 +276,7 @@ where
                     }
                     warned = true;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

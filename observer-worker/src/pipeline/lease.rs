@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::db::Db;
+use crate::retry::Backoff;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {
@@ -51,14 +52,17 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let renew_every = (s.ttl / 3).max(Duration::from_millis(100));
-    let mut error_backoff = Duration::from_millis(100);
+    let mut error_backoff = Backoff::new(
+        Duration::from_millis(100),
+        renew_every.min(Duration::from_secs(1)),
+    );
     let mut announced_standby = false;
     let mut failures = 0u32;
     loop {
         let current = *tx.borrow();
         let wait = match db.lease_acquire(&s.group, &s.worker_id, s.ttl).await {
             Ok(Some(epoch)) => {
-                error_backoff = Duration::from_millis(100);
+                error_backoff.reset();
                 if failures > 0 {
                     info!(group = %s.group, "database reachable again");
                     failures = 0;
@@ -78,7 +82,7 @@ pub async fn run(
                 renew_every
             }
             Ok(None) => {
-                error_backoff = Duration::from_millis(100);
+                error_backoff.reset();
                 failures = 0;
                 match current {
                     LeaseState::Held(epoch) | LeaseState::Unknown(epoch) => {
@@ -104,9 +108,7 @@ pub async fn run(
                 } else {
                     debug!(group = %s.group, error = %e, "leader lease: still cannot reach the database");
                 }
-                let w = error_backoff;
-                error_backoff = (error_backoff * 2).min(renew_every.min(Duration::from_secs(1)));
-                w
+                error_backoff.next_delay()
             }
         };
         tokio::select! {

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::broken::parked_destination;
 use super::executor::{self, ActionOutcome, Layers};
-use super::handler::durably;
+use super::handler::{durable_write_backoff, durably};
 use super::lease::LeaseState;
 use super::registry::{ObserverEntry, ObserverRegistry};
 use crate::actions::Delivery;
@@ -100,7 +100,7 @@ impl ParkQueue {
     /// or lost the lease for good (the event is then delivered again by the next leader).
     pub async fn park(&self, rec: ParkRecord) -> bool {
         let mut lease = self.lease.clone();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = durable_write_backoff();
         let mut warned = false;
         loop {
             match self.batcher.call(rec.clone()).await {
@@ -120,8 +120,7 @@ impl ParkQueue {
                         warn!(event_id = rec.event_id, retryable, error = %message, "cannot park the pair yet; retrying until it is durable");
                         warned = true;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

@@ -15,6 +15,10 @@
 //! taking an attempt, a concurrency permit or a dedup claim; other destinations are not
 //! affected. The state machine is pure ([`Breaker`], driven with explicit `Instant`s) so it is
 //! unit-tested without sleeping.
+//!
+//! A half-open probe slot is held by a [`Pass`]: it is given back when the pass is recorded,
+//! cancelled or simply dropped (a task aborted by `Dispatcher::abort_all` on lease loss or
+//! shutdown drops it), never twice, and never into a later half-open period than its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,6 +80,9 @@ pub struct Breaker {
     probes_in_flight: u32,
     /// Probes that succeeded in this half-open period.
     probes_ok: u32,
+    /// Counts half-open periods, so that a probe of an earlier period that ends late touches
+    /// neither the slots nor the results of the current one.
+    period: u64,
     buckets: [Bucket; BUCKETS],
     /// Times it opened (for status).
     pub opened_count: u64,
@@ -99,6 +106,7 @@ impl Breaker {
             open_until: now,
             probes_in_flight: 0,
             probes_ok: 0,
+            period: 0,
             buckets: [Bucket::default(); BUCKETS],
             opened_count: 0,
         }
@@ -139,6 +147,7 @@ impl Breaker {
                     self.state = State::HalfOpen;
                     self.probes_in_flight = 0;
                     self.probes_ok = 0;
+                    self.period += 1;
                 }
                 if self.probes_in_flight + self.probes_ok < self.cfg.half_open_requests {
                     self.probes_in_flight += 1;
@@ -198,6 +207,28 @@ impl Breaker {
         }
     }
 
+    /// The current half-open period (a probe admitted now belongs to it).
+    fn period(&self) -> u64 {
+        self.period
+    }
+
+    /// Records the outcome of a probe admitted in half-open period `period`; a probe of an
+    /// earlier period is ignored.
+    fn record_probe(&mut self, now: Instant, period: u64, failure: bool) -> Option<State> {
+        if period != self.period {
+            return None;
+        }
+        self.record(now, true, failure)
+    }
+
+    /// Gives back the slot of a probe of `period` that made no call (cancelled, or its task
+    /// was aborted).
+    fn release_probe(&mut self, period: u64) {
+        if self.state == State::HalfOpen && period == self.period {
+            self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+        }
+    }
+
     fn open(&mut self, now: Instant) {
         self.state = State::Open;
         self.open_until = now + self.cfg.open_for;
@@ -225,11 +256,31 @@ pub enum Admit {
 }
 
 /// Permission to make one call to a destination; report its outcome with [`Breakers::record`].
+/// A probe's half-open slot is given back when the pass is recorded, cancelled or dropped
+/// unreported (RAII: an aborted task cannot keep it).
 #[derive(Debug)]
 pub struct Pass {
     breaker: Arc<Mutex<Breaker>>,
     destination: Arc<str>,
+    /// One of the half-open probes (until its slot was given back or its result recorded).
     probe: bool,
+    /// The half-open period the probe belongs to.
+    period: u64,
+}
+
+impl Pass {
+    /// Takes the probe's slot out of the pass (so `Drop` does not give it back again).
+    fn take_probe(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.probe).then_some(self.period)
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if let Some(period) = self.take_probe() {
+            self.breaker.lock().release_probe(period);
+        }
+    }
 }
 
 impl Breakers {
@@ -262,9 +313,9 @@ impl Breakers {
     ) -> Admit {
         let (destination, breaker) = self.breaker(destination);
         loop {
-            let (decision, state) = {
+            let (decision, state, period) = {
                 let mut b = breaker.lock();
-                (b.try_admit(Instant::now()), b.state())
+                (b.try_admit(Instant::now()), b.state(), b.period())
             };
             match decision {
                 Admission::Go { probe } => {
@@ -272,6 +323,7 @@ impl Breakers {
                         breaker,
                         destination,
                         probe,
+                        period,
                     })
                 }
                 Admission::WaitUntil(_) if park_if_open && state == State::Open => {
@@ -302,11 +354,12 @@ impl Breakers {
     }
 
     /// Reports the outcome of a call admitted by `pass`.
-    pub fn record(&self, pass: Pass, failure: bool) {
-        let changed = pass
-            .breaker
-            .lock()
-            .record(Instant::now(), pass.probe, failure);
+    pub fn record(&self, mut pass: Pass, failure: bool) {
+        let now = Instant::now();
+        let changed = match pass.take_probe() {
+            Some(period) => pass.breaker.lock().record_probe(now, period, failure),
+            None => pass.breaker.lock().record(now, false, failure),
+        };
         match changed {
             Some(State::Open) => warn!(
                 destination = %pass.destination,
@@ -320,14 +373,10 @@ impl Breakers {
         }
     }
 
-    /// Gives back a pass that was not used (the pair turned out to need no call).
+    /// Gives back a pass that was not used (the pair turned out to need no call). The same
+    /// as dropping it; spelled out where the caller decides so.
     pub fn cancel(&self, pass: Pass) {
-        if pass.probe {
-            let mut b = pass.breaker.lock();
-            if b.state == State::HalfOpen {
-                b.probes_in_flight = b.probes_in_flight.saturating_sub(1);
-            }
-        }
+        drop(pass);
     }
 
     /// `{destination: {"state": ..., "opened": n}}` for heartbeats and status.
@@ -508,5 +557,119 @@ mod tests {
         let snap = breakers.snapshot();
         assert_eq!(snap["http://a:1"]["state"], "open");
         assert_eq!(snap["http://b:1"]["state"], "closed");
+    }
+
+    fn probe_cfg() -> BreakerConfig {
+        // opens on the first failure; open_for 0: the next admission is already half-open
+        BreakerConfig {
+            min_requests: 1,
+            open_for: Duration::ZERO,
+            ..cfg()
+        }
+    }
+
+    /// Admission without waiting: a cancelled token turns "wait for a slot" into `Stopped`.
+    async fn admit_now(breakers: &Breakers, dest: &str) -> Admit {
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        breakers.admit(dest, &stopped, false).await
+    }
+
+    /// A probe whose task is aborted (`dispatcher.abort_all()` on lease loss or shutdown)
+    /// gives its half-open slot back: the destination does not stay half-open for good.
+    #[tokio::test]
+    async fn an_aborted_probe_gives_its_slot_back() {
+        let breakers = Arc::new(Breakers::new(probe_cfg()));
+        let Admit::Go(p) = admit_now(&breakers, "http://a:1").await else {
+            panic!("closed breaker refused")
+        };
+        breakers.record(p, true);
+        // both half-open slots taken by tasks that are then aborted mid-call
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let (b, (tx, rx)) = (breakers.clone(), tokio::sync::oneshot::channel());
+            tasks.push(tokio::spawn(async move {
+                let Admit::Go(pass) = admit_now(&b, "http://a:1").await else {
+                    panic!("no probe slot")
+                };
+                assert!(pass.probe);
+                tx.send(()).unwrap();
+                std::future::pending::<()>().await;
+                drop(pass);
+            }));
+            rx.await.unwrap();
+        }
+        assert!(matches!(
+            admit_now(&breakers, "http://a:1").await,
+            Admit::Stopped
+        ));
+        for t in tasks {
+            t.abort();
+            assert!(t.await.unwrap_err().is_cancelled());
+        }
+        // the slots are free again: a new probe goes, and its success counts
+        for _ in 0..2 {
+            let Admit::Go(p) = admit_now(&breakers, "http://a:1").await else {
+                panic!("the aborted probes kept their half-open slots")
+            };
+            breakers.record(p, false);
+        }
+        assert_eq!(breakers.not_closed(), 0, "two probes succeeded: closed");
+    }
+
+    /// A pass that was recorded or cancelled is not given back a second time when dropped.
+    #[tokio::test]
+    async fn a_recorded_probe_is_not_given_back_twice() {
+        let breakers = Breakers::new(probe_cfg());
+        let Admit::Go(p) = admit_now(&breakers, "http://a:1").await else {
+            panic!()
+        };
+        breakers.record(p, true);
+        let go = |a| match a {
+            Admit::Go(p) => p,
+            other => panic!("{other:?}"),
+        };
+        let p1 = go(admit_now(&breakers, "http://a:1").await);
+        let p2 = go(admit_now(&breakers, "http://a:1").await);
+        breakers.record(p1, false); // in flight 1, ok 1
+        breakers.cancel(p2); // in flight 0
+        let p3 = go(admit_now(&breakers, "http://a:1").await); // in flight 1, ok 1: full
+        assert!(
+            matches!(admit_now(&breakers, "http://a:1").await, Admit::Stopped),
+            "a slot was given back twice"
+        );
+        drop(p3);
+        let p4 = go(admit_now(&breakers, "http://a:1").await);
+        assert!(p4.probe);
+    }
+
+    /// A probe of an earlier half-open period that ends late neither frees a slot of the
+    /// current period nor counts as one of its results.
+    #[tokio::test]
+    async fn a_stale_probe_does_not_touch_the_next_half_open_period() {
+        let breakers = Breakers::new(probe_cfg());
+        let go = |a| match a {
+            Admit::Go(p) => p,
+            other => panic!("{other:?}"),
+        };
+        let p = go(admit_now(&breakers, "http://a:1").await);
+        breakers.record(p, true); // open
+        let stale = go(admit_now(&breakers, "http://a:1").await); // period 1
+        let failing = go(admit_now(&breakers, "http://a:1").await);
+        breakers.record(failing, true); // open again; period 2 starts at the next admission
+        let q1 = go(admit_now(&breakers, "http://a:1").await);
+        let q2 = go(admit_now(&breakers, "http://a:1").await);
+        assert!(matches!(
+            admit_now(&breakers, "http://a:1").await,
+            Admit::Stopped
+        ));
+        drop(stale);
+        assert!(
+            matches!(admit_now(&breakers, "http://a:1").await, Admit::Stopped),
+            "a stale probe freed a slot of the new period"
+        );
+        breakers.record(q1, false);
+        breakers.record(q2, false);
+        assert_eq!(breakers.not_closed(), 0);
     }
 }

@@ -24,6 +24,7 @@ use super::batcher::Batcher;
 use crate::config::{DedupBackend, DedupConfig, RedisConfig};
 use crate::db::{ClaimState, Db};
 use crate::installation::InstallationId;
+use crate::retry::Backoff;
 
 /// Largest batch sent in one round trip.
 const MAX_BATCH: usize = 512;
@@ -37,6 +38,20 @@ const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PG_DONE_RECHECK: Duration = Duration::from_secs(60);
 /// Prefix of every key this worker writes to Redis.
 pub const REDIS_PREFIX: &str = "fo:dedup:";
+
+/// How a pair waits while another worker holds its claim (or the store does not answer):
+/// 25 ms, doubling, at most 1 s.
+pub fn claim_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(25), Duration::from_secs(1))
+}
+
+/// Logs once per pair that it waits for the dedup store.
+pub fn warn_unavailable(e: &DedupError, warned: &mut bool) {
+    if !*warned {
+        warn!(error = %e, "deduplication store unavailable; waiting for it before executing (nothing is skipped)");
+        *warned = true;
+    }
+}
 
 /// The identity of one pair in the dedup store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +126,21 @@ pub enum Verdict {
     /// It already succeeded inside the TTL: do not execute it again.
     AlreadyDone,
     /// Shutdown began while waiting for another worker's claim.
+    Stopped,
+}
+
+/// The answer of one claim round trip ([`Dedup::try_claim`]).
+#[derive(Debug, Clone)]
+pub enum ClaimTry {
+    /// Claimed for this worker: execute it, then confirm or release.
+    Run,
+    /// It already succeeded inside the TTL.
+    AlreadyDone,
+    /// Another worker holds the claim: try again later.
+    Busy,
+    /// Neither store answered: try again later (never run a pair unclaimed).
+    Unavailable(DedupError),
+    /// The worker is shutting down.
     Stopped,
 }
 
@@ -222,33 +252,39 @@ impl Dedup {
         claim_ttl: Duration,
         stop: &CancellationToken,
     ) -> Verdict {
-        let mut backoff = Duration::from_millis(25);
+        let mut backoff = claim_backoff();
         let mut warned = false;
         loop {
-            let op = Op::Claim {
-                key: key.clone(),
-                ttl: claim_ttl,
-            };
-            match self.batcher.call(op).await {
-                Ok(Ok(ClaimState::Claimed)) => return Verdict::Run,
-                Ok(Ok(ClaimState::Done)) => {
-                    self.shared.hits.fetch_add(1, Ordering::Relaxed);
-                    return Verdict::AlreadyDone;
-                }
-                Ok(Ok(ClaimState::Busy)) => {}
-                Ok(Err(e)) => {
-                    if !warned {
-                        warn!(error = %e, "deduplication store unavailable; waiting for it before executing (nothing is skipped)");
-                        warned = true;
-                    }
-                }
-                Err(_) => return Verdict::Stopped,
+            match self.try_claim(key, claim_ttl).await {
+                ClaimTry::Run => return Verdict::Run,
+                ClaimTry::AlreadyDone => return Verdict::AlreadyDone,
+                ClaimTry::Stopped => return Verdict::Stopped,
+                ClaimTry::Busy => {}
+                ClaimTry::Unavailable(e) => warn_unavailable(&e, &mut warned),
             }
-            tokio::select! {
-                _ = stop.cancelled() => return Verdict::Stopped,
-                _ = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(stop).await {
+                return Verdict::Stopped;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One claim round trip, without waiting: the executor takes its concurrency permit first
+    /// and claims only then, so that `claim_ttl` starts when the attempt can start (a claim
+    /// taken before a long wait for a permit could expire and let another worker run the pair).
+    pub async fn try_claim(&self, key: &PairKey, claim_ttl: Duration) -> ClaimTry {
+        let op = Op::Claim {
+            key: key.clone(),
+            ttl: claim_ttl,
+        };
+        match self.batcher.call(op).await {
+            Ok(Ok(ClaimState::Claimed)) => ClaimTry::Run,
+            Ok(Ok(ClaimState::Done)) => {
+                self.shared.hits.fetch_add(1, Ordering::Relaxed);
+                ClaimTry::AlreadyDone
+            }
+            Ok(Ok(ClaimState::Busy)) => ClaimTry::Busy,
+            Ok(Err(e)) => ClaimTry::Unavailable(e),
+            Err(_) => ClaimTry::Stopped,
         }
     }
 
@@ -266,7 +302,7 @@ impl Dedup {
     }
 
     async fn finish(&self, op: Op, what: &'static str) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
         for attempt in 1..=4 {
             match self.batcher.call(op.clone()).await {
                 Ok(Ok(_)) | Err(_) => return,
@@ -274,8 +310,7 @@ impl Dedup {
                     warn!(error = %e, operation = what, "deduplication state not updated; the pair may run again after a crash (receivers dedup by webhook-id)");
                 }
                 Ok(Err(_)) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

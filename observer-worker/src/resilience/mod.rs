@@ -7,4 +7,4 @@ pub mod breaker;
 pub mod dedup;
 
 pub use breaker::{Admit, Breakers};
-pub use dedup::{Dedup, PairKey, Verdict};
+pub use dedup::{ClaimTry, Dedup, PairKey, Verdict};

@@ -27,6 +27,7 @@ pub struct Column {
 /// # Safety
 /// `tupdesc` must be a valid tuple descriptor.
 pub unsafe fn columns_of(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
+    // SAFETY: `tupdesc` is valid (this function's contract): its `natts` attributes are readable.
     unsafe {
         let natts = (*tupdesc).natts as usize;
         let attrs = (*tupdesc).attrs.as_ptr();
@@ -52,7 +53,13 @@ pub unsafe fn columns_of(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
 }
 
 /// Same bytes (the test `datumIsEqual` does): identical datums are certainly equal values.
+///
+/// # Safety
+/// `a` and `b` are non-null datums of one type described by `typlen`/`typbyval`.
 unsafe fn binary_equal(a: pg_sys::Datum, b: pg_sys::Datum, typlen: i16, typbyval: bool) -> bool {
+    // SAFETY: by-reference datums point at live values of their type (contract): `typlen` bytes, a
+    // varlena whose header gives its size, or a NUL-terminated C string; nothing beyond them is
+    // read.
     unsafe {
         if typbyval {
             return a == b;
@@ -78,7 +85,13 @@ unsafe fn binary_equal(a: pg_sys::Datum, b: pg_sys::Datum, typlen: i16, typbyval
     }
 }
 
+/// Same text output (the fallback of `changed_columns`).
+///
+/// # Safety
+/// `a` and `b` are non-null datums of the type whose output function is `typoutput`.
 unsafe fn text_equal(a: pg_sys::Datum, b: pg_sys::Datum, typoutput: pg_sys::Oid) -> bool {
+    // SAFETY: the datums are valid values of the type `typoutput` prints (contract); the two
+    // palloc'd C strings are compared before they are freed, and freed once.
     unsafe {
         let sa = pg_sys::OidOutputFunctionCall(typoutput, a);
         let sb = pg_sys::OidOutputFunctionCall(typoutput, b);
@@ -99,6 +112,8 @@ pub unsafe fn changed_columns(
     old: *mut pg_sys::TupleTableSlot,
     new: *mut pg_sys::TupleTableSlot,
 ) -> pg_sys::Datum {
+    // SAFETY: both slots hold tuples of the descriptor `columns` was built from (contract): after
+    // slot_getallattrs every `c.index` is inside `tts_values`/`tts_isnull`.
     unsafe {
         pg_sys::slot_getallattrs(old);
         pg_sys::slot_getallattrs(new);

@@ -51,6 +51,9 @@ struct JsonColumn {
     kind: Kind,
 }
 
+/// A date/time Datum (its `usize` value, as passed by value) and the JSON text it converted to.
+type MemoEntry = (usize, Vec<u8>);
+
 /// The converter for rows of one tuple descriptor.
 pub struct RowJsonb {
     /// columns in jsonb key order (shorter names first, then bytewise), as jsonb stores them
@@ -61,7 +64,7 @@ pub struct RowJsonb {
     /// Per column, the last date/time value converted in the current call and its text: a
     /// `DEFAULT now()` column has one value for every row of a statement. Cleared by
     /// `begin_call` (the session's TimeZone may change between calls, not within one).
-    memo: std::cell::RefCell<Vec<Option<(usize, Vec<u8>)>>>,
+    memo: std::cell::RefCell<Vec<Option<MemoEntry>>>,
     /// long-lived memory for the FmgrInfos of `Kind::ToJsonb`
     context: pg_sys::MemoryContext,
     numeric_in: *mut pg_sys::FmgrInfo,
@@ -75,6 +78,9 @@ impl Drop for RowJsonb {
 }
 
 unsafe fn alloc_in<T>(context: pg_sys::MemoryContext) -> *mut T {
+    // SAFETY: `context` is a live memory context (contract); the zeroed allocation of
+    // size_of::<T>() is valid for any T made of plain C fields (palloc's MAXALIGN covers their
+    // alignment).
     unsafe { pg_sys::MemoryContextAllocZero(context, std::mem::size_of::<T>()) as *mut T }
 }
 
@@ -84,6 +90,9 @@ impl RowJsonb {
     /// # Safety
     /// `tupdesc` must be valid; must run inside a transaction (catalog look-ups).
     pub unsafe fn new(tupdesc: pg_sys::TupleDesc) -> RowJsonb {
+        // SAFETY: `tupdesc` is valid and we are inside a transaction (contract): the catalog
+        // look-ups of `categorize` may run, and the new context is a child of CacheMemoryContext,
+        // deleted in Drop.
         unsafe {
             let context = pg_sys::AllocSetContextCreateInternal(
                 pg_sys::CacheMemoryContext,
@@ -139,6 +148,8 @@ impl RowJsonb {
 
     /// `jsonb_categorize_type`, resolved down to what this builder does per value.
     unsafe fn categorize(&self, att: &pg_sys::FormData_pg_attribute) -> Kind {
+        // SAFETY: `att` is an attribute of a valid tuple descriptor and we are inside a transaction
+        // (the contract of `new`, the only caller): catalog look-ups by type OID.
         unsafe {
             let base = pg_sys::getBaseType(att.atttypid);
             let output = |typid: pg_sys::Oid| {
@@ -188,6 +199,9 @@ impl RowJsonb {
 
     /// An FmgrInfo for `to_jsonb(anyelement)` whose call expression tells it the argument type.
     unsafe fn to_jsonb_finfo(&self, att: &pg_sys::FormData_pg_attribute) -> *mut pg_sys::FmgrInfo {
+        // SAFETY: called from `new` inside a transaction; the nodes are built in `self.context`,
+        // which lives as long as the FmgrInfo that points at them; CurrentMemoryContext is put back
+        // before returning (an error aborts the transaction, which resets it).
         unsafe {
             let old = pg_sys::CurrentMemoryContext;
             pg_sys::CurrentMemoryContext = self.context;
@@ -215,6 +229,9 @@ impl RowJsonb {
     /// `values`/`isnull` must hold a deformed row of the descriptor this builder was made for.
     pub unsafe fn build(&self, values: *const pg_sys::Datum, isnull: *const bool) -> pg_sys::Datum {
         use pg_sys::JsonbIteratorToken::*;
+        // SAFETY: `values`/`isnull` hold a deformed row of this builder's descriptor (contract):
+        // every `c.index` is in bounds, and each non-null value has the type `c.kind` was
+        // categorized from.
         unsafe {
             let value_of = |position: usize, c: &JsonColumn| {
                 if *isnull.add(c.index) {
@@ -264,6 +281,8 @@ impl RowJsonb {
         kind: &Kind,
         value: pg_sys::Datum,
     ) -> pg_sys::JsonbValue {
+        // SAFETY: `value` is a non-null datum of the type `kind` was categorized from (callers:
+        // `build`, under its contract); the FmgrInfos were set up by `new` in `self.context`.
         unsafe {
             match *kind {
                 Kind::Bool => {
@@ -306,7 +325,7 @@ impl RowJsonb {
                 Kind::DateTime { typid } => {
                     let mut memo = self.memo.borrow_mut();
                     let entry = &mut memo[position];
-                    if !entry.as_ref().is_some_and(|(v, _)| *v == value.value()) {
+                    if entry.as_ref().is_none_or(|(v, _)| *v != value.value()) {
                         let text = pg_sys::JsonEncodeDateTime(
                             ptr::null_mut(),
                             value,
@@ -365,6 +384,8 @@ fn numeric_value(num: pg_sys::Numeric) -> pg_sys::JsonbValue {
 /// A jsonb datum (detoasted, 4-byte header) pushed as a whole; pushJsonbValue unpacks it,
 /// scalar roots included.
 unsafe fn binary_value(jb: *mut pg_sys::varlena) -> pg_sys::JsonbValue {
+    // SAFETY: `jb` is a detoasted jsonb datum (4-byte header, the caller's promise): its size and
+    // root container are read in place and stay alive as long as the datum.
     unsafe {
         let mut v = null_value();
         v.type_ = pg_sys::jbvType::jbvBinary;
@@ -378,6 +399,8 @@ unsafe fn binary_value(jb: *mut pg_sys::varlena) -> pg_sys::JsonbValue {
 }
 
 unsafe fn output_string(typoutput: pg_sys::Oid, value: pg_sys::Datum) -> pg_sys::JsonbValue {
+    // SAFETY: `value` is a non-null datum of the type whose output function is `typoutput`
+    // (callers' promise); the returned C string is palloc'd and NUL-terminated.
     unsafe {
         let text = pg_sys::OidOutputFunctionCall(typoutput, value);
         string_value(text, CStr::from_ptr(text).to_bytes().len())

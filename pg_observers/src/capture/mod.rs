@@ -66,6 +66,8 @@ fn capture<'a>(
 }
 
 unsafe fn trigger_args(trigger: &pg_sys::Trigger) -> TriggerArgs<'_> {
+    // SAFETY: `trigger` is the current trigger call's Trigger: `tgname` and the `tgnargs` strings
+    // of `tgargs` are live NUL-terminated strings for the call.
     unsafe {
         let tgname = CStr::from_ptr(trigger.tgname).to_string_lossy();
         if trigger.tgnargs != 3 || trigger.tgargs.is_null() {
@@ -88,6 +90,8 @@ unsafe fn trigger_args(trigger: &pg_sys::Trigger) -> TriggerArgs<'_> {
 }
 
 unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
+    // SAFETY: `td` is the TriggerData PostgreSQL passed to this trigger call (the caller,
+    // `capture`): it and everything it points at live for the call.
     unsafe {
         let tdr = &*td;
         let trigger = &*tdr.tg_trigger;
@@ -167,6 +171,8 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
 /// direct path looks up nothing by unqualified name (schema `observers` explicitly, everything
 /// else by OID). On error the transaction's abort restores the setting.
 unsafe fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: inside a trigger call (a transaction): the GUC nest level is opened and closed here
+    // around `f`; on error the transaction abort restores the setting.
     unsafe {
         let level = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
@@ -188,6 +194,8 @@ unsafe fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
 }
 
 unsafe fn connect_spi(td: *mut pg_sys::TriggerData, row_level: bool) {
+    // SAFETY: inside the trigger call whose data `td` is: SPI_connect/SPI_register_trigger_data are
+    // allowed there, and the caller finishes SPI before returning.
     unsafe {
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             raise(
@@ -209,6 +217,8 @@ unsafe fn connect_spi(td: *mut pg_sys::TriggerData, row_level: bool) {
 
 /// The values of a slot's row, deformed.
 unsafe fn row_of(slot: *mut pg_sys::TupleTableSlot) -> (*const pg_sys::Datum, *const bool) {
+    // SAFETY: `slot` is a live slot of the current trigger call (callers: the trigger's old/new
+    // slots): slot_getallattrs deforms it in place.
     unsafe {
         pg_sys::slot_getallattrs(slot);
         ((*slot).tts_values, (*slot).tts_isnull)
@@ -221,6 +231,9 @@ unsafe fn payload(
     json: &RowJsonb,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> pg_sys::Datum {
+    // SAFETY: `slot` is a live slot of the trigger call and `json` was built for its descriptor;
+    // the payload context of `writer` outlives the payload until the writer's next flush;
+    // CurrentMemoryContext is put back (an error aborts the transaction).
     unsafe {
         let (values, isnull) = row_of(slot);
         let old = pg_sys::CurrentMemoryContext;
@@ -239,6 +252,8 @@ unsafe fn write_direct(
     entry: &plan_cache::Entry,
     json: &RowJsonb,
 ) -> u64 {
+    // SAFETY: inside the trigger call `tdr` describes (callers: `capture_impl`): its relation,
+    // slots and transition tables are live; `entry` and `json` were built for this relation.
     unsafe {
         let mut writer = writer::Writer::open();
         let opname = op.as_cstr();
@@ -325,6 +340,8 @@ unsafe fn run_spi(
     entry: &plan_cache::Entry,
     plan: pg_sys::SPIPlanPtr,
 ) -> u64 {
+    // SAFETY: `td` is the current trigger call's data (callers: `capture_impl`) and `plan` was
+    // prepared by `entry` in this backend; SPI is connected here and finished before returning.
     unsafe {
         let tdr = &*td;
         connect_spi(td, row_level);

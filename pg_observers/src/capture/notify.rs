@@ -67,6 +67,8 @@ fn interval_elapsed(now: Instant) -> bool {
 /// # Safety
 /// Must be called inside a transaction (the pre-commit callback is).
 unsafe fn try_wakeup_lock() -> bool {
+    // SAFETY: inside a transaction (contract): MyDatabaseId is set and LockAcquire may take a
+    // transaction-scoped advisory lock (dontWait, so it never blocks).
     unsafe {
         let tag = pg_sys::LOCKTAG {
             locktag_field1: pg_sys::MyDatabaseId.to_u32(),

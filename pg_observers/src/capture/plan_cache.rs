@@ -111,6 +111,8 @@ pub fn process_invalidations() {
 
 /// Shape of a row type: what the prepared statement was planned against.
 unsafe fn shape_of(tupdesc: pg_sys::TupleDesc) -> Vec<(pg_sys::Oid, i32, bool)> {
+    // SAFETY: `tupdesc` is a valid tuple descriptor (callers pass the trigger relation's `rd_att`):
+    // its `natts` attributes are readable.
     unsafe {
         let natts = (*tupdesc).natts as usize;
         let attrs = (*tupdesc).attrs.as_ptr();
@@ -124,6 +126,8 @@ unsafe fn shape_of(tupdesc: pg_sys::TupleDesc) -> Vec<(pg_sys::Oid, i32, bool)> 
 }
 
 unsafe fn shape_matches(shape: &[(pg_sys::Oid, i32, bool)], tupdesc: pg_sys::TupleDesc) -> bool {
+    // SAFETY: `tupdesc` is a valid tuple descriptor (callers pass the trigger relation's `rd_att`):
+    // only its `natts` attributes are read.
     unsafe {
         let natts = (*tupdesc).natts as usize;
         if natts != shape.len() {
@@ -154,6 +158,8 @@ pub unsafe fn lookup(
     args: &TriggerArgs,
 ) -> Option<Rc<Entry>> {
     let entry = CACHE.with(|c| c.borrow().get(&tgoid).cloned())?;
+    // SAFETY: `rel` is the trigger's open relation (this function's contract): `rd_id` and `rd_att`
+    // are valid.
     let valid = unsafe {
         entry.relid == (*rel).rd_id
             && entry.condition == args.condition.to_bytes()
@@ -180,6 +186,9 @@ pub unsafe fn build(
     row_level: bool,
     args: &TriggerArgs,
 ) -> Rc<Entry> {
+    // SAFETY: `td` is the current trigger call's data (contract): its trigger and relation are
+    // live; the caller (`capture_impl`) has connected SPI for SPI_prepare and finishes it after;
+    // the plan is kept with SPI_keepplan.
     unsafe {
         let trigger = &*td.tg_trigger;
         let rel = td.tg_relation;

@@ -41,8 +41,12 @@ struct Formats {
 }
 
 impl Formats {
-    /// SAFETY: reads backend-local globals.
+    /// The output formats in force in this session now.
+    ///
+    /// # Safety
+    /// Reads backend-local globals.
     unsafe fn current() -> Formats {
+        // SAFETY: reads backend-local globals of this (single-threaded) backend.
         unsafe {
             Formats {
                 timezone: pg_sys::session_timezone,
@@ -54,9 +58,15 @@ impl Formats {
         }
     }
 
-    /// SAFETY: backend-local; `pg_tzset` caches the zone in TopMemoryContext (it lives as long
+    /// The canonical output formats of payloads (UTC, ISO, postgres interval style, hex bytea,
+    /// extra_float_digits 1).
+    ///
+    /// # Safety
+    /// Backend-local; `pg_tzset` caches the zone in TopMemoryContext (it lives as long
     /// as the backend), so the pointer stays valid.
     unsafe fn canonical() -> Formats {
+        // SAFETY: backend-local globals; `pg_tzset` caches the zone in TopMemoryContext (it lives
+        // as long as the backend), so the pointer kept in UTC stays valid.
         unsafe {
             if UTC.is_null() {
                 UTC = pg_sys::pg_tzset(c"UTC".as_ptr());
@@ -71,8 +81,13 @@ impl Formats {
         }
     }
 
-    /// SAFETY: writes backend-local globals; `timezone` is a zone from `pg_tzset`.
+    /// Makes these formats the session's.
+    ///
+    /// # Safety
+    /// Writes backend-local globals; `timezone` is a zone from `pg_tzset`.
     unsafe fn install(self) {
+        // SAFETY: writes backend-local globals of this backend; `timezone` is a zone from
+        // `pg_tzset` (or the session's own), which lives as long as the backend.
         unsafe {
             if !self.timezone.is_null() {
                 pg_sys::session_timezone = self.timezone;
@@ -93,9 +108,14 @@ pub struct SessionGuard {
 }
 
 impl SessionGuard {
-    /// SAFETY: inside a transaction; pair with `leave` (normal return) or `restore_formats`
+    /// Pins the canonical formats and opens a GUC nest level for one capture call.
+    ///
+    /// # Safety
+    /// Inside a transaction; pair with `leave` (normal return) or `restore_formats`
     /// (error path).
     pub unsafe fn enter() -> SessionGuard {
+        // SAFETY: inside a transaction (contract): a GUC nest level may be opened; `leave` or the
+        // transaction's abort closes it.
         unsafe {
             let guc_level = pg_sys::NewGUCNestLevel();
             let current = Formats::current();
@@ -112,17 +132,23 @@ impl SessionGuard {
 
     /// Put the writer's formats back (idempotent). Used on every exit, error or not.
     ///
-    /// SAFETY: writes backend-local globals.
+    /// # Safety
+    /// Writes backend-local globals.
     pub unsafe fn restore_formats(&self) {
         if let Some(saved) = self.saved {
+            // SAFETY: writes backend-local globals; the saved formats were read from this backend
+            // by `enter`.
             unsafe { saved.install() };
         }
     }
 
     /// Normal return: roll back every setting changed during the call, then the formats.
     ///
-    /// SAFETY: no other GUC nest level opened after `enter` may still be open.
+    /// # Safety
+    /// No other GUC nest level opened after `enter` may still be open.
     pub unsafe fn leave(self) {
+        // SAFETY: no GUC nest level opened after `enter` is still open (contract), so this one can
+        // be closed.
         unsafe {
             pg_sys::AtEOXact_GUC(false, self.guc_level);
             self.restore_formats();

@@ -66,11 +66,16 @@ thread_local! {
 }
 
 unsafe fn pool_context() -> pg_sys::MemoryContext {
+    // SAFETY: reads a backend-local global (TopMemoryContext is set for the whole life of the
+    // backend).
     unsafe { pg_sys::TopMemoryContext }
 }
 
 impl SlotPool {
     unsafe fn new(leaf: pg_sys::Relation) -> SlotPool {
+        // SAFETY: `leaf` is an open relation (callers: `Writer::open`); the copies and slots live
+        // in TopMemoryContext, for the backend's life, like the pool that keeps them;
+        // CurrentMemoryContext is put back.
         unsafe {
             let old = pg_sys::CurrentMemoryContext;
             pg_sys::CurrentMemoryContext = pool_context();
@@ -93,6 +98,8 @@ impl SlotPool {
     }
 
     unsafe fn slot(&mut self, i: usize) -> *mut pg_sys::TupleTableSlot {
+        // SAFETY: `tupdesc` is the pool's own copy (TopMemoryContext); the slot is made there and
+        // CurrentMemoryContext is put back.
         unsafe {
             while self.slots.len() <= i {
                 let old = pg_sys::CurrentMemoryContext;
@@ -108,6 +115,8 @@ impl SlotPool {
     }
 
     unsafe fn matches(&self, leaf: pg_sys::Relation) -> bool {
+        // SAFETY: `leaf` is an open relation and `self.tupdesc` the pool's own copy: only `natts`
+        // attributes of each are read.
         unsafe {
             let a = (*leaf).rd_att;
             let b = self.tupdesc;
@@ -139,6 +148,8 @@ pub struct Writer {
 }
 
 unsafe fn relation_oid(nsp: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
+    // SAFETY: inside a transaction (callers: `Writer::open`): a catalog look-up by name in schema
+    // `nsp`.
     unsafe {
         let oid = pg_sys::get_relname_relid(name.as_ptr(), nsp);
         if oid == pg_sys::InvalidOid {
@@ -154,6 +165,8 @@ unsafe fn relation_oid(nsp: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
 
 /// The partition of `parent` (range-partitioned on one timestamptz column) holding `value`.
 unsafe fn route(parent: pg_sys::Relation, value: pg_sys::Datum) -> pg_sys::Oid {
+    // SAFETY: `parent` is the open, range-partitioned observers.event (callers: `Writer::open`) and
+    // `value` a timestamptz: its partition descriptor is read under the lock the caller holds.
     unsafe {
         let partdesc = pg_sys::RelationGetPartitionDesc(parent, true);
         let bounds = (*partdesc).boundinfo;
@@ -192,6 +205,8 @@ unsafe fn route(parent: pg_sys::Relation, value: pg_sys::Datum) -> pg_sys::Oid {
 }
 
 unsafe fn check_layout(rel: pg_sys::Relation) {
+    // SAFETY: `rel` is an open relation (callers: `Writer::open`): only its `natts` attributes are
+    // read.
     unsafe {
         let tupdesc = (*rel).rd_att;
         let natts = (*tupdesc).natts as usize;
@@ -221,6 +236,8 @@ impl Writer {
     /// # Safety
     /// Must run inside a transaction, as the capture role.
     pub unsafe fn open() -> Writer {
+        // SAFETY: inside a transaction, as the capture role (contract): relations are opened with
+        // RowExclusiveLock and closed by `finish` (or by the transaction's abort).
         unsafe {
             let nsp = pg_sys::get_namespace_oid(c"observers".as_ptr(), true);
             if nsp == pg_sys::InvalidOid {
@@ -288,6 +305,8 @@ impl Writer {
     /// # Safety
     /// Payload datums must live in `payload_context()` (or longer) until the next flush.
     pub unsafe fn push(&mut self, event: Event) {
+        // SAFETY: payload datums live until the next flush (contract); the slot comes from the pool
+        // made by `Writer::open` for this leaf's descriptor.
         unsafe {
             let (slot, op) = POOL.with(|p| {
                 let mut p = p.borrow_mut();
@@ -333,6 +352,9 @@ impl Writer {
     }
 
     unsafe fn flush(&mut self) {
+        // SAFETY: `self` was opened in this transaction and its slots hold `used` queued rows;
+        // heap_multi_insert runs in the chunk context, which is reset afterwards, and
+        // CurrentMemoryContext is put back.
         unsafe {
             if self.used == 0 {
                 return;
@@ -382,6 +404,8 @@ impl Writer {
     /// # Safety
     /// Call once, in the transaction that opened the writer.
     pub unsafe fn finish(mut self) -> u64 {
+        // SAFETY: called once, in the transaction that opened the writer (contract): each resource
+        // opened by `open` is released exactly once.
         unsafe {
             self.flush();
             pg_sys::ExecCloseIndices(self.rri);

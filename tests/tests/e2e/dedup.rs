@@ -617,3 +617,104 @@ async fn done_marks_made_during_a_fallback_are_honoured_after_redis_returns() {
     assert_eq!(redis.dbsize(), Some(6));
     stop.cancel();
 }
+
+/// A pair waiting for a concurrency permit has not claimed it yet: a claim's TTL (`timeout` +
+/// grace) starts when its attempt can start, so a long wait for a permit cannot let the claim
+/// expire and another worker run the same pair. Worker A's only permit is taken (as by other
+/// deliveries under load) while its pair waits; worker B runs the pair meanwhile; when A gets
+/// its permit the pair is already done. With the old order (claim, then wait for a permit), B
+/// waited for A's claim to expire and ran the pair, and A ran it again: two executions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_waiting_for_a_permit_holds_no_claim() {
+    use bytes::Bytes;
+    use observer_worker::actions::{Action, AttemptError, BoxFuture, Delivered, Delivery};
+    use observer_worker::config::{DedupBackend, DedupConfig};
+    use observer_worker::db::Db;
+    use observer_worker::installation::InstallationId;
+    use observer_worker::pipeline::executor::{self, ActionOutcome, Layers};
+    use observer_worker::resilience::{Dedup, PairKey};
+    use observer_worker::retry::RetryPolicy;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+    use tokio_util::sync::CancellationToken;
+
+    /// Counts its executions; always succeeds.
+    struct Counting {
+        calls: AtomicUsize,
+        policy: RetryPolicy,
+    }
+    impl Action for Counting {
+        fn type_name(&self) -> &'static str {
+            "counting"
+        }
+        fn timeout(&self) -> Duration {
+            Duration::from_millis(100)
+        }
+        fn retry_policy(&self) -> &RetryPolicy {
+            &self.policy
+        }
+        fn execute<'a>(
+            &'a self,
+            _d: &'a Delivery,
+        ) -> BoxFuture<'a, Result<Delivered, AttemptError>> {
+            Box::pin(async move {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                Ok(Delivered::default())
+            })
+        }
+    }
+
+    let db = observers_tests::fresh_db("dedup_permit_claim").await;
+    let stop = CancellationToken::new();
+    let cfg = DedupConfig {
+        enabled: true,
+        backend: DedupBackend::Postgres,
+        ttl: Duration::from_secs(3600),
+    };
+    let pool = Db::new(&db.url, Duration::from_secs(5)).unwrap();
+    let inst_text = pool.installation_id().await.unwrap().unwrap();
+    let inst = InstallationId::parse(&inst_text).unwrap();
+    let worker = |name: &str, permits: usize| {
+        let pool = Db::new(&db.url, Duration::from_secs(5)).unwrap();
+        let mut l = Layers::new(Arc::new(Semaphore::new(permits)), stop.clone());
+        l.dedup = Some(Dedup::start(&cfg, None, pool, name, stop.clone()).unwrap());
+        l
+    };
+    let (a, b) = (worker("a", 1), worker("b", 1));
+    let mut delivery = Delivery::new(&inst, 1, 0, Bytes::from_static(b"{}"));
+    delivery.dedup_key = Some(PairKey::new(inst.bytes(), 7, 0, 1, "2026-11-29"));
+    let action = Arc::new(Counting {
+        calls: AtomicUsize::new(0),
+        policy: RetryPolicy::default(),
+    });
+
+    // A's only permit is busy: its pair waits for it
+    let busy = a.limiter.clone().acquire_owned().await.unwrap();
+    let waiting = {
+        let (action, delivery, a) = (action.clone(), delivery.clone(), a.clone());
+        tokio::spawn(async move { executor::run(action.as_ref(), &delivery, &a).await })
+    };
+    // time for A to reach the permit wait (with the old order it claimed on the way)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished());
+
+    // B runs the pair meanwhile (with the old order: once A's claim expired, about 5.6 s)
+    let by_b = tokio::time::timeout(SHORT, executor::run(action.as_ref(), &delivery, &b))
+        .await
+        .expect("B never ran the pair");
+    assert_eq!(by_b, ActionOutcome::Delivered { attempts: 1 });
+
+    // A gets its permit: the pair is done, A does not run it again
+    drop(busy);
+    let by_a = tokio::time::timeout(SHORT, waiting)
+        .await
+        .expect("A never finished")
+        .unwrap();
+    assert_eq!(
+        (by_a, action.calls.load(Ordering::SeqCst)),
+        (ActionOutcome::AlreadyDone, 1),
+        "the pair ran in two workers"
+    );
+    stop.cancel();
+}
