@@ -216,3 +216,55 @@ async fn failover_disabled_refuses_a_second_live_worker() {
     );
     assert_eq!(b.stop(SHORT).await.code(), Some(0));
 }
+
+/// A renewal that has not answered within a third of `lease_ttl` counts as failed (issue 10):
+/// the leader stops claiming events instead of waiting on it for good. The lease row is held
+/// locked by another session, which makes the renewal hang; once the lock goes, the worker
+/// resumes and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_hangs_counts_as_failed() {
+    let (db, rx) = setup("failover_stuck_renewal").await;
+    rx.set_default("/orders", Reply::ok());
+    db.client
+        .batch_execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, n int)")
+        .await
+        .unwrap();
+    let observers = observers_yaml(&rx.url("/orders"));
+    let yaml = config(
+        "stuck",
+        "failover: { enabled: false, lease_ttl: 3s }\n",
+        &observers,
+    );
+    let mut w = start_worker("failover_stuck", &db, &yaml, &[]);
+    assert!(w.wait_for_log(TAKEN_OVER, SHORT).await, "never led");
+    wait_observer_ready(&db.client, "orders", "public.orders", SHORT).await;
+
+    let locker = observers_tests::cluster::connect(&db.url).await.unwrap();
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM observers.leader_lease FOR UPDATE")
+        .await
+        .unwrap();
+    let stuck = w
+        .wait_for_log(
+            "leader lease renewal failed; stopped claiming events",
+            SHORT,
+        )
+        .await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    if !stuck {
+        w.dump_log();
+    }
+    assert!(stuck, "a renewal blocked on the lease row never gave up");
+
+    db.client
+        .batch_execute("INSERT INTO public.orders (n) VALUES (1)")
+        .await
+        .unwrap();
+    assert!(
+        rx.wait_until(SHORT, |rx| rx.unique_count_for("/orders") >= 1)
+            .await,
+        "the worker did not resume after the lock went: {}",
+        rx.summary()
+    );
+    assert_eq!(w.stop(SHORT).await.code(), Some(0));
+}
