@@ -52,9 +52,12 @@ $$;
 
 -- Leader lease -------------------------------------------------------------------------------
 
--- Is the database session (pid, backend_start) still connected? A session that is not known
--- (NULL pid) counts as connected: only the lease's expiry frees it. The start time tells a new
--- session that reuses the pid from the one that held the lease.
+-- Is the database session (pid, backend_start) still connected? The start time tells a new
+-- session that reuses the pid from the one that held the lease. Counted as connected, so that
+-- only the lease's expiry frees it: a session that is not known (NULL pid), and a session older
+-- than the server's current start (PostgreSQL restarted: every session ended at once, the leader's
+-- included, and the leader is reconnecting to renew its lease; a standby must not take the lease
+-- over just because it reconnected first).
 CREATE FUNCTION observers._session_alive(p_pid integer, p_backend_start timestamptz)
 RETURNS boolean
 LANGUAGE sql
@@ -62,6 +65,8 @@ VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT p_pid IS NULL
+        OR p_backend_start IS NULL
+        OR p_backend_start < pg_catalog.pg_postmaster_start_time()
         OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(p_pid) AS a
                     WHERE a.pid = p_pid AND a.backend_start IS NOT DISTINCT FROM p_backend_start)
 $$;
@@ -69,7 +74,7 @@ $$;
 -- Returns the epoch if the caller now holds the lease: the same epoch when it renewed its own
 -- unexpired lease, epoch + 1 when it took over a lease that was absent, expired, or held by a
 -- database session that has ended (its holder crashed or lost its connection: a standby need
--- not wait for the TTL). NULL when another worker holds an unexpired lease from a live session:
+-- not wait for the TTL; not after a restart of PostgreSQL, see _session_alive). NULL when another worker holds an unexpired lease from a live session:
 -- a live leader is never displaced before its lease expires.
 --
 -- The lease records the caller's session (pg_backend_pid()): call it on a connection of its own

@@ -86,15 +86,29 @@ SELECT epoch FROM dblink('standby', $$SELECT observers.lease_acquire('g2', 'w3',
 SELECT holder_pid = remote_pid('standby') AS records_the_reconnected_session
   FROM observers.leader_lease WHERE group_name = 'g2';
 
+SELECT dblink_disconnect('standby');
+
 -- a pid that a new session reuses does not keep a dead holder's lease: the session's start
 -- time must match too
 UPDATE observers.leader_lease
-   SET holder_pid = pg_backend_pid(), holder_backend_start = holder_backend_start - interval '1 day'
+   SET holder_pid = pg_backend_pid(), holder_backend_start = holder_backend_start + interval '1 microsecond'
  WHERE group_name = 'g2';
 SELECT observers.lease_acquire('g2', 'w4', '1 hour') AS takeover_despite_reused_pid;
 
 -- a lease whose session is unknown (NULL) is only freed by its expiry
 UPDATE observers.leader_lease SET holder_pid = NULL, holder_backend_start = NULL WHERE group_name = 'g2';
 SELECT observers.lease_acquire('g2', 'w5', '1 hour') IS NULL AS unknown_session_is_kept;
-SELECT dblink_disconnect('standby');
+-- a holder whose session ended with a restart of PostgreSQL (it started before the server did)
+-- keeps its lease until it expires: it is reconnecting to renew it, and a standby that happens
+-- to reconnect first must not take it over
+UPDATE observers.leader_lease
+   SET holder_pid = -1, holder_backend_start = pg_postmaster_start_time() - interval '1 second'
+ WHERE group_name = 'g2';
+SELECT observers.lease_acquire('g2', 'w5', '1 hour') IS NULL AS kept_across_a_server_restart;
+SELECT observers.lease_acquire('g2', 'w4', '1 hour') AS holder_renews_from_a_new_session;
+-- the same pid gone without a restart (started after the server did): taken over
+UPDATE observers.leader_lease
+   SET holder_pid = -1, holder_backend_start = pg_postmaster_start_time() + interval '1 second'
+ WHERE group_name = 'g2';
+SELECT observers.lease_acquire('g2', 'w5', '1 hour') AS taken_over;
 SELECT * FROM lease;

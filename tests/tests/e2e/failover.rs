@@ -268,3 +268,84 @@ async fn a_renewal_that_hangs_counts_as_failed() {
     );
     assert_eq!(w.stop(SHORT).await.code(), Some(0));
 }
+
+/// A restart of PostgreSQL ends every session at once, the leader's included: the leader keeps
+/// its lease (it reconnects and renews it, same epoch) instead of a standby taking it over just
+/// because it reconnected first. Delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_does_not_move_the_lease() {
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(observers_tests::cluster::Cluster::start)
+            .await
+            .unwrap()
+            .expect("private cluster"),
+    );
+    let db = observers_tests::fresh_db_on(&cluster.url(), "failover_db_restart").await;
+    let rx = observers_tests::receiver::Receiver::start().await.unwrap();
+    rx.set_default("/orders", Reply::ok());
+    db.client
+        .batch_execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, n int)")
+        .await
+        .unwrap();
+    let observers = observers_yaml(&rx.url("/orders"));
+    let yaml = |id: &str| config(id, &extra(true), &observers);
+    let mut a = start_worker("failover_restart_a", &db, &yaml("fr-a"), &[]);
+    assert!(a.wait_for_log(TAKEN_OVER, SHORT).await, "a never led");
+    let mut b = start_worker("failover_restart_b", &db, &yaml("fr-b"), &[]);
+    assert!(
+        b.wait_for_log("standby", SHORT).await,
+        "b is not standing by"
+    );
+    wait_observer_ready(&db.client, "orders", "public.orders", SHORT).await;
+    drop(db.client);
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.restart())
+        .await
+        .unwrap()
+        .expect("pg_ctl restart");
+    let client = observers_tests::cluster::connect_retry(&db.url, SHORT)
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO public.orders (n) VALUES (1)")
+        .await
+        .unwrap();
+    assert!(
+        rx.wait_until(SHORT, |rx| rx.unique_count_for("/orders") >= 1)
+            .await,
+        "{}",
+        rx.summary()
+    );
+    // a renews from a new session within lease_ttl/3 (10 s); b asked every 250 ms meanwhile
+    let renewed = observers_tests::util::poll(SHORT, Duration::from_millis(100), || async {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM observers.leader_lease \
+                  WHERE holder_backend_start > pg_postmaster_start_time()",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(
+        renewed.is_some(),
+        "the lease was not renewed after the restart"
+    );
+    assert!(
+        !b.log().contains(TAKEN_OVER),
+        "b took the lease over from a leader that was only reconnecting:\n{}",
+        b.log()
+    );
+    let epoch: i64 = client
+        .query_one("SELECT epoch FROM observers.leader_lease", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(epoch, 1, "the lease kept its epoch");
+    assert_eq!(b.stop(SHORT).await.code(), Some(0));
+    assert_eq!(a.stop(SHORT).await.code(), Some(0));
+}
