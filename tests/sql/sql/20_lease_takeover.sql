@@ -9,7 +9,7 @@ CREATE EXTENSION pg_observers;
 CREATE EXTENSION IF NOT EXISTS dblink;
 RESET client_min_messages;
 
-CREATE FUNCTION try(p_sql text) RETURNS text LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION try(p_sql text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE p_sql;
     RETURN 'ok';
@@ -17,18 +17,18 @@ EXCEPTION WHEN OTHERS THEN
     RETURN SQLSTATE || ': ' || regexp_replace(SQLERRM, '\d{4}-\d\d-\d\d[ T][0-9:.+-]+', '<timestamp>', 'g');
 END
 $$;
-CREATE FUNCTION connect(p_name text) RETURNS text LANGUAGE sql AS $$
+CREATE OR REPLACE FUNCTION connect(p_name text) RETURNS text LANGUAGE sql AS $$
     SELECT dblink_connect(p_name,
              format('host=%s port=%s dbname=%s user=%s',
                     coalesce(host(inet_server_addr()), split_part(current_setting('unix_socket_directories'), ',', 1)),
                     current_setting('port'), current_database(), current_user))
 $$;
 -- the backend pid of a dblink session
-CREATE FUNCTION remote_pid(p_name text) RETURNS integer LANGUAGE sql AS $$
+CREATE OR REPLACE FUNCTION remote_pid(p_name text) RETURNS integer LANGUAGE sql AS $$
     SELECT pid FROM dblink(p_name, 'SELECT pg_backend_pid()') AS t(pid integer)
 $$;
 -- wait until a backend has exited (a disconnect returns before the server process is gone)
-CREATE PROCEDURE wait_gone(p_pid integer) LANGUAGE plpgsql AS $$
+CREATE OR REPLACE PROCEDURE wait_gone(p_pid integer) LANGUAGE plpgsql AS $$
 BEGIN
     FOR i IN 1 .. 500 LOOP
         PERFORM pg_stat_clear_snapshot();
@@ -60,14 +60,23 @@ COMMIT;
 -- the leader renews: same epoch
 SELECT epoch FROM dblink('leader', $$SELECT observers.lease_acquire('g', 'w1', '1 hour')$$) AS t(epoch bigint);
 
+-- status() names the leader while its session is connected
+DROP TABLE IF EXISTS public.lease_takeover_t;
+CREATE TABLE public.lease_takeover_t (id int PRIMARY KEY);
+SELECT name FROM observers.create_observer('o', 'public.lease_takeover_t', group_name => 'g');
+SELECT observer, leader FROM observers.status();
+
 -- the leader crashes: its session ends long before the lease's hour is over
 SELECT dblink_disconnect('leader');
 CALL wait_gone(:leader_pid);
 SELECT * FROM lease;
+-- status() shows no leader at once (not a dead one until the lease expires)
+SELECT observer, leader FROM observers.status();
 -- a standby takes over at once, with a new epoch, and the lease now names the standby's session
 SELECT observers.lease_acquire('g', 'w2', '1 hour') AS takeover_epoch;
 SELECT holder_pid = pg_backend_pid() AS records_the_new_session FROM observers.leader_lease WHERE group_name = 'g';
 SELECT * FROM lease;
+SELECT observer, leader FROM observers.status();
 -- fencing stays: the crashed leader's epoch is refused, the new one accepted
 SELECT try($$SELECT observers.checkpoint_save('g', 1, 0)$$);
 SELECT try($$SELECT observers.batch_open('g', 2)$$);
