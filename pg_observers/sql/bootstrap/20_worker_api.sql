@@ -53,8 +53,9 @@ $$;
 -- Leader lease -------------------------------------------------------------------------------
 
 -- Is the database session (pid, backend_start) still connected? The start time tells a new
--- session that reuses the pid from the one that held the lease. Counted as connected, so that
--- only the lease's expiry frees it: a session that is not known (NULL pid), and a session older
+-- session that reuses the pid from the one that held the lease. When in doubt the answer is
+-- "connected" (a live leader must never be displaced). Counted as connected, so that only the
+-- lease's expiry frees it: a session that is not known (NULL pid or start time), and a session older
 -- than the server's current start (PostgreSQL restarted: every session ended at once, the leader's
 -- included, and the leader is reconnecting to renew its lease; a standby must not take the lease
 -- over just because it reconnected first).
@@ -68,7 +69,10 @@ AS $$
         OR p_backend_start IS NULL
         OR p_backend_start < pg_catalog.pg_postmaster_start_time()
         OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(p_pid) AS a
-                    WHERE a.pid = p_pid AND a.backend_start IS NOT DISTINCT FROM p_backend_start)
+                    WHERE a.pid = p_pid
+                      -- NULL: the function's owner may not see that session's details (it is
+                      -- not a superuser nor in pg_read_all_stats): the session exists, keep it
+                      AND (a.backend_start IS NULL OR a.backend_start = p_backend_start))
 $$;
 
 -- Returns the epoch if the caller now holds the lease: the same epoch when it renewed its own
