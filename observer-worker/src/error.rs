@@ -41,6 +41,14 @@ pub enum WorkerError {
     Http(String),
     #[error("cannot set up lookups: {0}")]
     Lookups(String),
+    /// `failover: disabled` and another live worker of the group holds its lease.
+    #[error(
+        "another worker of group \"{group}\" is running and holds its leader lease, and this worker has \
+         `failover: disabled` (one worker per group): stop the other worker, give this one another \
+         `worker.group`, or set `failover: enabled` on every worker of the group so that they stand by for \
+         each other (see `fraiseql-observers status` for the group's workers)"
+    )]
+    NotAlone { group: String },
     #[error("{0}")]
     Fatal(String),
 }

@@ -48,7 +48,8 @@ pub async fn run(
     let group = config.worker.group.clone();
     let worker_id = config.worker.id.clone();
     let db = Db::new(database_url, config.database.connect_timeout)?
-        .fetch_days(config.deduplication.enabled || config.circuit_breaker.enabled);
+        .fetch_days(config.deduplication.enabled || config.circuit_breaker.enabled)
+        .lease_statement_timeout(lease::renewal_deadline(config.failover.lease_ttl))?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         group = %group,
@@ -73,6 +74,11 @@ pub async fn run(
         return Ok(());
     };
     info!(database = %db.target(), extension_version = %version, "connected to the database");
+
+    // 1b. `failover: disabled`: the only worker of its group; refuse to run beside another.
+    if !config.failover.enabled && !claim_sole_leadership(&db, &config, &stop).await? {
+        return Ok(());
+    }
 
     // 2. Observers of the file -> database (actions stored unexpanded).
     if !apply_observers(&db, &config, &stop).await? {
@@ -144,7 +150,8 @@ pub async fn run(
         LeaseSettings {
             group: group.clone(),
             worker_id: worker_id.clone(),
-            ttl: config.lease_ttl,
+            ttl: config.failover.lease_ttl,
+            standby_poll: config.failover.standby_poll,
         },
         lease_tx,
         fenced.clone(),
@@ -478,6 +485,46 @@ async fn wait_for_database(
         }
         if !backoff.wait(stop).await {
             return Ok(None);
+        }
+    }
+}
+
+/// With `failover: disabled` a worker expects to be alone in its group: it takes the lease
+/// before anything else, and refuses to start while another worker holds it from a live
+/// database session (a crashed worker's lease is taken over at once). `Ok(false)` if stopped
+/// first.
+async fn claim_sole_leadership(
+    db: &Db,
+    config: &Config,
+    stop: &CancellationToken,
+) -> Result<bool, WorkerError> {
+    let group = &config.worker.group;
+    let ttl = config.failover.lease_ttl;
+    let deadline = lease::renewal_deadline(ttl);
+    loop {
+        let answer =
+            tokio::time::timeout(deadline, db.lease_acquire(group, &config.worker.id, ttl)).await;
+        match answer {
+            Ok(Ok(Some(epoch))) => {
+                debug!(group = %group, epoch, "failover disabled: this worker holds the group's lease");
+                return Ok(true);
+            }
+            Ok(Ok(None)) => {
+                return Err(WorkerError::NotAlone {
+                    group: group.clone(),
+                })
+            }
+            Ok(Err(e)) if e.is_retryable() => {
+                warn!(group = %group, error = %e, "cannot take the leader lease yet; retrying");
+            }
+            Ok(Err(e)) => return Err(WorkerError::Db(e)),
+            Err(_) => {
+                warn!(group = %group, "taking the leader lease did not answer within {}; retrying",
+                    humantime::format_duration(deadline));
+            }
+        }
+        if !sleep_or_cancel(stop, Duration::from_millis(500)).await {
+            return Ok(false);
         }
     }
 }

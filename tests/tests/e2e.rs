@@ -28,6 +28,10 @@ mod dedup;
 mod delivery;
 #[path = "e2e/dump_restore.rs"]
 mod dump_restore;
+
+#[path = "e2e/failover.rs"]
+mod failover;
+
 #[path = "e2e/filters.rs"]
 mod filters;
 #[path = "e2e/install.rs"]

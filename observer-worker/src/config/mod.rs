@@ -30,6 +30,20 @@ pub use secrets::ActionSecrets;
 
 use crate::retry::RetryPolicy;
 
+/// `failover:` (docs/CONFIGURATION.md, docs/OPERATIONS.md "Several workers").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// `true`: several workers of the group may run; one leads, the others stand by and take
+    /// over. `false` (the default): this worker expects to be the only one of its group and
+    /// refuses to start while another live worker holds the group's lease.
+    pub enabled: bool,
+    /// TTL of the group's leader lease: how long a leader that is alive but cut off or frozen
+    /// keeps it. A leader whose database session ended loses it at once.
+    pub lease_ttl: Duration,
+    /// How often a standby asks for the lease (cheap, read-only while the leader is alive).
+    pub standby_poll: Duration,
+}
+
 /// The validated configuration of a worker.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -40,8 +54,8 @@ pub struct Config {
     pub checkpoints: CheckpointConfig,
     pub concurrency: ConcurrencyConfig,
     pub metrics: MetricsConfig,
-    /// TTL of the group's leader lease (`failover.lease_ttl`).
-    pub lease_ttl: Duration,
+    /// `failover:`: the group's leader lease and how standbys take it over.
+    pub failover: FailoverConfig,
     /// `redis:` connection settings, when a feature uses Redis.
     pub redis: Option<RedisConfig>,
     pub deduplication: DedupConfig,

@@ -10,8 +10,8 @@ use super::reader::{index, Reader};
 use super::resilience::{self, CacheBackend, DedupBackend};
 use super::yaml::Node;
 use super::{
-    CheckpointConfig, ConcurrencyConfig, Config, DatabaseConfig, Defaults, MetricsConfig,
-    ObserverConfig, WorkerConfig,
+    CheckpointConfig, ConcurrencyConfig, Config, DatabaseConfig, Defaults, FailoverConfig,
+    MetricsConfig, ObserverConfig, WorkerConfig,
 };
 use crate::retry::RetryPolicy;
 
@@ -37,6 +37,10 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 
 pub const DEFAULT_GROUP: &str = "default";
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often a standby asks for the lease by default: the handover after a leader crash or a
+/// graceful release takes at most about this long.
+pub const DEFAULT_STANDBY_POLL: Duration = Duration::from_millis(250);
+pub const MIN_STANDBY_POLL: Duration = Duration::from_millis(50);
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
 
 /// Reads the whole document. Returns `None` only when the document is not a map at all.
@@ -60,7 +64,7 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
     let checkpoints = read_checkpoints(r, top.get("checkpoints"));
     let concurrency = read_concurrency(r, top.get("concurrent_execution"));
     let metrics = read_metrics(r, top.get("metrics"));
-    let lease_ttl = read_failover(r, top.get("failover"));
+    let failover = read_failover(r, top.get("failover"));
     let redis = resilience::read_redis(r, top.get("redis"));
     let (deduplication, dedup_mark) = resilience::read_dedup(r, top.get("deduplication"));
     resilience::check_redis_needed(
@@ -115,7 +119,7 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         checkpoints,
         concurrency,
         metrics,
-        lease_ttl,
+        failover,
         redis,
         deduplication,
         caching,
@@ -299,30 +303,46 @@ fn read_metrics(r: &mut Reader, node: Option<&Node>) -> MetricsConfig {
     cfg
 }
 
-/// `failover` itself comes later; its `lease_ttl` already sets the lease TTL.
-fn read_failover(r: &mut Reader, node: Option<&Node>) -> Duration {
-    let Some(node) = node else {
-        return DEFAULT_LEASE_TTL;
+/// `failover: enabled | disabled | { enabled, lease_ttl, standby_poll }`.
+fn read_failover(r: &mut Reader, node: Option<&Node>) -> FailoverConfig {
+    let mut cfg = FailoverConfig {
+        enabled: false,
+        lease_ttl: DEFAULT_LEASE_TTL,
+        standby_poll: DEFAULT_STANDBY_POLL,
     };
-    let Some(feat) = r.feature(node, "failover", &["lease_ttl"], false) else {
-        return DEFAULT_LEASE_TTL;
+    let Some(node) = node else { return cfg };
+    let Some(feat) = r.feature(node, "failover", &["lease_ttl", "standby_poll"], false) else {
+        return cfg;
     };
-    let mut ttl = DEFAULT_LEASE_TTL;
+    cfg.enabled = feat.enabled;
     if let Some(n) = feat.fields.get("lease_ttl") {
         if let Some(d) = r.duration(n, &feat.fields.path_of("lease_ttl"), Duration::from_secs(1)) {
-            ttl = d;
+            cfg.lease_ttl = d;
         }
     }
-    if feat.enabled {
-        r.problem(
-            "failover",
-            feat.mark,
-            "failover is not available in this version yet (the leader lease between workers of a group is always \
-             on; only `failover.lease_ttl` is used): write `failover: { enabled: false, lease_ttl: ... }` or remove \
-             the section",
-        );
+    // The default poll never exceeds a third of the TTL (a TTL of 1s polls every 250ms anyway).
+    cfg.standby_poll = cfg.standby_poll.min(cfg.lease_ttl / 3);
+    if let Some(n) = feat.fields.get("standby_poll") {
+        let path = feat.fields.path_of("standby_poll");
+        if let Some(d) = r.duration(n, &path, MIN_STANDBY_POLL) {
+            if d > cfg.lease_ttl / 3 {
+                r.problem(
+                    &path,
+                    n.mark,
+                    format!(
+                        "standby_poll {} is longer than a third of lease_ttl ({}): a standby would notice a \
+                         released or expired lease late; use at most {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(cfg.lease_ttl),
+                        humantime::format_duration(cfg.lease_ttl / 3)
+                    ),
+                );
+            } else {
+                cfg.standby_poll = d;
+            }
+        }
     }
-    ttl
+    cfg
 }
 
 /// Sections of features that come in later versions: their options are

@@ -61,7 +61,14 @@ fn minimal_config_gets_spec_defaults() {
     assert!(c.concurrency.enabled);
     assert_eq!(c.concurrency.max_in_flight, 256);
     assert!(c.metrics.enabled);
-    assert_eq!(c.lease_ttl, Duration::from_secs(10));
+    assert_eq!(
+        c.failover,
+        FailoverConfig {
+            enabled: false,
+            lease_ttl: Duration::from_secs(10),
+            standby_poll: Duration::from_millis(250),
+        }
+    );
     let o = &c.observers[0];
     assert_eq!(o.events, vec!["INSERT", "UPDATE", "DELETE"]);
     assert_eq!(o.condition, None);
@@ -143,27 +150,14 @@ observers:
     let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(
         paths,
-        vec!["failover", "job_queue", "observers[0].actions[2].type",],
+        vec!["job_queue", "observers[0].actions[2].type",],
         "{p:#?}"
     );
     assert!(
-        p[0].message
-            .contains("failover is not available in this version yet"),
-        "{}",
-        p[0].message
-    );
-    assert!(
-        p[2].message
+        p[1].message
             .contains("`email` is not available in this version yet"),
         "{}",
-        p[2].message
-    );
-    assert_eq!(
-        p[0].mark,
-        Some(Mark {
-            line: 23,
-            column: 11
-        })
+        p[1].message
     );
 }
 
@@ -200,7 +194,8 @@ observers:
         ],
     )
     .unwrap();
-    assert_eq!(c.lease_ttl, Duration::from_secs(3));
+    assert_eq!(c.failover.lease_ttl, Duration::from_secs(3));
+    assert!(!c.failover.enabled);
     let o = &c.observers[0];
     assert_eq!(o.events, vec!["INSERT", "UPDATE"]);
     assert_eq!(
@@ -822,4 +817,59 @@ observers:
         "{}",
         p[0].message
     );
+}
+
+/// `failover:` is a feature: the shorthand, the map, its options and their bounds.
+#[test]
+fn failover_section() {
+    let env = &[("DATABASE_URL", "postgres://x@h/db")];
+    let with = |section: &str| {
+        format!(
+            "database: {{ url: \"${{DATABASE_URL}}\" }}\n{section}\nobservers:\n  - name: o\n    table: public.t\n    \
+             events: [INSERT]\n    actions:\n      - type: webhook\n        url: http://127.0.0.1:8080/h\n"
+        )
+    };
+    let c = parse(&with("failover: enabled"), env).unwrap();
+    assert_eq!(
+        c.failover,
+        FailoverConfig {
+            enabled: true,
+            lease_ttl: Duration::from_secs(10),
+            standby_poll: Duration::from_millis(250),
+        }
+    );
+    let c = parse(&with("failover: disabled"), env).unwrap();
+    assert!(!c.failover.enabled);
+    let c = parse(
+        &with("failover: { enabled: true, lease_ttl: 4s, standby_poll: 100ms }"),
+        env,
+    )
+    .unwrap();
+    assert_eq!(
+        c.failover,
+        FailoverConfig {
+            enabled: true,
+            lease_ttl: Duration::from_secs(4),
+            standby_poll: Duration::from_millis(100),
+        }
+    );
+    // a short TTL lowers the default poll to a third of it
+    let c = parse(&with("failover: { enabled: true, lease_ttl: 600ms }"), env);
+    assert!(c.is_err(), "lease_ttl below 1s is refused");
+    let c = parse(&with("failover: { enabled: true, lease_ttl: 1s }"), env).unwrap();
+    assert_eq!(c.failover.standby_poll, Duration::from_millis(250));
+
+    let p = problems(
+        &with("failover: { enabled: true, lease_ttl: 3s, standby_poll: 2s, leader: me }"),
+        env,
+    );
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec!["failover.standby_poll", "failover.leader"],
+        "{p:#?}"
+    );
+    assert!(p[0].message.contains("at most 1s"), "{}", p[0].message);
+    let p = problems(&with("failover: { standby_poll: 10ms }"), env);
+    assert!(p[0].message.contains("too short"), "{p:#?}");
 }

@@ -102,7 +102,9 @@ impl Db {
         info: &serde_json::Value,
     ) -> Result<(), DbError> {
         const CTX: &str = "observers.heartbeat";
-        let (c, stmt) = self.prepared(Lane::Lease, CTX, queries::HEARTBEAT).await?;
+        let (c, stmt) = self
+            .prepared(Lane::Heartbeat, CTX, queries::HEARTBEAT)
+            .await?;
         c.execute(&stmt, &[&group, &worker_id, info])
             .await
             .map_err(|e| self.err(CTX, e))?;

@@ -1,9 +1,12 @@
 //! PostgreSQL access: one typed wrapper per SQL function of the extension.
 //!
-//! Three small connection pools keep unrelated traffic from starving each
+//! Small connection pools keep unrelated traffic from starving each
 //! other: `main` (the consumer: batches, fetches, checkpoints), `lease`
-//! (lease renewal and heartbeats: must never wait behind a flood of dead
-//! letters) and `side` (dead letters, observer definitions, maintenance).
+//! (one connection that does nothing but take, renew and release the leader
+//! lease: the lease records its database session, whose end tells standbys
+//! that the leader is gone), `heartbeat` (heartbeats: never behind a flood of
+//! dead letters), `side` (dead letters, observer definitions, maintenance) and
+//! `dedup`.
 //! Pools reconnect by themselves: a connection that died (database restart)
 //! is dropped when next checked out and a fresh one is opened.
 
@@ -174,6 +177,7 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct Db {
     main: Pool,
     lease: Pool,
+    heartbeat: Pool,
     side: Pool,
     dedup: Pool,
     /// `batch_fetch` also returns each event's capture day (needed by deduplication and
@@ -181,6 +185,7 @@ pub struct Db {
     fetch_days: bool,
     pg: tokio_postgres::Config,
     target: String,
+    connect_timeout: Duration,
 }
 
 impl fmt::Debug for Db {
@@ -193,7 +198,9 @@ impl fmt::Debug for Db {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Lane {
     Main,
+    /// The leader lease only (see the module comment).
     Lease,
+    Heartbeat,
     Side,
     /// Deduplication state: asynchronous commit (see `Db::new`).
     Dedup,
@@ -242,30 +249,35 @@ impl Db {
         let pg_dedup =
             with_options("-c jit=off -c synchronous_commit=off -c statement_timeout=30s");
         let pg = with_options("-c jit=off");
-        let make = |pg: &tokio_postgres::Config, size: usize| -> Result<Pool, DbError> {
-            let mgr = Manager::from_config(
-                pg.clone(),
-                NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
-            Pool::builder(mgr)
-                .max_size(size)
-                .runtime(Runtime::Tokio1)
-                .create_timeout(Some(connect_timeout + Duration::from_secs(1)))
-                .build()
-                .map_err(|e| DbError::BadUrl(e.to_string()))
-        };
+        let make = |pg: &tokio_postgres::Config, size: usize| make_pool(pg, size, connect_timeout);
         Ok(Db {
             main: make(&pg_main, 3)?,
-            lease: make(&pg, 1)?,
+            lease: make(
+                &with_options(&lease_options(DEFAULT_LEASE_STATEMENT_TIMEOUT)),
+                1,
+            )?,
+            heartbeat: make(&pg, 1)?,
             side: make(&pg, 4)?,
             dedup: make(&pg_dedup, 4)?,
             fetch_days: false,
             pg,
             target,
+            connect_timeout,
         })
+    }
+
+    /// Lease calls give up on the server after `timeout` (`statement_timeout`, `lock_timeout`
+    /// of the dedicated lease connection; the worker passes a fraction of the lease TTL). Set
+    /// before the handle is cloned.
+    pub fn lease_statement_timeout(mut self, timeout: Duration) -> Result<Self, DbError> {
+        let mut c = self.pg.clone();
+        let options = match self.pg.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} {}", lease_options(timeout)),
+            _ => lease_options(timeout),
+        };
+        c.options(options);
+        self.lease = make_pool(&c, 1, self.connect_timeout)?;
+        Ok(self)
     }
 
     /// Makes `batch_fetch` return each event's capture day (deduplication and circuit breakers
@@ -293,6 +305,7 @@ impl Db {
         let pool = match lane {
             Lane::Main => &self.main,
             Lane::Lease => &self.lease,
+            Lane::Heartbeat => &self.heartbeat,
             Lane::Side => &self.side,
             Lane::Dedup => &self.dedup,
         };
@@ -327,6 +340,34 @@ impl Db {
     pub(crate) fn err(&self, context: &'static str, e: tokio_postgres::Error) -> DbError {
         DbError::classify(&self.target, context, e)
     }
+}
+
+/// `statement_timeout` of the lease connection until [`Db::lease_statement_timeout`] sets it.
+const DEFAULT_LEASE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn lease_options(timeout: Duration) -> String {
+    let ms = timeout.as_millis().max(1);
+    format!("-c jit=off -c statement_timeout={ms} -c lock_timeout={ms}")
+}
+
+fn make_pool(
+    pg: &tokio_postgres::Config,
+    size: usize,
+    connect_timeout: Duration,
+) -> Result<Pool, DbError> {
+    let mgr = Manager::from_config(
+        pg.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(connect_timeout + Duration::from_secs(1)))
+        .build()
+        .map_err(|e| DbError::BadUrl(e.to_string()))
 }
 
 fn describe_target(pg: &tokio_postgres::Config) -> String {

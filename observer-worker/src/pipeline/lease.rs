@@ -1,4 +1,9 @@
 //! The group's leader lease: acquire, renew every `ttl/3`, publish the state.
+//! A standby asks every `standby_poll` (250 ms by default): it gets the lease as
+//! soon as the leader released it (SIGTERM) or the leader's database session
+//! ended (crash), and only after `ttl` when the leader is alive but frozen or cut
+//! off. Each call has a deadline ([`renewal_deadline`]): a renewal that has not
+//! answered by then counts as failed.
 //!
 //! The consumer only claims events while the state is [`LeaseState::Held`].
 //! Every write that matters is fenced by the epoch in the database, so a
@@ -12,7 +17,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::db::Db;
+use crate::db::{Db, DbError};
 use crate::retry::Backoff;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +45,14 @@ pub struct LeaseSettings {
     pub group: String,
     pub worker_id: String,
     pub ttl: Duration,
+    /// How often a standby asks for the lease.
+    pub standby_poll: Duration,
+}
+
+/// How long a lease call may take before it counts as failed: a third of the TTL, so that a
+/// leader whose renewals hang stops claiming events well before a standby may take over.
+pub fn renewal_deadline(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(100))
 }
 
 /// Runs until `stop` fires. `fenced` is signalled by anyone who got SQLSTATE
@@ -52,15 +65,31 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let renew_every = (s.ttl / 3).max(Duration::from_millis(100));
+    let standby_poll = s.standby_poll.min(renew_every);
+    let deadline = renewal_deadline(s.ttl);
     let mut error_backoff = Backoff::new(
         Duration::from_millis(100),
         renew_every.min(Duration::from_secs(1)),
     );
     let mut announced_standby = false;
     let mut failures = 0u32;
+    let mut standby_since: Option<std::time::Instant> = None;
     loop {
         let current = *tx.borrow();
-        let wait = match db.lease_acquire(&s.group, &s.worker_id, s.ttl).await {
+        let answer =
+            match tokio::time::timeout(deadline, db.lease_acquire(&s.group, &s.worker_id, s.ttl))
+                .await
+            {
+                Ok(a) => a,
+                Err(_) => Err(DbError::Transient {
+                    context: "observers.lease_acquire",
+                    message: format!(
+                        "no answer within {} (a third of failover.lease_ttl)",
+                        humantime::format_duration(deadline)
+                    ),
+                }),
+            };
+        let wait = match answer {
             Ok(Some(epoch)) => {
                 error_backoff.reset();
                 if failures > 0 {
@@ -74,7 +103,16 @@ pub async fn run(
                         tx.send_replace(LeaseState::Held(epoch));
                     }
                     _ => {
-                        info!(group = %s.group, worker_id = %s.worker_id, epoch, ttl = ?s.ttl, "leader lease acquired; consuming events");
+                        match standby_since.take() {
+                            Some(since) => {
+                                info!(group = %s.group, worker_id = %s.worker_id, epoch, ttl = ?s.ttl,
+                                standby_for = ?since.elapsed(),
+                                "leader lease acquired (taken over: the previous leader released it, its session ended or its lease expired); consuming events")
+                            }
+                            None => {
+                                info!(group = %s.group, worker_id = %s.worker_id, epoch, ttl = ?s.ttl, "leader lease acquired; consuming events")
+                            }
+                        }
                         tx.send_replace(LeaseState::Held(epoch));
                     }
                 }
@@ -90,13 +128,14 @@ pub async fn run(
                         announced_standby = true;
                     }
                     LeaseState::Standby if !announced_standby => {
-                        info!(group = %s.group, retry_every = ?renew_every, "standby: another worker holds the leader lease");
+                        info!(group = %s.group, retry_every = ?standby_poll, "standby: another worker holds the leader lease");
                         announced_standby = true;
                     }
                     LeaseState::Standby => {}
                 }
+                standby_since.get_or_insert_with(std::time::Instant::now);
                 tx.send_replace(LeaseState::Standby);
-                renew_every
+                standby_poll
             }
             Err(e) => {
                 failures += 1;
@@ -146,6 +185,18 @@ mod tests {
         tx.send_replace(LeaseState::Standby);
         mark_fenced(&tx);
         assert_eq!(*rx.borrow(), LeaseState::Standby);
+    }
+
+    #[test]
+    fn renewal_deadline_is_a_third_of_the_ttl() {
+        assert_eq!(
+            renewal_deadline(Duration::from_secs(9)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            renewal_deadline(Duration::from_millis(150)),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

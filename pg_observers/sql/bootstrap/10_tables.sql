@@ -83,14 +83,19 @@ CREATE TABLE observers.checkpoint (
 COMMENT ON TABLE observers.checkpoint IS
     'Per group: everything visible in snap_lo is done; the open batch is visible in snap_hi and not in snap_lo, done up to last_id.';
 
--- Leader lease per worker group, with a fencing epoch.
+-- Leader lease per worker group, with a fencing epoch. holder_pid/holder_backend_start name the
+-- database session that last took or renewed it (the worker's dedicated lease connection): once
+-- that session has ended (the leader crashed, its connection broke), a standby takes the lease
+-- over at once instead of waiting for expires_at (lease_acquire in 20_worker_api.sql).
 CREATE TABLE observers.leader_lease (
     group_name  text PRIMARY KEY,
     worker_id   text        NOT NULL,
     epoch       bigint      NOT NULL,
     acquired_at timestamptz NOT NULL,
     renewed_at  timestamptz NOT NULL,
-    expires_at  timestamptz NOT NULL
+    expires_at  timestamptz NOT NULL,
+    holder_pid  integer,
+    holder_backend_start timestamptz
 );
 
 -- Dead letters: a full copy of the payload, so it survives outbox retention.

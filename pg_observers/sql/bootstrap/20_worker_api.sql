@@ -52,9 +52,39 @@ $$;
 
 -- Leader lease -------------------------------------------------------------------------------
 
+-- Is the database session (pid, backend_start) still connected? The start time tells a new
+-- session that reuses the pid from the one that held the lease. When in doubt the answer is
+-- "connected" (a live leader must never be displaced). Counted as connected, so that only the
+-- lease's expiry frees it: a session that is not known (NULL pid or start time), and a session older
+-- than the server's current start (PostgreSQL restarted: every session ended at once, the leader's
+-- included, and the leader is reconnecting to renew its lease; a standby must not take the lease
+-- over just because it reconnected first).
+CREATE FUNCTION observers._session_alive(p_pid integer, p_backend_start timestamptz)
+RETURNS boolean
+LANGUAGE sql
+VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p_pid IS NULL
+        OR p_backend_start IS NULL
+        OR p_backend_start < pg_catalog.pg_postmaster_start_time()
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(p_pid) AS a
+                    WHERE a.pid = p_pid
+                      -- NULL: the function's owner may not see that session's details (it is
+                      -- not a superuser nor in pg_read_all_stats): the session exists, keep it
+                      AND (a.backend_start IS NULL OR a.backend_start = p_backend_start))
+$$;
+
 -- Returns the epoch if the caller now holds the lease: the same epoch when it renewed its own
--- unexpired lease, epoch + 1 when it took over an expired or absent lease. NULL when another
--- worker holds an unexpired lease.
+-- unexpired lease, epoch + 1 when it took over a lease that was absent, expired, or held by a
+-- database session that has ended (its holder crashed or lost its connection: a standby need
+-- not wait for the TTL; not after a restart of PostgreSQL, see _session_alive). NULL when another worker holds an unexpired lease from a live session:
+-- a live leader is never displaced before its lease expires.
+--
+-- The lease records the caller's session (pg_backend_pid()): call it on a connection of its own
+-- that lives as long as the worker and does nothing else, so that the session ends when the
+-- worker does. While the leader is alive a standby's call only reads (no row lock, no xid), so
+-- standbys may poll every few hundred milliseconds.
 CREATE FUNCTION observers.lease_acquire(group_name text, worker_id text, ttl interval)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -65,6 +95,9 @@ AS $$
 DECLARE
     v_now   timestamptz := clock_timestamp();
     v_epoch bigint;
+    v_pid   integer := pg_backend_pid();
+    v_start timestamptz;
+    cur     observers.leader_lease;
 BEGIN
     PERFORM observers._require_text('group_name', lease_acquire.group_name);
     PERFORM observers._require_text('worker_id', lease_acquire.worker_id);
@@ -72,10 +105,24 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = format('ttl must be a positive interval, got %s', coalesce(ttl::text, 'NULL'));
     END IF;
+    -- Backend status is cached per transaction: look at the sessions as they are now.
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
 
+    -- Fast path for standbys: another worker's live lease, read without locking anything.
+    SELECT * INTO cur FROM observers.leader_lease AS x WHERE x.group_name = lease_acquire.group_name;
+    IF FOUND AND cur.worker_id <> lease_acquire.worker_id AND cur.expires_at > v_now
+       AND observers._session_alive(cur.holder_pid, cur.holder_backend_start) THEN
+        RETURN NULL;
+    END IF;
+
+    SELECT a.backend_start INTO v_start FROM pg_catalog.pg_stat_get_activity(v_pid) AS a;
+    -- The row lock of ON CONFLICT makes concurrent callers re-check the WHERE against the
+    -- newest row: of two standbys that both saw a dead holder, only the first takes over.
     INSERT INTO observers.leader_lease AS l
-           (group_name, worker_id, epoch, acquired_at, renewed_at, expires_at)
-    VALUES (lease_acquire.group_name, lease_acquire.worker_id, 1, v_now, v_now, v_now + ttl)
+           (group_name, worker_id, epoch, acquired_at, renewed_at, expires_at,
+            holder_pid, holder_backend_start)
+    VALUES (lease_acquire.group_name, lease_acquire.worker_id, 1, v_now, v_now, v_now + ttl,
+            v_pid, v_start)
     ON CONFLICT (group_name) DO UPDATE
        SET epoch       = CASE WHEN l.worker_id = excluded.worker_id AND l.expires_at > v_now
                               THEN l.epoch ELSE l.epoch + 1 END,
@@ -83,8 +130,11 @@ BEGIN
                               THEN l.acquired_at ELSE v_now END,
            worker_id   = excluded.worker_id,
            renewed_at  = v_now,
-           expires_at  = excluded.expires_at
+           expires_at  = excluded.expires_at,
+           holder_pid  = excluded.holder_pid,
+           holder_backend_start = excluded.holder_backend_start
      WHERE l.worker_id = excluded.worker_id OR l.expires_at <= v_now
+        OR NOT observers._session_alive(l.holder_pid, l.holder_backend_start)
     RETURNING l.epoch INTO v_epoch;
     RETURN v_epoch;
 END

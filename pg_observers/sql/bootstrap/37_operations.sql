@@ -198,7 +198,8 @@ $$;
 --   backlog                  events of the observer its group's cursor has not passed
 --   oldest_undelivered_age   age of the oldest of them
 --   checkpoint               the group's cursor (snap_lo, open batch snap_hi, last_id/max_id)
---   leader                   worker holding the group's unexpired lease (NULL if none)
+--   leader                   worker holding the group's unexpired lease from a connected
+--                            session (NULL if none: no lease, expired, or its holder is gone)
 --   dlq_count, last_error    dead letters of the observer, the latest error and when
 --   workers, last_heartbeat  running workers of the group seen in the last 30 s (a worker that
 --                            stopped cleanly says so in its last heartbeat), the newest heartbeat
@@ -239,7 +240,9 @@ AS $$
                       coalesce(k.snap_hi::text, '-'), k.last_id, coalesce(k.max_id::text, '-'))
            END,
            k.updated_at,
-           CASE WHEN l.expires_at > clock_timestamp() THEN l.worker_id END,
+           CASE WHEN l.expires_at > clock_timestamp()
+                     AND observers._session_alive(l.holder_pid, l.holder_backend_start)
+                THEN l.worker_id END,
            l.expires_at,
            d.dlq_count,
            last.last_error,

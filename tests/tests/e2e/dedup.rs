@@ -337,7 +337,7 @@ async fn frozen_leader_race(name: &str, dedup: &str) -> (usize, HashMap<String, 
 ",
         rx.url("/orders")
     );
-    let extra = format!("{dedup}failover: {{ enabled: false, lease_ttl: 2s }}\n");
+    let extra = format!("{dedup}failover: {{ enabled: true, lease_ttl: 2s }}\n");
     let mut a = start_worker(
         &format!("{name}_a"),
         &db,
