@@ -91,8 +91,14 @@ SELECT name, setting, unit, context FROM pg_settings WHERE name LIKE 'observers.
 -- an unknown observers.* setting is rejected once the prefix is reserved
 SET observers.no_such_setting = 1;
 
--- maintain() right after CREATE EXTENSION has nothing to do
-SELECT observers.maintain();
+-- maintain() right after CREATE EXTENSION has nothing to do (unless midnight UTC passed since
+-- CREATE EXTENSION: then it creates the new day's partitions, which is right too)
+SELECT CASE WHEN (SELECT min(c.relname) FROM pg_class AS c
+                   WHERE c.relnamespace = 'observers'::regnamespace AND c.relname ~ '^event_p\d{8}$')
+                 = observers._partition_name((now() AT TIME ZONE 'UTC')::date)
+            THEN m
+            ELSE regexp_replace(m, 'created \d+( \([^)]*\))?', 'created 0', 'g') END AS maintain
+  FROM observers.maintain() AS m;
 
 -- event triggers (names at capture time: 39_event_names.sql), members of the extension
 SELECT e.evtname, e.evtevent, e.evtenabled, e.evttags,
