@@ -304,14 +304,16 @@ fn read_metrics(r: &mut Reader, node: Option<&Node>) -> MetricsConfig {
 }
 
 /// `failover: enabled | disabled | { enabled, lease_ttl, standby_poll }`.
+/// On by default (unlike the other features): several workers of a group have always shared
+/// the group's lease, leader and standbys (SPEC §2.6); `disabled` keeps a group to one worker.
 fn read_failover(r: &mut Reader, node: Option<&Node>) -> FailoverConfig {
     let mut cfg = FailoverConfig {
-        enabled: false,
+        enabled: true,
         lease_ttl: DEFAULT_LEASE_TTL,
         standby_poll: DEFAULT_STANDBY_POLL,
     };
     let Some(node) = node else { return cfg };
-    let Some(feat) = r.feature(node, "failover", &["lease_ttl", "standby_poll"], false) else {
+    let Some(feat) = r.feature(node, "failover", &["lease_ttl", "standby_poll"], true) else {
         return cfg;
     };
     cfg.enabled = feat.enabled;

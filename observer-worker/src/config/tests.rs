@@ -64,7 +64,7 @@ fn minimal_config_gets_spec_defaults() {
     assert_eq!(
         c.failover,
         FailoverConfig {
-            enabled: false,
+            enabled: true,
             lease_ttl: Duration::from_secs(10),
             standby_poll: Duration::from_millis(250),
         }
