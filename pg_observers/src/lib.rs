@@ -79,6 +79,11 @@ extension_sql_file!(
     requires = ["admin_api", "integrity", "dedup", "parked"]
 );
 extension_sql_file!(
+    "../sql/bootstrap/38_checkpoints.sql",
+    name = "checkpoints",
+    requires = ["operations"]
+);
+extension_sql_file!(
     "../sql/bootstrap/39_event_names.sql",
     name = "event_names",
     requires = ["operations"]

@@ -79,5 +79,7 @@ GRANT EXECUTE ON FUNCTION
     observers.dlq_retry_all(text, timestamptz, timestamptz, text, boolean),
     observers.dlq_purge(text, timestamptz, timestamptz, text, bigint[], boolean, boolean),
     observers.debug_event(bigint),
-    observers.replay(text, bigint, bigint, boolean)
+    observers.replay(text, bigint, bigint, boolean),
+    observers.checkpoint_show(text),
+    observers.checkpoint_skip(text, boolean)
 TO observers_admin;
