@@ -96,6 +96,14 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// A group's delivery cursor (checkpoint): show it with its backlog, or skip the backlog
+    /// after an incident (dry run first; the skipped events stay replayable with `replay`).
+    Checkpoint {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Read the running worker's Prometheus metrics (/metrics) and print a summary
     /// (exit 0 ok, 1 cannot reach the worker).
     Metrics {
@@ -184,6 +192,30 @@ pub enum DlqCommand {
     },
     /// Dead letters per observer: count, pending retries, oldest, newest, last error.
     Stats,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Every group's cursor (snapshots, open batch, epoch), backlog and oldest undelivered event.
+    Show {
+        /// Only this group.
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Skip a group's backlog: every event committed so far counts as delivered. Prints, per
+    /// observer, how many events and which id range (replayable with `replay`). Needs --yes
+    /// unless --dry-run.
+    Skip {
+        /// The worker group whose backlog to skip.
+        #[arg(long, value_name = "GROUP")]
+        group: String,
+        /// Only report what would be skipped (nothing is changed).
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm the skip (required without --dry-run: there is no interactive prompt).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -5,6 +5,7 @@
 //! [`failure`] (errors as advice, exit codes) and [`output`] (tables, ages, JSON), and are
 //! dispatched by [`run_operator`]. Their SQL is in [`crate::db::operator`].
 
+pub mod checkpoint;
 pub mod debug_event;
 pub mod dlq;
 pub mod exact_json;
@@ -39,7 +40,8 @@ pub async fn run_operator(
         Command::Status { .. }
         | Command::DebugEvent { .. }
         | Command::Dlq { .. }
-        | Command::Replay { .. } => operator(command, url, format, out).await,
+        | Command::Replay { .. }
+        | Command::Checkpoint { .. } => operator(command, url, format, out).await,
         _ => return None,
     };
     Some(match result {
@@ -78,11 +80,15 @@ async fn operator(
     if let Command::Dlq { command, .. } = command {
         dlq::precheck(command)?;
     }
+    if let Command::Checkpoint { command, .. } = command {
+        checkpoint::precheck(command)?;
+    }
     let db = session::connect(url).await?;
     match command {
         Command::Status { check, .. } => status::run(&db, format, *check, out).await,
         Command::DebugEvent { id, .. } => debug_event::run(&db, *id, format, out).await,
         Command::Dlq { command, .. } => dlq::run(&db, command, format, out).await,
+        Command::Checkpoint { command, .. } => checkpoint::run(&db, command, format, out).await,
         Command::Replay {
             observer,
             from,

@@ -75,6 +75,16 @@ pub const DEBUG_EVENT: &str = "SELECT observers.debug_event(id => $1)::text";
 pub const REPLAY: &str =
     "SELECT observers.replay(observer => $1, from_id => $2, to_id => $3, force => $4)";
 
+/// Every group's cursor and backlog (snapshots as text, the age in seconds).
+pub const CHECKPOINT_SHOW: &str = "SELECT to_jsonb(c) || jsonb_build_object(\
+       'snap_lo', c.snap_lo::text, 'snap_hi', c.snap_hi::text, \
+       'oldest_undelivered_secs', extract(epoch FROM c.oldest_undelivered_age)::float8) \
+       FROM observers.checkpoint_show(group_name => $1) AS c";
+
+/// Skip a group's backlog (or report it with `dry_run`): one row per observer.
+pub const CHECKPOINT_SKIP: &str =
+    "SELECT to_jsonb(s) FROM observers.checkpoint_skip(group_name => $1, dry_run => $2) AS s";
+
 /// Filters shared by `dlq list`, `dlq retry-all` and `dlq purge`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DlqFilter {
