@@ -734,3 +734,103 @@ async fn the_config_file_supplies_the_database_url() {
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+/// Issue 10: `checkpoint show` / `checkpoint skip`. With no worker running, events pile up;
+/// `show` reports the backlog, `skip --dry-run` changes nothing, `skip` refuses without
+/// `--yes`, `skip --yes` empties the backlog; a worker started afterwards delivers only new
+/// events, and `replay` of the reported range delivers the skipped ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_skip_skips_the_backlog_and_the_range_stays_replayable() {
+    let (db, rx, mut worker) = start("cli_checkpoint").await;
+    insert(&db, "things", &["before"]).await;
+    assert!(rx.wait_for_events(1, SHORT).await, "{}", rx.summary());
+    assert!(wait_backlog_zero(&db.client, SHORT).await);
+    assert_eq!(worker.stop(SHORT).await.code(), Some(0));
+
+    // the incident: no worker, a backlog
+    insert(&db, "things", &["a", "b", "c"]).await;
+    insert(&db, "others", &["x"]).await;
+    let show = cli_json(&db, &["checkpoint", "show", "--group", "default"]).await;
+    assert_eq!(show[0]["group_name"], "default", "{show}");
+    assert_eq!(show[0]["backlog"], 4, "{show}");
+    assert_eq!(show[0]["batch_open"], false, "{show}");
+
+    let out = cli(&db, &["checkpoint", "skip", "--group", "default"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "skip without --yes: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("--yes"), "{}", text(&out));
+    let out = cli(&db, &["checkpoint", "show", "--group", "nope"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+
+    let dry = cli_json(
+        &db,
+        &["checkpoint", "skip", "--group", "default", "--dry-run"],
+    )
+    .await;
+    assert_eq!(dry["skipped"], 4, "{dry}");
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    let show = cli_json(&db, &["checkpoint", "show", "--group", "default"]).await;
+    assert_eq!(
+        show[0]["backlog"], 4,
+        "--dry-run changed the cursor: {show}"
+    );
+
+    let skip = cli_json(&db, &["checkpoint", "skip", "--group", "default", "--yes"]).await;
+    assert_eq!(skip["skipped"], 4, "{skip}");
+    let things = skip["observers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["observer"] == "things")
+        .cloned()
+        .unwrap_or_else(|| panic!("no row for observer things: {skip}"));
+    assert_eq!(things["skipped"], 3, "{skip}");
+    let ids = outbox_ids(&db.client, "things").await;
+    assert_eq!(things["from_id"], ids[1], "{skip}");
+    assert_eq!(things["to_id"], ids[3], "{skip}");
+    let show = cli_json(&db, &["checkpoint", "show", "--group", "default"]).await;
+    assert_eq!(show[0]["backlog"], 0, "{show}");
+
+    // a worker started afterwards delivers only what is captured after the skip
+    let yaml = config(
+        "w-cli_checkpoint",
+        RETRY,
+        &format!(
+            "{}{}",
+            observer("things", "public.things", &rx.url("/things")),
+            observer("others", "public.others", &rx.url("/others"))
+        ),
+    );
+    let mut worker = start_worker("cli_checkpoint2", &db, &yaml, &[]);
+    insert(&db, "things", &["after"]).await;
+    assert!(rx.wait_for_events(2, SHORT).await, "{}", rx.summary());
+    assert!(wait_backlog_zero(&db.client, SHORT).await);
+    let expected: BTreeSet<String> = ["before", "after"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        delivered_labels(&rx).into_iter().collect::<BTreeSet<_>>(),
+        expected,
+        "skipped events were delivered; {}",
+        rx.summary()
+    );
+
+    // the reported range is replayable
+    let (from, to) = (things["from_id"].to_string(), things["to_id"].to_string());
+    let r = cli_json(&db, &["replay", "things", "--from", &from, "--to", &to]).await;
+    assert_eq!(r["queued"], 3, "{r}");
+    assert!(rx.wait_for_events(5, SHORT).await, "{}", rx.summary());
+    let expected: BTreeSet<String> = ["before", "after", "a", "b", "c"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        delivered_labels(&rx).into_iter().collect::<BTreeSet<_>>(),
+        expected,
+        "{}",
+        rx.summary()
+    );
+    assert_eq!(worker.stop(SHORT).await.code(), Some(0));
+}
