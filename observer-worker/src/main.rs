@@ -1,6 +1,6 @@
 //! `fraiseql-observers`: entry point. Exit codes: 0 ok (also after a clean
 //! SIGTERM/SIGINT shutdown), 1 runtime error, 2 bad configuration or usage, 3 not found
-//! (operator commands: dead letter, event, observer; docs/CLI_TOOLS.md).
+//! (operator commands: dead letter, event, observer, group; docs/CLI_TOOLS.md).
 
 #![forbid(unsafe_code)]
 
