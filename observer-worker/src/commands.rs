@@ -1,7 +1,7 @@
 //! The CLI commands (other than the worker itself, see [`crate::worker`]).
 //!
-//! `validate-config` lives here; the operator commands (`status`, `dlq ...`, `debug-event`, `checkpoint ...`,
-//! `replay`) each have a module below, share [`session`] (connect, check the extension),
+//! `validate-config` lives here; the operator commands (`status`, `dlq ...`, `debug-event`,
+//! `replay`, `checkpoint ...`) each have a module below, share [`session`] (connect, check the extension),
 //! [`failure`] (errors as advice, exit codes) and [`output`] (tables, ages, JSON), and are
 //! dispatched by [`run_operator`]. Their SQL is in [`crate::db::operator`].
 
@@ -27,7 +27,8 @@ use crate::error::{EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
 
 pub use failure::CliError;
 
-/// Runs an operator command (`status`, `dlq ...`, `debug-event`, `replay`, `checkpoint ...`) against `url`.
+/// Runs an operator command (`status`, `dlq ...`, `debug-event`, `replay`, `checkpoint ...`)
+/// against `url`.
 /// Returns the exit code; errors are printed to stderr as `error: ...` (exit codes in
 /// [`failure`]). Other commands return `None`.
 pub async fn run_operator(
