@@ -1,9 +1,9 @@
 //! The CLI commands (other than the worker itself, see [`crate::worker`]).
 //!
 //! `validate-config` lives here; the operator commands (`status`, `dlq ...`, `debug-event`,
-//! `replay`, `checkpoint ...`) each have a module below, share [`session`] (connect, check the extension),
-//! [`failure`] (errors as advice, exit codes) and [`output`] (tables, ages, JSON), and are
-//! dispatched by [`run_operator`]. Their SQL is in [`crate::db::operator`].
+//! `replay`, `checkpoint ...`) each have a module below, share [`session`] (connect, check the
+//! extension), [`failure`] (errors as advice, exit codes) and [`output`] (tables, ages, JSON), and
+//! are dispatched by [`run_operator`]. Their SQL is in [`crate::db::operator`].
 
 pub mod checkpoint;
 pub mod debug_event;

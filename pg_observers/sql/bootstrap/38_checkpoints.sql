@@ -61,8 +61,8 @@ $$;
 -- running are not covered: their events are delivered normally once they commit.
 --
 -- Returns one row per observer of the group: how many of its events are (dry_run) or were
--- (applied) skipped and their id range, and the observers.replay() call that delivers them again while
--- the outbox still holds them (observers.retention). Parked pairs (retries, replays) and dead
+-- (applied) skipped and their id range, and the observers.replay() call that delivers them
+-- again while the outbox still holds them (observers.retention). Parked pairs (retries, replays) and dead
 -- letters are not touched.
 --
 -- dry_run (the default) only reports. Without it, fencing: the group's leader lease row is
