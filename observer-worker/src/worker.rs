@@ -153,6 +153,7 @@ pub async fn run(
             ttl: config.failover.lease_ttl,
             standby_poll: config.failover.standby_poll,
         },
+        metrics.clone(),
         lease_tx,
         fenced.clone(),
         background.clone(),

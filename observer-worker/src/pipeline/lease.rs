@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::db::{Db, DbError};
 use crate::retry::Backoff;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {
@@ -56,10 +57,14 @@ pub fn renewal_deadline(ttl: Duration) -> Duration {
 }
 
 /// Runs until `stop` fires. `fenced` is signalled by anyone who got SQLSTATE
-/// OB001: the lease is then re-checked immediately.
+/// OB001: the lease is then re-checked immediately. A takeover of a lease this worker has seen
+/// held by another worker counts in `metrics` (`observer_failovers_total`,
+/// `observer_handover_seconds`: the time from the first answer "held by another worker" to the
+/// takeover).
 pub async fn run(
     db: Db,
     s: LeaseSettings,
+    metrics: Option<Arc<Metrics>>,
     tx: watch::Sender<LeaseState>,
     fenced: Arc<Notify>,
     stop: CancellationToken,
@@ -105,6 +110,9 @@ pub async fn run(
                     _ => {
                         match standby_since.take() {
                             Some(since) => {
+                                if let Some(m) = &metrics {
+                                    m.failover(since.elapsed());
+                                }
                                 info!(group = %s.group, worker_id = %s.worker_id, epoch, ttl = ?s.ttl,
                                 standby_for = ?since.elapsed(),
                                 "leader lease acquired (taken over: the previous leader released it, its session ended or its lease expired); consuming events")

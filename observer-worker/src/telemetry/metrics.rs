@@ -43,6 +43,8 @@ pub mod names {
     pub const WORKER_START_TIME: &str = "observer_worker_start_time_seconds";
     pub const READY: &str = "observer_ready";
     pub const LEADER: &str = "observer_leader";
+    pub const FAILOVERS: &str = "observer_failovers_total";
+    pub const HANDOVER: &str = "observer_handover_seconds";
 
     pub const EVENTS_MATCHED: &str = "observer_events_matched_total";
     pub const EVENTS_PROCESSED: &str = "observer_events_processed_total";
@@ -83,6 +85,8 @@ pub mod names {
         WORKER_START_TIME,
         READY,
         LEADER,
+        FAILOVERS,
+        HANDOVER,
         EVENTS_MATCHED,
         EVENTS_PROCESSED,
         EVENT_LATENCY,
@@ -144,6 +148,13 @@ const LATENCY_BUCKETS: &[f64] = &[
     3600.0, 21600.0,
 ];
 
+/// Seconds a standby waited before it took the lease over: about `standby_poll` after a crash or
+/// a graceful release, about `lease_ttl` after a frozen or cut-off leader, more if the database
+/// was unreachable meanwhile.
+const HANDOVER_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+];
+
 /// The worker state read at scrape time; attached once it is built ([`Metrics::attach`]).
 pub struct Sources {
     pub stats: Arc<Stats>,
@@ -188,6 +199,8 @@ pub struct Metrics {
 
     ready: IntGauge,
     leader: IntGaugeVec,
+    failovers: IntCounterVec,
+    handover: HistogramVec,
     events_matched: IntCounter,
     events_processed: IntCounter,
     batches_closed: IntCounter,
@@ -289,6 +302,18 @@ impl Metrics {
                 &r,
                 IntGaugeVec::new(opts(LEADER, "1 while this worker holds its group's leader lease."), &["group"])?,
             )?,
+            failovers: reg(
+                &r,
+                IntCounterVec::new(opts(FAILOVERS, "Times this worker took over its group's leader lease after it had seen another worker hold it (counted by the worker that takes over)."), &["group"])?,
+            )?,
+            handover: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(HANDOVER, "Seconds this worker stood by between first seeing another worker hold the group's lease and taking it over (one observation per failover).")
+                        .buckets(HANDOVER_BUCKETS.to_vec()),
+                    &["group"],
+                )?,
+            )?,
             events_matched: reg(&r, IntCounter::with_opts(opts(EVENTS_MATCHED, "Outbox events (a row change matched by an observer) fetched by this worker."))?)?,
             events_processed: reg(&r, IntCounter::with_opts(opts(EVENTS_PROCESSED, "Events whose every action is finished (delivered, dead-lettered, parked or skipped as already done)."))?)?,
             batches_closed: reg(&r, IntCounter::with_opts(opts(BATCHES_CLOSED, "Snapshot batches closed."))?)?,
@@ -346,6 +371,9 @@ impl Metrics {
             registry: r,
         };
         m.leader.with_label_values(&[group]).set(0);
+        // present (at 0) from the start, so that `increase()` sees the first failover
+        m.failovers.with_label_values(&[group]);
+        m.handover.with_label_values(&[group]);
         Ok(m)
     }
 
@@ -374,6 +402,15 @@ impl Metrics {
 
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// This worker took the lease over from another worker after standing by for `standby_for`.
+    pub fn failover(&self, standby_for: Duration) {
+        let labels = [self.group.as_str()];
+        self.failovers.with_label_values(&labels).inc();
+        self.handover
+            .with_label_values(&labels)
+            .observe(standby_for.as_secs_f64());
     }
 
     // ---- hot path -------------------------------------------------------------------------
@@ -704,6 +741,45 @@ mod tests {
         assert!(
             undocumented.is_empty(),
             "docs/METRICS.md does not list {undocumented:?}"
+        );
+    }
+
+    #[test]
+    fn a_failover_counts_once_with_its_standby_time() {
+        let m = Metrics::new("g", "w").unwrap();
+        let text = m.encode().unwrap();
+        assert_eq!(
+            sample(&text, r#"observer_failovers_total{group="g"}"#),
+            Some(0.0),
+            "present from the start"
+        );
+        m.failover(Duration::from_millis(1500));
+        let text = m.encode().unwrap();
+        assert_eq!(
+            sample(&text, r#"observer_failovers_total{group="g"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, r#"observer_handover_seconds_count{group="g"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, r#"observer_handover_seconds_sum{group="g"}"#),
+            Some(1.5)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"observer_handover_seconds_bucket{group="g",le="1"}"#
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"observer_handover_seconds_bucket{group="g",le="2.5"}"#
+            ),
+            Some(1.0)
         );
     }
 

@@ -1,6 +1,8 @@
 //! Failover (SPEC §2.6, issue 10 §1): a standby takes the lease over at once when the leader's
 //! database session ends (kill -9) and when the leader releases it (SIGTERM), long before the
-//! lease's TTL; nothing is lost. `failover: disabled` keeps a group to one worker.
+//! lease's TTL; nothing is lost. `failover: disabled` keeps a group to one worker. The taking
+//! side counts each takeover in `observer_failovers_total` / `observer_handover_seconds`, and a
+//! frozen leader (SIGSTOP) is replaced after its lease expires and, once woken, stops for good.
 //!
 //! The lease TTL is 30 s on purpose: a takeover well within it can only come from the session
 //! check (a takeover after expiry would take up to 30 s). The handover times are printed; the
@@ -10,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use observers_tests::cluster::{free_port, TestDb};
 use observers_tests::receiver::Reply;
-use observers_tests::util::wait_observer_ready;
+use observers_tests::util::{config_head, wait_observer_ready};
 use observers_tests::worker::Worker;
 
 use crate::common::*;
@@ -376,6 +379,266 @@ async fn a_database_restart_does_not_move_the_lease() {
         .unwrap()
         .get(0);
     assert_eq!(epoch, 1, "the lease kept its epoch");
+    assert_eq!(b.stop(SHORT).await.code(), Some(0));
+    assert_eq!(a.stop(SHORT).await.code(), Some(0));
+}
+
+/// Worker config with `/metrics` on `127.0.0.1:port`.
+fn metrics_yaml(worker_id: &str, port: u16, extra: &str, observers: &str) -> String {
+    format!(
+        "{}metrics:\n  listen: 127.0.0.1:{port}\n{extra}observers:\n{observers}",
+        config_head(worker_id)
+    )
+}
+
+/// The value of exactly `series` in the worker's `/metrics`, `None` if it cannot be read.
+async fn scrape(port: u16, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+const FAILOVERS: &str = r#"observer_failovers_total{group="default"}"#;
+const HANDOVERS: &str = r#"observer_handover_seconds_count{group="default"}"#;
+
+/// Scrapes until `series` reads `want` (the metrics server may still be starting).
+async fn wait_metric(port: u16, series: &str, want: f64) -> Option<f64> {
+    let mut last = None;
+    let deadline = Instant::now() + SHORT;
+    while Instant::now() < deadline {
+        last = scrape(port, series).await;
+        if last == Some(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+async fn orders_table(db: &TestDb) {
+    db.client
+        .batch_execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, n int)")
+        .await
+        .unwrap();
+}
+
+/// After a kill -9 of the leader, the standby that takes over counts one failover and one
+/// handover observation; the worker that only ever led (it got a free lease) counts none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_counts_the_failover_after_kill9() {
+    let (db, rx) = setup("failover_metrics").await;
+    rx.set_default("/orders", Reply::ok());
+    orders_table(&db).await;
+    let observers = observers_yaml(&rx.url("/orders"));
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = start_worker(
+        "failover_metrics_a",
+        &db,
+        &metrics_yaml("fm-a", pa, &extra(true), &observers),
+        &[],
+    );
+    assert!(a.wait_for_log(TAKEN_OVER, SHORT).await, "a never led");
+    let mut b = start_worker(
+        "failover_metrics_b",
+        &db,
+        &metrics_yaml("fm-b", pb, &extra(true), &observers),
+        &[],
+    );
+    assert!(
+        b.wait_for_log("standby", SHORT).await,
+        "b is not standing by"
+    );
+    // a took a free lease: not a failover
+    assert_eq!(wait_metric(pa, FAILOVERS, 0.0).await, Some(0.0));
+    assert_eq!(wait_metric(pb, FAILOVERS, 0.0).await, Some(0.0));
+    assert_eq!(wait_metric(pb, HANDOVERS, 0.0).await, Some(0.0));
+
+    a.kill9();
+    handover(&b, Instant::now(), "kill -9 of the leader (metrics)").await;
+    assert_eq!(
+        wait_metric(pb, FAILOVERS, 1.0).await,
+        Some(1.0),
+        "the standby counts the takeover"
+    );
+    assert_eq!(wait_metric(pb, HANDOVERS, 1.0).await, Some(1.0));
+    let standby_for = scrape(pb, r#"observer_handover_seconds_sum{group="default"}"#)
+        .await
+        .expect("handover sum");
+    assert!(
+        standby_for > 0.0 && standby_for < BEFORE_EXPIRY.as_secs_f64() + 60.0,
+        "handover {standby_for} s: b stood by from its start until the kill"
+    );
+    db.client
+        .batch_execute("INSERT INTO public.orders (n) VALUES (1)")
+        .await
+        .unwrap();
+    assert!(
+        rx.wait_until(SHORT, |rx| rx.unique_count_for("/orders") >= 1)
+            .await,
+        "{}",
+        rx.summary()
+    );
+    assert_eq!(b.stop(SHORT).await.code(), Some(0));
+}
+
+/// The frozen leader (issue 10): the leader is SIGSTOPped while it delivers, with a 3 s lease.
+/// Its session stays open, so the standby takes over only when the lease expires. After SIGCONT
+/// the old leader's first lease call or fenced write fails: it logs that it lost the lease, stops
+/// claiming and never moves the checkpoint again (the checkpoint keeps the new leader's epoch).
+/// With deduplication the new leader skips what the old one delivered, so a pair arrives twice
+/// only if the old leader had it in flight: at most `max_in_flight` at the freeze, plus at most
+/// `max_in_flight` of a page of its open batch read (reads are not fenced) in the round trip
+/// before its first lease answer. Every event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_stops_after_it_wakes() {
+    const MAX_IN_FLIGHT: usize = 8;
+    let (db, rx) = setup("failover_frozen").await;
+    // slow replies: pairs are in flight when the leader freezes
+    rx.set_default("/orders", Reply::ok().delay(Duration::from_millis(30)));
+    orders_table(&db).await;
+    let observers = observers_yaml(&rx.url("/orders"));
+    let extra = format!(
+        "failover: {{ enabled: true, lease_ttl: 3s, standby_poll: 250ms }}\n\
+         concurrent_execution: {{ enabled: true, max_in_flight: {MAX_IN_FLIGHT} }}\n\
+         deduplication: {{ backend: postgres, ttl: 1h }}\n"
+    );
+    let pb = free_port();
+    let mut a = start_worker(
+        "failover_frozen_a",
+        &db,
+        &config("fz-a", &extra, &observers),
+        &[],
+    );
+    assert!(a.wait_for_log(TAKEN_OVER, SHORT).await, "a never led");
+    wait_observer_ready(&db.client, "orders", "public.orders", SHORT).await;
+    let mut b = start_worker(
+        "failover_frozen_b",
+        &db,
+        &metrics_yaml("fz-b", pb, &extra, &observers),
+        &[],
+    );
+    assert!(
+        b.wait_for_log("standby", SHORT).await,
+        "b is not standing by"
+    );
+
+    let written = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (url, written, stop) = (db.url.clone(), written.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = observers_tests::cluster::connect(&url).await.unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                c.execute(
+                    "INSERT INTO public.orders (n) SELECT g FROM generate_series(1, 5) g",
+                    &[],
+                )
+                .await
+                .unwrap();
+                written.fetch_add(5, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    assert!(
+        rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") >= 50)
+            .await,
+        "a does not deliver: {}",
+        rx.summary()
+    );
+
+    let t = Instant::now();
+    a.signal(libc::SIGSTOP);
+    // the lease expires after at most 3 s; b asks every 250 ms
+    let took = handover(&b, t, "SIGSTOP of the leader").await;
+    assert!(
+        took < Duration::from_secs(3) + Duration::from_millis(250) + Duration::from_secs(10),
+        "the takeover of a frozen leader took {took:?} (lease_ttl 3s)"
+    );
+    assert!(
+        b.wait_for_log_where(SHORT, |l| l.contains(TAKEN_OVER) && l.contains("epoch=2"))
+            .await,
+        "b leads with epoch 2:\n{}",
+        b.log()
+    );
+    assert_eq!(wait_metric(pb, FAILOVERS, 1.0).await, Some(1.0));
+
+    a.signal(libc::SIGCONT);
+    let lost = a
+        .wait_for_log("leader lease lost: another worker holds it now", SHORT)
+        .await;
+    if !lost {
+        a.dump_log();
+    }
+    assert!(lost, "the woken leader does not say it lost the lease");
+
+    // b delivers everything, a never leads again
+    let seen = rx.unique_count_for("/orders");
+    assert!(
+        rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") >= seen + 100)
+            .await,
+        "b does not deliver: {}",
+        rx.summary()
+    );
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    let total = written.load(Ordering::SeqCst);
+    assert!(
+        wait_backlog_zero(&db.client, LONG).await,
+        "backlog not drained"
+    );
+    assert!(
+        rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") as u64 >= total)
+            .await,
+        "not every event was delivered: {total} written; {}",
+        rx.summary()
+    );
+    let epoch: i64 = db
+        .client
+        .query_one(
+            "SELECT epoch FROM observers.checkpoint WHERE group_name = 'default'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(epoch, 2, "only the new leader moved the checkpoint");
+    assert_eq!(
+        a.log().matches(TAKEN_OVER).count(),
+        1,
+        "a led once (before the freeze) and never again:\n{}",
+        a.log()
+    );
+
+    // duplicates: only pairs a had in flight when it froze
+    let mut per_id: std::collections::HashMap<String, usize> = Default::default();
+    for d in rx
+        .deliveries_for("/orders")
+        .iter()
+        .filter(|d| d.succeeded())
+    {
+        if let Some(id) = &d.webhook_id {
+            *per_id.entry(id.clone()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "frozen leader: takeover after {took:?}; {total} events; {} delivered more than once",
+        twice.len()
+    );
+    assert!(
+        twice.iter().all(|(_, n)| **n == 2) && twice.len() <= 2 * MAX_IN_FLIGHT,
+        "more pairs than the old leader could have in flight ({MAX_IN_FLIGHT} at the freeze, \
+         {MAX_IN_FLIGHT} more from a page read before its lease answer) were delivered twice: {twice:?}"
+    );
     assert_eq!(b.stop(SHORT).await.code(), Some(0));
     assert_eq!(a.stop(SHORT).await.code(), Some(0));
 }
