@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use observers_tests::cluster::{free_port, TestDb};
-use observers_tests::receiver::Reply;
+use observers_tests::receiver::{Receiver, Reply};
 use observers_tests::util::{config_head, wait_observer_ready};
 use observers_tests::worker::Worker;
 
@@ -57,6 +57,66 @@ async fn handover(w: &Worker, since: Instant, what: &str) -> Duration {
     println!("failover: {what}: handover took {took:?}");
     took
 }
+/// A writer streaming 5-row INSERTs into `public.orders` (one transaction each) until finished.
+struct OrdersWriter {
+    written: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OrdersWriter {
+    fn start(db: &TestDb, pause: Duration) -> Self {
+        let written = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (url, written, stop) = (db.url.clone(), written.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = observers_tests::cluster::connect(&url).await.unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    c.execute(
+                        "INSERT INTO public.orders (n) SELECT g FROM generate_series(1, 5) g",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                    written.fetch_add(5, Ordering::SeqCst);
+                    tokio::time::sleep(pause).await;
+                }
+            })
+        };
+        OrdersWriter {
+            written,
+            stop,
+            task,
+        }
+    }
+
+    /// Once the current leader (`who`) delivered 100 more orders, stops writing and waits until
+    /// the backlog is empty and every written event reached the receiver; returns how many.
+    async fn finish(self, rx: &Receiver, db: &TestDb, who: &str) -> u64 {
+        let seen = rx.unique_count_for("/orders");
+        assert!(
+            rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") >= seen + 100)
+                .await,
+            "{who} does not deliver: {}",
+            rx.summary()
+        );
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        let total = self.written.load(Ordering::SeqCst);
+        assert!(
+            wait_backlog_zero(&db.client, LONG).await,
+            "backlog not drained"
+        );
+        assert!(
+            rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") as u64 >= total)
+                .await,
+            "not every event was delivered: {total} written; {}",
+            rx.summary()
+        );
+        total
+    }
+}
 
 fn median_and_worst(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
@@ -88,24 +148,7 @@ async fn standby_takes_over_at_once_after_kill9_and_after_sigterm() {
     wait_observer_ready(&db.client, "orders", "public.orders", SHORT).await;
 
     // A writer streams events through every handover.
-    let written = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (url, written, stop) = (db.url.clone(), written.clone(), stop.clone());
-        tokio::spawn(async move {
-            let c = observers_tests::cluster::connect(&url).await.unwrap();
-            while !stop.load(Ordering::SeqCst) {
-                c.execute(
-                    "INSERT INTO public.orders (n) SELECT g FROM generate_series(1, 5) g",
-                    &[],
-                )
-                .await
-                .unwrap();
-                written.fetch_add(5, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let writer = OrdersWriter::start(&db, Duration::from_millis(5));
 
     let mut crash = vec![];
     let mut graceful = vec![];
@@ -170,26 +213,7 @@ async fn standby_takes_over_at_once_after_kill9_and_after_sigterm() {
     }
 
     // every event delivered
-    let seen = rx.unique_count_for("/orders");
-    assert!(
-        rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") >= seen + 100)
-            .await,
-        "the last leader does not deliver: {}",
-        rx.summary()
-    );
-    stop.store(true, Ordering::SeqCst);
-    writer.await.unwrap();
-    let total = written.load(Ordering::SeqCst);
-    assert!(
-        wait_backlog_zero(&db.client, LONG).await,
-        "backlog not drained"
-    );
-    assert!(
-        rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") as u64 >= total)
-            .await,
-        "not every event was delivered: {total} written; {}",
-        rx.summary()
-    );
+    let total = writer.finish(&rx, &db, "the last leader").await;
     let delivered: std::collections::HashSet<i64> = rx
         .deliveries_for("/orders")
         .iter()
@@ -530,24 +554,7 @@ async fn a_frozen_leader_is_replaced_and_stops_after_it_wakes() {
         "b is not standing by"
     );
 
-    let written = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (url, written, stop) = (db.url.clone(), written.clone(), stop.clone());
-        tokio::spawn(async move {
-            let c = observers_tests::cluster::connect(&url).await.unwrap();
-            while !stop.load(Ordering::SeqCst) {
-                c.execute(
-                    "INSERT INTO public.orders (n) SELECT g FROM generate_series(1, 5) g",
-                    &[],
-                )
-                .await
-                .unwrap();
-                written.fetch_add(5, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let writer = OrdersWriter::start(&db, Duration::from_millis(50));
     assert!(
         rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") >= 50)
             .await,
@@ -581,26 +588,7 @@ async fn a_frozen_leader_is_replaced_and_stops_after_it_wakes() {
     assert!(lost, "the woken leader does not say it lost the lease");
 
     // b delivers everything, a never leads again
-    let seen = rx.unique_count_for("/orders");
-    assert!(
-        rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") >= seen + 100)
-            .await,
-        "b does not deliver: {}",
-        rx.summary()
-    );
-    stop.store(true, Ordering::SeqCst);
-    writer.await.unwrap();
-    let total = written.load(Ordering::SeqCst);
-    assert!(
-        wait_backlog_zero(&db.client, LONG).await,
-        "backlog not drained"
-    );
-    assert!(
-        rx.wait_until(LONG, |rx| rx.unique_count_for("/orders") as u64 >= total)
-            .await,
-        "not every event was delivered: {total} written; {}",
-        rx.summary()
-    );
+    let total = writer.finish(&rx, &db, "b").await;
     let epoch: i64 = db
         .client
         .query_one(
