@@ -3,12 +3,14 @@
 //! * [`cluster`]: throwaway PostgreSQL 15 clusters and per-test databases with the extension;
 //! * [`receiver`]: a scriptable, recording webhook receiver (also the `webhook-receiver` binary);
 //! * [`worker`]: the real `fraiseql-observers` binary as a child process;
+//! * [`proxy`]: a TCP proxy that can stop forwarding (a network partition, for failover tests);
 //! * [`redis`]: a private `redis-server` per test, which a test can kill and start again;
 //! * [`util`]: waiting and small SQL helpers shared by the end-to-end tests and `bench-e2e`.
 //!
 //! See `docs/TESTING.md` for how the test tiers fit together.
 
 pub mod cluster;
+pub mod proxy;
 pub mod receiver;
 pub mod redis;
 pub mod util;

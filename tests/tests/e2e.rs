@@ -14,6 +14,8 @@ mod bad_config;
 mod breaker;
 #[path = "e2e/broken_observers.rs"]
 mod broken_observers;
+#[path = "e2e/chaos.rs"]
+mod chaos;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/cli_exact.rs"]

@@ -563,7 +563,14 @@ impl<H: EventHandler> Consumer<H> {
     async fn finish(mut self, fatal: Option<String>) -> ConsumerReport {
         self.dispatcher.stop_starting();
         let deadline = Instant::now() + self.s.shutdown_timeout;
-        if self.dispatcher.held() > 0 {
+        // said at once (not after the drain): nothing new is fetched or started from here on
+        if self.stop.is_cancelled() {
+            info!(
+                in_flight = self.dispatcher.held(),
+                timeout = %humantime::format_duration(self.s.shutdown_timeout),
+                "shutdown requested: stopped fetching; waiting for in-flight deliveries"
+            );
+        } else if self.dispatcher.held() > 0 {
             info!(
                 in_flight = self.dispatcher.held(),
                 timeout = %humantime::format_duration(self.s.shutdown_timeout),

@@ -157,7 +157,13 @@ BEGIN
        AND l.worker_id = lease_release.worker_id
        AND l.epoch = lease_release.epoch
        AND l.expires_at > v_now;
-    RETURN FOUND;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- wake the group's standbys (they LISTEN observers_lease): they take the lease at once
+    -- instead of at their next poll (delivered at commit; never on the users' write path)
+    PERFORM pg_notify('observers_lease', lease_release.group_name);
+    RETURN true;
 END
 $$;
 
