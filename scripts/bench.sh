@@ -10,6 +10,8 @@
 #      postgres, and one destination's drain rate while another is healthy vs down (breaker open).
 #   4. lookups (target/release/bench-lookups): lookup latency against a 50 ms HTTP source,
 #      uncached vs Redis hit vs memory hit, p50/p99.
+#   5. failover (target/release/bench-failover): three workers of a group, 12 kill -9s and 3
+#      SIGTERMs of the leader while events stream: handover and delivery gap, median and worst.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -33,3 +35,7 @@ echo; echo "=== 3. resilience ==="
 
 echo; echo "=== 4. lookup latency (uncached vs redis hit vs memory hit, 50 ms source) ==="
 "$top/target/release/bench-lookups"
+
+echo; echo "=== 5. failover (handover and delivery gap after kill -9 / SIGTERM of the leader) ==="
+"$top/target/release/bench-failover" --pgurl "postgres://postgres@127.0.0.1:$port/postgres" \
+  --worker-bin "$top/target/release/fraiseql-observers"

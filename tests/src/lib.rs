@@ -1,5 +1,7 @@
 //! Test harness for FraiseQL Observers.
 //!
+//! * [`chaos`]: a writer that streams through restarts, lease holders, what the receiver saw
+//!   around a failover (the chaos test and `bench-failover`);
 //! * [`cluster`]: throwaway PostgreSQL 15 clusters and per-test databases with the extension;
 //! * [`receiver`]: a scriptable, recording webhook receiver (also the `webhook-receiver` binary);
 //! * [`worker`]: the real `fraiseql-observers` binary as a child process;
@@ -9,6 +11,7 @@
 //!
 //! See `docs/TESTING.md` for how the test tiers fit together.
 
+pub mod chaos;
 pub mod cluster;
 pub mod proxy;
 pub mod receiver;

@@ -11,10 +11,11 @@
 //! Timing is printed, never asserted beyond generous bounds (the machines are shared and noisy).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use observers_tests::chaos::{lease_holder, median_and_worst, what_the_receiver_saw, StreamWriter};
 use observers_tests::cluster::{connect, Cluster};
 use observers_tests::receiver::{Receiver, Reply};
 use observers_tests::util::wait_observer_ready;
@@ -40,52 +41,8 @@ enum Chaos {
 struct Round {
     what: Chaos,
     at: SystemTime,
+    /// until another worker leads; for the database restart, until `pg_ctl restart` returned
     handover: Option<Duration>,
-}
-
-/// Streams 10-row INSERTs (one transaction each), reconnecting through the restart, until
-/// stopped and at least `MIN_EVENTS` rows were written.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(url: String) -> Writer {
-        let written = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (w, s) = (written.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let mut client = None;
-            while !(s.load(Ordering::SeqCst) && w.load(Ordering::SeqCst) >= MIN_EVENTS) {
-                if client.is_none() {
-                    client = connect(&url).await.ok();
-                    if client.is_none() {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                }
-                match client
-                    .as_ref()
-                    .unwrap()
-                    .execute(
-                        "INSERT INTO public.orders (n) SELECT g FROM generate_series(1, 10) g",
-                        &[],
-                    )
-                    .await
-                {
-                    // an INSERT cut off by the restart may or may not have committed: the end
-                    // check reads the truth from the table, this count only paces the test
-                    Ok(_) => {
-                        w.fetch_add(10, Ordering::SeqCst);
-                    }
-                    Err(_) => client = None,
-                }
-                tokio::time::sleep(Duration::from_millis(8)).await;
-            }
-        });
-        Writer { stop, task }
-    }
 }
 
 /// Samples the group's checkpoint every 20 ms (reconnecting through the restart) and records
@@ -147,46 +104,8 @@ impl CheckpointWatch {
     }
 }
 
-/// The worker that holds the group's lease now, if any (a fresh session each time: the
-/// database restarts in the middle of the test).
-async fn lease_holder(url: &str) -> Option<(String, i64)> {
-    let c = connect(url).await.ok()?;
-    let r = c
-        .query_opt(
-            "SELECT worker_id, epoch FROM observers.leader_lease \
-              WHERE group_name = 'default' AND expires_at > clock_timestamp()",
-            &[],
-        )
-        .await
-        .ok()??;
-    Some((r.get(0), r.get(1)))
-}
-
-/// Waits until a worker other than `old` holds the lease with an epoch above `old_epoch`.
-async fn wait_new_leader(url: &str, old: &str, old_epoch: i64) -> Option<(String, i64)> {
-    let deadline = Instant::now() + HANDOVER_BOUND;
-    while Instant::now() < deadline {
-        if let Some((w, e)) = lease_holder(url).await {
-            if w != old && e > old_epoch {
-                return Some((w, e));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    None
-}
-
-/// The longest silence between two successive arrivals at the receiver within `[from, to]`.
-fn longest_gap(arrivals: &[SystemTime], from: SystemTime, to: SystemTime) -> Duration {
-    let inside: Vec<_> = arrivals
-        .iter()
-        .filter(|t| **t >= from && **t <= to)
-        .collect();
-    inside
-        .windows(2)
-        .filter_map(|w| w[1].duration_since(*w[0]).ok())
-        .max()
-        .unwrap_or_default()
+async fn wait_new_leader(url: &str, old: &str, epoch: i64) -> Option<(String, i64)> {
+    observers_tests::chaos::wait_new_leader(url, "default", old, epoch, HANDOVER_BOUND).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +166,13 @@ async fn chaos_three_workers_kill9_freeze_restart_and_sigterm_lose_nothing() {
     }
 
     let watch = CheckpointWatch::start(db.url.clone());
-    let writer = Writer::start(db.url.clone());
+    let writer = StreamWriter::start(
+        db.url.clone(),
+        "public.orders",
+        10,
+        Duration::from_millis(8),
+        MIN_EVENTS,
+    );
     let plan = [
         Chaos::Kill9,
         Chaos::Kill9,
@@ -272,7 +197,7 @@ async fn chaos_three_workers_kill9_freeze_restart_and_sigterm_lose_nothing() {
         );
         let pause = rand::rng().random_range(0..400);
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        let (leader, epoch) = lease_holder(&db.url)
+        let (leader, epoch) = lease_holder(&db.url, "default")
             .await
             .expect("someone holds the lease");
         let at = SystemTime::now();
@@ -314,7 +239,8 @@ async fn chaos_three_workers_kill9_freeze_restart_and_sigterm_lose_nothing() {
                     .await
                     .unwrap()
                     .expect("pg_ctl restart");
-                None
+                // not a handover: how long the restart took (the delivery gap is measured past it)
+                Some(t.elapsed())
             }
             Chaos::Sigterm => {
                 let w = workers.get_mut(&leader).unwrap();
@@ -349,8 +275,7 @@ async fn chaos_three_workers_kill9_freeze_restart_and_sigterm_lose_nothing() {
     }
 
     // the end: stop writing (at least MIN_EVENTS), everything delivered
-    writer.stop.store(true, Ordering::SeqCst);
-    writer.task.await.unwrap();
+    writer.finish().await;
     // the test's first session died with the restart: a new one
     let c = connect(&db.url).await.unwrap();
     let rows: i64 = c
@@ -389,62 +314,43 @@ async fn chaos_three_workers_kill9_freeze_restart_and_sigterm_lose_nothing() {
         "the checkpoint moved backwards: {backwards:?}"
     );
 
-    // repeats, each charged to the first chaos at or after the pair's first arrival
+    // what the receiver saw around each disruption
     let deliveries = rx.deliveries_for("/orders");
-    let mut first: HashMap<String, SystemTime> = HashMap::new();
-    let mut repeats = vec![0usize; rounds.len()];
-    let mut before_any = 0;
-    for d in deliveries.iter().filter(|d| d.succeeded()) {
-        let Some(id) = &d.webhook_id else { continue };
-        match first.get(id) {
-            None => {
-                first.insert(id.clone(), d.received_at);
-            }
-            Some(t1) => match rounds.iter().position(|r| r.at >= *t1) {
-                Some(r) => repeats[r] += 1,
-                None => before_any += 1,
-            },
-        }
-    }
-    let arrivals: Vec<SystemTime> = deliveries.iter().map(|d| d.received_at).collect();
+    let at: Vec<_> = rounds
+        .iter()
+        .map(|r| (r.at, r.handover.unwrap_or_default()))
+        .collect();
+    let (seen, before_any) = what_the_receiver_saw(&deliveries, &at);
     println!(
-        "chaos: {rows} events, {} requests, {samples} checkpoint samples",
+        "chaos: {rows} events, {} requests, {samples} checkpoint samples; frozen leader: {frozen:?}",
         deliveries.len()
     );
-    let mut crash = vec![];
-    for (i, r) in rounds.iter().enumerate() {
-        let gap = longest_gap(
-            &arrivals,
-            r.at - Duration::from_millis(500),
-            r.at + r.handover.unwrap_or_default() + Duration::from_secs(5),
-        );
+    for (i, (r, s)) in rounds.iter().zip(&seen).enumerate() {
         println!(
-            "chaos: round {i} {:?}: handover {:?}, longest delivery gap {gap:?}, {} pairs repeated",
-            r.what, r.handover, repeats[i]
+            "chaos: round {i} {:?}: handover {:?}, delivery gap {:?}, {} pairs repeated",
+            r.what, r.handover, s.gap, s.repeated
         );
-        if r.what == Chaos::Kill9 {
-            crash.push(r.handover.unwrap());
-        }
     }
-    crash.sort();
-    println!(
-        "chaos: kill -9 handover median {:?}, worst {:?} ({} kills); frozen leader: {frozen:?}",
-        crash[crash.len() / 2],
-        crash[crash.len() - 1],
-        crash.len()
-    );
+    let crash: Vec<_> = rounds
+        .iter()
+        .filter(|r| r.what == Chaos::Kill9)
+        .filter_map(|r| r.handover)
+        .collect();
+    if let Some((median, worst)) = median_and_worst(crash) {
+        println!("chaos: kill -9 handover median {median:?}, worst {worst:?}");
+    }
     assert_eq!(before_any, 0, "pairs repeated before any chaos");
-    for (i, r) in rounds.iter().enumerate() {
+    for (i, (r, s)) in rounds.iter().zip(&seen).enumerate() {
         let bound = match r.what {
             Chaos::Sigterm => 0,
             Chaos::Kill9 | Chaos::RestartDb => MAX_IN_FLIGHT,
             Chaos::Freeze => 2 * MAX_IN_FLIGHT,
         };
         assert!(
-            repeats[i] <= bound,
+            s.repeated <= bound,
             "round {i} ({:?}) repeated {} pairs, more than the {bound} it could have had in flight",
             r.what,
-            repeats[i]
+            s.repeated
         );
     }
 

@@ -118,11 +118,6 @@ impl OrdersWriter {
     }
 }
 
-fn median_and_worst(mut v: Vec<Duration>) -> (Duration, Duration) {
-    v.sort();
-    (v[v.len() / 2], v[v.len() - 1])
-}
-
 /// A leader and a standby, a writer streaming; the leader is killed with SIGKILL [`KILLS`]
 /// times (a fresh standby is started each time), then stopped with SIGTERM [`SIGTERMS`] times.
 /// Each handover is measured (time from the signal until the standby logs that it took the
@@ -221,8 +216,8 @@ async fn standby_takes_over_at_once_after_kill9_and_after_sigterm() {
         .filter_map(|d| d.event_id())
         .collect();
     assert_eq!(delivered.len() as u64, total, "every event delivered");
-    let (cm, cw) = median_and_worst(crash);
-    let (gm, gw) = median_and_worst(graceful);
+    let (cm, cw) = observers_tests::chaos::median_and_worst(crash).unwrap();
+    let (gm, gw) = observers_tests::chaos::median_and_worst(graceful).unwrap();
     println!(
         "failover: {total} events delivered; handover after kill -9 ({KILLS}x): median {cm:?}, worst {cw:?}; \
          after SIGTERM ({SIGTERMS}x): median {gm:?}, worst {gw:?}"
