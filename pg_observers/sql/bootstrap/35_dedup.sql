@@ -72,7 +72,8 @@ COMMENT ON TABLE observers.dedup IS
 CREATE TABLE observers.dedup_default PARTITION OF observers.dedup DEFAULT;
 
 -- Workers known to have crashed: a leader whose database session had ended when another worker
--- took its lease over (lease_acquire). Their claims count as expired, so the pairs they were
+-- took its lease over (lease_acquire). Their claims (owner '<worker id>' or, as the worker
+-- writes them, '<worker id>/<incarnation>') count as expired, so the pairs they were
 -- executing run again at once instead of after claim_until. A worker leaves the list as soon as
 -- it calls lease_acquire again (restarted under the same id, or reconnected). Tiny: one row per
 -- crashed worker id; maintain() forgets rows older than a day.
@@ -102,8 +103,10 @@ AS $$
            SET state = 'c', owner = excluded.owner, claim_until = excluded.claim_until,
                expires_at = excluded.expires_at, updated_at = now()
          WHERE (t.state = 'c' AND (t.claim_until < now() OR t.owner = excluded.owner
+                                   -- owners are '<worker id>/<incarnation>' (the worker's)
                                    OR EXISTS (SELECT 1 FROM observers.dedup_dead_owner AS z
-                                               WHERE z.owner = t.owner)))
+                                               WHERE t.owner = z.owner
+                                                  OR left(t.owner, length(z.owner) + 1) = z.owner || '/')))
             OR (t.state = 'd' AND t.expires_at < now())
         RETURNING t.key
     )
