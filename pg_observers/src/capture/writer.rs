@@ -245,13 +245,19 @@ unsafe fn outbox_oids() -> (pg_sys::Oid, pg_sys::Oid) {
                 Some("Is the pg_observers extension installed in this database? (CREATE EXTENSION pg_observers)"),
             );
         }
-        (relation_oid(nsp, c"event"), relation_oid(nsp, c"event_id_seq"))
+        (
+            relation_oid(nsp, c"event"),
+            relation_oid(nsp, c"event_id_seq"),
+        )
     }
 }
 
 /// The partition of `parent` (range-partitioned on one timestamptz column) holding `value`, and
 /// its bounds when it is a daily partition with finite bounds (None for the DEFAULT partition).
-unsafe fn route(parent: pg_sys::Relation, value: pg_sys::Datum) -> (pg_sys::Oid, Option<(i64, i64)>) {
+unsafe fn route(
+    parent: pg_sys::Relation,
+    value: pg_sys::Datum,
+) -> (pg_sys::Oid, Option<(i64, i64)>) {
     // SAFETY: `parent` is the open, range-partitioned observers.event (callers: `Writer::open`) and
     // `value` a timestamptz: its partition descriptor is read under the lock the caller holds.
     unsafe {
@@ -417,7 +423,11 @@ impl Writer {
                     w.set([
                         parent_oid,
                         seq,
-                        if range.is_some() { leaf_oid } else { pg_sys::InvalidOid },
+                        if range.is_some() {
+                            leaf_oid
+                        } else {
+                            pg_sys::InvalidOid
+                        },
                     ])
                 });
                 let gen = generation();
@@ -493,7 +503,11 @@ impl Writer {
         // (as ExecOpenIndices does) and closed by `finish`.
         unsafe {
             let list = pg_sys::RelationGetIndexList(leaf);
-            let n = if list.is_null() { 0 } else { (*list).length as usize };
+            let n = if list.is_null() {
+                0
+            } else {
+                (*list).length as usize
+            };
             let mut direct = Vec::with_capacity(n);
             let mut plain = true;
             for i in 0..n {
