@@ -141,6 +141,7 @@ impl SlotPool {
 ///   detach, drop or layout change committed meanwhile sent a relcache invalidation of the
 ///   partition or of `observers.event`, which `relcache_invalidated` turns into a new
 ///   generation; the writer then forgets the partition and routes through the parent again.
+///
 /// A new partition can never overlap the remembered range (PostgreSQL refuses overlapping
 /// bounds), and the DEFAULT partition is never remembered (a new daily partition may take over
 /// part of its range), so a write always lands in the partition PostgreSQL would choose.
