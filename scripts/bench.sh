@@ -4,6 +4,9 @@
 # numbers and ratios against the baselines in the same run.
 #   1. capture overhead (scripts/bench-capture.sh, pgbench): plain table vs observed by us vs the
 #      usual PL/pgSQL row trigger, 1-row transactions x 8 clients and 100-row statements.
+#   1b. capture cost in CPU instructions per row (scripts/bench-capture-instructions.sh, callgrind
+#      on a cluster of its own; deterministic): plain vs ours vs PgQ's jsontriga, for INSERT
+#      (1-row and 100-row statements), UPDATE and DELETE; `make bench-capture-instructions` alone.
 #   2. end to end (target/release/bench-e2e): drain rate of a 100,000-event backlog delivered as
 #      webhooks to a local receiver, and commit-to-delivery latency at a steady 1,000 events/s.
 #   3. resilience (target/release/bench-resilience): drain rate with deduplication off / redis /
@@ -24,6 +27,9 @@ export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
 
 echo; echo "=== 1. capture overhead ==="
 scripts/bench-capture.sh
+
+echo; echo "=== 1b. capture cost in instructions (callgrind) ==="
+scripts/bench-capture-instructions.sh
 
 echo; echo "=== 2. end to end ==="
 "$top/target/release/bench-e2e" --pgurl "postgres://postgres@127.0.0.1:$port/postgres" \

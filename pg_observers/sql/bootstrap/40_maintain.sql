@@ -6,7 +6,9 @@
 --   2. drops partitions whose day ended more than observers.retention ago AND whose every
 --      event every worker group has passed (no event with txid >= pg_snapshot_xmin(snap_lo)
 --      of any group that has observers; a group with observers but no checkpoint yet has
---      passed nothing);
+--      passed nothing). Only events above the lowest id floor of the groups
+--      (observers._id_floor(), 15_id_floor.sql) can be pending, so the check reads the id
+--      index from there: a partition wholly below the floor is passed without reading it;
 --   3. deletes rows from the DEFAULT partition under the same two conditions. Rows only land
 --      there when maintain() did not run for a week; this is the only DELETE on the outbox.
 -- A partition whose range already has rows in the DEFAULT partition cannot be created; it is
@@ -53,6 +55,7 @@ DECLARE
     v_hi         text;
     v_all_groups boolean;
     v_min_xmin   xid8;
+    v_min_floor  bigint;
     v_pending    boolean;
     v_deleted    bigint := 0;
     v_created    text[] := '{}';
@@ -113,8 +116,9 @@ BEGIN
 
     -- 2. what every group has passed
     SELECT coalesce(bool_and(k.group_name IS NOT NULL), true),
-           min(pg_snapshot_xmin(k.snap_lo))
-      INTO v_all_groups, v_min_xmin
+           min(pg_snapshot_xmin(k.snap_lo)),
+           coalesce(min(observers._id_floor(k)), 0)
+      INTO v_all_groups, v_min_xmin, v_min_floor
       FROM (SELECT DISTINCT o.group_name FROM observers.observer AS o) AS g
       LEFT JOIN observers.checkpoint AS k ON k.group_name = g.group_name;
 
@@ -133,8 +137,8 @@ BEGIN
             CONTINUE;
         END IF;
         IF v_min_xmin IS NOT NULL THEN
-            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE txid >= $1)', r.rel)
-               INTO v_pending USING v_min_xmin;
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE id > $2 AND txid >= $1)', r.rel)
+               INTO v_pending USING v_min_xmin, v_min_floor;
             IF v_pending THEN
                 v_kept := v_kept || r.relname::text;
                 CONTINUE;
