@@ -8,6 +8,8 @@
 #[path = "e2e/common.rs"]
 mod common;
 
+#[path = "e2e/apply.rs"]
+mod apply;
 #[path = "e2e/bad_config.rs"]
 mod bad_config;
 #[path = "e2e/breaker.rs"]
