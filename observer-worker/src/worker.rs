@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! connect (retry) ─► check extension ─► apply YAML observers ─► load definitions
-//!     ─► tasks: lease │ LISTEN │ heartbeat │ maintenance │ definitions refresh
+//!     ─► tasks: lease │ LISTEN │ heartbeat │ maintenance │ definitions refresh │ parked pairs
+//!        │ job runner (job_queue; every worker of the group)
 //!     ─► consumer (until SIGTERM) ─► drain ─► checkpoint ─► release lease
 //! ```
 
@@ -25,6 +26,7 @@ use crate::pipeline::attempt_log::AttemptLog;
 use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_INTERVAL};
 use crate::pipeline::executor::Layers;
 use crate::pipeline::handler::Deliverer;
+use crate::pipeline::jobs::JobRunner;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
 use crate::pipeline::parked::{ParkQueue, ParkedLoop};
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry, BROKEN_RECHECK};
@@ -201,6 +203,23 @@ pub async fn run(
         })
         .run(background.clone()),
     );
+
+    // jobs (mode: async actions, observers.job_enqueue): every worker of the group runs them,
+    // leader or standby; it stops claiming at `stop` and finishes its running jobs
+    if config.job_queue.enabled {
+        tasks.spawn(
+            Arc::new(JobRunner {
+                db: db.clone(),
+                group: group.clone(),
+                worker_id: worker_id.clone(),
+                registry: registry.clone(),
+                layers: layers.clone(),
+                installation,
+                config: config.job_queue.clone(),
+            })
+            .run(stop.clone()),
+        );
+    }
 
     // 6. Consume until stopped.
     let handler = Arc::new(Deliverer {

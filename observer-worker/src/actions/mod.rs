@@ -42,6 +42,9 @@ pub struct Delivery {
     /// May be parked when its destination's breaker is open (not for ordered observers,
     /// not for a pair that is being delivered from the parked table).
     pub may_park: bool,
+    /// A job run (`pipeline::jobs`): one attempt only; a retryable failure comes back as
+    /// `ActionOutcome::RetryLater` and the job queue schedules the next attempt.
+    pub single_attempt: bool,
 }
 
 impl Delivery {
@@ -60,6 +63,7 @@ impl Delivery {
             dedup_key: None,
             attempts_used: 0,
             may_park: false,
+            single_attempt: false,
         }
     }
 
@@ -150,6 +154,11 @@ pub trait Action: Send + Sync + 'static {
     /// `None` for actions without a remote destination.
     fn destination(&self) -> Option<&str> {
         None
+    }
+    /// `mode: async`: the leader enqueues the pair as a job instead of running it inline
+    /// (`pipeline::jobs`).
+    fn is_async(&self) -> bool {
+        false
     }
     /// One attempt.
     fn execute<'a>(

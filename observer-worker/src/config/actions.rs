@@ -69,6 +69,8 @@ pub struct SlackConfig {
     pub text: Template,
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// `mode: async`: run through the job queue.
+    pub asynchronous: bool,
 }
 
 impl fmt::Debug for SlackConfig {
@@ -92,6 +94,8 @@ pub struct WebhookConfig {
     /// Per-attempt timeout (connect + request + response).
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// `mode: async`: run through the job queue.
+    pub asynchronous: bool,
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -330,21 +334,7 @@ fn read_webhook(
 
     let (timeout, retry) = read_timeout_and_retry(r, &f, retry);
 
-    if let Some(n) = f.get("mode") {
-        let p = f.path_of("mode");
-        if let Some(mode) = r.string(n, &p) {
-            match mode.trim() {
-                "sync" => {}
-                "async" => r.problem(
-                    &p,
-                    n.mark,
-                    "mode: async (through the job queue) is not available in this version yet; use `mode: sync` or \
-                     leave it out",
-                ),
-                other => r.problem(&p, n.mark, format!("expected `sync` or `async`, found {other:?}")),
-            }
-        }
-    }
+    let asynchronous = read_mode(r, &f);
 
     if r.problem_count() != before {
         return None;
@@ -355,6 +345,7 @@ fn read_webhook(
         signing_key,
         timeout,
         retry,
+        asynchronous,
     })
 }
 
@@ -387,7 +378,7 @@ fn read_slack(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> O
         }
     };
     let (timeout, retry) = read_timeout_and_retry(r, &f, retry);
-    read_mode(r, &f);
+    let asynchronous = read_mode(r, &f);
     if r.problem_count() != before {
         return None;
     }
@@ -396,6 +387,7 @@ fn read_slack(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> O
         text: text?,
         timeout,
         retry,
+        asynchronous,
     })
 }
 
@@ -437,20 +429,26 @@ fn read_http_url(r: &mut Reader, n: &Node, p: &str) -> Option<url::Url> {
     }
 }
 
-fn read_mode(r: &mut Reader, f: &super::reader::Fields<'_>) {
-    if let Some(n) = f.get("mode") {
-        let p = f.path_of("mode");
-        if let Some(mode) = r.string(n, &p) {
-            match mode.trim() {
-                "sync" => {}
-                "async" => r.problem(
-                    &p,
-                    n.mark,
-                    "mode: async (through the job queue) is not available in this version yet; use `mode: sync` or \
-                     leave it out",
-                ),
-                other => r.problem(&p, n.mark, format!("expected `sync` or `async`, found {other:?}")),
-            }
+/// `mode: sync` (default: run inline) or `mode: async` (the leader enqueues the pair as a job,
+/// run by any worker of the group with `job_queue` enabled; docs/JOBS.md). True for async.
+pub(super) fn read_mode(r: &mut Reader, f: &super::reader::Fields<'_>) -> bool {
+    let Some(n) = f.get("mode") else {
+        return false;
+    };
+    let p = f.path_of("mode");
+    let Some(mode) = r.string(n, &p) else {
+        return false;
+    };
+    match mode.trim() {
+        "sync" => false,
+        "async" => true,
+        other => {
+            r.problem(
+                &p,
+                n.mark,
+                format!("expected `sync` or `async`, found {other:?}"),
+            );
+            false
         }
     }
 }

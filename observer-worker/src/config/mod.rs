@@ -44,6 +44,32 @@ pub struct FailoverConfig {
     pub standby_poll: Duration,
 }
 
+/// `job_queue:` (docs/JOBS.md): every worker of the group that enables it runs jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobQueueConfig {
+    pub enabled: bool,
+    /// Jobs this worker runs at once.
+    pub workers: usize,
+    /// Safety poll for due jobs (NOTIFY `observers_jobs` wakes the runner sooner).
+    pub poll_interval: Duration,
+    /// A running job is rescued (retried elsewhere) once it ran this long.
+    pub timeout: Duration,
+    /// A running job is rescued once its worker has not beaten for this long (kill -9, freeze).
+    pub rescue_after: Duration,
+}
+
+impl Default for JobQueueConfig {
+    fn default() -> Self {
+        JobQueueConfig {
+            enabled: false,
+            workers: 16,
+            poll_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(300),
+            rescue_after: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The validated configuration of a worker.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -56,6 +82,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `failover:`: the group's leader lease and how standbys take it over.
     pub failover: FailoverConfig,
+    /// `job_queue:`: run jobs (mode: async actions, observers.job_enqueue) on this worker.
+    pub job_queue: JobQueueConfig,
     /// `redis:` connection settings, when a feature uses Redis.
     pub redis: Option<RedisConfig>,
     pub deduplication: DedupConfig,

@@ -11,7 +11,7 @@ use super::resilience::{self, CacheBackend, DedupBackend};
 use super::yaml::Node;
 use super::{
     CheckpointConfig, ConcurrencyConfig, Config, DatabaseConfig, Defaults, FailoverConfig,
-    MetricsConfig, ObserverConfig, WorkerConfig,
+    JobQueueConfig, MetricsConfig, ObserverConfig, WorkerConfig,
 };
 use crate::retry::RetryPolicy;
 
@@ -65,6 +65,7 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
     let concurrency = read_concurrency(r, top.get("concurrent_execution"));
     let metrics = read_metrics(r, top.get("metrics"));
     let failover = read_failover(r, top.get("failover"));
+    let job_queue = read_job_queue(r, top.get("job_queue"));
     let redis = resilience::read_redis(r, top.get("redis"));
     let (deduplication, dedup_mark) = resilience::read_dedup(r, top.get("deduplication"));
     resilience::check_redis_needed(
@@ -120,6 +121,7 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         concurrency,
         metrics,
         failover,
+        job_queue,
         redis,
         deduplication,
         caching,
@@ -347,13 +349,42 @@ fn read_failover(r: &mut Reader, node: Option<&Node>) -> FailoverConfig {
     cfg
 }
 
+fn read_job_queue(r: &mut Reader, node: Option<&Node>) -> JobQueueConfig {
+    let mut cfg = JobQueueConfig::default();
+    let Some(node) = node else { return cfg };
+    let options = ["workers", "poll_interval", "timeout", "rescue_after"];
+    let Some(feat) = r.feature(node, "job_queue", &options, false) else {
+        return cfg;
+    };
+    cfg.enabled = feat.enabled;
+    let f = &feat.fields;
+    if let Some(n) = f.get("workers") {
+        if let Some(w) = r.integer(n, &f.path_of("workers"), 1, 10_000) {
+            cfg.workers = w as usize;
+        }
+    }
+    if let Some(n) = f.get("poll_interval") {
+        if let Some(d) = r.duration(n, &f.path_of("poll_interval"), Duration::from_millis(10)) {
+            cfg.poll_interval = d;
+        }
+    }
+    if let Some(n) = f.get("timeout") {
+        if let Some(d) = r.duration(n, &f.path_of("timeout"), Duration::from_secs(1)) {
+            cfg.timeout = d;
+        }
+    }
+    if let Some(n) = f.get("rescue_after") {
+        if let Some(d) = r.duration(n, &f.path_of("rescue_after"), Duration::from_secs(1)) {
+            cfg.rescue_after = d;
+        }
+    }
+    cfg
+}
+
 /// Sections of features that come in later versions: their options are
 /// checked, and turning them on is an error rather than silently ignored.
 fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
-    let later: &[(&str, &[&str])] = &[
-        ("job_queue", &["workers"]),
-        ("elasticsearch", &["url", "index"]),
-    ];
+    let later: &[(&str, &[&str])] = &[("elasticsearch", &["url", "index"])];
     for (name, options) in later {
         let Some(node) = top.get(name) else { continue };
         let Some(feat) = r.feature(node, name, options, false) else {
@@ -361,11 +392,6 @@ fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
         };
         let f = &feat.fields;
         match *name {
-            "job_queue" => {
-                if let Some(n) = f.get("workers") {
-                    r.integer(n, &f.path_of("workers"), 1, 10_000);
-                }
-            }
             "elasticsearch" => {
                 for k in ["url", "index"] {
                     if let Some(n) = f.get(k) {
