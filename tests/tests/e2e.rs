@@ -36,6 +36,8 @@ mod failover;
 mod filters;
 #[path = "e2e/install.rs"]
 mod install;
+#[path = "e2e/jobs.rs"]
+mod jobs;
 #[path = "e2e/late_commit.rs"]
 mod late_commit;
 #[path = "e2e/lookups.rs"]

@@ -391,15 +391,11 @@ fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
             continue;
         };
         let f = &feat.fields;
-        match *name {
-            "elasticsearch" => {
-                for k in ["url", "index"] {
-                    if let Some(n) = f.get(k) {
-                        r.non_empty_string(n, &f.path_of(k));
-                    }
-                }
+        // every option of these sections is a non-empty string
+        for k in options.iter() {
+            if let Some(n) = f.get(k) {
+                r.non_empty_string(n, &f.path_of(k));
             }
-            _ => {}
         }
         if feat.enabled {
             r.problem(

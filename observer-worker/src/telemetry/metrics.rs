@@ -872,6 +872,8 @@ mod tests {
             names::CAPTURE_BROKEN,
             names::REDELIVERIES,
             names::BROKEN_OBSERVERS,
+            names::JOBS_FINISHED,
+            names::JOB_DURATION,
         ];
         for n in names::ALL {
             if !vec_families_without_children.contains(n) {
