@@ -89,8 +89,18 @@ pub async fn run(
 
     // 3. What we run comes from the database.
     let max_in_flight = config.concurrency.effective_max_in_flight();
+    let mailer = match &config.smtp {
+        Some(smtp) => {
+            let m = crate::actions::email::Mailer::new(smtp)
+                .map_err(|e| WorkerError::Fatal(e.to_string()))?;
+            info!(host = %smtp.host, port = smtp.port, tls = ?smtp.tls, "smtp: e-mail actions send through this server");
+            Some(Arc::new(m))
+        }
+        None => None,
+    };
     let http = Egress::new(max_in_flight, config.destinations.clone())
-        .map_err(|e| WorkerError::Http(e.to_string()))?;
+        .map_err(|e| WorkerError::Http(e.to_string()))?
+        .with_mailer(mailer);
     let lookups = Arc::new(build_lookups(&config, &db, &http)?);
     let registry = Arc::new(ObserverRegistry::new(
         db.clone(),

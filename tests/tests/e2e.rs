@@ -29,6 +29,9 @@ mod delivery;
 #[path = "e2e/dump_restore.rs"]
 mod dump_restore;
 
+#[path = "e2e/email.rs"]
+mod email;
+
 #[path = "e2e/failover.rs"]
 mod failover;
 

@@ -5,6 +5,7 @@
 
 pub mod cache_evict;
 pub mod egress;
+pub mod email;
 pub mod slack;
 pub mod webhook;
 
@@ -178,6 +179,9 @@ pub fn build(
         ActionConfig::Webhook(w) => Arc::new(webhook::WebhookAction::new(w, http.clone())),
         ActionConfig::Slack(s) => {
             Arc::new(slack::SlackAction::new(s, http.clone(), lookups.clone()))
+        }
+        ActionConfig::Email(e) => {
+            Arc::new(email::EmailAction::new(e, http.mailer(), lookups.clone()))
         }
         ActionConfig::CacheEvict(c) => {
             Arc::new(cache_evict::CacheEvictAction::new(c, lookups.clone()))
