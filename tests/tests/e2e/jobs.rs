@@ -10,7 +10,7 @@ use std::time::Duration;
 use observers_tests::cluster::TestDb;
 use observers_tests::receiver::{Receiver, Reply};
 use observers_tests::util::{poll, scalar_i64, wait_observer_ready};
-use observers_tests::worker::Worker;
+use observers_tests::worker::{run_cli, Worker};
 
 use crate::common::*;
 
@@ -132,6 +132,36 @@ async fn sql_jobs_run_on_every_worker_of_the_group_and_a_rollback_enqueues_nothi
         "every worker of the group runs jobs: {by_worker:?}"
     );
     assert_eq!(count(&db, "SELECT count(*) FROM observers.job").await, 0);
+    // the CLI reads the same
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let out = run_cli(&["--format", "json", "jobs", "stats"], &env, SHORT).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("jobs stats json");
+    assert_eq!(stats[0]["completed"], 101, "{stats}");
+    assert_eq!(stats[0]["available"], 0, "{stats}");
+    let out = run_cli(
+        &[
+            "--format",
+            "json",
+            "jobs",
+            "list",
+            "--state",
+            "completed",
+            "--limit",
+            "500",
+        ],
+        &env,
+        SHORT,
+    )
+    .await;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("jobs list json");
+    assert_eq!(list.as_array().map(Vec::len), Some(101));
+    let out = run_cli(&["jobs", "show", "999999"], &env, SHORT).await;
+    assert_eq!(out.status.code(), Some(3), "an unknown job is exit 3");
     for w in &mut workers {
         assert_eq!(w.stop(SHORT).await.code(), Some(0));
     }
