@@ -264,7 +264,15 @@ impl Db {
             heartbeat: make(&pg, 1)?,
             side: make(&pg, 4)?,
             dedup: make(&pg_dedup, 4)?,
-            jobs: make(&with_options("-c jit=off -c statement_timeout=30s"), 3)?,
+            // Job claims and finishes commit asynchronously: a PostgreSQL crash can lose the
+            // last few, which only makes a job run again (a lost claim: still available; a lost
+            // finish: still running, rescued at its deadline, job_queue.timeout) with the same
+            // idempotency key - at-least-once, never lost. Enqueues (`job_enqueue_pair`, on
+            // the side lane; `job_enqueue`, in the application's transaction) stay synchronous.
+            jobs: make(
+                &with_options("-c jit=off -c synchronous_commit=off -c statement_timeout=30s"),
+                8,
+            )?,
             fetch_days: false,
             pg,
             target,
