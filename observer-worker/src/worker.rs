@@ -226,6 +226,7 @@ pub async fn run(
                 layers: layers.clone(),
                 installation,
                 config: config.job_queue.clone(),
+                shutdown_timeout: config.worker.shutdown_timeout,
             })
             .run(stop.clone()),
         );

@@ -56,6 +56,10 @@ pub struct JobRunner {
     pub layers: Layers,
     pub installation: InstallationId,
     pub config: JobQueueConfig,
+    /// `worker.shutdown_timeout`: how long running jobs may take to finish at shutdown; the
+    /// ones still running then are abandoned and rescued at once by the other workers (this
+    /// runner deregisters).
+    pub shutdown_timeout: Duration,
 }
 
 impl JobRunner {
@@ -139,8 +143,17 @@ impl JobRunner {
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
             }
         }
-        // running jobs finish their attempt (layers.stop makes waiting ones give up)
-        while tasks.join_next().await.is_some() {}
+        // running jobs finish their attempt (layers.stop makes waiting ones give up), within
+        // the shutdown timeout
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(group = %self.group, running = tasks.len(), "jobs still running at the shutdown timeout: abandoned; another worker runs them again");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
         side.cancel();
         let _ = beat.await;
         let _ = listen.await;
