@@ -167,13 +167,23 @@ impl JobRunner {
         info!(group = %self.group, "job runner stopped");
     }
 
+    /// A fresh runner id, registered (beaten once) before the first claim: a job claimed by a
+    /// runner without a heartbeat row would look abandoned and be rescued while it runs.
     async fn runner_id(&self, stop: &CancellationToken) -> Option<String> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            match self.db.job_runner_id().await {
+            let registered = match self.db.job_runner_id().await {
+                Ok(id) => self
+                    .db
+                    .job_runner_beat(&id, &self.group, &self.worker_id, false)
+                    .await
+                    .map(|()| id),
+                Err(e) => Err(e),
+            };
+            match registered {
                 Ok(id) => return Some(id),
                 Err(e) => {
-                    debug!(error = %e, "job runner: cannot get an id yet");
+                    debug!(error = %e, "job runner: cannot register yet");
                     if !backoff.wait(stop).await {
                         return None;
                     }
