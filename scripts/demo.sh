@@ -20,6 +20,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port=${DEMO_PGPORT:-$(free_port)}
 rport=${DEMO_RECEIVER_PORT:-$(free_port)}
 mport=${DEMO_METRICS_PORT:-$(free_port)}
+sport=${DEMO_SMTP_PORT:-$(free_port)}
 dir=/tmp/fraiseql-observers-demo
 run=$top/.run/demo
 bin=$top/target/debug
@@ -32,11 +33,13 @@ export DATABASE_URL="postgres://postgres@127.0.0.1:$port/demo"
 export HOOK_SECRET="whsec_$(printf 'fraiseql-observers-demo-secret' | base64)"
 export RECEIVER_URL="http://127.0.0.1:$rport"
 export METRICS_LISTEN="127.0.0.1:$mport"
+export SMTP_PORT=$sport
 
-worker_pid=""; receiver_pid=""
+worker_pid=""; receiver_pid=""; smtp_pid=""
 stop_all() {
   [ -n "$worker_pid" ] && kill -TERM "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null || true
   [ -n "$receiver_pid" ] && kill -TERM "$receiver_pid" 2>/dev/null && wait "$receiver_pid" 2>/dev/null || true
+  [ -n "$smtp_pid" ] && kill -TERM "$smtp_pid" 2>/dev/null && wait "$smtp_pid" 2>/dev/null || true
   scripts/pgcluster.sh stop "$dir" >/dev/null || true
 }
 if [ "${DEMO_KEEP:-0}" != 1 ]; then trap stop_all EXIT; fi
@@ -65,6 +68,15 @@ receiver_pid=$!
 for _ in $(seq 1 50); do
   (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break
   kill -0 "$receiver_pid" 2>/dev/null || { cat "$run/receiver.log" >&2; echo "the receiver did not start" >&2; exit 1; }
+  sleep 0.1
+done
+
+b "3b. a local SMTP server on 127.0.0.1:$sport (python3-aiosmtpd; mail logged to .run/demo/mail/messages.jsonl)"
+/usr/bin/python3 tests/smtp/smtp_sink.py "$sport" "$run/mail" >"$run/smtp.log" 2>&1 &
+smtp_pid=$!
+for _ in $(seq 1 50); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$sport") 2>/dev/null && break
+  kill -0 "$smtp_pid" 2>/dev/null || { cat "$run/smtp.log" >&2; echo "the SMTP server did not start (apt-get install python3-aiosmtpd)" >&2; exit 1; }
   sleep 0.1
 done
 
@@ -128,6 +140,19 @@ for _ in $(seq 1 100); do   # warehouse_sync: the deleted order, dead-lettered a
   sleep 0.1
 done
 
+b "6b. the async e-mail (big_orders: mode: async, run through the job queue)"
+for _ in $(seq 1 100); do
+  [ -s "$run/mail/messages.jsonl" ] && [ "$(wc -l <"$run/mail/messages.jsonl")" -ge 3 ] && break
+  sleep 0.1
+done
+/usr/bin/python3 - "$run/mail/messages.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    print(f"{m['message_id']}  to {', '.join(m['to'])}: {m['subject']!r} / {m['body'].strip()!r}")
+PY
+psql -c "SELECT id, state, event_id, attempts, worker_id FROM observers.job_list() ORDER BY id"
+
 b "7. observers.status()"
 psql -c "SELECT observer, group_name, backlog, oldest_undelivered_age, dlq_count, leader, workers FROM observers.status()"
 echo "deduplication remembers each pair that succeeded (it is not executed again after a crash):"
@@ -137,6 +162,7 @@ b "8. operating it: the fraiseql-observers CLI (docs/CLI_TOOLS.md; the same func
 obs() { echo "\$ fraiseql-observers $*"; "$bin/fraiseql-observers" "$@" || true; echo; }
 obs status
 obs dlq list
+obs jobs stats
 dead=$(psql -Atc "SELECT event_id FROM observers.dlq ORDER BY id LIMIT 1")
 obs debug-event "$dead"
 obs dlq retry-all --observer warehouse_sync --dry-run

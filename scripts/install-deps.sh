@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything `make demo`, `make test` and `make bench` need, idempotently:
 #   Debian packages (PostgreSQL 15 server + headers, clang for bindgen, sudo for cargo-pgrx,
-#   redis-server for the tests that run a private Redis, faketime (libfaketime) for the SQL suite
+#   redis-server for the tests that run a private Redis, python3-aiosmtpd (a real SMTP server for
+#   the e-mail tests, tests/smtp/smtp_sink.py, run with /usr/bin/python3), faketime (libfaketime) for the SQL suite
 #   on a cluster whose clock is moved (scripts/test-sql-timeless.sh), prometheus for the metrics tests, which
 #   run a private Prometheus and promtool; the packaged prometheus service is left stopped and
 #   disabled),
@@ -18,7 +19,7 @@ sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages
 pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib clang libclang-dev sudo pkg-config
-      libssl-dev ca-certificates redis-server faketime)
+      libssl-dev ca-certificates redis-server faketime python3-aiosmtpd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

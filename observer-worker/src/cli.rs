@@ -121,6 +121,13 @@ pub enum Command {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
+    /// The job queue (docs/JOBS.md): list, show, retry, cancel, stats.
+    Jobs {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Read the running worker's Prometheus metrics (/metrics) and print a summary
     /// (exit 0 ok, 1 cannot reach the worker).
     Metrics {
@@ -208,6 +215,40 @@ pub enum DlqCommand {
         dry_run: bool,
     },
     /// Dead letters per observer: count, pending retries, oldest, newest, last error.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first (unfinished and retained finished ones).
+    List {
+        /// available, scheduled, running, retryable, completed, discarded or cancelled.
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+        #[arg(long, value_name = "OBSERVER")]
+        observer: Option<String>,
+        /// At most this many jobs.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: i32,
+    },
+    /// One job with its body (exit 3 if it does not exist).
+    Show {
+        #[arg(value_name = "ID")]
+        id: i64,
+    },
+    /// Run a scheduled or retryable job now, or a discarded or cancelled one again.
+    Retry {
+        #[arg(value_name = "ID")]
+        id: i64,
+    },
+    /// Cancel a job that is not running.
+    Cancel {
+        #[arg(value_name = "ID")]
+        id: i64,
+    },
+    /// Jobs per group and queue by state, and the oldest due job's age.
     Stats,
 }
 

@@ -11,6 +11,7 @@ pub mod debug_event;
 pub mod dlq;
 pub mod exact_json;
 pub mod failure;
+pub mod jobs;
 pub mod output;
 pub mod replay;
 pub mod session;
@@ -43,7 +44,8 @@ pub async fn run_operator(
         | Command::DebugEvent { .. }
         | Command::Dlq { .. }
         | Command::Replay { .. }
-        | Command::Checkpoint { .. } => operator(command, url, format, out).await,
+        | Command::Checkpoint { .. }
+        | Command::Jobs { .. } => operator(command, url, format, out).await,
         _ => return None,
     };
     Some(match result {
@@ -91,6 +93,7 @@ async fn operator(
         Command::DebugEvent { id, .. } => debug_event::run(&db, *id, format, out).await,
         Command::Dlq { command, .. } => dlq::run(&db, command, format, out).await,
         Command::Checkpoint { command, .. } => checkpoint::run(&db, command, format, out).await,
+        Command::Jobs { command, .. } => jobs::run(&db, command, format, out).await,
         Command::Replay {
             observer,
             from,

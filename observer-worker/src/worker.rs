@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! connect (retry) ─► check extension ─► apply YAML observers ─► load definitions
-//!     ─► tasks: lease │ LISTEN │ heartbeat │ maintenance │ definitions refresh
+//!     ─► tasks: lease │ LISTEN │ heartbeat │ maintenance │ definitions refresh │ parked pairs
+//!        │ job runner (job_queue; every worker of the group)
 //!     ─► consumer (until SIGTERM) ─► drain ─► checkpoint ─► release lease
 //! ```
 
@@ -25,6 +26,7 @@ use crate::pipeline::attempt_log::AttemptLog;
 use crate::pipeline::consumer::{Consumer, ConsumerSettings, LINGER, WAKE_POLL_INTERVAL};
 use crate::pipeline::executor::Layers;
 use crate::pipeline::handler::Deliverer;
+use crate::pipeline::jobs::JobRunner;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
 use crate::pipeline::parked::{ParkQueue, ParkedLoop};
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry, BROKEN_RECHECK};
@@ -87,8 +89,18 @@ pub async fn run(
 
     // 3. What we run comes from the database.
     let max_in_flight = config.concurrency.effective_max_in_flight();
+    let mailer = match &config.smtp {
+        Some(smtp) => {
+            let m = crate::actions::email::Mailer::new(smtp)
+                .map_err(|e| WorkerError::Fatal(e.to_string()))?;
+            info!(host = %smtp.host, port = smtp.port, tls = ?smtp.tls, "smtp: e-mail actions send through this server");
+            Some(Arc::new(m))
+        }
+        None => None,
+    };
     let http = Egress::new(max_in_flight, config.destinations.clone())
-        .map_err(|e| WorkerError::Http(e.to_string()))?;
+        .map_err(|e| WorkerError::Http(e.to_string()))?
+        .with_mailer(mailer);
     let lookups = Arc::new(build_lookups(&config, &db, &http)?);
     let registry = Arc::new(ObserverRegistry::new(
         db.clone(),
@@ -207,6 +219,24 @@ pub async fn run(
         })
         .run(background.clone()),
     );
+
+    // jobs (mode: async actions, observers.job_enqueue): every worker of the group runs them,
+    // leader or standby; it stops claiming at `stop` and finishes its running jobs
+    if config.job_queue.enabled {
+        tasks.spawn(
+            Arc::new(JobRunner {
+                db: db.clone(),
+                group: group.clone(),
+                worker_id: worker_id.clone(),
+                registry: registry.clone(),
+                layers: layers.clone(),
+                installation,
+                config: config.job_queue.clone(),
+                shutdown_timeout: config.worker.shutdown_timeout,
+            })
+            .run(stop.clone()),
+        );
+    }
 
     // 6. Consume until stopped.
     let handler = Arc::new(Deliverer {

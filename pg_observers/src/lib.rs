@@ -99,6 +99,16 @@ extension_sql_file!(
     requires = ["operations", "id_floor", api::retention_setting]
 );
 extension_sql_file!(
+    "../sql/bootstrap/50_jobs.sql",
+    name = "jobs",
+    requires = [
+        "operations",
+        "maintain",
+        api::calling_role,
+        api::retention_setting
+    ]
+);
+extension_sql_file!(
     "../sql/bootstrap/90_privileges.sql",
     name = "privileges",
     finalize

@@ -33,6 +33,9 @@ mod delivery;
 #[path = "e2e/dump_restore.rs"]
 mod dump_restore;
 
+#[path = "e2e/email.rs"]
+mod email;
+
 #[path = "e2e/failover.rs"]
 mod failover;
 
@@ -40,6 +43,8 @@ mod failover;
 mod filters;
 #[path = "e2e/install.rs"]
 mod install;
+#[path = "e2e/jobs.rs"]
+mod jobs;
 #[path = "e2e/late_commit.rs"]
 mod late_commit;
 #[path = "e2e/lookups.rs"]

@@ -26,6 +26,8 @@ use crate::config::DestinationPolicy;
 pub struct Egress {
     client: reqwest::Client,
     policy: Arc<DestinationPolicy>,
+    /// The `smtp:` server of e-mail actions, when configured.
+    mailer: Option<Arc<super::email::Mailer>>,
 }
 
 impl Egress {
@@ -45,7 +47,21 @@ impl Egress {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
             .build()?;
-        Ok(Egress { client, policy })
+        Ok(Egress {
+            client,
+            policy,
+            mailer: None,
+        })
+    }
+
+    /// E-mail actions send through `mailer` (the worker's `smtp:` section).
+    pub fn with_mailer(mut self, mailer: Option<Arc<super::email::Mailer>>) -> Self {
+        self.mailer = mailer;
+        self
+    }
+
+    pub fn mailer(&self) -> Option<Arc<super::email::Mailer>> {
+        self.mailer.clone()
     }
 
     /// Checks a request's URL; the request may be sent only when this is `Ok`.

@@ -5,6 +5,7 @@
 
 pub mod cache_evict;
 pub mod egress;
+pub mod email;
 pub mod slack;
 pub mod webhook;
 
@@ -42,6 +43,9 @@ pub struct Delivery {
     /// May be parked when its destination's breaker is open (not for ordered observers,
     /// not for a pair that is being delivered from the parked table).
     pub may_park: bool,
+    /// A job run (`pipeline::jobs`): one attempt only; a retryable failure comes back as
+    /// `ActionOutcome::RetryLater` and the job queue schedules the next attempt.
+    pub single_attempt: bool,
 }
 
 impl Delivery {
@@ -60,6 +64,7 @@ impl Delivery {
             dedup_key: None,
             attempts_used: 0,
             may_park: false,
+            single_attempt: false,
         }
     }
 
@@ -151,6 +156,11 @@ pub trait Action: Send + Sync + 'static {
     fn destination(&self) -> Option<&str> {
         None
     }
+    /// `mode: async`: the leader enqueues the pair as a job instead of running it inline
+    /// (`pipeline::jobs`).
+    fn is_async(&self) -> bool {
+        false
+    }
     /// One attempt.
     fn execute<'a>(
         &'a self,
@@ -169,6 +179,9 @@ pub fn build(
         ActionConfig::Webhook(w) => Arc::new(webhook::WebhookAction::new(w, http.clone())),
         ActionConfig::Slack(s) => {
             Arc::new(slack::SlackAction::new(s, http.clone(), lookups.clone()))
+        }
+        ActionConfig::Email(e) => {
+            Arc::new(email::EmailAction::new(e, http.mailer(), lookups.clone()))
         }
         ActionConfig::CacheEvict(c) => {
             Arc::new(cache_evict::CacheEvictAction::new(c, lookups.clone()))

@@ -26,6 +26,7 @@ pub struct SlackAction {
     lookups: Arc<Lookups>,
     timeout: Duration,
     retry: RetryPolicy,
+    asynchronous: bool,
 }
 
 impl SlackAction {
@@ -37,6 +38,7 @@ impl SlackAction {
                 signing_key: None,
                 timeout: cfg.timeout,
                 retry: cfg.retry.clone(),
+                asynchronous: false,
             },
             client,
         );
@@ -46,6 +48,7 @@ impl SlackAction {
             lookups,
             timeout: cfg.timeout,
             retry: cfg.retry.clone(),
+            asynchronous: cfg.asynchronous,
         }
     }
 
@@ -91,6 +94,10 @@ impl Action for SlackAction {
     /// The Slack endpoint (lookup sources are not: their failures are `local`).
     fn destination(&self) -> Option<&str> {
         self.post.destination()
+    }
+
+    fn is_async(&self) -> bool {
+        self.asynchronous
     }
 
     fn execute<'a>(

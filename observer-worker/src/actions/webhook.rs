@@ -35,6 +35,7 @@ pub struct WebhookAction {
     timeout: Duration,
     retry: RetryPolicy,
     destination: String,
+    asynchronous: bool,
 }
 
 /// `scheme://host:port` (port made explicit): the circuit breaker's unit. Never the path or
@@ -63,6 +64,7 @@ impl WebhookAction {
             timeout: cfg.timeout,
             retry: cfg.retry.clone(),
             destination: destination_of(&cfg.url),
+            asynchronous: cfg.asynchronous,
         }
     }
 
@@ -187,6 +189,10 @@ impl Action for WebhookAction {
 
     fn destination(&self) -> Option<&str> {
         Some(&self.destination)
+    }
+
+    fn is_async(&self) -> bool {
+        self.asynchronous
     }
 
     fn execute<'a>(
@@ -333,6 +339,7 @@ mod tests {
             signing_key: secret.map(|s| SigningKey::from_secret(s).unwrap()),
             timeout,
             retry: RetryPolicy::default(),
+            asynchronous: false,
         };
         WebhookAction::new(&cfg, http_client(4).unwrap())
     }

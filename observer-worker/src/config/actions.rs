@@ -18,9 +18,9 @@ use crate::signing::SigningKey;
 use crate::templates::Template;
 
 /// Action types this version can run.
-pub const AVAILABLE_ACTION_TYPES: &[&str] = &["webhook", "slack"];
+pub const AVAILABLE_ACTION_TYPES: &[&str] = &["webhook", "slack", "email"];
 /// Action types of the product that arrive in later versions.
-pub const LATER_ACTION_TYPES: &[&str] = &["email", "search", "elasticsearch", "job"];
+pub const LATER_ACTION_TYPES: &[&str] = &["search", "elasticsearch", "job"];
 
 /// Headers a configuration may not set: they are the signature protocol's or the HTTP client's.
 pub const RESERVED_HEADERS: &[&str] = &[
@@ -40,6 +40,8 @@ pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ActionConfig {
     Webhook(WebhookConfig),
     Slack(SlackConfig),
+    /// An e-mail over the worker's `smtp:` server (actions/email.rs).
+    Email(EmailConfig),
     /// Internal: evicts a lookup's cached entries (the observers the worker
     /// creates for lookups with `table:`; see `config::lookups`).
     CacheEvict(CacheEvictConfig),
@@ -57,9 +59,25 @@ impl ActionConfig {
         match self {
             ActionConfig::Webhook(_) => "webhook",
             ActionConfig::Slack(_) => "slack",
+            ActionConfig::Email(_) => "email",
             ActionConfig::CacheEvict(_) => CACHE_EVICT_ACTION,
         }
     }
+}
+
+/// An e-mail action: every field a template over the event (and declared lookups).
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    /// Recipients; each renders to one address.
+    pub to: Vec<Template>,
+    pub subject: Template,
+    /// The text/plain part.
+    pub body: Template,
+    /// An optional text/html alternative.
+    pub html: Option<Template>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub asynchronous: bool,
 }
 
 /// A Slack incoming-webhook action: `POST {"text": <rendered text>}`.
@@ -69,6 +87,8 @@ pub struct SlackConfig {
     pub text: Template,
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// `mode: async`: run through the job queue.
+    pub asynchronous: bool,
 }
 
 impl fmt::Debug for SlackConfig {
@@ -92,6 +112,8 @@ pub struct WebhookConfig {
     /// Per-attempt timeout (connect + request + response).
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// `mode: async`: run through the job queue.
+    pub asynchronous: bool,
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -208,6 +230,7 @@ fn read_action(
     match kind.trim() {
         "webhook" => read_webhook(r, node, path, retry).map(ActionConfig::Webhook),
         "slack" => read_slack(r, node, path, retry).map(ActionConfig::Slack),
+        "email" => read_email(r, node, path, retry).map(ActionConfig::Email),
         CACHE_EVICT_ACTION => read_cache_evict(r, node, path, retry),
         k if LATER_ACTION_TYPES.contains(&k) => {
             r.problem(
@@ -330,21 +353,7 @@ fn read_webhook(
 
     let (timeout, retry) = read_timeout_and_retry(r, &f, retry);
 
-    if let Some(n) = f.get("mode") {
-        let p = f.path_of("mode");
-        if let Some(mode) = r.string(n, &p) {
-            match mode.trim() {
-                "sync" => {}
-                "async" => r.problem(
-                    &p,
-                    n.mark,
-                    "mode: async (through the job queue) is not available in this version yet; use `mode: sync` or \
-                     leave it out",
-                ),
-                other => r.problem(&p, n.mark, format!("expected `sync` or `async`, found {other:?}")),
-            }
-        }
-    }
+    let asynchronous = read_mode(r, &f);
 
     if r.problem_count() != before {
         return None;
@@ -355,6 +364,7 @@ fn read_webhook(
         signing_key,
         timeout,
         retry,
+        asynchronous,
     })
 }
 
@@ -387,7 +397,7 @@ fn read_slack(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> O
         }
     };
     let (timeout, retry) = read_timeout_and_retry(r, &f, retry);
-    read_mode(r, &f);
+    let asynchronous = read_mode(r, &f);
     if r.problem_count() != before {
         return None;
     }
@@ -396,6 +406,72 @@ fn read_slack(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> O
         text: text?,
         timeout,
         retry,
+        asynchronous,
+    })
+}
+
+const EMAIL_KEYS: &[&str] = &[
+    "type", "to", "subject", "body", "html", "timeout", "retry", "mode",
+];
+
+fn read_email(r: &mut Reader, node: &Node, path: &str, retry: &RetryPolicy) -> Option<EmailConfig> {
+    let f = r.map(node, path, EMAIL_KEYS)?;
+    let before = r.problem_count();
+    let template = |r: &mut Reader, key: &str, required: bool| -> Option<Template> {
+        let Some(n) = f.get(key) else {
+            if required {
+                r.problem(path, node.mark, format!("missing `{key}` (a template)"));
+            }
+            return None;
+        };
+        let p = f.path_of(key);
+        super::lookups::template_text(r, n, &p)
+            .and_then(|t| compile_template(r, &t, &p, n))
+            .filter(|t| check_lookups_declared(r, t, &p, n))
+    };
+    let subject = template(r, "subject", true);
+    let body = template(r, "body", true);
+    let html = template(r, "html", false);
+    let mut to = Vec::new();
+    match f.get("to") {
+        None => r.problem(
+            path,
+            node.mark,
+            "missing `to` (a list of addresses or templates)",
+        ),
+        Some(n) => {
+            let p = f.path_of("to");
+            let items: Vec<&Node> = match &n.value {
+                Value::Seq(items) => items.iter().collect(),
+                _ => vec![n],
+            };
+            if items.is_empty() {
+                r.problem(&p, n.mark, "at least one recipient is required");
+            }
+            for (i, item) in items.into_iter().enumerate() {
+                let ip = index(&p, i);
+                if let Some(t) = super::lookups::template_text(r, item, &ip)
+                    .and_then(|t| compile_template(r, &t, &ip, item))
+                    .filter(|t| check_lookups_declared(r, t, &ip, item))
+                {
+                    to.push(t);
+                }
+            }
+        }
+    }
+    let (timeout, retry) = read_timeout_and_retry(r, &f, retry);
+    let asynchronous = read_mode(r, &f);
+    if r.problem_count() != before {
+        return None;
+    }
+    Some(EmailConfig {
+        to,
+        subject: subject?,
+        body: body?,
+        html,
+        timeout,
+        retry,
+        asynchronous,
     })
 }
 
@@ -437,20 +513,26 @@ fn read_http_url(r: &mut Reader, n: &Node, p: &str) -> Option<url::Url> {
     }
 }
 
-fn read_mode(r: &mut Reader, f: &super::reader::Fields<'_>) {
-    if let Some(n) = f.get("mode") {
-        let p = f.path_of("mode");
-        if let Some(mode) = r.string(n, &p) {
-            match mode.trim() {
-                "sync" => {}
-                "async" => r.problem(
-                    &p,
-                    n.mark,
-                    "mode: async (through the job queue) is not available in this version yet; use `mode: sync` or \
-                     leave it out",
-                ),
-                other => r.problem(&p, n.mark, format!("expected `sync` or `async`, found {other:?}")),
-            }
+/// `mode: sync` (default: run inline) or `mode: async` (the leader enqueues the pair as a job,
+/// run by any worker of the group with `job_queue` enabled; docs/JOBS.md). True for async.
+pub(super) fn read_mode(r: &mut Reader, f: &super::reader::Fields<'_>) -> bool {
+    let Some(n) = f.get("mode") else {
+        return false;
+    };
+    let p = f.path_of("mode");
+    let Some(mode) = r.string(n, &p) else {
+        return false;
+    };
+    match mode.trim() {
+        "sync" => false,
+        "async" => true,
+        other => {
+            r.problem(
+                &p,
+                n.mark,
+                format!("expected `sync` or `async`, found {other:?}"),
+            );
+            false
         }
     }
 }

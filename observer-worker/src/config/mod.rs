@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use actions::{ActionConfig, SlackConfig, WebhookConfig};
+pub use actions::{ActionConfig, EmailConfig, SlackConfig, WebhookConfig};
 pub use destinations::DestinationPolicy;
 pub use env::{Env, ProcessEnv};
 pub use lookups::{LookupConfig, LookupSource};
@@ -44,6 +44,73 @@ pub struct FailoverConfig {
     pub standby_poll: Duration,
 }
 
+/// `job_queue:` (docs/JOBS.md): every worker of the group that enables it runs jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobQueueConfig {
+    pub enabled: bool,
+    /// Jobs this worker runs at once.
+    pub workers: usize,
+    /// Safety poll for due jobs (NOTIFY `observers_jobs` wakes the runner sooner).
+    pub poll_interval: Duration,
+    /// A running job is rescued (retried elsewhere) once it ran this long.
+    pub timeout: Duration,
+    /// A running job is rescued once its worker has not beaten for this long (kill -9, freeze).
+    pub rescue_after: Duration,
+}
+
+impl Default for JobQueueConfig {
+    fn default() -> Self {
+        JobQueueConfig {
+            enabled: false,
+            workers: 16,
+            poll_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(300),
+            rescue_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How the worker talks TLS to its SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required), port 587 by default.
+    Starttls,
+    /// TLS from the first byte (SMTPS), port 465 by default.
+    Implicit,
+    /// No TLS at all: refused unless the host is a loopback address.
+    None,
+}
+
+/// `smtp:`: the server of every e-mail action (SPEC §3).
+#[derive(Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub from: String,
+    /// Per-command and connect timeout.
+    pub timeout: Duration,
+    /// Pooled connections kept open to the server.
+    pub pool_size: u32,
+}
+
+impl fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .field("timeout", &self.timeout)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
 /// The validated configuration of a worker.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -56,6 +123,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `failover:`: the group's leader lease and how standbys take it over.
     pub failover: FailoverConfig,
+    /// `job_queue:`: run jobs (mode: async actions, observers.job_enqueue) on this worker.
+    pub job_queue: JobQueueConfig,
+    /// `smtp:`: the server e-mail actions send through.
+    pub smtp: Option<SmtpConfig>,
     /// `redis:` connection settings, when a feature uses Redis.
     pub redis: Option<RedisConfig>,
     pub deduplication: DedupConfig,

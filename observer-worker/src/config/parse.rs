@@ -11,7 +11,7 @@ use super::resilience::{self, CacheBackend, DedupBackend};
 use super::yaml::Node;
 use super::{
     CheckpointConfig, ConcurrencyConfig, Config, DatabaseConfig, Defaults, FailoverConfig,
-    MetricsConfig, ObserverConfig, WorkerConfig,
+    JobQueueConfig, MetricsConfig, ObserverConfig, SmtpConfig, SmtpTls, WorkerConfig,
 };
 use crate::retry::RetryPolicy;
 
@@ -28,6 +28,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "metrics",
     "failover",
     "job_queue",
+    "smtp",
     "elasticsearch",
     "lookups",
     "action_secrets",
@@ -65,6 +66,8 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
     let concurrency = read_concurrency(r, top.get("concurrent_execution"));
     let metrics = read_metrics(r, top.get("metrics"));
     let failover = read_failover(r, top.get("failover"));
+    let job_queue = read_job_queue(r, top.get("job_queue"));
+    let smtp = read_smtp(r, top.get("smtp"));
     let redis = resilience::read_redis(r, top.get("redis"));
     let (deduplication, dedup_mark) = resilience::read_dedup(r, top.get("deduplication"));
     resilience::check_redis_needed(
@@ -103,6 +106,22 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         }
     }
 
+    // e-mail actions of the file need the server
+    if smtp.is_none() {
+        for (i, o) in observers.iter().enumerate() {
+            for (j, a) in o.actions.iter().enumerate() {
+                if matches!(a, super::ActionConfig::Email(_)) {
+                    let p = format!("observers[{i}].actions[{j}]");
+                    r.problem(
+                        &p,
+                        root.mark,
+                        "an `email` action needs the `smtp:` section (host, port, tls, from)",
+                    );
+                }
+            }
+        }
+    }
+
     let mut action_secrets = super::secrets::read_action_secrets(r, top.get("action_secrets"));
     action_secrets.add_file_observers(&observers);
     let destinations = super::destinations::read_destinations(r, top.get("destinations"));
@@ -120,6 +139,8 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         concurrency,
         metrics,
         failover,
+        job_queue,
+        smtp,
         redis,
         deduplication,
         caching,
@@ -347,33 +368,167 @@ fn read_failover(r: &mut Reader, node: Option<&Node>) -> FailoverConfig {
     cfg
 }
 
+const SMTP_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "tls",
+    "user",
+    "password",
+    "from",
+    "timeout",
+    "pool_size",
+];
+
+fn read_smtp(r: &mut Reader, node: Option<&Node>) -> Option<SmtpConfig> {
+    let node = node?;
+    let f = r.map(node, "smtp", SMTP_KEYS)?;
+    let before = r.problem_count();
+    let host = match f.get("host") {
+        Some(n) => r
+            .non_empty_string(n, &f.path_of("host"))
+            .map(|h| h.trim().to_owned()),
+        None => {
+            r.problem("smtp", node.mark, "missing `host`");
+            None
+        }
+    };
+    let tls = match f.get("tls") {
+        None => SmtpTls::Starttls,
+        Some(n) => match r.string(n, &f.path_of("tls")).as_deref().map(str::trim) {
+            Some("starttls") => SmtpTls::Starttls,
+            Some("implicit") => SmtpTls::Implicit,
+            Some("none") => SmtpTls::None,
+            Some(other) => {
+                r.problem(
+                    &f.path_of("tls"),
+                    n.mark,
+                    format!("expected `starttls`, `implicit` or `none`, found {other:?}"),
+                );
+                SmtpTls::Starttls
+            }
+            None => SmtpTls::Starttls,
+        },
+    };
+    if let (SmtpTls::None, Some(h)) = (tls, &host) {
+        let loopback = h == "localhost"
+            || h.trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            r.problem(
+                &f.path_of("tls"),
+                f.get("tls").map_or(node.mark, |n| n.mark),
+                format!("tls: none sends mail and credentials in clear text: allowed only to a loopback host, not {h:?} (use starttls or implicit)"),
+            );
+        }
+    }
+    let default_port = match tls {
+        SmtpTls::Starttls => 587,
+        SmtpTls::Implicit => 465,
+        SmtpTls::None => 25,
+    };
+    let port = f
+        .get("port")
+        .and_then(|n| r.integer(n, &f.path_of("port"), 1, 65_535))
+        .map_or(default_port, |p| p as u16);
+    let user = f.get("user").and_then(|n| r.string(n, &f.path_of("user")));
+    let password = f
+        .get("password")
+        .and_then(|n| r.string(n, &f.path_of("password")));
+    if user.is_some() != password.is_some() {
+        r.problem(
+            "smtp",
+            node.mark,
+            "`user` and `password` go together (both from ${VAR}, or neither)",
+        );
+    }
+    let from = match f.get("from") {
+        Some(n) => {
+            let p = f.path_of("from");
+            r.non_empty_string(n, &p).and_then(|text| {
+                if text.trim().parse::<lettre::message::Mailbox>().is_ok() {
+                    Some(text.trim().to_owned())
+                } else {
+                    r.problem(&p, n.mark, format!("{text:?} is not an e-mail address"));
+                    None
+                }
+            })
+        }
+        None => {
+            r.problem("smtp", node.mark, "missing `from` (the sender address)");
+            None
+        }
+    };
+    let timeout = f
+        .get("timeout")
+        .and_then(|n| r.duration(n, &f.path_of("timeout"), Duration::from_millis(100)))
+        .unwrap_or(Duration::from_secs(10));
+    let pool_size = f
+        .get("pool_size")
+        .and_then(|n| r.integer(n, &f.path_of("pool_size"), 1, 1_000))
+        .map_or(4, |v| v as u32);
+    if r.problem_count() != before {
+        return None;
+    }
+    Some(SmtpConfig {
+        host: host?,
+        port,
+        tls,
+        user,
+        password,
+        from: from?,
+        timeout,
+        pool_size,
+    })
+}
+
+fn read_job_queue(r: &mut Reader, node: Option<&Node>) -> JobQueueConfig {
+    let mut cfg = JobQueueConfig::default();
+    let Some(node) = node else { return cfg };
+    let options = ["workers", "poll_interval", "timeout", "rescue_after"];
+    let Some(feat) = r.feature(node, "job_queue", &options, false) else {
+        return cfg;
+    };
+    cfg.enabled = feat.enabled;
+    let f = &feat.fields;
+    if let Some(n) = f.get("workers") {
+        if let Some(w) = r.integer(n, &f.path_of("workers"), 1, 10_000) {
+            cfg.workers = w as usize;
+        }
+    }
+    if let Some(n) = f.get("poll_interval") {
+        if let Some(d) = r.duration(n, &f.path_of("poll_interval"), Duration::from_millis(10)) {
+            cfg.poll_interval = d;
+        }
+    }
+    if let Some(n) = f.get("timeout") {
+        if let Some(d) = r.duration(n, &f.path_of("timeout"), Duration::from_secs(1)) {
+            cfg.timeout = d;
+        }
+    }
+    if let Some(n) = f.get("rescue_after") {
+        if let Some(d) = r.duration(n, &f.path_of("rescue_after"), Duration::from_secs(1)) {
+            cfg.rescue_after = d;
+        }
+    }
+    cfg
+}
+
 /// Sections of features that come in later versions: their options are
 /// checked, and turning them on is an error rather than silently ignored.
 fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
-    let later: &[(&str, &[&str])] = &[
-        ("job_queue", &["workers"]),
-        ("elasticsearch", &["url", "index"]),
-    ];
+    let later: &[(&str, &[&str])] = &[("elasticsearch", &["url", "index"])];
     for (name, options) in later {
         let Some(node) = top.get(name) else { continue };
         let Some(feat) = r.feature(node, name, options, false) else {
             continue;
         };
         let f = &feat.fields;
-        match *name {
-            "job_queue" => {
-                if let Some(n) = f.get("workers") {
-                    r.integer(n, &f.path_of("workers"), 1, 10_000);
-                }
+        // every option of these sections is a non-empty string
+        for k in options.iter() {
+            if let Some(n) = f.get(k) {
+                r.non_empty_string(n, &f.path_of(k));
             }
-            "elasticsearch" => {
-                for k in ["url", "index"] {
-                    if let Some(n) = f.get(k) {
-                        r.non_empty_string(n, &f.path_of(k));
-                    }
-                }
-            }
-            _ => {}
         }
         if feat.enabled {
             r.problem(

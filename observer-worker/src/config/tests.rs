@@ -81,7 +81,7 @@ fn minimal_config_gets_spec_defaults() {
 }
 
 #[test]
-fn spec_example_parses_and_flags_every_unavailable_feature() {
+fn spec_example_parses_completely() {
     let src = r#"
 database:
   url: ${DATABASE_URL}
@@ -106,6 +106,8 @@ circuit_breaker: { enabled: true, failure_ratio: 0.5, min_requests: 20, open_for
 metrics: { enabled: true, listen: 127.0.0.1:9187 }
 failover: { enabled: true, lease_ttl: 10s }
 job_queue: { enabled: true, workers: 16 }
+smtp: { host: smtp.example.com, port: 587, tls: starttls, user: "${SMTP_USER}", password: "${SMTP_PASSWORD}",
+        from: observers@example.com }
 elasticsearch: { enabled: false, url: http://127.0.0.1:9200, index: observer-events }
 lookups:
   - name: customer
@@ -135,7 +137,7 @@ observers:
         body: "..."
         mode: async
 "#;
-    let p = problems(
+    let c = parse(
         src,
         &[
             ("DATABASE_URL", "postgres://x@h/db"),
@@ -145,20 +147,63 @@ observers:
                 "SLACK_WEBHOOK_URL",
                 "https://hooks.slack.com/services/T/B/x",
             ),
+            ("SMTP_USER", "u"),
+            ("SMTP_PASSWORD", "p"),
         ],
-    );
-    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        vec!["job_queue", "observers[0].actions[2].type",],
-        "{p:#?}"
-    );
+    )
+    .unwrap();
+    assert!(c.job_queue.enabled && c.smtp.is_some());
+    assert!(c.observers[0].actions[2].type_name() == "email");
+}
+
+#[test]
+fn smtp_and_email_are_checked() {
+    let src = "
+smtp: { host: mail.example.com, tls: none, from: not-an-address, user: u }
+job_queue: { enabled: true, workers: 0, rescue_after: 1ms }
+observers:
+  - name: a
+    table: t
+    actions:
+      - type: email
+        to: []
+        subject: \"{{ new.id }}\"
+        mode: async
+";
+    let msgs: Vec<String> = problems(src, &[]).iter().map(|p| p.to_string()).collect();
+    for want in [
+        "tls: none sends mail and credentials in clear text: allowed only to a loopback host",
+        "\"not-an-address\" is not an e-mail address",
+        "`user` and `password` go together",
+        "job_queue.workers",
+        "job_queue.rescue_after",
+        "missing `body`",
+        "at least one recipient is required",
+    ] {
+        assert!(msgs.iter().any(|m| m.contains(want)), "{want}: {msgs:#?}");
+    }
+    // without smtp: an email action says what it needs
+    let msgs: Vec<String> = problems(
+        "observers:\n  - name: a\n    table: t\n    actions:\n      - { type: email, to: [a@example.com], subject: s, body: b }\n",
+        &[],
+    )
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
     assert!(
-        p[1].message
-            .contains("`email` is not available in this version yet"),
-        "{}",
-        p[1].message
+        msgs.iter()
+            .any(|m| m.contains("an `email` action needs the `smtp:` section")),
+        "{msgs:#?}"
     );
+    let c = parse(
+        "smtp: { host: 127.0.0.1, port: 2525, tls: none, from: \"Observers <o@example.com>\" }\njob_queue: { enabled: true, workers: 4, rescue_after: 3s }\n",
+        &[],
+    )
+    .unwrap();
+    let s = c.smtp.expect("smtp");
+    assert_eq!((s.port, s.pool_size), (2525, 4));
+    assert_eq!(c.job_queue.workers, 4);
+    assert_eq!(c.job_queue.rescue_after, std::time::Duration::from_secs(3));
 }
 
 #[test]
@@ -527,7 +572,7 @@ observers:
         headers: { webhook-id: x, \"bad header\": y, X-Ok: \"fine\" }
         secret: whsec_not*base64
         timeout: 0s
-        mode: async
+        mode: sometimes
 ";
     let p = problems(src, &[]);
     let msgs: Vec<String> = p.iter().map(|p| p.to_string()).collect();
@@ -556,7 +601,7 @@ observers:
     );
     assert!(
         msgs.iter()
-            .any(|m| m.contains("mode: async (through the job queue) is not available")),
+            .any(|m| m.contains("mode: expected `sync` or `async`, found \"sometimes\"")),
         "{msgs:#?}"
     );
     assert_eq!(msgs.len(), 6, "{msgs:#?}");

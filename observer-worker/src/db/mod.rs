@@ -14,6 +14,7 @@ mod attempts;
 mod control;
 mod dedup;
 mod gauges;
+mod jobs;
 pub mod listener;
 pub mod operator;
 mod outbox;
@@ -23,6 +24,7 @@ pub mod schema;
 
 pub use attempts::AttemptRecord;
 pub use dedup::ClaimState;
+pub use jobs::{ClaimedJob, JobOutcome, PairJob};
 pub use parked::{ParkRecord, ParkedPair};
 
 use std::fmt;
@@ -180,6 +182,7 @@ pub struct Db {
     heartbeat: Pool,
     side: Pool,
     dedup: Pool,
+    jobs: Pool,
     /// `batch_fetch` also returns each event's capture day (needed by deduplication and
     /// parking; set by [`Db::fetch_days`]).
     fetch_days: bool,
@@ -204,6 +207,8 @@ pub(crate) enum Lane {
     Side,
     /// Deduplication state: asynchronous commit (see `Db::new`).
     Dedup,
+    /// The job queue (claims, finishes, rescue, runner heartbeats): every worker runs jobs.
+    Jobs,
 }
 
 impl Db {
@@ -259,6 +264,15 @@ impl Db {
             heartbeat: make(&pg, 1)?,
             side: make(&pg, 4)?,
             dedup: make(&pg_dedup, 4)?,
+            // Job claims and finishes commit asynchronously: a PostgreSQL crash can lose the
+            // last few, which only makes a job run again (a lost claim: still available; a lost
+            // finish: still running, rescued at its deadline, job_queue.timeout) with the same
+            // idempotency key - at-least-once, never lost. Enqueues (`job_enqueue_pair`, on
+            // the side lane; `job_enqueue`, in the application's transaction) stay synchronous.
+            jobs: make(
+                &with_options("-c jit=off -c synchronous_commit=off -c statement_timeout=30s"),
+                8,
+            )?,
             fetch_days: false,
             pg,
             target,
@@ -308,6 +322,7 @@ impl Db {
             Lane::Heartbeat => &self.heartbeat,
             Lane::Side => &self.side,
             Lane::Dedup => &self.dedup,
+            Lane::Jobs => &self.jobs,
         };
         pool.get().await.map_err(|e| match e {
             PoolError::Backend(e) => DbError::classify(&self.target, context, e),

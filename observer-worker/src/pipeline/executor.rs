@@ -56,6 +56,14 @@ pub enum ActionOutcome {
     Abandoned {
         attempts: u32,
     },
+    /// `single_attempt` (a job run): the attempt failed and may be retried after `delay`
+    /// (the action's policy, or the server's `Retry-After`).
+    RetryLater {
+        error: String,
+        attempts: u32,
+        last_status: Option<u16>,
+        delay: Duration,
+    },
     /// The destination's circuit breaker is open: hand the pair to the parked table (its
     /// attempts so far are kept; it is delivered when the breaker lets calls through).
     Park {
@@ -189,6 +197,14 @@ pub async fn run(action: &dyn Action, delivery: &Delivery, layers: &Layers) -> A
             };
         }
         let delay = policy.delay(attempts, err.retry_after);
+        if delivery.single_attempt {
+            return ActionOutcome::RetryLater {
+                error: err.message,
+                attempts,
+                last_status: err.status,
+                delay,
+            };
+        }
         last_error = Some(err.message.clone());
         debug!(
             event_id = delivery.event_id,
@@ -413,6 +429,31 @@ mod tests {
         .await;
         assert_eq!(out, ActionOutcome::Abandoned { attempts: 1 });
         assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn a_single_attempt_hands_the_retry_back() {
+        let a = Scripted::new(vec![http(503, true)], 5);
+        let mut d = delivery();
+        d.single_attempt = true;
+        d.attempts_used = 2;
+        match run(&a, &d, &layers()).await {
+            ActionOutcome::RetryLater {
+                error,
+                attempts: 3,
+                last_status: Some(503),
+                ..
+            } => assert_eq!(error, "HTTP 503"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+        // out of attempts: failed, not handed back
+        let a = Scripted::new(vec![http(503, true)], 3);
+        let out = run(&a, &d, &layers()).await;
+        assert!(
+            matches!(out, ActionOutcome::Failed { attempts: 3, .. }),
+            "{out:?}"
+        );
     }
 
     #[tokio::test]

@@ -11,11 +11,12 @@ use tracing::{debug, error, warn};
 
 use super::dispatcher::{EventHandler, EventOutcome};
 use super::executor::{self, ActionOutcome, Layers};
+use super::jobs;
 use super::lease::LeaseState;
 use super::parked::ParkQueue;
 use super::registry::{ObserverRegistry, Runnable, RuntimeObserver};
 use crate::actions::{Action, BoxFuture, Delivery};
-use crate::db::{Db, DbError, DeadLetterRecord, FetchedEvent, ParkRecord};
+use crate::db::{Db, DbError, DeadLetterRecord, FetchedEvent, PairJob, ParkRecord};
 use crate::installation::InstallationId;
 use crate::resilience::PairKey;
 use crate::retry::Backoff;
@@ -103,6 +104,11 @@ impl Deliverer {
                 &event.day,
             ));
         }
+        if action.is_async() {
+            return self
+                .enqueue(observer, action.as_ref(), event, index, &delivery)
+                .await;
+        }
         match executor::run(action.as_ref(), &delivery, &self.layers).await {
             ActionOutcome::AlreadyDone => {
                 Stats::add(&self.stats.dedup_hits, 1);
@@ -117,6 +123,8 @@ impl Deliverer {
                 debug!(observer = %observer.name, event_id = event.id, action_index = index, attempts, "delivered");
                 true
             }
+            // only job runs ask for a single attempt; not reached here
+            ActionOutcome::RetryLater { .. } => false,
             ActionOutcome::Abandoned { attempts } => {
                 Stats::add(&self.stats.attempts_failed, u64::from(attempts));
                 debug!(observer = %observer.name, event_id = event.id, action_index = index, "not finished at shutdown; will be delivered again");
@@ -190,6 +198,36 @@ impl Deliverer {
                 done
             }
         }
+    }
+
+    /// `mode: async`: the pair becomes a job (fenced, idempotent per pair); the event counts
+    /// as finished once the job is durable.
+    async fn enqueue(
+        &self,
+        observer: &RuntimeObserver,
+        action: &dyn Action,
+        event: &FetchedEvent,
+        index: usize,
+        delivery: &Delivery,
+    ) -> bool {
+        let job = PairJob {
+            event_id: event.id,
+            observer_id: observer.id,
+            action_index: index as i32,
+            day: &event.day,
+            webhook_id: &delivery.webhook_id,
+            body: std::str::from_utf8(&event.body).unwrap_or("null"),
+            max_attempts: action.retry_policy().max_attempts.min(i32::MAX as u32) as i32,
+        };
+        let done = jobs::enqueue_pair(&self.db, &self.group, &self.lease, &self.fenced, job).await;
+        if done {
+            debug!(observer = %observer.name, event_id = event.id, action_index = index, "enqueued as a job (mode: async)");
+            self.count(action, PairOutcome::Enqueued);
+            if let Some(m) = &self.layers.metrics {
+                m.job_enqueued();
+            }
+        }
+        done
     }
 
     fn count(&self, action: &dyn Action, outcome: PairOutcome) {

@@ -1,7 +1,8 @@
 //! The delivery pipeline: lease -> consumer (snapshot cursor) -> dispatcher
 //! (per-key order, bounded) -> handler (actions, dead letters, parked pairs) -> checkpoint;
 //! beside it, the parked-pairs loop (pairs whose destination's circuit breaker was open, or
-//! whose observer was broken: see `broken`).
+//! whose observer was broken: see `broken`); and the job runner (`jobs`), which every worker
+//! of the group with `job_queue` enabled runs.
 
 pub mod attempt_log;
 pub mod broken;
@@ -10,6 +11,7 @@ pub mod consumer;
 pub mod dispatcher;
 pub mod executor;
 pub mod handler;
+pub mod jobs;
 pub mod lease;
 pub mod parked;
 pub mod registry;

@@ -318,7 +318,9 @@ impl ParkedLoop {
                 .await;
             }
             // shutdown, or (not asked for here) parked again: it stays parked
-            ActionOutcome::Abandoned { .. } | ActionOutcome::Park { .. } => {}
+            ActionOutcome::Abandoned { .. }
+            | ActionOutcome::Park { .. }
+            | ActionOutcome::RetryLater { .. } => {}
         }
     }
 

@@ -79,6 +79,13 @@ pub mod names {
     pub const CAPTURE_BROKEN: &str = "observer_capture_broken";
     pub const GROUP_HAS_LEADER: &str = "observer_group_has_leader";
 
+    pub const JOBS_ENQUEUED: &str = "observer_jobs_enqueued_total";
+    pub const JOBS_FINISHED: &str = "observer_jobs_finished_total";
+    pub const JOB_DURATION: &str = "observer_job_duration_seconds";
+    pub const JOB_WAIT: &str = "observer_job_wait_seconds";
+    pub const JOBS_RUNNING: &str = "observer_jobs_running";
+    pub const JOBS_RESCUED: &str = "observer_jobs_rescued_total";
+
     /// Every family above (docs/METRICS.md lists the same).
     pub const ALL: &[&str] = &[
         WORKER_INFO,
@@ -115,6 +122,12 @@ pub mod names {
         DLQ_SIZE,
         CAPTURE_BROKEN,
         GROUP_HAS_LEADER,
+        JOBS_ENQUEUED,
+        JOBS_FINISHED,
+        JOB_DURATION,
+        JOB_WAIT,
+        JOBS_RUNNING,
+        JOBS_RESCUED,
     ];
 }
 
@@ -125,6 +138,8 @@ pub enum PairOutcome {
     DeadLettered,
     Parked,
     DedupSkipped,
+    /// `mode: async`: durably enqueued as a job.
+    Enqueued,
 }
 
 impl PairOutcome {
@@ -134,6 +149,7 @@ impl PairOutcome {
             PairOutcome::DeadLettered => "dead_lettered",
             PairOutcome::Parked => "parked",
             PairOutcome::DedupSkipped => "dedup_skipped",
+            PairOutcome::Enqueued => "enqueued",
         }
     }
 }
@@ -225,6 +241,13 @@ pub struct Metrics {
     dlq: IntGaugeVec,
     capture_broken: IntGaugeVec,
     group_has_leader: IntGauge,
+
+    jobs_enqueued: IntCounter,
+    jobs_finished: IntCounterVec,
+    job_duration: HistogramVec,
+    job_wait: Histogram,
+    jobs_running: IntGauge,
+    jobs_rescued: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -368,6 +391,28 @@ impl Metrics {
                 IntGaugeVec::new(opts(CAPTURE_BROKEN, "1 if the observer does not capture as defined (a capture trigger dropped, disabled or renamed, or its table or a columns column dropped: observers.status().capture_error), by observer."), &["group", "observer"])?,
             )?,
             group_has_leader: reg(&r, IntGauge::with_opts(opts(GROUP_HAS_LEADER, "1 if some worker holds this group's leader lease (from the database)."))?)?,
+            jobs_enqueued: reg(&r, IntCounter::with_opts(opts(JOBS_ENQUEUED, "(event, action) pairs of `mode: async` actions this worker enqueued as jobs (as leader)."))?)?,
+            jobs_finished: reg(
+                &r,
+                IntCounterVec::new(opts(JOBS_FINISHED, "Job runs ended by this worker, by action type and outcome (completed, retry, discarded, snoozed, stale: the run had been rescued)."), &["action_type", "outcome"])?,
+            )?,
+            job_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(JOB_DURATION, "Seconds one job run took (claim to finish), by action type.")
+                        .buckets(ACTION_BUCKETS.to_vec()),
+                    &["action_type"],
+                )?,
+            )?,
+            job_wait: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(JOB_WAIT, "Seconds from a job's run_at (when it became due) to its claim by this worker.")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            )?,
+            jobs_running: reg(&r, IntGauge::with_opts(opts(JOBS_RUNNING, "Jobs this worker is running now."))?)?,
+            jobs_rescued: reg(&r, IntCounter::with_opts(opts(JOBS_RESCUED, "Running jobs this worker rescued (their worker stopped beating, or they ran past job_queue.timeout)."))?)?,
             registry: r,
         };
         m.leader.with_label_values(&[group]).set(0);
@@ -431,6 +476,33 @@ impl Metrics {
         self.actions
             .with_label_values(&[action_type, outcome.as_str()])
             .inc();
+    }
+
+    /// A `mode: async` pair was enqueued as a job.
+    pub fn job_enqueued(&self) {
+        self.jobs_enqueued.inc();
+    }
+
+    /// A job was claimed after waiting `wait` since it became due.
+    pub fn job_started(&self, wait: Duration) {
+        self.job_wait.observe(wait.as_secs_f64());
+        self.jobs_running.inc();
+    }
+
+    /// A job run ended with `outcome` after `took`.
+    pub fn job_finished(&self, action_type: &str, outcome: &str, took: Duration) {
+        self.jobs_running.dec();
+        self.job_duration
+            .with_label_values(&[action_type])
+            .observe(took.as_secs_f64());
+        self.jobs_finished
+            .with_label_values(&[action_type, outcome])
+            .inc();
+    }
+
+    /// Running jobs rescued by this worker.
+    pub fn jobs_rescued(&self, n: u64) {
+        self.jobs_rescued.inc_by(n);
     }
 
     /// An event is finished; `captured_at` is its capture time in Unix seconds (0: unknown).
@@ -800,6 +872,8 @@ mod tests {
             names::CAPTURE_BROKEN,
             names::REDELIVERIES,
             names::BROKEN_OBSERVERS,
+            names::JOBS_FINISHED,
+            names::JOB_DURATION,
         ];
         for n in names::ALL {
             if !vec_families_without_children.contains(n) {

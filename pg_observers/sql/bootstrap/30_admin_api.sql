@@ -217,10 +217,10 @@ DECLARE
     v_action jsonb;
     v_index  int := 0;
     v_type   text;
-    v_known  CONSTANT text[] := ARRAY['webhook', 'slack', 'cache_evict'];
-    v_later  CONSTANT text[] := ARRAY['email', 'search', 'elasticsearch', 'job'];
-    v_hint   CONSTANT text := 'Known action types: webhook, slack (cache_evict is internal: the '
-                              'worker''s lookup eviction). Coming in a later version: email, '
+    v_known  CONSTANT text[] := ARRAY['webhook', 'slack', 'email', 'cache_evict'];
+    v_later  CONSTANT text[] := ARRAY['search', 'elasticsearch', 'job'];
+    v_hint   CONSTANT text := 'Known action types: webhook, slack, email (cache_evict is internal: '
+                              'the worker''s lookup eviction). Coming in a later version: '
                               'search, elasticsearch, job.';
 BEGIN
     IF p_actions IS NULL THEN

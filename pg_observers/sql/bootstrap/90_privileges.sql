@@ -5,6 +5,8 @@
 
 REVOKE ALL ON SCHEMA observers FROM PUBLIC;
 GRANT USAGE ON SCHEMA observers TO observers_admin, observers_worker, observers_capture;
+-- Applications that enqueue jobs (50_jobs.sql): job_enqueue() only, no table.
+GRANT USAGE ON SCHEMA observers TO observers_enqueue;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA observers FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA observers FROM PUBLIC;
@@ -57,6 +59,14 @@ GRANT EXECUTE ON FUNCTION
     observers.park_finish(text, bigint, bigint, text, int, int),
     observers.park_set_destination(text, bigint, text),
     observers.attempt_add(text, bigint[], int[], int[], int[], timestamptz[], real[], int[], text[], text[]),
+    -- the job queue (50_jobs.sql): every worker of a group runs jobs
+    observers.job_enqueue_pair(text, bigint, bigint, int, int, date, text, text, int),
+    observers.job_runner_beat(uuid, text, text, boolean),
+    observers.job_rescue(text, interval),
+    observers.job_claim(text, text, uuid, int, interval),
+    observers.job_finish(bigint, uuid, text, text, int, interval),
+    observers.job_maintain(),
+    observers.job_stats(),
     -- the worker applies the observers of its YAML file at start (create or replace)
     observers.create_observer(text, regclass, text[], text, text[], text[], jsonb, text, boolean)
 TO observers_worker;
@@ -81,5 +91,20 @@ GRANT EXECUTE ON FUNCTION
     observers.debug_event(bigint),
     observers.replay(text, bigint, bigint, boolean),
     observers.checkpoint_show(text),
-    observers.checkpoint_skip(text, boolean)
+    observers.checkpoint_skip(text, boolean),
+    observers.job_enqueue(text, jsonb, int, timestamptz, text, int, text, int),
+    observers.job_list(text, text, text, int),
+    observers.job_show(bigint),
+    observers.job_retry(bigint),
+    observers.job_cancel(bigint),
+    observers.job_stats(),
+    observers.job_queue_pause(text, text),
+    observers.job_queue_resume(text, text),
+    observers.job_maintain()
 TO observers_admin;
+
+-- Applications: enqueue a run of an operator-defined observer action, in their own
+-- transaction (docs/SECURITY.md, "Who may enqueue jobs"). Nothing else: no table, no URL.
+GRANT EXECUTE ON FUNCTION
+    observers.job_enqueue(text, jsonb, int, timestamptz, text, int, text, int)
+TO observers_enqueue;

@@ -25,7 +25,7 @@ SELECT name, actions->0->>'type' AS type FROM observers.create_observer('evict',
 SELECT observers.create_observer('bad', 'shop.orders', actions => '[{"type": "webhok", "url": "http://x"}]');
 SELECT observers.create_observer('bad', 'shop.orders',
     actions => '[{"type": "webhook", "url": "http://x"}, {"type": "Webhook", "url": "http://x"}]');
-SELECT observers.create_observer('bad', 'shop.orders', actions => '[{"type": "email", "to": ["a@b.c"]}]');
+SELECT observers.create_observer('bad', 'shop.orders', actions => '[{"type": "search", "index": "orders"}]');
 SELECT observers.create_observer('bad', 'shop.orders', actions => '[{"type": "job"}]');
 SELECT count(*) AS created FROM observers.observer WHERE name = 'bad';
 -- replacing a good observer with an unknown type fails and keeps the old definition
