@@ -52,7 +52,8 @@ fn main() -> ExitCode {
         Command::DebugEvent { ref db, .. }
         | Command::Dlq { ref db, .. }
         | Command::Replay { ref db, .. }
-        | Command::Checkpoint { ref db, .. } => run_operator(&cli, db.config.as_deref()),
+        | Command::Checkpoint { ref db, .. }
+        | Command::Search { ref db, .. } => run_operator(&cli, db.config.as_deref()),
         Command::Start { ref config } => run_start(&cli, config, url_on_command_line),
         Command::Metrics {
             ref url,

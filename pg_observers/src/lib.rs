@@ -89,9 +89,14 @@ extension_sql_file!(
     requires = ["operations"]
 );
 extension_sql_file!(
+    "../sql/bootstrap/52_search.sql",
+    name = "search",
+    requires = ["worker_api", "event_names"]
+);
+extension_sql_file!(
     "../sql/bootstrap/40_maintain.sql",
     name = "maintain",
-    requires = ["operations", api::retention_setting]
+    requires = ["operations", "search", api::retention_setting]
 );
 extension_sql_file!(
     "../sql/bootstrap/90_privileges.sql",

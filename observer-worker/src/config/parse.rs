@@ -28,6 +28,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "metrics",
     "failover",
     "job_queue",
+    "search",
     "elasticsearch",
     "lookups",
     "action_secrets",
@@ -84,6 +85,8 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
     );
     let circuit_breaker = resilience::read_breaker(r, top.get("circuit_breaker"));
     read_later_features(r, &top);
+    let search = super::search::read_search(r, top.get("search"));
+    let elasticsearch = super::search::read_elasticsearch(r, top.get("elasticsearch"));
     let lookups = match top.get("lookups") {
         Some(node) => {
             r.set_lookup_names(lookups::written_names(node));
@@ -124,6 +127,8 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         deduplication,
         caching,
         circuit_breaker,
+        search,
+        elasticsearch,
         lookups,
         action_secrets,
         destinations,
@@ -350,30 +355,17 @@ fn read_failover(r: &mut Reader, node: Option<&Node>) -> FailoverConfig {
 /// Sections of features that come in later versions: their options are
 /// checked, and turning them on is an error rather than silently ignored.
 fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
-    let later: &[(&str, &[&str])] = &[
-        ("job_queue", &["workers"]),
-        ("elasticsearch", &["url", "index"]),
-    ];
+    let later: &[(&str, &[&str])] = &[("job_queue", &["workers"])];
     for (name, options) in later {
         let Some(node) = top.get(name) else { continue };
         let Some(feat) = r.feature(node, name, options, false) else {
             continue;
         };
         let f = &feat.fields;
-        match *name {
-            "job_queue" => {
-                if let Some(n) = f.get("workers") {
-                    r.integer(n, &f.path_of("workers"), 1, 10_000);
-                }
+        if *name == "job_queue" {
+            if let Some(n) = f.get("workers") {
+                r.integer(n, &f.path_of("workers"), 1, 10_000);
             }
-            "elasticsearch" => {
-                for k in ["url", "index"] {
-                    if let Some(n) = f.get(k) {
-                        r.non_empty_string(n, &f.path_of(k));
-                    }
-                }
-            }
-            _ => {}
         }
         if feat.enabled {
             r.problem(
