@@ -381,13 +381,7 @@ mod tests {
                 },
                 "minute, hour or day",
             ),
-            (
-                SearchArgs {
-                    limit: 0,
-                    ..args()
-                },
-                "--limit",
-            ),
+            (SearchArgs { limit: 0, ..args() }, "--limit"),
             (
                 SearchArgs {
                     page: Some("nonsense".into()),

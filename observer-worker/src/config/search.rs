@@ -265,7 +265,11 @@ fn read_auth(r: &mut Reader, node: &Node, path: &str) -> EsAuth {
 /// with `-`, `_` or `+`. The daily suffix `-YYYY.MM.DD` is added to it.
 pub fn check_index_prefix(i: &str) -> Result<(), String> {
     let bad = i.chars().any(|c| {
-        c.is_ascii_uppercase() || matches!(c, '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ',' | '#' | ' ' | ':')
+        c.is_ascii_uppercase()
+            || matches!(
+                c,
+                '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ',' | '#' | ' ' | ':'
+            )
     });
     if bad || i.starts_with(['-', '_', '+', '.']) || i.len() > 200 {
         return Err(format!(
@@ -283,13 +287,19 @@ mod tests {
 
     fn read(src: &str) -> (SearchConfig, ElasticsearchConfig, Vec<String>) {
         let env: std::collections::HashMap<String, String> =
-            [("ES_KEY".to_owned(), "k3y".to_owned())].into_iter().collect();
+            [("ES_KEY".to_owned(), "k3y".to_owned())]
+                .into_iter()
+                .collect();
         let mut r = Reader::new(&env);
         let root = yaml::parse(src).unwrap();
         let top = r.map(&root, "", &["search", "elasticsearch"]).unwrap();
         let s = read_search(&mut r, top.get("search"));
         let e = read_elasticsearch(&mut r, top.get("elasticsearch"));
-        let p = r.into_problems().into_iter().map(|p| p.to_string()).collect();
+        let p = r
+            .into_problems()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
         (s, e, p)
     }
 
@@ -307,7 +317,10 @@ mod tests {
         );
         assert!(p.is_empty(), "{p:?}");
         assert!(s.enabled);
-        assert_eq!((s.batch_size, s.interval), (100, Duration::from_millis(250)));
+        assert_eq!(
+            (s.batch_size, s.interval),
+            (100, Duration::from_millis(250))
+        );
         assert!(e.enabled);
         assert_eq!(e.url, "http://127.0.0.1:9200");
         assert_eq!(e.index, "audit");

@@ -13,6 +13,7 @@
 mod attempts;
 mod control;
 mod dedup;
+mod feed;
 mod gauges;
 pub mod listener;
 pub mod operator;
@@ -23,6 +24,7 @@ pub mod schema;
 
 pub use attempts::AttemptRecord;
 pub use dedup::ClaimState;
+pub use feed::{FeedDeadLetter, FeedDocument, FeedSession};
 pub use parked::{ParkRecord, ParkedPair};
 
 use std::fmt;

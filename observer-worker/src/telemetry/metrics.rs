@@ -79,6 +79,13 @@ pub mod names {
     pub const CAPTURE_BROKEN: &str = "observer_capture_broken";
     pub const GROUP_HAS_LEADER: &str = "observer_group_has_leader";
 
+    pub const SEARCH_INDEXED: &str = "observer_search_indexed_total";
+    pub const ES_ITEMS: &str = "observer_elasticsearch_items_total";
+    pub const ES_REQUESTS: &str = "observer_elasticsearch_requests_total";
+    pub const ES_BULK_DURATION: &str = "observer_elasticsearch_bulk_duration_seconds";
+    pub const ES_BREAKER_OPEN: &str = "observer_elasticsearch_breaker_open";
+    pub const ES_LAG: &str = "observer_elasticsearch_lag_seconds";
+
     /// Every family above (docs/METRICS.md lists the same).
     pub const ALL: &[&str] = &[
         WORKER_INFO,
@@ -115,6 +122,12 @@ pub mod names {
         DLQ_SIZE,
         CAPTURE_BROKEN,
         GROUP_HAS_LEADER,
+        SEARCH_INDEXED,
+        ES_ITEMS,
+        ES_REQUESTS,
+        ES_BULK_DURATION,
+        ES_BREAKER_OPEN,
+        ES_LAG,
     ];
 }
 
@@ -225,6 +238,9 @@ pub struct Metrics {
     dlq: IntGaugeVec,
     capture_broken: IntGaugeVec,
     group_has_leader: IntGauge,
+
+    /// The search index and the Elasticsearch sink (recorded by `crate::search`).
+    pub search: super::search_metrics::SearchMetrics,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -368,6 +384,7 @@ impl Metrics {
                 IntGaugeVec::new(opts(CAPTURE_BROKEN, "1 if the observer does not capture as defined (a capture trigger dropped, disabled or renamed, or its table or a columns column dropped: observers.status().capture_error), by observer."), &["group", "observer"])?,
             )?,
             group_has_leader: reg(&r, IntGauge::with_opts(opts(GROUP_HAS_LEADER, "1 if some worker holds this group's leader lease (from the database)."))?)?,
+            search: super::search_metrics::SearchMetrics::register(&r)?,
             registry: r,
         };
         m.leader.with_label_values(&[group]).set(0);

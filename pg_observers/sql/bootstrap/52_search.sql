@@ -206,6 +206,45 @@ BEGIN
 END
 $$;
 
+-- Items a copy could not take (an Elasticsearch mapping error: 400), with the reason and the
+-- document, so that the feed's cursor can move on. Not observers.dlq: a dead letter there is an
+-- (event, action) pair that dlq_retry() hands back to an observer's action; these belong to no
+-- observer action. Kept by pg_dump like the dead letters.
+CREATE TABLE observers.feed_dead_letter (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    feed       text        NOT NULL,
+    event_id   bigint      NOT NULL,
+    target     text,                    -- where it was going (the index)
+    status     integer,                 -- the destination's answer for the item
+    error      text        NOT NULL,
+    document   jsonb       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX feed_dead_letter_event_idx ON observers.feed_dead_letter (feed, event_id);
+SELECT pg_catalog.pg_extension_config_dump('observers.feed_dead_letter', '');
+SELECT pg_catalog.pg_extension_config_dump('observers.feed_dead_letter_id_seq', '');
+
+CREATE FUNCTION observers.feed_dead_letter_add(feed text, event_ids bigint[], targets text[],
+                                               statuses int[], errors text[], documents text[])
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    PERFORM observers._require_text('feed', feed);
+    INSERT INTO observers.feed_dead_letter (feed, event_id, target, status, error, document)
+    SELECT feed_dead_letter_add.feed, d.event_id, d.target, d.status,
+           coalesce(nullif(d.error, ''), 'no reason given'), d.document::jsonb
+      FROM unnest(event_ids, targets, statuses, errors, documents)
+           AS d(event_id, target, status, error, document);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
 -- Forget a feed (a copy that is no longer fed): its cursor stops holding outbox partitions.
 CREATE FUNCTION observers.feed_drop(feed text)
 RETURNS boolean

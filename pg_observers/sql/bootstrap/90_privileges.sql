@@ -92,6 +92,7 @@ GRANT EXECUTE ON FUNCTION
     observers.feed_fetch(text, int),
     observers.feed_save(text, bigint, bigint),
     observers.feed_status(),
+    observers.feed_dead_letter_add(text, bigint[], text[], int[], text[], text[]),
     observers.search_index(int),
     observers.search_maintain()
 TO observers_worker;
