@@ -4,11 +4,13 @@
 //! * [`receiver`]: a scriptable, recording webhook receiver (also the `webhook-receiver` binary);
 //! * [`worker`]: the real `fraiseql-observers` binary as a child process;
 //! * [`redis`]: a private `redis-server` per test, which a test can kill and start again;
+//! * [`osmem`]: a private in-memory OpenSearch-API server (`osmem-server`) per test;
 //! * [`util`]: waiting and small SQL helpers shared by the end-to-end tests and `bench-e2e`.
 //!
 //! See `docs/TESTING.md` for how the test tiers fit together.
 
 pub mod cluster;
+pub mod osmem;
 pub mod receiver;
 pub mod redis;
 pub mod util;
