@@ -19,6 +19,8 @@ export PGUSER=${PGUSER:-postgres}
 N=${BENCH_SEARCH_EVENTS:-1000000}
 SECS=${BENCH_SEARCH_SECONDS:-15}
 ES_N=${BENCH_ES_EVENTS:-100000}
+# which parts: pg (1-3), es (4-5), or both (default)
+PARTS=${BENCH_SEARCH_PARTS:-pg,es}
 bin=$top/target/release
 work=$(mktemp -d /tmp/fraiseql-observers-bench-search.XXXXXX)
 pids=()
@@ -28,6 +30,7 @@ now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
 q() { psql -X -q -At -d search_bench -v ON_ERROR_STOP=1 "$@"; }
 
+if [[ $PARTS == *pg* ]]; then
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS search_bench WITH (FORCE)" -c "CREATE DATABASE search_bench"
 q <<'SQL'
 CREATE EXTENSION pg_observers;
@@ -99,6 +102,9 @@ on=$(tps)
 kill "$ipid" 2>/dev/null || true
 echo "search indexer off: $off tps; on (search_index(5000) every 200 ms, like the worker): $on tps"
 
+fi
+
+[[ $PARTS == *es* ]] || exit 0
 echo "--- 4./5. Elasticsearch sink into osmem-server and webhook drain with the sink on vs off ($ES_N events)"
 osmem=$(python3 -c 'import osmem_server; print(osmem_server.resolve_binary())')
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

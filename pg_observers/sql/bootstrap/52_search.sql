@@ -146,7 +146,8 @@ BEGIN
         UPDATE observers.feed_cursor AS k
            SET snap_lo = k.snap_hi, snap_hi = NULL, last_id = 0, max_id = NULL, updated_at = now()
          WHERE k.feed = feed_fetch.feed;
-        IF attempt = 2 THEN
+        -- nothing new since the batch opened: done (a second open would find the same nothing)
+        IF attempt = 2 OR c.max_id IS NULL THEN
             RETURN;
         END IF;
     END LOOP;
