@@ -111,8 +111,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 rport=$(free_port)
 "$bin/webhook-receiver" --listen "127.0.0.1:$rport" >/dev/null 2>&1 &
 pids+=("$!")
-drain() {  # $1: sink on|off -> seconds to drain ES_N webhooks (and index them when on)
-  local db=drain_$1 es_url="" osport
+cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo "?"; }
+drain() {  # $1: sink on|off -> seconds to drain ES_N webhooks, seconds to index them (on),
+           # CPU seconds of the worker and of osmem-server
+  local db=drain_$1 es_url="" osport ospid=""
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
   psql -X -q -d "$db" -c "CREATE EXTENSION pg_observers" \
     -c "CREATE TABLE public.orders (id bigint PRIMARY KEY, customer_id int, note text)"
@@ -120,7 +122,7 @@ drain() {  # $1: sink on|off -> seconds to drain ES_N webhooks (and index them w
   if [ "$1" = on ]; then
     osport=$(free_port)
     "$osmem" -addr "127.0.0.1:$osport" -no-stdin-watch -parent-pid $$ >/dev/null 2>&1 &
-    pids+=("$!")
+    ospid=$!; pids+=("$ospid")
     es_url="http://127.0.0.1:$osport"
     extra="elasticsearch: { url: \"$es_url\", batch_size: 1000, max_in_flight: 2 }"
   fi
@@ -156,10 +158,14 @@ EOF
     done
     es=$(since "$t")
   fi
+  local wcpu ocpu="-"; wcpu=$(cpu "$wpid")
+  [ -n "$ospid" ] && ocpu=$(cpu "$ospid")
   kill -TERM "$wpid"; wait "$wpid" 2>/dev/null || true
-  echo "$webhooks $es"
+  [ -n "$ospid" ] && kill "$ospid" 2>/dev/null
+  echo "$webhooks ${es:--} $wcpu $ocpu"
 }
-read -r off_s _ < <(drain off)
-read -r on_s es_s < <(drain on)
+read -r off_s _ off_cpu _ < <(drain off)
+read -r on_s es_s on_cpu os_cpu < <(drain on)
 echo "webhooks drained: sink off $off_s s ($(python3 -c "print(round($ES_N / $off_s))") events/s); sink on $on_s s ($(python3 -c "print(round($ES_N / $on_s))") events/s)"
+echo "CPU seconds: worker $off_cpu (sink off), worker $on_cpu (sink on, until every document was indexed), osmem-server $os_cpu (on the same $(nproc) cores)"
 echo "Elasticsearch sink: $ES_N documents in osmem-server after $es_s s ($(python3 -c "print(round($ES_N / $es_s))") documents/s, bulk 1000, 2 in flight, gzip)"
