@@ -35,7 +35,7 @@ psql -X -q -d postgres -c "DROP DATABASE IF EXISTS search_bench WITH (FORCE)" -c
 q <<'SQL'
 CREATE EXTENSION pg_observers;
 CREATE TABLE public.orders (id bigint PRIMARY KEY, customer_id int, status text, total numeric(10,2), note text);
-SELECT observers.create_observer('orders', 'public.orders', group_name => 'bench');
+DO $$ BEGIN PERFORM observers.create_observer('orders', 'public.orders', group_name => 'bench'); END $$;
 SQL
 
 echo "--- 1. indexing throughput ($N events)"

@@ -10,6 +10,9 @@
 #      postgres, and one destination's drain rate while another is healthy vs down (breaker open).
 #   4. lookups (target/release/bench-lookups): lookup latency against a 50 ms HTTP source,
 #      uncached vs Redis hit vs memory hit, p50/p99.
+#   5. the searchable audit trail (scripts/bench-search.sh): indexing throughput and search
+#      latency at 1M events, capture with the indexer on vs off, the Elasticsearch sink into
+#      osmem-server and the webhook drain with the sink on vs off.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -33,3 +36,6 @@ echo; echo "=== 3. resilience ==="
 
 echo; echo "=== 4. lookup latency (uncached vs redis hit vs memory hit, 50 ms source) ==="
 "$top/target/release/bench-lookups"
+
+echo; echo "=== 5. the searchable audit trail (PostgreSQL search, the Elasticsearch sink) ==="
+scripts/bench-search.sh
