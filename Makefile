@@ -3,6 +3,7 @@
 #   make test   the whole test suite against real services (what .ci/run calls)
 #   make lint   rustfmt --check and clippy -D warnings on every crate (.ci/run calls it first)
 #   make bench  capture overhead + end-to-end delivery benchmarks
+#   make bench-capture-instructions  only the capture cost in CPU instructions per row (callgrind)
 # Each target installs what it needs first (scripts/install-deps.sh is idempotent).
 
 SHELL      := /bin/bash
@@ -12,7 +13,7 @@ CARGO      ?= cargo
 # tests and benchmarks should all exercise the code users run.
 EXT_FLAGS  := --release
 
-.PHONY: all deps install-ext build build-release test test-sql test-rust demo bench clean-clusters fmt clippy lint
+.PHONY: all deps install-ext build build-release test test-sql test-rust demo bench bench-capture-instructions clean-clusters fmt clippy lint
 
 all: build
 
@@ -37,7 +38,11 @@ demo: install-ext build
 	@scripts/demo.sh
 
 bench: install-ext build-release
-	@scripts/bench.sh
+	@PG_CONFIG=$(PG_CONFIG) scripts/bench.sh
+
+# deterministic: valgrind counts instructions (installs valgrind and PgQ, the peer, if missing)
+bench-capture-instructions: install-ext
+	@PG_CONFIG=$(PG_CONFIG) scripts/bench-capture-instructions.sh
 
 clean-clusters:
 	@for d in /tmp/fraiseql-observers-*; do [ -d "$$d" ] && scripts/pgcluster.sh destroy "$$d" || true; done

@@ -48,6 +48,23 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Create or update the configuration file's observers in one transaction, before any
+    /// worker runs (deploy pipelines). Prints the plan: created, changed, unchanged, and the
+    /// group's observers that are not in the file (kept, or disabled with --prune). Exit 0
+    /// applied, 2 invalid file or an observer the database refused (nothing changed), 1 the
+    /// database cannot be reached.
+    Apply {
+        /// The YAML configuration file.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// Run everything in a transaction that is rolled back: the plan, checked by the
+        /// database, with nothing changed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Disable the group's observers that are not in the file (they are never dropped).
+        #[arg(long)]
+        prune: bool,
+    },
     /// System health: observers (backlog, oldest undelivered, leader and lease, dead letters,
     /// parked pairs, open breakers, last error), workers and their heartbeats, circuit breakers,
     /// and the problems found (no leader, no running worker, dead letters, ...).

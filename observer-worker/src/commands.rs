@@ -5,6 +5,7 @@
 //! extension), [`failure`] (errors as advice, exit codes) and [`output`] (tables, ages, JSON), and
 //! are dispatched by [`run_operator`]. Their SQL is in [`crate::db::operator`].
 
+pub mod apply;
 pub mod checkpoint;
 pub mod debug_event;
 pub mod dlq;

@@ -55,6 +55,11 @@ fn main() -> ExitCode {
         | Command::Checkpoint { ref db, .. }
         | Command::Search { ref db, .. } => run_operator(&cli, db.config.as_deref()),
         Command::Start { ref config } => run_start(&cli, config, url_on_command_line),
+        Command::Apply {
+            ref config,
+            dry_run,
+            prune,
+        } => run_apply(&cli, config, url_on_command_line, dry_run, prune),
         Command::Metrics {
             ref url,
             ref config,
@@ -138,12 +143,17 @@ fn run_metrics(cli: &Cli, url: Option<&str>, config_path: Option<&Path>) -> i32 
     }
 }
 
-fn run_start(cli: &Cli, config_path: &Path, url_on_command_line: bool) -> i32 {
+/// The configuration of `start` / `apply` and the database URL: --database-url on the command
+/// line > database.url in the file > DATABASE_URL. `Err(exit code)` after reporting.
+fn config_and_url(
+    cli: &Cli,
+    config_path: &Path,
+    url_on_command_line: bool,
+) -> Result<(Config, String), i32> {
     let config = match config::load_file(config_path, &ProcessEnv, &Defaults::for_this_process()) {
         Ok(c) => c,
-        Err(e) => return report_config_error(&e, cli.format),
+        Err(e) => return Err(report_config_error(&e, cli.format)),
     };
-    // --database-url on the command line > database.url in the file > DATABASE_URL
     let url = if url_on_command_line {
         cli.database_url.clone()
     } else {
@@ -152,7 +162,48 @@ fn run_start(cli: &Cli, config_path: &Path, url_on_command_line: bool) -> i32 {
     .or_else(|| config.database.url.clone())
     .or_else(|| cli.database_url.clone());
     let Some(url) = url else {
-        return usage("no database URL: set database.url in the configuration, pass --database-url, or set DATABASE_URL");
+        return Err(usage("no database URL: set database.url in the configuration, pass --database-url, or set DATABASE_URL"));
+    };
+    Ok((config, url))
+}
+
+/// `apply --config FILE [--dry-run] [--prune]`.
+fn run_apply(
+    cli: &Cli,
+    config_path: &Path,
+    url_on_command_line: bool,
+    dry_run: bool,
+    prune: bool,
+) -> i32 {
+    let (config, url) = match config_and_url(cli, config_path, url_on_command_line) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let result = rt.block_on(commands::apply::run(
+        &url,
+        &config,
+        dry_run,
+        prune,
+        cli.format,
+        &mut std::io::stdout().lock(),
+    ));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.code
+        }
+    }
+}
+
+fn run_start(cli: &Cli, config_path: &Path, url_on_command_line: bool) -> i32 {
+    let (config, url) = match config_and_url(cli, config_path, url_on_command_line) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
 
     telemetry::init_logging(cli.format);

@@ -126,6 +126,7 @@ pub async fn run(
     let (lease_tx, lease_rx) = watch::channel(LeaseState::Standby);
     let fenced = Arc::new(Notify::new());
     let wake = Arc::new(Notify::new());
+    let lease_released = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
     // every attempt, for observers.debug_event() (written off the delivery path)
     if config.worker.attempt_log {
@@ -157,12 +158,17 @@ pub async fn run(
         metrics.clone(),
         lease_tx,
         fenced.clone(),
+        lease_released.clone(),
         background.clone(),
     ));
     tasks.spawn(listener::run(
         db.pg_config().clone(),
         db.target().to_owned(),
-        wake.clone(),
+        listener::Wakers {
+            events: wake.clone(),
+            lease_released,
+            group: group.clone(),
+        },
         background.clone(),
     ));
     tasks.spawn(heartbeat(
@@ -257,7 +263,7 @@ pub async fn run(
     }
     let report = consumer.run().await;
     if stop.is_cancelled() {
-        info!("shutdown requested: stopped fetching");
+        info!("consumer stopped: in-flight deliveries finished or given up");
     }
 
     // 7. Release the lease so a standby takes over at once.

@@ -44,6 +44,11 @@ extension_sql_file!(
     requires = ["roles"]
 );
 extension_sql_file!(
+    "../sql/bootstrap/15_id_floor.sql",
+    name = "id_floor",
+    requires = ["tables"]
+);
+extension_sql_file!(
     "../sql/bootstrap/20_worker_api.sql",
     name = "worker_api",
     requires = ["tables"]
@@ -76,7 +81,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/bootstrap/37_operations.sql",
     name = "operations",
-    requires = ["admin_api", "integrity", "dedup", "parked"]
+    requires = ["admin_api", "integrity", "dedup", "parked", "id_floor"]
 );
 extension_sql_file!(
     "../sql/bootstrap/38_checkpoints.sql",
@@ -96,7 +101,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/bootstrap/40_maintain.sql",
     name = "maintain",
-    requires = ["operations", "search", api::retention_setting]
+    requires = ["operations", "id_floor", "search", api::retention_setting]
 );
 extension_sql_file!(
     "../sql/bootstrap/90_privileges.sql",

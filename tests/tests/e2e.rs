@@ -8,12 +8,16 @@
 #[path = "e2e/common.rs"]
 mod common;
 
+#[path = "e2e/apply.rs"]
+mod apply;
 #[path = "e2e/bad_config.rs"]
 mod bad_config;
 #[path = "e2e/breaker.rs"]
 mod breaker;
 #[path = "e2e/broken_observers.rs"]
 mod broken_observers;
+#[path = "e2e/chaos.rs"]
+mod chaos;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/cli_exact.rs"]

@@ -1,8 +1,11 @@
-//! The dedicated `LISTEN observers_wakeup` connection.
+//! The dedicated `LISTEN` connection: `observers_wakeup` (new events may exist: wakes the
+//! consumer) and `observers_lease` (a leader of some group released its lease: wakes this
+//! worker's lease loop when the payload names its group, so a standby takes over at once instead
+//! of at its next poll).
 //!
-//! A notification is only a hint that new events may exist: the consumer also
-//! polls. After every (re)connect the consumer is woken once, because
-//! notifications sent while we were disconnected are lost.
+//! A notification is only a hint: the consumer and the lease loop also poll. After every
+//! (re)connect both are woken once, because notifications sent while we were disconnected are
+//! lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +20,26 @@ use super::root_cause;
 use crate::retry::Backoff;
 
 pub const WAKEUP_CHANNEL: &str = "observers_wakeup";
+/// Sent by `observers.lease_release` with the group's name as payload.
+pub const LEASE_CHANNEL: &str = "observers_lease";
+
+/// Whom the listener wakes.
+pub struct Wakers {
+    /// the consumer, on `observers_wakeup`
+    pub events: Arc<Notify>,
+    /// the lease loop, on `observers_lease` for `group`
+    pub lease_released: Arc<Notify>,
+    pub group: String,
+}
 
 /// Runs until `cancel` fires, reconnecting with backoff.
 pub async fn run(
     pg: tokio_postgres::Config,
     target: String,
-    wake: Arc<Notify>,
+    wakers: Wakers,
     cancel: CancellationToken,
 ) {
+    let wakers = Arc::new(wakers);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut was_connected = false;
     loop {
@@ -34,11 +49,19 @@ pub async fn run(
         match pg.connect(NoTls).await {
             Ok((client, mut connection)) => {
                 // Drive the connection, turning notifications into wake-ups.
-                let wake_conn = wake.clone();
+                let w = wakers.clone();
                 let mut driver = tokio::spawn(async move {
                     loop {
                         match poll_fn(|cx| connection.poll_message(cx)).await {
-                            Some(Ok(AsyncMessage::Notification(_))) => wake_conn.notify_one(),
+                            Some(Ok(AsyncMessage::Notification(n))) => {
+                                if n.channel() == LEASE_CHANNEL {
+                                    if n.payload() == w.group {
+                                        w.lease_released.notify_one();
+                                    }
+                                } else {
+                                    w.events.notify_one();
+                                }
+                            }
                             Some(Ok(_)) => {}
                             Some(Err(e)) => return Some(root_cause(&e)),
                             None => return None,
@@ -46,7 +69,7 @@ pub async fn run(
                     }
                 });
                 match client
-                    .batch_execute(&format!("LISTEN {WAKEUP_CHANNEL}"))
+                    .batch_execute(&format!("LISTEN {WAKEUP_CHANNEL}; LISTEN {LEASE_CHANNEL}"))
                     .await
                 {
                     Ok(()) => {
@@ -58,7 +81,8 @@ pub async fn run(
                         was_connected = true;
                         backoff.reset();
                         // catch up on anything notified while we were away
-                        wake.notify_one();
+                        wakers.events.notify_one();
+                        wakers.lease_released.notify_one();
                         tokio::select! {
                             _ = cancel.cancelled() => { driver.abort(); return; }
                             res = &mut driver => {
@@ -69,7 +93,7 @@ pub async fn run(
                     }
                     Err(e) => {
                         driver.abort();
-                        warn!(target_db = %target, error = %root_cause(&e), "LISTEN {WAKEUP_CHANNEL} failed");
+                        warn!(target_db = %target, error = %root_cause(&e), "LISTEN {WAKEUP_CHANNEL}, {LEASE_CHANNEL} failed");
                     }
                 }
                 drop(client);

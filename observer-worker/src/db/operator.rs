@@ -180,6 +180,15 @@ impl OperatorDb {
         DbError::classify(&self.target, context, e)
     }
 
+    /// A transaction on this command's connection (`apply`: all or nothing).
+    pub async fn transaction(&mut self) -> Result<tokio_postgres::Transaction<'_>, DbError> {
+        let target = self.target.clone();
+        self.client
+            .transaction()
+            .await
+            .map_err(|e| DbError::classify(&target, "BEGIN", e))
+    }
+
     /// Is the extension installed?
     pub async fn extension_version(&self) -> Result<Option<String>, DbError> {
         const CTX: &str = "checking for the pg_observers extension";

@@ -334,6 +334,11 @@ impl<H: EventHandler> Consumer<H> {
     async fn lead(&mut self, epoch: i64) -> Result<LeadEnd, LeadError> {
         let open = self.db.batch_open(&self.s.group, epoch).await?;
         self.adopt(open);
+        // A new leader polls fast for a moment: a stream of writes was going on under the
+        // previous leader (its NOTIFYs went by while this worker stood by, and a backend notifies
+        // at most once per observers.notify_interval), so waiting for the next one or for
+        // the safety poll would add up to poll_interval to the handover.
+        self.linger_until = Some(Instant::now() + self.s.linger);
         let mut bg = Background::default();
         let group = self.s.group.clone();
 
@@ -563,7 +568,14 @@ impl<H: EventHandler> Consumer<H> {
     async fn finish(mut self, fatal: Option<String>) -> ConsumerReport {
         self.dispatcher.stop_starting();
         let deadline = Instant::now() + self.s.shutdown_timeout;
-        if self.dispatcher.held() > 0 {
+        // said at once (not after the drain): nothing new is fetched or started from here on
+        if self.stop.is_cancelled() {
+            info!(
+                in_flight = self.dispatcher.held(),
+                timeout = %humantime::format_duration(self.s.shutdown_timeout),
+                "shutdown requested: stopped fetching; waiting for in-flight deliveries"
+            );
+        } else if self.dispatcher.held() > 0 {
             info!(
                 in_flight = self.dispatcher.held(),
                 timeout = %humantime::format_duration(self.s.shutdown_timeout),

@@ -57,7 +57,9 @@ pub fn renewal_deadline(ttl: Duration) -> Duration {
 }
 
 /// Runs until `stop` fires. `fenced` is signalled by anyone who got SQLSTATE
-/// OB001: the lease is then re-checked immediately. A takeover of a lease this worker has seen
+/// OB001: the lease is then re-checked immediately. `released` is signalled by the listener
+/// when the group's leader released its lease (`NOTIFY observers_lease`): a standby then asks
+/// at once instead of at its next `standby_poll`. A takeover of a lease this worker has seen
 /// held by another worker counts in `metrics` (`observer_failovers_total`,
 /// `observer_handover_seconds`: the time from the first answer "held by another worker" to the
 /// takeover).
@@ -67,6 +69,7 @@ pub async fn run(
     metrics: Option<Arc<Metrics>>,
     tx: watch::Sender<LeaseState>,
     fenced: Arc<Notify>,
+    released: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let renew_every = (s.ttl / 3).max(Duration::from_millis(100));
@@ -163,6 +166,10 @@ pub async fn run(
             _ = fenced.notified() => {
                 debug!(group = %s.group, "fenced: re-checking the leader lease now");
                 mark_fenced(&tx);
+            }
+            // a leader released its lease (NOTIFY observers_lease): a standby asks at once
+            _ = released.notified(), if matches!(*tx.borrow(), LeaseState::Standby) => {
+                debug!(group = %s.group, "the leader released its lease: asking for it now");
             }
             _ = tokio::time::sleep(wait) => {}
         }

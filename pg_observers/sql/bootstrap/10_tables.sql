@@ -1,18 +1,5 @@
 -- pg_observers: tables (see docs/ARCHITECTURE.md for the contract)
 
--- BRIN has no xid8 operator class in PostgreSQL 15; the generic minmax support functions work
--- with any btree-comparable type once the comparison operators are named.
-CREATE OPERATOR CLASS observers.xid8_minmax_ops FOR TYPE pg_catalog.xid8 USING brin AS
-    OPERATOR 1 pg_catalog.< (pg_catalog.xid8, pg_catalog.xid8),
-    OPERATOR 2 pg_catalog.<= (pg_catalog.xid8, pg_catalog.xid8),
-    OPERATOR 3 pg_catalog.= (pg_catalog.xid8, pg_catalog.xid8),
-    OPERATOR 4 pg_catalog.>= (pg_catalog.xid8, pg_catalog.xid8),
-    OPERATOR 5 pg_catalog.> (pg_catalog.xid8, pg_catalog.xid8),
-    FUNCTION 1 pg_catalog.brin_minmax_opcinfo(internal),
-    FUNCTION 2 pg_catalog.brin_minmax_add_value(internal, internal, internal, internal),
-    FUNCTION 3 pg_catalog.brin_minmax_consistent(internal, internal, internal),
-    FUNCTION 4 pg_catalog.brin_minmax_union(internal, internal, internal);
-
 -- The observer registry. Definitions only; the capture triggers on the observed tables carry
 -- (id, name, condition) as trigger arguments so the write path never reads this table.
 CREATE TABLE observers.observer (
@@ -61,8 +48,11 @@ COMMENT ON TABLE observers.event IS
 
 CREATE TABLE observers.event_default PARTITION OF observers.event DEFAULT;
 
+-- The outbox's only index. Every write of an observed table pays for each index of the outbox,
+-- so there is no other: delivery pages by id from the id floors (batch_open), and status(),
+-- checkpoint_show() and maintain() bound their scans with the same floors
+-- (observers._id_floor(), 15_id_floor.sql) instead of an index on txid.
 CREATE INDEX event_id_idx ON observers.event USING btree (id);
-CREATE INDEX event_txid_brin ON observers.event USING brin (txid observers.xid8_minmax_ops);
 
 -- Delivery progress per worker group: the snapshot cursor (snap_lo, snap_hi) plus the id
 -- reached inside the open batch.

@@ -107,6 +107,9 @@ BEGIN
     END IF;
     -- Backend status is cached per transaction: look at the sessions as they are now.
     PERFORM pg_catalog.pg_stat_clear_snapshot();
+    -- The caller is alive: its deduplication claims are its own again (see below; deletes
+    -- nothing, and so writes nothing, unless it was listed)
+    DELETE FROM observers.dedup_dead_owner AS z WHERE z.owner = lease_acquire.worker_id;
 
     -- Fast path for standbys: another worker's live lease, read without locking anything.
     SELECT * INTO cur FROM observers.leader_lease AS x WHERE x.group_name = lease_acquire.group_name;
@@ -136,6 +139,15 @@ BEGIN
      WHERE l.worker_id = excluded.worker_id OR l.expires_at <= v_now
         OR NOT observers._session_alive(l.holder_pid, l.holder_backend_start)
     RETURNING l.epoch INTO v_epoch;
+    -- Taken over from another worker whose session has ended (it crashed): the pairs it had
+    -- claimed for deduplication need not wait for their claims to expire (the action's timeout
+    -- plus grace, seconds during which the new leader's batch could not close): dedup_claim
+    -- treats the claims of a listed owner as expired, until that worker calls here again.
+    IF v_epoch IS NOT NULL AND cur.worker_id IS NOT NULL AND cur.worker_id <> lease_acquire.worker_id
+       AND NOT observers._session_alive(cur.holder_pid, cur.holder_backend_start) THEN
+        INSERT INTO observers.dedup_dead_owner AS z (owner, since) VALUES (cur.worker_id, v_now)
+        ON CONFLICT (owner) DO UPDATE SET since = excluded.since;
+    END IF;
     RETURN v_epoch;
 END
 $$;
@@ -157,7 +169,13 @@ BEGIN
        AND l.worker_id = lease_release.worker_id
        AND l.epoch = lease_release.epoch
        AND l.expires_at > v_now;
-    RETURN FOUND;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- wake the group's standbys (they LISTEN observers_lease): they take the lease at once
+    -- instead of at their next poll (delivered at commit; never on the users' write path)
+    PERFORM pg_notify('observers_lease', lease_release.group_name);
+    RETURN true;
 END
 $$;
 

@@ -71,8 +71,21 @@ COMMENT ON TABLE observers.dedup IS
 
 CREATE TABLE observers.dedup_default PARTITION OF observers.dedup DEFAULT;
 
--- Claim pairs for `owner`: a pair is claimed when it has no row, or its claim expired, or its
--- done-mark expired. Returns one row per input key: 'claimed' (run it), 'done' (it already
+-- Workers known to have crashed: a leader whose database session had ended when another worker
+-- took its lease over (lease_acquire). Their claims (owner '<worker id>' or, as the worker
+-- writes them, '<worker id>/<incarnation>') count as expired, so the pairs they were
+-- executing run again at once instead of after claim_until. A worker leaves the list as soon as
+-- it calls lease_acquire again (restarted under the same id, or reconnected). Tiny: one row per
+-- crashed worker id; maintain() forgets rows older than a day.
+CREATE TABLE observers.dedup_dead_owner (
+    owner text PRIMARY KEY,
+    since timestamptz NOT NULL
+);
+COMMENT ON TABLE observers.dedup_dead_owner IS
+    'Workers whose session had ended when their leader lease was taken over: their deduplication claims count as expired (lease_acquire writes it, dedup_claim reads it).';
+
+-- Claim pairs for `owner`: a pair is claimed when it has no row, or its claim expired or belongs
+-- to a crashed worker (observers.dedup_dead_owner), or its done-mark expired. Returns one row per input key: 'claimed' (run it), 'done' (it already
 -- succeeded: skip it) or 'busy' (another worker is executing it: ask again later).
 CREATE FUNCTION observers.dedup_claim(keys bytea[], days date[], owner text, claim_ttl interval,
                                       done_ttl interval)
@@ -89,7 +102,11 @@ AS $$
         ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
            SET state = 'c', owner = excluded.owner, claim_until = excluded.claim_until,
                expires_at = excluded.expires_at, updated_at = now()
-         WHERE (t.state = 'c' AND (t.claim_until < now() OR t.owner = excluded.owner))
+         WHERE (t.state = 'c' AND (t.claim_until < now() OR t.owner = excluded.owner
+                                   -- owners are '<worker id>/<incarnation>' (the worker's)
+                                   OR EXISTS (SELECT 1 FROM observers.dedup_dead_owner AS z
+                                               WHERE t.owner = z.owner
+                                                  OR left(t.owner, length(z.owner) + 1) = z.owner || '/')))
             OR (t.state = 'd' AND t.expires_at < now())
         RETURNING t.key
     )
@@ -247,6 +264,9 @@ BEGIN
     DELETE FROM observers.dedup_default
      WHERE expires_at < now() AND (claim_until IS NULL OR claim_until < now());
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    -- crashed workers listed more than a day ago: their claims expired long since, unless an
+    -- action's timeout is longer than a day (those then wait for claim_until, as before)
+    DELETE FROM observers.dedup_dead_owner WHERE since < now() - interval '1 day';
 
     RETURN format('dedup: created %s, dropped %s partitions, deleted %s expired rows from dedup_default',
                   v_created, v_dropped, v_deleted);

@@ -260,6 +260,7 @@ AS $$
           SELECT count(*) AS backlog, min(e.captured_at) AS oldest
             FROM observers.event AS e
            WHERE e.observer_id = o.id
+             AND e.id > observers._id_floor(k)   -- exact: 15_id_floor.sql
              AND (k.snap_lo IS NULL
                   OR (e.txid >= pg_snapshot_xmin(k.snap_lo)
                       AND NOT pg_visible_in_snapshot(e.txid, k.snap_lo)))

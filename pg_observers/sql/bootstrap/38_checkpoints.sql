@@ -50,6 +50,7 @@ AS $$
             FROM observers.observer AS o
             JOIN observers.event AS e ON e.observer_id = o.id
            WHERE o.group_name = g.group_name
+             AND e.id > observers._id_floor(k)   -- exact: 15_id_floor.sql
              AND observers._undelivered(e.txid, e.id, k)
       ) AS b
      WHERE checkpoint_show.group_name IS NULL OR g.group_name = checkpoint_show.group_name
@@ -120,6 +121,7 @@ BEGIN
       FROM observers.observer AS o
       LEFT JOIN observers.event AS e
              ON e.observer_id = o.id
+            AND e.id > observers._id_floor(k)
             AND pg_visible_in_snapshot(e.txid, v_snap)
             AND observers._undelivered(e.txid, e.id, k)
      WHERE o.group_name = v_group

@@ -61,6 +61,7 @@ const MAX_PENDING_INVALIDATIONS: usize = 64;
 
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     // Never raise or panic here: only record what to drop at the next capture.
+    super::writer::relcache_invalidated(relid);
     if relid == pg_sys::InvalidOid {
         FLUSH_ALL.with(|f| f.set(true));
         return;

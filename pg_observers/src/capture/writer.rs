@@ -130,12 +130,80 @@ impl SlotPool {
     }
 }
 
+/// Where events captured now go, remembered by the backend between captures (`TARGET`): the
+/// outbox and its sequence, and the daily partition last written with its time range. The
+/// partition is locked, not its parent: a capture whose time falls in the remembered range opens
+/// that partition directly, so the common capture takes one relation lock fewer and skips the
+/// partition routing. Valid because:
+/// * a partition cannot be detached, dropped or re-bounded without an ACCESS EXCLUSIVE lock on
+///   it, which waits for our ROW EXCLUSIVE lock, and
+/// * taking that lock (the first time in a transaction) processes pending invalidations: a
+///   detach, drop or layout change committed meanwhile sent a relcache invalidation of the
+///   partition or of `observers.event`, which `relcache_invalidated` turns into a new
+///   generation; the writer then forgets the partition and routes through the parent again.
+///
+/// A new partition can never overlap the remembered range (PostgreSQL refuses overlapping
+/// bounds), and the DEFAULT partition is never remembered (a new daily partition may take over
+/// part of its range), so a write always lands in the partition PostgreSQL would choose.
+struct Target {
+    seq: pg_sys::Oid,
+    /// (partition, lower bound, upper bound, generation when remembered): captured_at in
+    /// [lower, upper) goes there as long as the generation has not moved
+    leaf: Option<(pg_sys::Oid, i64, i64, u64)>,
+    /// per-backend IndexInfo of the outbox's btree indexes, by index OID (TopMemoryContext)
+    index_info: Vec<(pg_sys::Oid, *mut pg_sys::IndexInfo)>,
+}
+
+thread_local! {
+    static TARGET: std::cell::RefCell<Option<Target>> = const { std::cell::RefCell::new(None) };
+    /// bumped by every relcache invalidation that concerns `TARGET`
+    static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// the relations `TARGET` depends on: outbox, sequence, remembered partition (read by the
+    /// invalidation callback without borrowing anything)
+    static WATCHED: std::cell::Cell<[pg_sys::Oid; 3]> =
+        const { std::cell::Cell::new([pg_sys::InvalidOid; 3]) };
+    /// the backend's payload memory, reused by every capture that is not nested in another
+    static CHUNK_CONTEXT: std::cell::Cell<pg_sys::MemoryContext> =
+        const { std::cell::Cell::new(ptr::null_mut()) };
+    static CHUNK_CONTEXT_BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called from the relcache invalidation callback (`plan_cache`); must not raise or allocate.
+pub fn relcache_invalidated(relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid || WATCHED.with(|w| w.get()).contains(&relid) {
+        GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+    }
+}
+
+fn generation() -> u64 {
+    GENERATION.with(|g| g.get())
+}
+
+/// At the end of a transaction no capture is running: the shared payload context is free again
+/// even if a capture failed before giving it back.
+pub fn at_xact_end() {
+    CHUNK_CONTEXT_BUSY.with(|b| b.set(false));
+}
+
+/// How index entries are written.
+enum Indexes {
+    /// every index of the partition is a plain btree (the extension's own `event_id_idx`):
+    /// `index_insert` straight away, with a cached IndexInfo
+    Direct(Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo, bool)>),
+    /// an index someone added (expressions, a predicate, another access method, a deferred or
+    /// exclusion constraint): what the executor does, `ExecInsertIndexTuples`
+    Executor {
+        estate: *mut pg_sys::EState,
+        rri: *mut pg_sys::ResultRelInfo,
+    },
+}
+
 pub struct Writer {
+    /// observers.event when it had to be opened to route this write, else null
     parent: pg_sys::Relation,
     leaf: pg_sys::Relation,
     seq: pg_sys::Oid,
-    estate: *mut pg_sys::EState,
-    rri: *mut pg_sys::ResultRelInfo,
+    indexes: Indexes,
     /// slots of the pool used so far (the pool is borrowed only inside push/flush)
     slots: Vec<*mut pg_sys::TupleTableSlot>,
     used: usize,
@@ -144,6 +212,8 @@ pub struct Writer {
     captured_at: pg_sys::Datum,
     /// per-chunk memory (payloads), reset after each flush
     chunk_context: pg_sys::MemoryContext,
+    /// the chunk context is the backend's shared one (else our own, deleted at finish)
+    shared_context: bool,
     written: u64,
 }
 
@@ -163,14 +233,39 @@ unsafe fn relation_oid(nsp: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
     }
 }
 
-/// The partition of `parent` (range-partitioned on one timestamptz column) holding `value`.
-unsafe fn route(parent: pg_sys::Relation, value: pg_sys::Datum) -> pg_sys::Oid {
+/// The OIDs of observers.event and its sequence, looked up by name (once per backend, and again
+/// after an invalidation of the outbox).
+unsafe fn outbox_oids() -> (pg_sys::Oid, pg_sys::Oid) {
+    // SAFETY: inside a transaction (callers: `Writer::open`): catalog look-ups by name.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"observers".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+                "schema observers does not exist",
+                Some("Is the pg_observers extension installed in this database? (CREATE EXTENSION pg_observers)"),
+            );
+        }
+        (
+            relation_oid(nsp, c"event"),
+            relation_oid(nsp, c"event_id_seq"),
+        )
+    }
+}
+
+/// The partition of `parent` (range-partitioned on one timestamptz column) holding `value`, and
+/// its bounds when it is a daily partition with finite bounds (None for the DEFAULT partition).
+unsafe fn route(
+    parent: pg_sys::Relation,
+    value: pg_sys::Datum,
+) -> (pg_sys::Oid, Option<(i64, i64)>) {
     // SAFETY: `parent` is the open, range-partitioned observers.event (callers: `Writer::open`) and
     // `value` a timestamptz: its partition descriptor is read under the lock the caller holds.
     unsafe {
         let partdesc = pg_sys::RelationGetPartitionDesc(parent, true);
         let bounds = (*partdesc).boundinfo;
         let mut part_index: i32 = -1;
+        let mut range = None;
         if !bounds.is_null() && (*bounds).ndatums > 0 {
             // timestamptz's btree comparison support function (timestamp_cmp) and no collation:
             // the partition key of observers.event
@@ -189,6 +284,21 @@ unsafe fn route(parent: pg_sys::Relation, value: pg_sys::Datum) -> pg_sys::Oid {
             );
             // the bound at `offset` is <= value; the partition ending at offset + 1 holds it
             part_index = *(*bounds).indexes.add((offset + 1) as usize);
+            let finite = |i: i32| {
+                (*bounds).kind.is_null()
+                    || **(*bounds).kind.add(i as usize)
+                        == pg_sys::PartitionRangeDatumKind::PARTITION_RANGE_DATUM_VALUE
+            };
+            if part_index >= 0
+                && offset >= 0
+                && offset + 1 < (*bounds).ndatums
+                && finite(offset)
+                && finite(offset + 1)
+            {
+                let lo = (**(*bounds).datums.add(offset as usize)).value() as i64;
+                let hi = (**(*bounds).datums.add((offset + 1) as usize)).value() as i64;
+                range = Some((lo, hi));
+            }
         }
         if part_index < 0 && !bounds.is_null() {
             part_index = (*bounds).default_index;
@@ -200,7 +310,7 @@ unsafe fn route(parent: pg_sys::Relation, value: pg_sys::Datum) -> pg_sys::Oid {
                 Some("The DEFAULT partition observers.event_default is missing; re-create the extension or the partition."),
             );
         }
-        *(*partdesc).oids.add(part_index as usize)
+        (*(*partdesc).oids.add(part_index as usize), range)
     }
 }
 
@@ -230,6 +340,47 @@ unsafe fn check_layout(rel: pg_sys::Relation) {
     }
 }
 
+/// Can entries of this open index be written with a plain `index_insert`? A btree over plain
+/// columns, ready for inserts, no predicate, no deferred uniqueness, no exclusion constraint.
+unsafe fn is_plain_btree(index: pg_sys::Relation) -> bool {
+    // SAFETY: `index` is an open index relation: its pg_class and pg_index rows are in its
+    // relcache entry.
+    unsafe {
+        let form = &*(*index).rd_index;
+        let natts = form.indnatts as usize;
+        let keys = form.indkey.values.as_slice(natts);
+        (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && form.indisready
+            && !form.indisexclusion
+            && (!form.indisunique || form.indimmediate)
+            && keys.iter().all(|&k| k > 0 && (k as usize) <= NATTS)
+            && pg_sys::heap_attisnull(
+                (*index).rd_indextuple,
+                pg_sys::Anum_pg_index_indpred as i32,
+                ptr::null_mut(),
+            )
+    }
+}
+
+/// The backend's IndexInfo for a plain btree index of the outbox (built once per index).
+unsafe fn index_info(target: &mut Target, index: pg_sys::Relation) -> *mut pg_sys::IndexInfo {
+    // SAFETY: `index` is an open index relation; the IndexInfo is built in TopMemoryContext (it
+    // describes plain columns only: no expression state, nothing tied to a transaction);
+    // CurrentMemoryContext is put back.
+    unsafe {
+        let oid = (*index).rd_id;
+        if let Some((_, info)) = target.index_info.iter().find(|(o, _)| *o == oid) {
+            return *info;
+        }
+        let old = pg_sys::CurrentMemoryContext;
+        pg_sys::CurrentMemoryContext = pool_context();
+        let info = pg_sys::BuildIndexInfo(index);
+        pg_sys::CurrentMemoryContext = old;
+        target.index_info.push((oid, info));
+        info
+    }
+}
+
 impl Writer {
     /// Open the outbox partition for events captured now.
     ///
@@ -239,38 +390,77 @@ impl Writer {
         // SAFETY: inside a transaction, as the capture role (contract): relations are opened with
         // RowExclusiveLock and closed by `finish` (or by the transaction's abort).
         unsafe {
-            let nsp = pg_sys::get_namespace_oid(c"observers".as_ptr(), true);
-            if nsp == pg_sys::InvalidOid {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
-                    "schema observers does not exist",
-                    Some("Is the pg_observers extension installed in this database? (CREATE EXTENSION pg_observers)"),
-                );
-            }
-            let parent_oid = relation_oid(nsp, c"event");
-            let seq = relation_oid(nsp, c"event_id_seq");
-            let captured_at = pg_sys::Datum::from(pg_sys::GetCurrentTimestamp());
-
-            let parent = pg_sys::table_open(parent_oid, pg_sys::RowExclusiveLock as i32);
-            let leaf_oid = route(parent, captured_at);
-            let leaf = pg_sys::table_open(leaf_oid, pg_sys::RowExclusiveLock as i32);
-            check_layout(leaf);
-
-            let estate = pg_sys::CreateExecutorState();
-            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
-                as *mut pg_sys::ResultRelInfo;
-            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
-            pg_sys::InitResultRelInfo(rri, leaf, 1, ptr::null_mut(), 0);
-            pg_sys::ExecOpenIndices(rri, false);
-
-            let chunk_context = pg_sys::AllocSetContextCreateInternal(
-                pg_sys::CurrentMemoryContext,
-                c"pg_observers event chunk".as_ptr(),
-                0,
-                8 * 1024,
-                8 * 1024 * 1024,
-            );
+            let captured_at = pg_sys::GetCurrentTimestamp();
             let txid = pg_sys::GetTopFullTransactionId();
+
+            // the remembered partition, if the time falls in its range and nothing changed it
+            let remembered = TARGET.with(|t| {
+                t.borrow()
+                    .as_ref()
+                    .and_then(|t| t.leaf)
+                    .filter(|&(_, lo, hi, gen)| {
+                        lo <= captured_at && captured_at < hi && gen == generation()
+                    })
+                    .map(|(oid, _, _, gen)| (oid, gen))
+            });
+            let mut leaf: pg_sys::Relation = ptr::null_mut();
+            if let Some((oid, gen)) = remembered {
+                // taking the lock processes the invalidations that arrived meanwhile
+                leaf = pg_sys::try_relation_open(oid, pg_sys::RowExclusiveLock as i32);
+                if !leaf.is_null() && generation() != gen {
+                    // something changed while we waited for the lock: route again
+                    pg_sys::relation_close(leaf, pg_sys::NoLock as i32);
+                    leaf = ptr::null_mut();
+                }
+            }
+            let mut parent: pg_sys::Relation = ptr::null_mut();
+            if leaf.is_null() {
+                let (parent_oid, seq) = outbox_oids();
+                parent = pg_sys::table_open(parent_oid, pg_sys::RowExclusiveLock as i32);
+                let (leaf_oid, range) = route(parent, pg_sys::Datum::from(captured_at));
+                leaf = pg_sys::table_open(leaf_oid, pg_sys::RowExclusiveLock as i32);
+                check_layout(leaf);
+                WATCHED.with(|w| {
+                    w.set([
+                        parent_oid,
+                        seq,
+                        if range.is_some() {
+                            leaf_oid
+                        } else {
+                            pg_sys::InvalidOid
+                        },
+                    ])
+                });
+                let gen = generation();
+                TARGET.with(|t| {
+                    let mut t = t.borrow_mut();
+                    let index_info = t.take().map(|t| t.index_info).unwrap_or_default();
+                    *t = Some(Target {
+                        seq,
+                        leaf: range.map(|(lo, hi)| (leaf_oid, lo, hi, gen)),
+                        index_info,
+                    });
+                });
+            }
+            let seq = TARGET.with(|t| t.borrow().as_ref().map(|t| t.seq).unwrap_or_default());
+
+            let indexes = Self::open_indexes(leaf);
+
+            let (chunk_context, shared_context) = if CHUNK_CONTEXT_BUSY.with(|b| b.replace(true)) {
+                // a capture nested in another one (a payload's cast ran user code that wrote to an
+                // observed table): its own context, the outer one is still in use
+                (Self::new_chunk_context(pg_sys::CurrentMemoryContext), false)
+            } else {
+                let mut ctx = CHUNK_CONTEXT.with(|c| c.get());
+                if ctx.is_null() {
+                    ctx = Self::new_chunk_context(pool_context());
+                    CHUNK_CONTEXT.with(|c| c.set(ctx));
+                } else {
+                    // left over by a capture that failed
+                    pg_sys::MemoryContextReset(ctx);
+                }
+                (ctx, true)
+            };
             POOL.with(|p| {
                 let mut p = p.borrow_mut();
                 if !p.as_ref().is_some_and(|pool| pool.matches(leaf)) {
@@ -282,16 +472,80 @@ impl Writer {
                 parent,
                 leaf,
                 seq,
-                estate,
-                rri,
+                indexes,
                 slots: Vec::new(),
                 used: 0,
                 cid: pg_sys::GetCurrentCommandId(true),
                 txid: pg_sys::Datum::from(txid.value),
-                captured_at,
+                captured_at: pg_sys::Datum::from(captured_at),
                 chunk_context,
+                shared_context,
                 written: 0,
             }
+        }
+    }
+
+    unsafe fn new_chunk_context(parent: pg_sys::MemoryContext) -> pg_sys::MemoryContext {
+        // SAFETY: creates a memory context under a live parent.
+        unsafe {
+            pg_sys::AllocSetContextCreateInternal(
+                parent,
+                c"pg_observers event chunk".as_ptr(),
+                0,
+                8 * 1024,
+                8 * 1024 * 1024,
+            )
+        }
+    }
+
+    /// Open the partition's indexes: plain btrees directly, anything else through the executor.
+    unsafe fn open_indexes(leaf: pg_sys::Relation) -> Indexes {
+        // SAFETY: `leaf` is open with RowExclusiveLock; its indexes are opened with the same lock
+        // (as ExecOpenIndices does) and closed by `finish`.
+        unsafe {
+            let list = pg_sys::RelationGetIndexList(leaf);
+            let n = if list.is_null() {
+                0
+            } else {
+                (*list).length as usize
+            };
+            let mut direct = Vec::with_capacity(n);
+            let mut plain = true;
+            for i in 0..n {
+                let oid = (*(*list).elements.add(i)).oid_value;
+                let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as i32);
+                if !is_plain_btree(index) {
+                    plain = false;
+                }
+                direct.push(index);
+            }
+            if !list.is_null() {
+                pg_sys::list_free(list);
+            }
+            if plain {
+                let entries = TARGET.with(|t| {
+                    let mut t = t.borrow_mut();
+                    let t = t.as_mut().expect("target set by Writer::open");
+                    direct
+                        .iter()
+                        .map(|&index| {
+                            let unique = (*(*index).rd_index).indisunique;
+                            (index, index_info(t, index), unique)
+                        })
+                        .collect()
+                });
+                return Indexes::Direct(entries);
+            }
+            for index in direct {
+                pg_sys::index_close(index, pg_sys::NoLock as i32);
+            }
+            let estate = pg_sys::CreateExecutorState();
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                as *mut pg_sys::ResultRelInfo;
+            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::InitResultRelInfo(rri, leaf, 1, ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(rri, false);
+            Indexes::Executor { estate, rri }
         }
     }
 
@@ -353,43 +607,84 @@ impl Writer {
 
     unsafe fn flush(&mut self) {
         // SAFETY: `self` was opened in this transaction and its slots hold `used` queued rows;
-        // heap_multi_insert runs in the chunk context, which is reset afterwards, and
+        // the heap insert runs in the chunk context, which is reset afterwards, and
         // CurrentMemoryContext is put back.
         unsafe {
             if self.used == 0 {
                 return;
             }
-            // virtual slots: heap_multi_insert forms the heap tuples in the current (chunk) context
+            // virtual slots: the heap tuples are formed in the current (chunk) context
             let old = pg_sys::CurrentMemoryContext;
             pg_sys::CurrentMemoryContext = self.chunk_context;
-            pg_sys::heap_multi_insert(
-                self.leaf,
-                self.slots.as_mut_ptr(),
-                self.used as i32,
-                self.cid,
-                0,
-                ptr::null_mut(),
-            );
-            pg_sys::CurrentMemoryContext = old;
-            if (*self.rri).ri_NumIndices > 0 {
-                for &slot in &self.slots[..self.used] {
-                    pg_sys::ExecInsertIndexTuples(
-                        self.rri,
-                        slot,
-                        self.estate,
-                        false,
-                        false,
-                        ptr::null_mut(),
-                        ptr::null_mut(),
-                    );
-                    pg_sys::MemoryContextReset(
-                        (*self.estate)
-                            .es_per_tuple_exprcontext
-                            .as_ref()
-                            .map_or(ptr::null_mut(), |e| e.ecxt_per_tuple_memory),
-                    );
+            if self.used == 1 {
+                // one row (the common 1-row statement): a plain insert, cheaper than a multi-insert
+                // of one (no arrays, a smaller WAL record)
+                let tuple_insert = (*(*self.leaf).rd_tableam)
+                    .tuple_insert
+                    .expect("the heap access method inserts tuples");
+                tuple_insert(self.leaf, self.slots[0], self.cid, 0, ptr::null_mut());
+            } else {
+                pg_sys::heap_multi_insert(
+                    self.leaf,
+                    self.slots.as_mut_ptr(),
+                    self.used as i32,
+                    self.cid,
+                    0,
+                    ptr::null_mut(),
+                );
+            }
+            match &self.indexes {
+                Indexes::Direct(indexes) => {
+                    let mut values = [pg_sys::Datum::from(0); NATTS];
+                    let mut isnull = [false; NATTS];
+                    for &slot in &self.slots[..self.used] {
+                        for &(index, info, unique) in indexes {
+                            let form = &*(*index).rd_index;
+                            let keys = form.indkey.values.as_slice(form.indnatts as usize);
+                            for (j, &k) in keys.iter().enumerate() {
+                                values[j] = *(*slot).tts_values.add(k as usize - 1);
+                                isnull[j] = *(*slot).tts_isnull.add(k as usize - 1);
+                            }
+                            pg_sys::index_insert(
+                                index,
+                                values.as_mut_ptr(),
+                                isnull.as_mut_ptr(),
+                                &mut (*slot).tts_tid,
+                                self.leaf,
+                                if unique {
+                                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                                } else {
+                                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                                },
+                                false,
+                                info,
+                            );
+                        }
+                    }
+                }
+                Indexes::Executor { estate, rri } => {
+                    if (**rri).ri_NumIndices > 0 {
+                        for &slot in &self.slots[..self.used] {
+                            pg_sys::ExecInsertIndexTuples(
+                                *rri,
+                                slot,
+                                *estate,
+                                false,
+                                false,
+                                ptr::null_mut(),
+                                ptr::null_mut(),
+                            );
+                            pg_sys::MemoryContextReset(
+                                (**estate)
+                                    .es_per_tuple_exprcontext
+                                    .as_ref()
+                                    .map_or(ptr::null_mut(), |e| e.ecxt_per_tuple_memory),
+                            );
+                        }
+                    }
                 }
             }
+            pg_sys::CurrentMemoryContext = old;
             for &slot in &self.slots[..self.used] {
                 pg_sys::ExecClearTuple(slot);
             }
@@ -405,14 +700,29 @@ impl Writer {
     /// Call once, in the transaction that opened the writer.
     pub unsafe fn finish(mut self) -> u64 {
         // SAFETY: called once, in the transaction that opened the writer (contract): each resource
-        // opened by `open` is released exactly once.
+        // opened by `open` is released exactly once; locks are kept until the transaction ends.
         unsafe {
             self.flush();
-            pg_sys::ExecCloseIndices(self.rri);
-            pg_sys::FreeExecutorState(self.estate);
+            match &self.indexes {
+                Indexes::Direct(indexes) => {
+                    for &(index, _, _) in indexes {
+                        pg_sys::index_close(index, pg_sys::NoLock as i32);
+                    }
+                }
+                Indexes::Executor { estate, rri } => {
+                    pg_sys::ExecCloseIndices(*rri);
+                    pg_sys::FreeExecutorState(*estate);
+                }
+            }
             pg_sys::table_close(self.leaf, pg_sys::NoLock as i32);
-            pg_sys::table_close(self.parent, pg_sys::NoLock as i32);
-            pg_sys::MemoryContextDelete(self.chunk_context);
+            if !self.parent.is_null() {
+                pg_sys::table_close(self.parent, pg_sys::NoLock as i32);
+            }
+            if self.shared_context {
+                CHUNK_CONTEXT_BUSY.with(|b| b.set(false));
+            } else {
+                pg_sys::MemoryContextDelete(self.chunk_context);
+            }
             self.written
         }
     }

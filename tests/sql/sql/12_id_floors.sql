@@ -60,6 +60,10 @@ INSERT INTO items VALUES (43, 'e43');
 SELECT b.last_id >= (SELECT max(id) FROM observers.event WHERE new ->> 'note' = 'e41') AS floor_moved_up,
        b.max_id = (SELECT max(id) FROM observers.event) AS batch_ends_at_newest
   FROM observers.batch_open('default', 1) AS b;
+-- status(), checkpoint_show() and maintain() start at observers._id_floor(checkpoint)
+-- (15_id_floor.sql): the same floor batch_open chose, and not 0
+SELECT observers._id_floor(k) = k.last_id AS same_floor_as_batch_open, k.last_id > 0 AS above_zero
+  FROM observers.checkpoint AS k WHERE k.group_name = 'default';
 
 SELECT observers.batch_close('default', 1);
 

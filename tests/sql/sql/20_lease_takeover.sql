@@ -121,3 +121,34 @@ UPDATE observers.leader_lease
  WHERE group_name = 'g2';
 SELECT observers.lease_acquire('g2', 'w5', '1 hour') AS taken_over;
 SELECT * FROM lease;
+
+-- A takeover from a crashed leader frees its deduplication claims at once: the new leader runs
+-- the pairs the dead one was executing without waiting for their claims to expire.
+CREATE FUNCTION dd_claim(p_owner text, p_key bytea DEFAULT '\x01') RETURNS text LANGUAGE sql AS $$
+    SELECT state FROM observers.dedup_claim(ARRAY[p_key], ARRAY[(now() AT TIME ZONE 'UTC')::date],
+                                            p_owner, '1 hour', '1 hour')
+$$;
+SELECT connect('dead');
+SELECT remote_pid('dead') AS dead_pid \gset
+SELECT epoch FROM dblink('dead', $$SELECT observers.lease_acquire('g3', 'w-dead', '1 hour')$$) AS t(epoch bigint);
+-- (the worker's claims name its incarnation: '<worker id>/<random>')
+SELECT dd_claim('w-dead/00ff') AS claimed_by_the_leader;
+-- another worker whose id merely starts like the leader's holds a claim too
+SELECT dd_claim('w-dead-2/01', '\x02') AS claimed_by_a_look_alike;
+-- while the leader lives, its claim holds against anyone else
+SELECT dd_claim('w-new/01') AS while_alive;
+SELECT dblink_disconnect('dead');
+CALL wait_gone(:dead_pid);
+-- its session ended, but nobody took its lease over yet: the claim still holds
+SELECT dd_claim('w-new/01') AS dead_but_not_taken_over;
+SELECT observers.lease_acquire('g3', 'w-new', '1 hour') AS takeover_epoch;
+SELECT owner FROM observers.dedup_dead_owner ORDER BY owner;
+SELECT dd_claim('w-new/01') AS after_the_takeover;
+SELECT dd_claim('w-new/01', '\x02') AS look_alike_still_holds;
+-- a takeover after a release or an expiry lists nobody (the holder's session was alive or unknown)
+SELECT observers.lease_release('g3', 'w-new', 2) AS released;
+SELECT observers.lease_acquire('g3', 'w-other', '1 hour') AS epoch_after_release;
+SELECT owner FROM observers.dedup_dead_owner ORDER BY owner;
+-- the crashed worker, restarted under its id, leaves the list at its first lease call
+SELECT observers.lease_acquire('g3', 'w-dead', '1 hour') IS NULL AS standby_again;
+SELECT owner FROM observers.dedup_dead_owner ORDER BY owner;

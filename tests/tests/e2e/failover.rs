@@ -118,11 +118,6 @@ impl OrdersWriter {
     }
 }
 
-fn median_and_worst(mut v: Vec<Duration>) -> (Duration, Duration) {
-    v.sort();
-    (v[v.len() / 2], v[v.len() - 1])
-}
-
 /// A leader and a standby, a writer streaming; the leader is killed with SIGKILL [`KILLS`]
 /// times (a fresh standby is started each time), then stopped with SIGTERM [`SIGTERMS`] times.
 /// Each handover is measured (time from the signal until the standby logs that it took the
@@ -221,8 +216,8 @@ async fn standby_takes_over_at_once_after_kill9_and_after_sigterm() {
         .filter_map(|d| d.event_id())
         .collect();
     assert_eq!(delivered.len() as u64, total, "every event delivered");
-    let (cm, cw) = median_and_worst(crash);
-    let (gm, gw) = median_and_worst(graceful);
+    let (cm, cw) = observers_tests::chaos::median_and_worst(crash).unwrap();
+    let (gm, gw) = observers_tests::chaos::median_and_worst(graceful).unwrap();
     println!(
         "failover: {total} events delivered; handover after kill -9 ({KILLS}x): median {cm:?}, worst {cw:?}; \
          after SIGTERM ({SIGTERMS}x): median {gm:?}, worst {gw:?}"
@@ -626,6 +621,150 @@ async fn a_frozen_leader_is_replaced_and_stops_after_it_wakes() {
         twice.iter().all(|(_, n)| **n == 2) && twice.len() <= 2 * MAX_IN_FLIGHT,
         "more pairs than the old leader could have in flight ({MAX_IN_FLIGHT} at the freeze, \
          {MAX_IN_FLIGHT} more from a page read before its lease answer) were delivered twice: {twice:?}"
+    );
+    assert_eq!(b.stop(SHORT).await.code(), Some(0));
+    assert_eq!(a.stop(SHORT).await.code(), Some(0));
+}
+
+/// `host:port` of a `postgres://user@host:port/db` URL.
+fn url_addr(url: &str) -> std::net::SocketAddr {
+    let rest = url.split('@').nth(1).expect("user@host in the URL");
+    rest.split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("host:port in the URL")
+}
+
+/// A network partition (issue 10 §3): the leader reaches PostgreSQL through a TCP proxy that
+/// stops forwarding (its sessions stay open, so the database still sees them alive: the session
+/// check cannot help, only the lease's expiry). A standby, connected directly, takes over once
+/// the lease expires (within `lease_ttl` + `standby_poll`); the cut-off leader stops delivering
+/// (its renewal misses its deadline of a third of the TTL, and every claim needs the database),
+/// and when the link comes back it learns it lost the lease and never leads again. Each worker
+/// posts to its own path, so the receiver knows who delivered what. Every event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_by_a_partition_is_replaced_and_stops_delivering() {
+    const TTL: Duration = Duration::from_secs(3);
+    let (db, rx) = setup("failover_partition").await;
+    rx.set_default("/a/orders", Reply::ok());
+    rx.set_default("/b/orders", Reply::ok());
+    orders_table(&db).await;
+    let observers = observers_yaml("${HOOK_URL}");
+    let extra = "failover: { enabled: true, lease_ttl: 3s, standby_poll: 250ms }\n\
+                 deduplication: { backend: postgres, ttl: 1h }\n";
+    let proxy = observers_tests::proxy::Proxy::start(url_addr(&db.url))
+        .await
+        .expect("start the proxy");
+    let proxied = db
+        .url
+        .replace(&url_addr(&db.url).to_string(), &proxy.addr().to_string());
+    let (hook_a, hook_b) = (rx.url("/a/orders"), rx.url("/b/orders"));
+    let mut a = Worker::start(
+        "failover_partition_a",
+        &config("pt-a", extra, &observers),
+        &[("DATABASE_URL", proxied.as_str()), ("HOOK_URL", &hook_a)],
+    );
+    assert!(a.wait_for_log(TAKEN_OVER, SHORT).await, "a never led");
+    wait_observer_ready(&db.client, "orders", "public.orders", SHORT).await;
+    let mut b = Worker::start(
+        "failover_partition_b",
+        &config("pt-b", extra, &observers),
+        &[("DATABASE_URL", db.url.as_str()), ("HOOK_URL", &hook_b)],
+    );
+    assert!(
+        b.wait_for_log("standby", SHORT).await,
+        "b is not standing by"
+    );
+
+    let writer = OrdersWriter::start(&db, Duration::from_millis(20));
+    assert!(
+        rx.wait_until(LONG, |rx| rx.unique_count_for("/a/orders") >= 50)
+            .await,
+        "a does not deliver: {}",
+        rx.summary()
+    );
+
+    let cut = Instant::now();
+    proxy.cut();
+    let took = handover(&b, cut, "network partition of the leader").await;
+    println!(
+        "failover: partition: handover after {took:?} (lease_ttl {TTL:?}, standby_poll 250ms)"
+    );
+    assert!(
+        took >= TTL * 2 / 3 - Duration::from_millis(300),
+        "b took over after {took:?}, before a's lease ({TTL:?}, renewed every third of it) could expire: the partitioned \
+         leader's session is still open, so b must have broken the lease"
+    );
+    // from the cut on, a delivers only what it had in flight; a lease_ttl later, nothing at all
+    tokio::time::sleep_until((cut + TTL).into()).await;
+    let a_then = rx.deliveries_for("/a/orders").len();
+    let b_seen = rx.unique_count_for("/b/orders");
+    assert!(
+        rx.wait_until(LONG, |rx| rx.unique_count_for("/b/orders") >= b_seen + 100)
+            .await,
+        "b does not deliver after the takeover: {}",
+        rx.summary()
+    );
+    assert_eq!(
+        rx.deliveries_for("/a/orders").len(),
+        a_then,
+        "the cut-off leader kept delivering more than lease_ttl after the partition"
+    );
+
+    // the link comes back: a learns it lost the lease and stays a standby
+    proxy.heal();
+    let lost = a
+        .wait_for_log("leader lease lost: another worker holds it now", SHORT)
+        .await;
+    if !lost {
+        a.dump_log();
+    }
+    assert!(
+        lost,
+        "a does not say it lost the lease once the link is back"
+    );
+
+    let seen = rx.unique_count();
+    assert!(
+        rx.wait_until(LONG, |rx| rx.unique_count() >= seen + 100)
+            .await,
+        "nothing delivered after the link came back: {}",
+        rx.summary()
+    );
+    writer.stop.store(true, Ordering::SeqCst);
+    writer.task.await.unwrap();
+    let total = writer.written.load(Ordering::SeqCst);
+    assert!(
+        wait_backlog_zero(&db.client, LONG).await,
+        "backlog not drained"
+    );
+    assert!(
+        rx.wait_until(LONG, |rx| rx.unique_count() as u64 >= total)
+            .await,
+        "not every event was delivered: {total} written; {}",
+        rx.summary()
+    );
+    assert_eq!(
+        rx.deliveries_for("/a/orders").len(),
+        a_then,
+        "a delivered again after the link came back although b leads"
+    );
+    let epoch: i64 = db
+        .client
+        .query_one(
+            "SELECT epoch FROM observers.checkpoint WHERE group_name = 'default'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(epoch, 2, "only the new leader moved the checkpoint");
+    println!(
+        "failover: partition: {total} events, {} delivered by a, {} requests by b, {} repeated",
+        a_then,
+        rx.deliveries_for("/b/orders").len(),
+        rx.duplicate_count()
     );
     assert_eq!(b.stop(SHORT).await.code(), Some(0));
     assert_eq!(a.stop(SHORT).await.code(), Some(0));
