@@ -246,7 +246,7 @@ async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
             repeated
         );
         report.insert(
-            kind.replace(' ', "").replace('-', ""),
+            kind.replace([' ', '-'], ""),
             json!({
                 "count": idx.len(),
                 "handover_median_ms": hm.as_secs_f64() * 1000.0,
