@@ -15,6 +15,9 @@
 #      uncached vs Redis hit vs memory hit, p50/p99.
 #   5. failover (target/release/bench-failover): three workers of a group, 12 kill -9s and 3
 #      SIGTERMs of the leader while events stream: handover and delivery gap, median and worst.
+#   6. the searchable audit trail (scripts/bench-search.sh): indexing throughput and search
+#      latency at 1M events, capture with the indexer on vs off, the Elasticsearch sink into
+#      osmem-server and the webhook drain with the sink on vs off.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -45,3 +48,6 @@ echo; echo "=== 4. lookup latency (uncached vs redis hit vs memory hit, 50 ms so
 echo; echo "=== 5. failover (handover and delivery gap after kill -9 / SIGTERM of the leader) ==="
 "$top/target/release/bench-failover" --pgurl "postgres://postgres@127.0.0.1:$port/postgres" \
   --worker-bin "$top/target/release/fraiseql-observers"
+
+echo; echo "=== 6. the searchable audit trail (PostgreSQL search, the Elasticsearch sink) ==="
+scripts/bench-search.sh

@@ -21,7 +21,7 @@ port=${DEMO_PGPORT:-$(free_port)}
 rport=${DEMO_RECEIVER_PORT:-$(free_port)}
 mport=${DEMO_METRICS_PORT:-$(free_port)}
 sport=${DEMO_SMTP_PORT:-$(free_port)}
-dir=/tmp/fraiseql-observers-demo
+dir=${DEMO_DIR:-/tmp/fraiseql-observers-demo}
 run=$top/.run/demo
 bin=$top/target/debug
 mkdir -p "$run"
@@ -169,6 +169,17 @@ obs dlq retry-all --observer warehouse_sync --dry-run
 echo "(once the warehouse is back: fraiseql-observers dlq retry-all --observer warehouse_sync)"
 echo
 obs metrics --url "http://$METRICS_LISTEN/metrics"
+
+b "9. the audit trail: every event searchable (docs/SEARCH.md; filled by the worker, off the write path)"
+for _ in $(seq 1 100); do
+  [ "$(psql -Atc "SELECT (SELECT count(*) FROM observers.search_doc) >= (SELECT count(*) FROM observers.event)")" = t ] && break
+  sleep 0.1
+done
+obs search paid --table orders --since 1h
+obs search --field new.customer_id=2
+obs search --facet op
+echo "from psql: SELECT * FROM observers.search('paid', table_name => 'orders');"
+echo
 
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
   b "left running (DEMO_KEEP=1)"

@@ -74,3 +74,13 @@ else
   say "cargo pgrx init --pg15 $PG_CONFIG"
   cargo pgrx init --pg15 "$PG_CONFIG"
 fi
+
+# 4. osmem-server (PyPI): an in-memory OpenSearch-compatible server, a static binary inside the
+#    wheel, for the Elasticsearch sink's end-to-end test (docs/SEARCH.md says what it verifies).
+#    The tests find it with: python3 -c 'import osmem_server; print(osmem_server.resolve_binary())'
+if python3 -c 'import osmem_server' 2>/dev/null; then
+  say "osmem-server present"
+else
+  say "installing osmem-server (pip)"
+  python3 -m pip install -q osmem-server
+fi

@@ -128,6 +128,15 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Search the audit trail (PostgreSQL, observers.search_doc): events newest first, or counts
+    /// by a facet (--facet) or per minute/hour/day (--timeseries). Needs the index to be filled
+    /// (`search: enabled` in the worker's file, or `SELECT observers.search_index()`).
+    Search {
+        #[command(flatten)]
+        args: SearchArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Read the running worker's Prometheus metrics (/metrics) and print a summary
     /// (exit 0 ok, 1 cannot reach the worker).
     Metrics {
@@ -216,6 +225,45 @@ pub enum DlqCommand {
     },
     /// Dead letters per observer: count, pending retries, oldest, newest, last error.
     Stats,
+}
+
+/// What `search` looks for. Times are RFC 3339 or a duration ago (`1h`, `30m`, `2d`).
+#[derive(Debug, Clone, Args)]
+pub struct SearchArgs {
+    /// Words to find in the payload's values (websearch syntax: refund, "exact phrase", a -b, a or b).
+    #[arg(value_name = "TEXT")]
+    pub text: Option<String>,
+    /// Only events of this table (schema.table; a bare name means public.name).
+    #[arg(long, value_name = "TABLE")]
+    pub table: Option<String>,
+    /// Only events of this observer.
+    #[arg(long, value_name = "NAME")]
+    pub observer: Option<String>,
+    /// Only INSERT, UPDATE or DELETE events.
+    #[arg(long, value_name = "OP")]
+    pub op: Option<String>,
+    /// Only events captured at or after this time (RFC 3339, or a duration ago: `1h`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events captured before this time (RFC 3339, or a duration ago: `30m`).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// A field equal to a value, compared as text (`new.customer_id=42`, `old.status=paid`,
+    /// `new.note=null`); repeatable, all must match.
+    #[arg(long = "field", value_name = "PATH=VALUE")]
+    pub fields: Vec<String>,
+    /// At most this many events (or facet values).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub limit: i32,
+    /// Continue after the previous page (the token printed under it).
+    #[arg(long, value_name = "TOKEN")]
+    pub page: Option<String>,
+    /// Count the matching events by table, op, observer or a field path (new.status).
+    #[arg(long, value_name = "FACET")]
+    pub facet: Option<String>,
+    /// Count the matching events per minute, hour or day (UTC).
+    #[arg(long, value_name = "BUCKET")]
+    pub timeseries: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

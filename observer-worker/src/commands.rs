@@ -1,7 +1,7 @@
 //! The CLI commands (other than the worker itself, see [`crate::worker`]).
 //!
 //! `validate-config` lives here; the operator commands (`status`, `dlq ...`, `debug-event`,
-//! `replay`, `checkpoint ...`) each have a module below, share [`session`] (connect, check the
+//! `replay`, `checkpoint ...`, `search`) each have a module below, share [`session`] (connect, check the
 //! extension), [`failure`] (errors as advice, exit codes) and [`output`] (tables, ages, JSON), and
 //! are dispatched by [`run_operator`]. Their SQL is in [`crate::db::operator`].
 
@@ -14,6 +14,7 @@ pub mod failure;
 pub mod jobs;
 pub mod output;
 pub mod replay;
+pub mod search;
 pub mod session;
 pub mod status;
 pub mod time_arg;
@@ -45,7 +46,8 @@ pub async fn run_operator(
         | Command::Dlq { .. }
         | Command::Replay { .. }
         | Command::Checkpoint { .. }
-        | Command::Jobs { .. } => operator(command, url, format, out).await,
+        | Command::Jobs { .. }
+        | Command::Search { .. } => operator(command, url, format, out).await,
         _ => return None,
     };
     Some(match result {
@@ -87,7 +89,14 @@ async fn operator(
     if let Command::Checkpoint { command, .. } = command {
         checkpoint::precheck(command)?;
     }
+    let search = match command {
+        Command::Search { args, .. } => Some(search::check(args, std::time::SystemTime::now())?),
+        _ => None,
+    };
     let db = session::connect(url).await?;
+    if let Some(q) = &search {
+        return search::run(&db, q, format, out).await;
+    }
     match command {
         Command::Status { check, .. } => status::run(&db, format, *check, out).await,
         Command::DebugEvent { id, .. } => debug_event::run(&db, *id, format, out).await,

@@ -50,6 +50,13 @@ impl InstallationId {
     pub fn pair_id(&self, event_id: i64, action_index: usize) -> String {
         format!("evt_{}_{event_id}_{action_index}", self.short())
     }
+
+    /// The `_id` of an event's search document (the Elasticsearch sink): `evt_<short
+    /// installation id>_<event id>`, stable in the same ways as [`InstallationId::pair_id`]
+    /// (one document per event, whatever its observer's actions).
+    pub fn document_id(&self, event_id: i64) -> String {
+        format!("evt_{}_{event_id}", self.short())
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -9,6 +9,8 @@
 //! * [`lookups`] — cached lookups (`lookup.<name>` in templates): sources, caches, eviction.
 //! * [`retry`], [`signing`] — backoff policy and Standard Webhooks signatures.
 //! * [`installation`] — this installation's id and the idempotency key (webhook-id) of a pair.
+//! * [`search`] — the audit trail off the write path: the PostgreSQL search indexer and the
+//!   Elasticsearch / OpenSearch sink.
 //! * [`telemetry`] — logging, counters, `/metrics` and the health endpoints.
 //! * [`worker`] — assembles everything for `start`; [`commands`] — the CLI commands
 //!   ([`metrics_cli`]: `fraiseql-observers metrics`).
@@ -27,6 +29,7 @@ pub mod metrics_cli;
 pub mod pipeline;
 pub mod resilience;
 pub mod retry;
+pub mod search;
 pub mod signing;
 pub mod telemetry;
 pub mod templates;

@@ -53,7 +53,8 @@ fn main() -> ExitCode {
         | Command::Dlq { ref db, .. }
         | Command::Replay { ref db, .. }
         | Command::Checkpoint { ref db, .. }
-        | Command::Jobs { ref db, .. } => run_operator(&cli, db.config.as_deref()),
+        | Command::Jobs { ref db, .. }
+        | Command::Search { ref db, .. } => run_operator(&cli, db.config.as_deref()),
         Command::Start { ref config } => run_start(&cli, config, url_on_command_line),
         Command::Apply {
             ref config,

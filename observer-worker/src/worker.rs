@@ -4,6 +4,7 @@
 //! connect (retry) ─► check extension ─► apply YAML observers ─► load definitions
 //!     ─► tasks: lease │ LISTEN │ heartbeat │ maintenance │ definitions refresh │ parked pairs
 //!        │ job runner (job_queue; every worker of the group)
+//!        │ search indexer / Elasticsearch sink (when enabled)
 //!     ─► consumer (until SIGTERM) ─► drain ─► checkpoint ─► release lease
 //! ```
 
@@ -196,6 +197,24 @@ pub async fn run(
         background.clone(),
     ));
     tasks.spawn(maintenance(db.clone(), background.clone()));
+    // the audit trail, off the delivery path (docs/SEARCH.md)
+    if config.search.enabled {
+        tasks.spawn(crate::search::indexer::run(
+            db.clone(),
+            config.search.clone(),
+            metrics.clone(),
+            background.clone(),
+        ));
+    }
+    if config.elasticsearch.enabled {
+        tasks.spawn(crate::search::elasticsearch::run(
+            db.clone(),
+            config.elasticsearch.clone(),
+            installation,
+            metrics.clone(),
+            background.clone(),
+        ));
+    }
     tasks.spawn(refresh_definitions(registry.clone(), background.clone()));
 
     // pairs of open destinations (with circuit breakers) and of broken observers

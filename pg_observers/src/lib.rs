@@ -94,9 +94,14 @@ extension_sql_file!(
     requires = ["operations"]
 );
 extension_sql_file!(
+    "../sql/bootstrap/52_search.sql",
+    name = "search",
+    requires = ["worker_api", "event_names"]
+);
+extension_sql_file!(
     "../sql/bootstrap/40_maintain.sql",
     name = "maintain",
-    requires = ["operations", "id_floor", api::retention_setting]
+    requires = ["operations", "id_floor", "search", api::retention_setting]
 );
 extension_sql_file!(
     "../sql/bootstrap/50_jobs.sql",

@@ -7,12 +7,14 @@
 //! * [`worker`]: the real `fraiseql-observers` binary as a child process;
 //! * [`proxy`]: a TCP proxy that can stop forwarding (a network partition, for failover tests);
 //! * [`redis`]: a private `redis-server` per test, which a test can kill and start again;
+//! * [`osmem`]: a private in-memory OpenSearch-API server (`osmem-server`) per test;
 //! * [`util`]: waiting and small SQL helpers shared by the end-to-end tests and `bench-e2e`.
 //!
 //! See `docs/TESTING.md` for how the test tiers fit together.
 
 pub mod chaos;
 pub mod cluster;
+pub mod osmem;
 pub mod proxy;
 pub mod receiver;
 pub mod redis;

@@ -57,6 +57,8 @@ mod operations;
 mod ordering;
 #[path = "e2e/retries.rs"]
 mod retries;
+#[path = "e2e/search.rs"]
+mod search;
 #[path = "e2e/security_worker.rs"]
 mod security_worker;
 #[path = "e2e/shutdown.rs"]

@@ -10,6 +10,7 @@ pub mod lookups;
 mod parse;
 pub mod reader;
 pub mod resilience;
+pub mod search;
 pub mod secrets;
 mod validate;
 pub mod yaml;
@@ -26,6 +27,7 @@ pub use reader::Problem;
 pub use resilience::{
     BreakerConfig, CacheBackend, CachingConfig, DedupBackend, DedupConfig, RedisConfig,
 };
+pub use search::{ElasticsearchConfig, EsAuth, SearchConfig};
 pub use secrets::ActionSecrets;
 
 use crate::retry::RetryPolicy;
@@ -132,6 +134,10 @@ pub struct Config {
     pub deduplication: DedupConfig,
     pub caching: CachingConfig,
     pub circuit_breaker: BreakerConfig,
+    /// `search:`: the worker fills the PostgreSQL search index (docs/SEARCH.md).
+    pub search: SearchConfig,
+    /// `elasticsearch:`: the Elasticsearch / OpenSearch sink (docs/SEARCH.md).
+    pub elasticsearch: ElasticsearchConfig,
     /// `lookups:`: cached enrichment usable from templates as `lookup.<name>`.
     pub lookups: Vec<LookupConfig>,
     /// `action_secrets:` plus what the file's observers use: the variables actions

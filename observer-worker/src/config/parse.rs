@@ -29,6 +29,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "failover",
     "job_queue",
     "smtp",
+    "search",
     "elasticsearch",
     "lookups",
     "action_secrets",
@@ -86,7 +87,8 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         caching_mark,
     );
     let circuit_breaker = resilience::read_breaker(r, top.get("circuit_breaker"));
-    read_later_features(r, &top);
+    let search = super::search::read_search(r, top.get("search"));
+    let elasticsearch = super::search::read_elasticsearch(r, top.get("elasticsearch"));
     let lookups = match top.get("lookups") {
         Some(node) => {
             r.set_lookup_names(lookups::written_names(node));
@@ -145,6 +147,8 @@ pub fn read_config(r: &mut Reader, root: &Node, defaults: &Defaults) -> Option<C
         deduplication,
         caching,
         circuit_breaker,
+        search,
+        elasticsearch,
         lookups,
         action_secrets,
         destinations,
@@ -512,32 +516,6 @@ fn read_job_queue(r: &mut Reader, node: Option<&Node>) -> JobQueueConfig {
         }
     }
     cfg
-}
-
-/// Sections of features that come in later versions: their options are
-/// checked, and turning them on is an error rather than silently ignored.
-fn read_later_features(r: &mut Reader, top: &super::reader::Fields<'_>) {
-    let later: &[(&str, &[&str])] = &[("elasticsearch", &["url", "index"])];
-    for (name, options) in later {
-        let Some(node) = top.get(name) else { continue };
-        let Some(feat) = r.feature(node, name, options, false) else {
-            continue;
-        };
-        let f = &feat.fields;
-        // every option of these sections is a non-empty string
-        for k in options.iter() {
-            if let Some(n) = f.get(k) {
-                r.non_empty_string(n, &f.path_of(k));
-            }
-        }
-        if feat.enabled {
-            r.problem(
-                name,
-                feat.mark,
-                format!("{name} is not available in this version yet: write `{name}: disabled` or remove the section"),
-            );
-        }
-    }
 }
 
 pub const OBSERVER_KEYS: &[&str] = &[

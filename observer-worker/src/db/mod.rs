@@ -13,6 +13,7 @@
 mod attempts;
 mod control;
 mod dedup;
+mod feed;
 mod gauges;
 mod jobs;
 pub mod listener;
@@ -24,6 +25,7 @@ pub mod schema;
 
 pub use attempts::AttemptRecord;
 pub use dedup::ClaimState;
+pub use feed::{FeedDeadLetter, FeedDocument, FeedSession};
 pub use jobs::{ClaimedJob, JobOutcome, PairJob};
 pub use parked::{ParkRecord, ParkedPair};
 

@@ -85,6 +85,12 @@ pub mod names {
     pub const JOB_WAIT: &str = "observer_job_wait_seconds";
     pub const JOBS_RUNNING: &str = "observer_jobs_running";
     pub const JOBS_RESCUED: &str = "observer_jobs_rescued_total";
+    pub const SEARCH_INDEXED: &str = "observer_search_indexed_total";
+    pub const ES_ITEMS: &str = "observer_elasticsearch_items_total";
+    pub const ES_REQUESTS: &str = "observer_elasticsearch_requests_total";
+    pub const ES_BULK_DURATION: &str = "observer_elasticsearch_bulk_duration_seconds";
+    pub const ES_BREAKER_OPEN: &str = "observer_elasticsearch_breaker_open";
+    pub const ES_LAG: &str = "observer_elasticsearch_lag_seconds";
 
     /// Every family above (docs/METRICS.md lists the same).
     pub const ALL: &[&str] = &[
@@ -128,6 +134,12 @@ pub mod names {
         JOB_WAIT,
         JOBS_RUNNING,
         JOBS_RESCUED,
+        SEARCH_INDEXED,
+        ES_ITEMS,
+        ES_REQUESTS,
+        ES_BULK_DURATION,
+        ES_BREAKER_OPEN,
+        ES_LAG,
     ];
 }
 
@@ -248,6 +260,8 @@ pub struct Metrics {
     job_wait: Histogram,
     jobs_running: IntGauge,
     jobs_rescued: IntCounter,
+    /// The search index and the Elasticsearch sink (recorded by `crate::search`).
+    pub search: super::search_metrics::SearchMetrics,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -413,6 +427,7 @@ impl Metrics {
             )?,
             jobs_running: reg(&r, IntGauge::with_opts(opts(JOBS_RUNNING, "Jobs this worker is running now."))?)?,
             jobs_rescued: reg(&r, IntCounter::with_opts(opts(JOBS_RESCUED, "Running jobs this worker rescued (their worker stopped beating, or they ran past job_queue.timeout)."))?)?,
+            search: super::search_metrics::SearchMetrics::register(&r)?,
             registry: r,
         };
         m.leader.with_label_values(&[group]).set(0);

@@ -6,6 +6,7 @@
 pub mod database;
 pub mod health;
 pub mod metrics;
+pub mod search_metrics;
 pub mod server;
 
 use std::io::IsTerminal;

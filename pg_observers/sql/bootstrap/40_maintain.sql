@@ -6,9 +6,11 @@
 --   2. drops partitions whose day ended more than observers.retention ago AND whose every
 --      event every worker group has passed (no event with txid >= pg_snapshot_xmin(snap_lo)
 --      of any group that has observers; a group with observers but no checkpoint yet has
---      passed nothing). Only events above the lowest id floor of the groups
---      (observers._id_floor(), 15_id_floor.sql) can be pending, so the check reads the id
---      index from there: a partition wholly below the floor is passed without reading it;
+--      passed nothing) and every feed has passed (observers.feed_cursor, 52_search.sql).
+--      Only events above the lowest id floor of the groups (observers._id_floor(),
+--      15_id_floor.sql) can be pending, so the check reads the id index from there: a partition
+--      wholly below the floor is passed without reading it. A feed that is behind every group
+--      lowers the floor to 0 (its floor is not computed: correct, slower);
 --   3. deletes rows from the DEFAULT partition under the same two conditions. Rows only land
 --      there when maintain() did not run for a week; this is the only DELETE on the outbox.
 -- A partition whose range already has rows in the DEFAULT partition cannot be created; it is
@@ -55,6 +57,7 @@ DECLARE
     v_hi         text;
     v_all_groups boolean;
     v_min_xmin   xid8;
+    v_feed_xmin  xid8;
     v_min_floor  bigint;
     v_pending    boolean;
     v_deleted    bigint := 0;
@@ -121,6 +124,12 @@ BEGIN
       INTO v_all_groups, v_min_xmin, v_min_floor
       FROM (SELECT DISTINCT o.group_name FROM observers.observer AS o) AS g
       LEFT JOIN observers.checkpoint AS k ON k.group_name = g.group_name;
+    -- and what every feed (search index, Elasticsearch sink: 52_search.sql) has passed
+    v_feed_xmin := observers._feeds_min_xmin();
+    IF v_feed_xmin IS NOT NULL AND (v_min_xmin IS NULL OR v_feed_xmin < v_min_xmin) THEN
+        v_min_xmin := v_feed_xmin;
+        v_min_floor := 0;    -- the groups' id floor says nothing about a feed behind them
+    END IF;
 
     FOR r IN
         SELECT c.oid::regclass AS rel, c.relname,

@@ -108,3 +108,30 @@ TO observers_admin;
 GRANT EXECUTE ON FUNCTION
     observers.job_enqueue(text, jsonb, int, timestamptz, text, int, text, int)
 TO observers_enqueue;
+-- The searchable audit trail (52_search.sql, docs/SEARCH.md). The worker fills it and feeds the
+-- Elasticsearch sink (it reads payloads through feed_fetch as it does through batch_fetch) but
+-- may not search it. Searching runs with the caller's rights: SELECT on observers.search_doc,
+-- which only operators have (a copy of every payload, like the outbox).
+GRANT EXECUTE ON FUNCTION
+    observers.feed_fetch(text, int),
+    observers.feed_save(text, bigint, bigint),
+    observers.feed_status(),
+    observers.feed_dead_letter_add(text, bigint[], text[], int[], text[], text[]),
+    observers.search_index(int),
+    observers.search_maintain()
+TO observers_worker;
+GRANT EXECUTE ON FUNCTION
+    observers.feed_status(),
+    observers.feed_drop(text),
+    observers.search_index(int),
+    observers.search_maintain(),
+    observers.search_configure(interval),
+    observers.search_add_field(text),
+    observers.search_drop_field(text),
+    observers.search(text, text, text, text, timestamptz, timestamptz, jsonb, int, timestamptz, bigint),
+    observers.search_facets(text, text, text, text, text, timestamptz, timestamptz, jsonb, int),
+    observers.search_timeseries(text, text, text, text, text, timestamptz, timestamptz, jsonb),
+    observers._search_where(text, text, text, text, timestamptz, timestamptz, jsonb),
+    observers._search_field_expr(text),
+    observers._search_path(text)
+TO observers_admin;

@@ -11,7 +11,7 @@ SELECT e.extname, e.extversion ~ '^\d+\.\d+\.\d+$' AS cargo_version, e.extreloca
 SELECT c.relname, c.relkind
   FROM pg_class AS c
  WHERE c.relnamespace = 'observers'::regnamespace AND c.relkind IN ('r', 'p', 'S')
-   AND c.relname !~ '^(event|dedup|attempt|job_finished)_p\d{8}$'
+   AND c.relname !~ '^(event|dedup|attempt|job_finished|search_doc)_p\d{8}$'
  ORDER BY 1;
 
 -- the outbox

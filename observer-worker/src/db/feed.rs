@@ -1,0 +1,188 @@
+//! Copies of the outbox that follow a feed cursor (52_search.sql): the PostgreSQL search index
+//! (`observers.search_index()`, one call per page) and the Elasticsearch sink (a [`FeedSession`]:
+//! `feed_fetch` a page, copy it, `feed_save` what was acknowledged or dead-lettered).
+
+use tokio_postgres::{Client, NoTls};
+
+use super::{root_cause, Db, DbError, Lane};
+
+/// One page of the search index: how many events were indexed.
+const SEARCH_INDEX: &str = "SELECT observers.search_index($1)";
+const SEARCH_MAINTAIN: &str = "SELECT observers.search_maintain()";
+
+/// The documents of the Elasticsearch sink, built in SQL from `feed_fetch()` so that payload
+/// numbers keep every digit (`jsonb::text`): the envelope (event_id, observer, table, op, txid,
+/// captured_at), the row images (`new`, `old`: stored, not indexed), `changed`, and two fields
+/// that make the payload searchable without a mapping per user column: `payload_text` (every
+/// string, number and boolean value, for full text) and `payload_fields` (`new.col=value` for
+/// the top-level scalar columns, for exact filters and facets). docs/SEARCH.md, "Mappings".
+const ES_FETCH: &str = "SELECT f.id, \
+       to_char(f.captured_at AT TIME ZONE 'UTC', 'YYYY.MM.DD'), \
+       extract(epoch FROM f.captured_at)::float8, \
+       jsonb_build_object( \
+         'event_id', f.id, 'observer', f.observer, 'observer_id', f.observer_id, \
+         'table', f.table_name, 'op', f.op, 'txid', f.txid, \
+         'captured_at', to_char(f.captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+         'new', f.new, 'old', f.old, 'changed', to_jsonb(f.changed), \
+         'payload_text', (SELECT string_agg(v #>> '{}', ' ') \
+                            FROM jsonb_path_query(jsonb_build_array(f.new, f.old), \
+                                 'strict $.** ? (@.type() == \"string\" || @.type() == \"number\" || @.type() == \"boolean\")') AS v), \
+         'payload_fields', (SELECT jsonb_agg(p.k || '=' || (p.v #>> '{}') ORDER BY p.k) \
+                              FROM (SELECT 'new.' || key AS k, value AS v FROM jsonb_each(f.new) \
+                                    UNION ALL SELECT 'old.' || key, value FROM jsonb_each(f.old)) AS p \
+                             WHERE jsonb_typeof(p.v) IN ('string', 'number', 'boolean')) \
+       )::text \
+     FROM observers.feed_fetch($1, $2) AS f";
+const FEED_SAVE: &str = "SELECT observers.feed_save($1, $2, $3)";
+const DEAD_LETTER_ADD: &str = "SELECT observers.feed_dead_letter_add($1, $2, $3, $4, $5, $6)";
+
+impl Db {
+    /// Indexes the next `lim` events into `observers.search_doc`; how many were indexed.
+    pub async fn search_index(&self, lim: i32) -> Result<i32, DbError> {
+        const CTX: &str = "observers.search_index";
+        let c = self.client(Lane::Side, CTX).await?;
+        let row = c
+            .query_one(SEARCH_INDEX, &[&lim])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        row.try_get::<_, i32>(0).map_err(|e| self.err(CTX, e))
+    }
+
+    /// Partitions and retention of the search index; a one-line summary.
+    pub async fn search_maintain(&self) -> Result<String, DbError> {
+        const CTX: &str = "observers.search_maintain";
+        let c = self.client(Lane::Side, CTX).await?;
+        let row = c
+            .query_one(SEARCH_MAINTAIN, &[])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        row.try_get::<_, Option<String>>(0)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.err(CTX, e))
+    }
+
+    /// A connection of its own for one feed, holding the feed's session advisory lock so that
+    /// one worker at a time copies it (the lock goes with the session: a crashed worker's
+    /// connection ends and another worker's next try gets it). `Ok(None)`: another session
+    /// holds it.
+    pub async fn feed_session(&self, feed: &str) -> Result<Option<FeedSession>, DbError> {
+        const CTX: &str = "feed session";
+        let (client, connection) =
+            self.pg_config()
+                .connect(NoTls)
+                .await
+                .map_err(|e| DbError::Unavailable {
+                    target: self.target().to_owned(),
+                    message: root_cause(&e),
+                })?;
+        let target = self.target().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %root_cause(&e), "feed connection ended");
+            }
+        });
+        let locked: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('pg_observers.feed'), hashtext($1))",
+                &[&feed],
+            )
+            .await
+            .map_err(|e| DbError::classify(&target, CTX, e))?
+            .try_get(0)
+            .map_err(|e| DbError::classify(&target, CTX, e))?;
+        if !locked {
+            return Ok(None);
+        }
+        Ok(Some(FeedSession {
+            client,
+            target,
+            feed: feed.to_owned(),
+        }))
+    }
+}
+
+/// One event of a feed page, as the Elasticsearch sink sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedDocument {
+    pub event_id: i64,
+    /// `YYYY.MM.DD`, the capture day (UTC): the daily index.
+    pub day: String,
+    /// Unix seconds of `captured_at`.
+    pub captured_at: f64,
+    /// The document, JSON text.
+    pub source: String,
+}
+
+/// An item that goes to `observers.feed_dead_letter`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedDeadLetter {
+    pub event_id: i64,
+    pub target: String,
+    pub status: Option<i32>,
+    pub error: String,
+    pub document: String,
+}
+
+/// The connection (and advisory lock) of one feed's copier.
+pub struct FeedSession {
+    client: Client,
+    target: String,
+    feed: String,
+}
+
+impl FeedSession {
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// The next page of the feed (the same page again until [`FeedSession::save`] moves past it).
+    pub async fn fetch_documents(&self, lim: i32) -> Result<Vec<FeedDocument>, DbError> {
+        const CTX: &str = "observers.feed_fetch";
+        let rows = self
+            .client
+            .query(ES_FETCH, &[&self.feed, &lim])
+            .await
+            .map_err(|e| DbError::classify(&self.target, CTX, e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(FeedDocument {
+                    event_id: r.try_get(0)?,
+                    day: r.try_get(1)?,
+                    captured_at: r.try_get(2)?,
+                    source: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(|e| DbError::classify(&self.target, CTX, e))
+    }
+
+    /// Every event of the page up to `last_id` is copied (acknowledged or dead-lettered).
+    pub async fn save(&self, last_id: i64, copied: i64) -> Result<bool, DbError> {
+        const CTX: &str = "observers.feed_save";
+        self.client
+            .query_one(FEED_SAVE, &[&self.feed, &last_id, &copied])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| DbError::classify(&self.target, CTX, e))
+    }
+
+    pub async fn dead_letter(&self, items: &[FeedDeadLetter]) -> Result<(), DbError> {
+        const CTX: &str = "observers.feed_dead_letter_add";
+        if items.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = items.iter().map(|i| i.event_id).collect();
+        let targets: Vec<&str> = items.iter().map(|i| i.target.as_str()).collect();
+        let statuses: Vec<Option<i32>> = items.iter().map(|i| i.status).collect();
+        let errors: Vec<&str> = items.iter().map(|i| i.error.as_str()).collect();
+        let docs: Vec<&str> = items.iter().map(|i| i.document.as_str()).collect();
+        self.client
+            .query_one(
+                DEAD_LETTER_ADD,
+                &[&self.feed, &ids, &targets, &statuses, &errors, &docs],
+            )
+            .await
+            .map_err(|e| DbError::classify(&self.target, CTX, e))?;
+        Ok(())
+    }
+}
