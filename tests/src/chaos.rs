@@ -106,17 +106,23 @@ pub struct Seen {
     /// The longest silence between two arrivals, from the last arrival before the disruption to
     /// the first pair delivered for the first time after the takeover.
     pub gap: Duration,
-    /// Pairs delivered again whose first delivery came before this disruption and after the
-    /// previous one (charged to the first disruption after their first delivery).
+    /// Pairs delivered again whose first delivery came nearest to this disruption (a pair in
+    /// flight at a kill may reach the receiver a few milliseconds after the signal: its first
+    /// delivery is then just after the disruption, not before it).
     pub repeated: usize,
+    /// Up to five of them: `webhook-id` and when it was first delivered, relative to the
+    /// disruption (`+12ms` after, `-3ms` before).
+    pub examples: Vec<String>,
 }
 
 /// For disruptions at `at` (ascending) with their handover times: what the receiver saw, and
-/// how many pairs were repeated before the first disruption (should be none). `deliveries` in
-/// arrival order; only successful ones count.
+/// how many repeated pairs had their first delivery farther than `window` from every
+/// disruption (none can be explained by a disruption: should be none). `deliveries` in arrival
+/// order; only successful ones count.
 pub fn what_the_receiver_saw(
     deliveries: &[Delivery],
     at: &[(SystemTime, Duration)],
+    window: Duration,
 ) -> (Vec<Seen>, usize) {
     let ok: Vec<&Delivery> = deliveries.iter().filter(|d| d.succeeded()).collect();
     let mut first: HashMap<&str, SystemTime> = HashMap::new();
@@ -132,10 +138,31 @@ pub fn what_the_receiver_saw(
                 first.insert(id, d.received_at);
                 fresh[i] = true;
             }
-            Some(t1) => match at.iter().position(|(t, _)| t >= t1) {
-                Some(r) => seen[r].repeated += 1,
-                None => before_any += 1,
-            },
+            Some(t1) => {
+                let distance = |t: &SystemTime| {
+                    t.duration_since(*t1)
+                        .or_else(|_| t1.duration_since(*t))
+                        .unwrap_or_default()
+                };
+                match at
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, (t, _))| distance(t))
+                    .filter(|(_, (t, _))| distance(t) <= window)
+                {
+                    Some((r, (t, _))) => {
+                        seen[r].repeated += 1;
+                        if seen[r].examples.len() < 5 {
+                            let rel = match t1.duration_since(*t) {
+                                Ok(d) => format!("+{d:?}"),
+                                Err(e) => format!("-{:?}", e.duration()),
+                            };
+                            seen[r].examples.push(format!("{id} first delivered {rel}"));
+                        }
+                    }
+                    None => before_any += 1,
+                }
+            }
         }
     }
     for (r, (t, handover)) in at.iter().enumerate() {

@@ -213,7 +213,8 @@ async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
     }
 
     let at: Vec<_> = events.iter().map(|(_, t, h)| (*t, *h)).collect();
-    let (seen, _) = what_the_receiver_saw(&rx.deliveries_for("/orders"), &at);
+    let (seen, _) =
+        what_the_receiver_saw(&rx.deliveries_for("/orders"), &at, Duration::from_secs(5));
     println!();
     println!(
         "{:<34} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9}",
