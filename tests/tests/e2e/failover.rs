@@ -128,10 +128,7 @@ async fn standby_takes_over_at_once_after_kill9_and_after_sigterm() {
     const SIGTERMS: usize = 2;
     let (db, rx) = setup("failover_handover").await;
     rx.set_default("/orders", Reply::ok());
-    db.client
-        .batch_execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, n int)")
-        .await
-        .unwrap();
+    orders_table(&db).await;
     let observers = observers_yaml(&rx.url("/orders"));
     let yaml = |id: &str| config(id, &extra(true), &observers);
 
@@ -232,10 +229,7 @@ async fn standby_takes_over_at_once_after_kill9_and_after_sigterm() {
 async fn failover_disabled_refuses_a_second_live_worker() {
     let (db, rx) = setup("failover_disabled").await;
     rx.set_default("/orders", Reply::ok());
-    db.client
-        .batch_execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, n int)")
-        .await
-        .unwrap();
+    orders_table(&db).await;
     let observers = observers_yaml(&rx.url("/orders"));
     let yaml = |id: &str| config(id, &extra(false), &observers);
 
@@ -256,16 +250,7 @@ async fn failover_disabled_refuses_a_second_live_worker() {
     a.kill9();
     let mut b = start_worker("failover_off_b2", &db, &yaml("solo-b"), &[]);
     handover(&b, t, "failover disabled, replacement of a crashed worker").await;
-    db.client
-        .batch_execute("INSERT INTO public.orders (n) VALUES (1)")
-        .await
-        .unwrap();
-    assert!(
-        rx.wait_until(SHORT, |rx| rx.unique_count_for("/orders") >= 1)
-            .await,
-        "{}",
-        rx.summary()
-    );
+    an_order_is_delivered(&db.client, &rx, "no delivery").await;
     assert_eq!(b.stop(SHORT).await.code(), Some(0));
 }
 
@@ -277,10 +262,7 @@ async fn failover_disabled_refuses_a_second_live_worker() {
 async fn a_renewal_that_hangs_counts_as_failed() {
     let (db, rx) = setup("failover_stuck_renewal").await;
     rx.set_default("/orders", Reply::ok());
-    db.client
-        .batch_execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, n int)")
-        .await
-        .unwrap();
+    orders_table(&db).await;
     let observers = observers_yaml(&rx.url("/orders"));
     let yaml = config(
         "stuck",
@@ -308,16 +290,12 @@ async fn a_renewal_that_hangs_counts_as_failed() {
     }
     assert!(stuck, "a renewal blocked on the lease row never gave up");
 
-    db.client
-        .batch_execute("INSERT INTO public.orders (n) VALUES (1)")
-        .await
-        .unwrap();
-    assert!(
-        rx.wait_until(SHORT, |rx| rx.unique_count_for("/orders") >= 1)
-            .await,
-        "the worker did not resume after the lock went: {}",
-        rx.summary()
-    );
+    an_order_is_delivered(
+        &db.client,
+        &rx,
+        "the worker did not resume after the lock went",
+    )
+    .await;
     assert_eq!(w.stop(SHORT).await.code(), Some(0));
 }
 
@@ -335,10 +313,7 @@ async fn a_database_restart_does_not_move_the_lease() {
     let db = observers_tests::fresh_db_on(&cluster.url(), "failover_db_restart").await;
     let rx = observers_tests::receiver::Receiver::start().await.unwrap();
     rx.set_default("/orders", Reply::ok());
-    db.client
-        .batch_execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, n int)")
-        .await
-        .unwrap();
+    orders_table(&db).await;
     let observers = observers_yaml(&rx.url("/orders"));
     let yaml = |id: &str| config(id, &extra(true), &observers);
     let mut a = start_worker("failover_restart_a", &db, &yaml("fr-a"), &[]);
@@ -359,16 +334,7 @@ async fn a_database_restart_does_not_move_the_lease() {
     let client = observers_tests::cluster::connect_retry(&db.url, SHORT)
         .await
         .unwrap();
-    client
-        .batch_execute("INSERT INTO public.orders (n) VALUES (1)")
-        .await
-        .unwrap();
-    assert!(
-        rx.wait_until(SHORT, |rx| rx.unique_count_for("/orders") >= 1)
-            .await,
-        "{}",
-        rx.summary()
-    );
+    an_order_is_delivered(&client, &rx, "no delivery").await;
     // a renews from a new session within lease_ttl/3 (10 s); b asked every 250 ms meanwhile
     let renewed = observers_tests::util::poll(SHORT, Duration::from_millis(100), || async {
         let n: i64 = client
@@ -449,6 +415,21 @@ async fn orders_table(db: &TestDb) {
         .unwrap();
 }
 
+/// Inserts one order through `client` and waits until the receiver has seen an order (the
+/// worker delivers again after whatever the test did to it).
+async fn an_order_is_delivered(client: &tokio_postgres::Client, rx: &Receiver, what: &str) {
+    client
+        .batch_execute("INSERT INTO public.orders (n) VALUES (1)")
+        .await
+        .unwrap();
+    assert!(
+        rx.wait_until(SHORT, |rx| rx.unique_count_for("/orders") >= 1)
+            .await,
+        "{what}: {}",
+        rx.summary()
+    );
+}
+
 /// After a kill -9 of the leader, the standby that takes over counts one failover and one
 /// handover observation; the worker that only ever led (it got a free lease) counts none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,16 +476,7 @@ async fn the_standby_counts_the_failover_after_kill9() {
         standby_for > 0.0 && standby_for < BEFORE_EXPIRY.as_secs_f64() + 60.0,
         "handover {standby_for} s: b stood by from its start until the kill"
     );
-    db.client
-        .batch_execute("INSERT INTO public.orders (n) VALUES (1)")
-        .await
-        .unwrap();
-    assert!(
-        rx.wait_until(SHORT, |rx| rx.unique_count_for("/orders") >= 1)
-            .await,
-        "{}",
-        rx.summary()
-    );
+    an_order_is_delivered(&db.client, &rx, "no delivery").await;
     assert_eq!(b.stop(SHORT).await.code(), Some(0));
 }
 
