@@ -17,6 +17,8 @@ pub struct Cli {
     /// the DATABASE_URL environment variable.
     #[arg(
         long,
+        // SPEC §3 spells it `validate-config FILE --database URL`
+        visible_alias = "database",
         global = true,
         env = "DATABASE_URL",
         hide_env_values = true,
@@ -355,6 +357,16 @@ mod tests {
         assert!(matches!(cli.command, Command::Start { .. }));
         let cli = Cli::try_parse_from(["fraiseql-observers", "validate-config", "c.yaml"]).unwrap();
         assert!(matches!(cli.command, Command::ValidateConfig { .. }));
+        // SPEC §3's spelling
+        let cli = Cli::try_parse_from([
+            "fraiseql-observers",
+            "validate-config",
+            "f.yaml",
+            "--database",
+            "postgres://h/db",
+        ])
+        .unwrap();
+        assert_eq!(cli.database_url.as_deref(), Some("postgres://h/db"));
     }
     #[test]
     fn operator_commands_parse() {

@@ -36,11 +36,15 @@ mod dump_restore;
 #[path = "e2e/email.rs"]
 mod email;
 
+#[path = "e2e/examples.rs"]
+mod examples;
 #[path = "e2e/failover.rs"]
 mod failover;
 
 #[path = "e2e/filters.rs"]
 mod filters;
+#[path = "e2e/guides.rs"]
+mod guides;
 #[path = "e2e/install.rs"]
 mod install;
 #[path = "e2e/jobs.rs"]

@@ -139,6 +139,9 @@ pub const ES_OPTIONS: &[&str] = &[
     "install_template",
 ];
 
+/// Where `elasticsearch:` without `url:` takes its URL from, when it is set.
+pub const ES_URL_VAR: &str = "ELASTICSEARCH_URL";
+
 pub fn read_elasticsearch(r: &mut Reader, node: Option<&Node>) -> ElasticsearchConfig {
     let mut cfg = ElasticsearchConfig::default();
     let Some(node) = node else { return cfg };
@@ -147,6 +150,26 @@ pub fn read_elasticsearch(r: &mut Reader, node: Option<&Node>) -> ElasticsearchC
     };
     cfg.enabled = feat.enabled;
     let f = &feat.fields;
+    if f.get("url").is_none() {
+        // `elasticsearch: enabled` (the seed's Production profile, verbatim) has nowhere to write
+        // the URL: the conventional `ELASTICSEARCH_URL` supplies it, as `url: ${ELASTICSEARCH_URL}`
+        // would (docs/CONFIGURATION.md).
+        if let Some(u) = r.env().var(ES_URL_VAR).filter(|u| !u.trim().is_empty()) {
+            match url::Url::parse(u.trim()) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                    cfg.url = u.trim().trim_end_matches('/').to_owned();
+                }
+                _ => r.problem(
+                    "elasticsearch",
+                    feat.mark,
+                    format!(
+                        "no url: is set, and the environment's {ES_URL_VAR} is not an http:// or \
+                         https:// URL ({u:?}); fix {ES_URL_VAR} or add elasticsearch.url"
+                    ),
+                ),
+            }
+        }
+    }
     if let Some(n) = f.get("url") {
         let path = f.path_of("url");
         if let Some(u) = r.non_empty_string(n, &path) {
@@ -286,9 +309,17 @@ mod tests {
     use crate::config::yaml;
 
     fn read(src: &str) -> (SearchConfig, ElasticsearchConfig, Vec<String>) {
+        read_with(src, &[])
+    }
+
+    fn read_with(
+        src: &str,
+        vars: &[(&str, &str)],
+    ) -> (SearchConfig, ElasticsearchConfig, Vec<String>) {
         let env: std::collections::HashMap<String, String> =
             [("ES_KEY".to_owned(), "k3y".to_owned())]
                 .into_iter()
+                .chain(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
                 .collect();
         let mut r = Reader::new(&env);
         let root = yaml::parse(src).unwrap();
@@ -351,5 +382,31 @@ mod tests {
         assert!(p.join("").contains("both user and password"), "{p:?}");
         let (_, e, p) = read("elasticsearch: disabled\n");
         assert!(p.is_empty() && !e.enabled);
+    }
+
+    #[test]
+    fn shorthand_takes_the_url_from_elasticsearch_url() {
+        let (_, e, p) = read("elasticsearch: enabled\n");
+        assert!(p.is_empty() && e.enabled, "{p:?}");
+        assert_eq!(
+            e.url, "http://127.0.0.1:9200",
+            "the default without the variable"
+        );
+        let es = [("ELASTICSEARCH_URL", "https://search.internal:9243/")];
+        let (_, e, p) = read_with("elasticsearch: enabled\n", &es);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(e.url, "https://search.internal:9243");
+        // an explicit url: wins over the variable
+        let (_, e, _) = read_with("elasticsearch: { url: http://10.0.0.9:9200 }\n", &es);
+        assert_eq!(e.url, "http://10.0.0.9:9200");
+        let (_, _, p) = read_with(
+            "elasticsearch: enabled\n",
+            &[("ELASTICSEARCH_URL", "es:9200")],
+        );
+        let joined = p.join("\n");
+        assert!(
+            joined.contains("ELASTICSEARCH_URL") && joined.contains("elasticsearch.url"),
+            "{joined}"
+        );
     }
 }

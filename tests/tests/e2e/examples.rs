@@ -1,0 +1,519 @@
+//! `examples/` (issue 14 §1 and §3): every example set-up passes `validate-config --database`
+//! against the schema it is written for; the seed's three profiles (verbatim, completed with
+//! connection details) start and deliver against real services; the least-privilege roles work
+//! as written; the HA pair, started from the systemd unit's `ExecStart` and from the sidecar's
+//! container command, hands over after `kill -9` without losing an event.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use observers_tests::chaos::{lease_holder, wait_new_leader};
+use observers_tests::cluster::{free_port, pg_bin_dir, with_database, TestDb};
+use observers_tests::osmem::OsMem;
+use observers_tests::receiver::Receiver;
+use observers_tests::redis::RedisServer;
+use observers_tests::worker::{run_cli, workspace_root, write_temp_file, Worker};
+
+use crate::common::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn examples() -> PathBuf {
+    workspace_root().join("examples")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every worker configuration under `examples/` (the sidecar's is inside its ConfigMap).
+fn example_configs() -> Vec<PathBuf> {
+    let mut out = vec![];
+    for dir in std::fs::read_dir(examples()).expect("examples/") {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            let is_yaml = f.extension().is_some_and(|e| e == "yaml");
+            if is_yaml && f.file_name().is_some_and(|n| n != "sidecar.yaml") {
+                out.push(f);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The file without its leading comment block: what the sidecar's ConfigMap must hold.
+fn without_header(yaml: &str) -> String {
+    yaml.lines()
+        .skip_while(|l| l.starts_with('#') || l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The ConfigMap's `observers.yaml` of `10-ha-pair/sidecar.yaml`, de-indented.
+fn sidecar_config() -> String {
+    let manifest = read(&examples().join("10-ha-pair/sidecar.yaml"));
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "observers.yaml: |")
+        .skip(1);
+    let mut out = vec![];
+    for l in lines.by_ref() {
+        if l.starts_with("---") {
+            break;
+        }
+        out.push(l.strip_prefix("    ").unwrap_or(l.trim_start()));
+    }
+    assert!(
+        !out.is_empty(),
+        "no ConfigMap observers.yaml in sidecar.yaml"
+    );
+    out.join("\n").trim_end().to_owned()
+}
+
+/// A fresh database holding `examples/schema.sql`.
+async fn shop(name: &str) -> TestDb {
+    let db = observers_tests::fresh_db(name).await;
+    db.client
+        .batch_execute(&read(&examples().join("schema.sql")))
+        .await
+        .expect("examples/schema.sql");
+    db
+}
+
+/// Every variable the examples read, pointing at harmless local addresses.
+fn example_env<'a>(db: &'a TestDb, hook: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![("DATABASE_URL", db.url.as_str())];
+    for k in [
+        "ORDERS_WEBHOOK_URL",
+        "BILLING_URL",
+        "WAREHOUSE_URL",
+        "CRM_URL",
+        "SLACK_WEBHOOK_URL",
+        "SALES_URL",
+        "ARCHIVE_URL",
+        "SHIPPING_URL",
+        "NOTIFY_URL",
+    ] {
+        env.push((k, hook));
+    }
+    for k in [
+        "ORDERS_WEBHOOK_SECRET",
+        "BILLING_SECRET",
+        "WAREHOUSE_SECRET",
+        "CRM_SECRET",
+        "NOTIFY_SECRET",
+    ] {
+        env.push((k, SECRET));
+    }
+    env.extend([
+        ("CRM_TOKEN", "t0ken"),
+        ("ES_API_KEY", "k3y"),
+        ("ELASTICSEARCH_URL", "http://127.0.0.1:9"),
+        ("SMTP_PORT", "2525"),
+        ("SMTP_TLS", "none"),
+    ]);
+    env
+}
+
+fn show(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_validates_against_its_schema() {
+    let db = shop("ex_validate").await;
+    let env = example_env(&db, "http://127.0.0.1:9/hook");
+    let configs = example_configs();
+    assert!(
+        configs.len() >= 11,
+        "examples/ should hold at least ten set-ups: {configs:?}"
+    );
+    for f in &configs {
+        let path = f.to_str().unwrap();
+        let o = run_cli(
+            &["validate-config", path, "--database", db.url.as_str()], // SPEC §3
+            &env,
+            SHORT,
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{path}:\n{}", show(&o));
+    }
+    // the sidecar's ConfigMap is the HA pair's file, and validates too
+    let ha = read(&examples().join("10-ha-pair/observers.yaml"));
+    assert_eq!(
+        sidecar_config(),
+        without_header(&ha),
+        "10-ha-pair/sidecar.yaml's ConfigMap must hold 10-ha-pair/observers.yaml"
+    );
+    let side = write_temp_file("sidecar.yaml", &sidecar_config());
+    let o = run_cli(&["validate-config", side.to_str().unwrap()], &env, SHORT).await;
+    assert_eq!(o.status.code(), Some(0), "sidecar:\n{}", show(&o));
+
+    // a wrong schema is caught by the same command: the examples are really checked
+    let o = run_cli(
+        &[
+            "validate-config",
+            configs[0].to_str().unwrap(),
+            "--database",
+            with_database(&db.url, "postgres").as_str(),
+        ],
+        &env,
+        SHORT,
+    )
+    .await;
+    assert_ne!(o.status.code(), Some(0), "{}", show(&o));
+}
+
+/// Write one order (and its customer) as the application would.
+async fn order(db: &TestDb, customer: i64, total: &str) -> i64 {
+    db.client
+        .execute(
+            "INSERT INTO public.customers (id, name, email) VALUES ($1, 'Ada', 'ada@example.com')
+             ON CONFLICT (id) DO NOTHING",
+            &[&customer],
+        )
+        .await
+        .unwrap();
+    let row = db
+        .client
+        .query_one(
+            "INSERT INTO public.orders (customer_id, total) VALUES ($1, $2::text::numeric)
+             RETURNING id",
+            &[&customer, &total],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+/// Apply the file (the deploy step), start the worker, write orders, and see them arrive.
+async fn profile_delivers(dir: &str, extra_env: &[(&str, &str)]) -> (TestDb, Receiver) {
+    let db = shop(&format!("ex_{}", dir.replace('-', "_"))).await;
+    let rx = Receiver::start_with_secret(SECRET).await.unwrap();
+    let hook = rx.url("/orders");
+    let mut env = example_env(&db, &hook);
+    env.retain(|(k, _)| !extra_env.iter().any(|(e, _)| e == k));
+    env.extend_from_slice(extra_env);
+    let file = examples().join(dir).join("observers.yaml");
+    let yaml = read(&file);
+
+    let o = run_cli(&["apply", "--config", file.to_str().unwrap()], &env, SHORT).await;
+    assert_eq!(o.status.code(), Some(0), "{dir} apply:\n{}", show(&o));
+    // written before any worker runs: captured, because apply installed the observer
+    let first = order(&db, 1, "10.00").await;
+
+    let mut w = Worker::start(dir, &yaml, &env);
+    let second = order(&db, 2, "2500.00").await;
+    let ok = rx.wait_for_events(2, LONG).await;
+    if !ok {
+        w.dump_log();
+    }
+    assert!(ok, "{dir}: {}", rx.summary());
+    let got: BTreeSet<i64> = rx
+        .deliveries()
+        .iter()
+        .filter_map(|d| d.body.as_ref()?.get("new")?.get("id")?.as_i64())
+        .collect();
+    assert_eq!(got, BTreeSet::from([first, second]), "{dir}");
+    for d in rx.deliveries() {
+        let body = d.body.as_ref().expect("a JSON body");
+        assert_eq!(body["observer"], "orders_to_fulfilment", "{dir}");
+        assert_eq!(body["table"], "public.orders", "{dir}");
+    }
+    let status = w.stop(SHORT).await;
+    assert!(
+        status.success(),
+        "{dir}: worker exit {status:?}\n{}",
+        w.log()
+    );
+    (db, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_profiles_start_and_deliver() {
+    // one after the other: each profile's `metrics: enabled` binds 127.0.0.1:9187
+    let redis = RedisServer::start();
+    let osmem = OsMem::start();
+    let (_db, rx) = profile_delivers(
+        "01-production",
+        &[
+            ("REDIS_URL", redis.url().as_str()),
+            ("ELASTICSEARCH_URL", osmem.url()),
+        ],
+    )
+    .await;
+    // signed (the production file sets a secret), and copied into the search cluster
+    assert!(
+        rx.deliveries()
+            .iter()
+            .all(|d| d.signature_valid == Some(true)),
+        "{}",
+        rx.summary()
+    );
+    let http = reqwest::Client::new();
+    let count = observers_tests::util::poll(LONG, Duration::from_millis(200), || async {
+        let _ = http
+            .post(format!("{}/observer-events-*/_refresh", osmem.url()))
+            .send()
+            .await;
+        let v: serde_json::Value = http
+            .get(format!("{}/observer-events-*/_count", osmem.url()))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["count"].as_i64().filter(|n| *n >= 2)
+    })
+    .await;
+    assert_eq!(count, Some(2), "both events in observer-events-*");
+
+    profile_delivers("02-performance", &[]).await;
+    let (_db, rx) = profile_delivers("03-budget", &[]).await;
+    assert!(
+        rx.deliveries()
+            .iter()
+            .all(|d| d.webhook_signature.is_none()),
+        "the budget file signs nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_least_privilege_roles_work_as_written() {
+    let db = shop("ex_roles").await;
+    let suffix = db.name.replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    // roles are cluster-wide: this test's copy of roles.sql gets its own role names
+    let roles = read(&examples().join("09-least-privilege/roles.sql"))
+        .replace("shop_owner", &format!("shop_owner_{suffix}"))
+        .replace("shop_app", &format!("shop_app_{suffix}"))
+        .replace("shop_observers", &format!("shop_observers_{suffix}"))
+        .replace("ops_alice", &format!("ops_alice_{suffix}"));
+    let file = write_temp_file("roles.sql", &roles);
+    let psql = std::process::Command::new(pg_bin_dir().join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(["-v", "worker_password=w0rker", "-v", "ops_password=0ps"])
+        .args(["-v", "app_password=app"])
+        .args(["-d", db.url.as_str(), "-f", file.to_str().unwrap()])
+        .output()
+        .expect("psql");
+    assert!(psql.status.success(), "roles.sql:\n{}", show(&psql));
+
+    // the deploy job applies as the owner's operator role, the worker runs as shop_observers
+    let url_as = |role: &str, pw: &str| {
+        db.url
+            .replacen("postgres@", &format!("{role}_{suffix}:{pw}@"), 1)
+    };
+    let worker_url = url_as("shop_observers", "w0rker");
+    let app_url = url_as("shop_app", "app");
+    let rx = Receiver::start_with_secret(SECRET).await.unwrap();
+    let hook = rx.url("/notify");
+    let env = vec![
+        ("DATABASE_URL", worker_url.as_str()),
+        ("NOTIFY_URL", hook.as_str()),
+        ("NOTIFY_SECRET", SECRET),
+    ];
+    let yaml = read(&examples().join("09-least-privilege/observers.yaml"));
+    assert!(!yaml.contains("metrics:"));
+    let yaml = format!("metrics: disabled\n{yaml}");
+
+    // the deploy job: a login member of shop_owner applies the observers before the workers run
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE deploy_{suffix} LOGIN IN ROLE shop_owner_{suffix}"
+        ))
+        .await
+        .unwrap();
+    let deploy_url = db
+        .url
+        .replacen("postgres@", &format!("deploy_{suffix}@"), 1);
+    let file = write_temp_file("least-privilege.yaml", &yaml);
+    let mut deploy_env = env.clone();
+    deploy_env[0] = ("DATABASE_URL", deploy_url.as_str());
+    let o = run_cli(
+        &["apply", "--config", file.to_str().unwrap()],
+        &deploy_env,
+        SHORT,
+    )
+    .await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "apply as the owner:\n{}",
+        show(&o)
+    );
+    let mut w = Worker::start("least-privilege", &yaml, &env);
+
+    // the application writes as shop_app and enqueues nothing it may not
+    let app = observers_tests::cluster::connect(&app_url).await.unwrap();
+    app.batch_execute(
+        "INSERT INTO public.customers (id, name, email) VALUES (1, 'Ada', 'ada@example.com');
+         INSERT INTO public.orders (customer_id, total) VALUES (1, 12.50);",
+    )
+    .await
+    .unwrap();
+    let ok = rx.wait_for_events(1, LONG).await;
+    if !ok {
+        w.dump_log();
+    }
+    assert!(ok, "{}", rx.summary());
+    assert!(rx
+        .deliveries()
+        .iter()
+        .all(|d| d.signature_valid == Some(true)));
+    let denied = app
+        .query("SELECT new FROM observers.event", &[])
+        .await
+        .expect_err("the application role must not read the outbox");
+    assert!(
+        observers_tests::cluster::pg_error(&denied).contains("permission denied"),
+        "{denied:?}"
+    );
+    assert!(!w.log().contains("permission denied"), "{}", w.log());
+    w.stop(SHORT).await;
+}
+
+/// `ExecStart=` of the unit, as arguments (the unit has no quoting).
+fn unit_exec_start() -> Vec<String> {
+    let unit = read(&examples().join("10-ha-pair/fraiseql-observers.service"));
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart= in the unit");
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The sidecar container's `command` + `args`.
+fn sidecar_command() -> Vec<String> {
+    let manifest = read(&examples().join("10-ha-pair/sidecar.yaml"));
+    let list = |key: &str| -> Vec<String> {
+        let after = manifest
+            .split(&format!("{key}: ["))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{key}: in sidecar.yaml"));
+        let inner = &after[..after.find(']').unwrap()];
+        inner
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_owned())
+            .collect()
+    };
+    let mut cmd = list("command");
+    cmd.extend(list("args"));
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ha_pair_from_the_unit_and_the_sidecar_hands_over_after_kill_9() {
+    let db = shop("ex_ha").await;
+    let rx = Receiver::start_with_secret(SECRET).await.unwrap();
+    let hook = rx.url("/orders");
+
+    // both launchers run `fraiseql-observers start --config <the file>`, which is what the
+    // harness runs; the file each one reads is the example's own
+    let unit = unit_exec_start();
+    assert_eq!(
+        unit[1..],
+        [
+            "start",
+            "--config",
+            "/etc/fraiseql-observers/observers.yaml"
+        ],
+        "{unit:?}"
+    );
+    assert!(unit[0].ends_with("/fraiseql-observers"), "{unit:?}");
+    let side = sidecar_command();
+    assert_eq!(
+        side,
+        [
+            "fraiseql-observers",
+            "start",
+            "--config",
+            "/etc/fraiseql-observers/observers.yaml"
+        ],
+        "{side:?}"
+    );
+    let unit_file = read(&examples().join("10-ha-pair/observers.yaml"));
+    let side_file = sidecar_config();
+
+    let ports = [free_port(), free_port()];
+    let listen: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let env = |i: usize| -> Vec<(&str, &str)> {
+        vec![
+            ("DATABASE_URL", db.url.as_str()),
+            ("ORDERS_WEBHOOK_URL", hook.as_str()),
+            ("ORDERS_WEBHOOK_SECRET", SECRET),
+            ("METRICS_LISTEN", listen[i].as_str()),
+        ]
+    };
+    // the deploy step, then the pair
+    let file = examples().join("10-ha-pair/observers.yaml");
+    let o = run_cli(
+        &["apply", "--config", file.to_str().unwrap()],
+        &env(0),
+        SHORT,
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "apply:\n{}", show(&o));
+    let mut a = Worker::start("ha-unit", &unit_file, &env(0));
+    let mut b = Worker::start("ha-sidecar", &side_file, &env(1));
+
+    let mut ids = BTreeSet::new();
+    for c in 1..=20 {
+        ids.insert(order(&db, c, "5.00").await);
+    }
+    assert!(rx.wait_for_events(20, LONG).await, "{}", rx.summary());
+    let (leader, epoch) = lease_holder(&db.url, "shop-ha").await.expect("a leader");
+    let leader_pid: u32 = leader.rsplit(':').next().unwrap().parse().unwrap();
+    let leader_is_a = a.pid() == Some(leader_pid);
+    if !leader_is_a {
+        assert_eq!(
+            b.pid(),
+            Some(leader_pid),
+            "the leader {leader} is one of the pair"
+        );
+    }
+    let (killed, survivor, survivor_listen) = if leader_is_a {
+        (&mut a, &mut b, &listen[1])
+    } else {
+        (&mut b, &mut a, &listen[0])
+    };
+    killed.kill9();
+    for c in 21..=40 {
+        ids.insert(order(&db, c, "5.00").await);
+    }
+    let new = wait_new_leader(&db.url, "shop-ha", &leader, epoch, LONG).await;
+    assert!(new.is_some(), "no takeover:\n{}", survivor.log());
+    let ok = rx.wait_for_events(40, LONG).await;
+    if !ok {
+        survivor.dump_log();
+    }
+    assert!(ok, "{}", rx.summary());
+    let got: BTreeSet<i64> = rx
+        .deliveries()
+        .iter()
+        .filter(|d| d.succeeded())
+        .filter_map(|d| d.body.as_ref()?.get("new")?.get("id")?.as_i64())
+        .collect();
+    assert_eq!(got, ids, "every order delivered across the kill -9");
+    assert!(rx
+        .deliveries()
+        .iter()
+        .all(|d| d.signature_valid == Some(true)));
+    // the survivor serves its own health endpoint on its own port
+    let ready = reqwest::get(format!("http://{survivor_listen}/health/ready"))
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(ready.ok(), Some(200));
+    survivor.stop(SHORT).await;
+}
