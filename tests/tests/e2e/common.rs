@@ -16,6 +16,11 @@ pub const SHORT: Duration = Duration::from_secs(30);
 /// Waiting for thousands of deliveries, restarts, retries with backoff.
 pub const LONG: Duration = Duration::from_secs(180);
 
+/// Held by tests that start a worker on the default metrics address `127.0.0.1:9187` (the seed's
+/// profiles say `metrics: enabled`, and the guides show files without a `metrics:` section):
+/// one at a time, or the second worker could not bind it.
+pub static DEFAULT_METRICS_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A fresh database with the extension, and a recording receiver.
 pub async fn setup(name: &str) -> (TestDb, Receiver) {
     let db = observers_tests::fresh_db(name).await;

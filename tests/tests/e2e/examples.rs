@@ -243,6 +243,7 @@ async fn profile_delivers(dir: &str, extra_env: &[(&str, &str)]) -> (TestDb, Rec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_profiles_start_and_deliver() {
     // one after the other: each profile's `metrics: enabled` binds 127.0.0.1:9187
+    let _port = DEFAULT_METRICS_PORT.lock().await;
     let redis = RedisServer::start();
     let osmem = OsMem::start();
     let (_db, rx) = profile_delivers(
@@ -516,4 +517,104 @@ async fn the_ha_pair_from_the_unit_and_the_sidecar_hands_over_after_kill_9() {
         .map(|r| r.status().as_u16());
     assert_eq!(ready.ok(), Some(200));
     survivor.stop(SHORT).await;
+}
+
+/// The seed's upgrade path (issue 14 §1): features are enabled one at a time, then turned off
+/// again, restarting the worker each time, with orders written while it is stopped and while it
+/// runs; every order is delivered once, whatever the switches were when it was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_on_and_off_one_at_a_time_lose_nothing() {
+    let _port = DEFAULT_METRICS_PORT.lock().await;
+    let db = shop("ex_features").await;
+    let rx = Receiver::start_with_secret(SECRET).await.unwrap();
+    let hook = rx.url("/orders");
+    let redis = RedisServer::start();
+    let osmem = OsMem::start();
+    let redis_url = redis.url();
+    let mut env = example_env(&db, &hook);
+    env.retain(|(k, _)| *k != "ELASTICSEARCH_URL");
+    env.push(("ELASTICSEARCH_URL", osmem.url()));
+    env.push(("REDIS_URL", redis_url.as_str()));
+
+    let observer = without_header(&read(&examples().join("03-budget/observers.yaml")))
+        .split("observers:")
+        .nth(1)
+        .map(|o| format!("observers:{o}\n"))
+        .expect("the budget file's observers");
+    let head = "database:\n  url: ${DATABASE_URL}\nworker:\n  group: shop\n";
+    let stages: Vec<(&str, String)> = vec![
+        ("defaults only", String::new()),
+        ("budget switches", "checkpoints: enabled\ncircuit_breaker: enabled\nmetrics: enabled\n".into()),
+        ("+ deduplication", "circuit_breaker: enabled\ndeduplication: enabled\n".into()),
+        (
+            "+ concurrency and caching",
+            "circuit_breaker: enabled\ndeduplication: enabled\nconcurrent_execution: enabled\ncaching: enabled\n".into(),
+        ),
+        (
+            "+ job queue and search",
+            "deduplication: enabled\ncaching: enabled\njob_queue: enabled\nsearch: enabled\n".into(),
+        ),
+        (
+            "+ redis backends and the sink",
+            "redis: { url: \"${REDIS_URL}\" }\ndeduplication: { enabled: true, backend: redis }\n\
+             caching: { enabled: true, backend: redis }\nelasticsearch: enabled\njob_queue: enabled\n"
+                .into(),
+        ),
+        ("the production profile", "PRODUCTION".into()),
+        ("back to budget", "BUDGET".into()),
+        (
+            "everything off",
+            "checkpoints: disabled\nconcurrent_execution: disabled\ndeduplication: disabled\n\
+             caching: disabled\nelasticsearch: disabled\njob_queue: disabled\nmetrics: disabled\n\
+             circuit_breaker: disabled\nsearch: disabled\n"
+                .into(),
+        ),
+    ];
+    // the deploy step once: the observer exists before the first order
+    let first = write_temp_file("features.yaml", &format!("{head}{observer}"));
+    let o = run_cli(&["apply", "--config", first.to_str().unwrap()], &env, SHORT).await;
+    assert_eq!(o.status.code(), Some(0), "apply:\n{}", show(&o));
+    let mut written = BTreeSet::new();
+    let mut customer = 0;
+    for (stage, switches) in &stages {
+        let yaml = match switches.as_str() {
+            "PRODUCTION" => read(&examples().join("01-production/observers.yaml")),
+            "BUDGET" => read(&examples().join("03-budget/observers.yaml")),
+            s => format!("{head}{s}{observer}"),
+        };
+        // written while no worker runs
+        for _ in 0..3 {
+            customer += 1;
+            written.insert(order(&db, customer, "20.00").await);
+        }
+        let mut w = Worker::start(&format!("features-{stage}"), &yaml, &env);
+        for _ in 0..3 {
+            customer += 1;
+            written.insert(order(&db, customer, "20.00").await);
+        }
+        let ok = rx.wait_for_events(written.len(), LONG).await;
+        if !ok {
+            w.dump_log();
+        }
+        assert!(ok, "stage `{stage}`: {}", rx.summary());
+        let status = w.stop(SHORT).await;
+        assert!(
+            status.success(),
+            "stage `{stage}`: exit {status:?}\n{}",
+            w.log()
+        );
+    }
+    let got: BTreeSet<i64> = rx
+        .deliveries()
+        .iter()
+        .filter(|d| d.succeeded())
+        .filter_map(|d| d.body.as_ref()?.get("new")?.get("id")?.as_i64())
+        .collect();
+    assert_eq!(got, written, "every order delivered");
+    assert_eq!(
+        rx.duplicate_count(),
+        0,
+        "clean stops deliver nothing twice: {}",
+        rx.summary()
+    );
 }

@@ -214,6 +214,8 @@ async fn every_runnable_block_of_the_guides_runs() {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut failures = vec![];
+    // the guides' files use the default metrics address, as a reader's would
+    let _port = crate::common::DEFAULT_METRICS_PORT.lock().await;
     // OBSERVERS_TEST_GUIDES=INTEGRATION_GUIDE.md,README.md runs only those (while writing one)
     let only = std::env::var("OBSERVERS_TEST_GUIDES").ok();
     let chosen: Vec<&str> = match &only {
