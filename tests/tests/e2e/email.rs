@@ -13,14 +13,14 @@ use observers_tests::worker::workspace_root;
 use crate::common::*;
 
 /// The SMTP sink: a python3-aiosmtpd server on a free port, stopped on drop.
-struct SmtpSink {
+pub(crate) struct SmtpSink {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
 }
 
 impl SmtpSink {
-    async fn start(name: &str) -> SmtpSink {
+    pub(crate) async fn start(name: &str) -> SmtpSink {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -54,7 +54,7 @@ impl SmtpSink {
         SmtpSink { child, port, dir }
     }
 
-    fn lines(&self, file: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn lines(&self, file: &str) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.join(file))
             .unwrap_or_default()
             .lines()

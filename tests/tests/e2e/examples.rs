@@ -618,3 +618,277 @@ async fn features_on_and_off_one_at_a_time_lose_nothing() {
         rx.summary()
     );
 }
+
+/// Apply `files` (the deploy step) and start a worker on each, with `env`.
+async fn deploy(dir: &str, files: &[&str], env: &[(&str, &str)]) -> Vec<Worker> {
+    let mut workers = vec![];
+    for f in files {
+        let path = examples().join(dir).join(f);
+        let o = run_cli(&["apply", "--config", path.to_str().unwrap()], env, SHORT).await;
+        assert_eq!(o.status.code(), Some(0), "{dir}/{f} apply:\n{}", show(&o));
+    }
+    for f in files {
+        let yaml = read(&examples().join(dir).join(f));
+        workers.push(Worker::start(&format!("{dir}-{f}"), &yaml, env));
+    }
+    workers
+}
+
+/// Wait until `pred` holds for the receiver's successful deliveries; dump the logs if not.
+async fn wait_deliveries(
+    rx: &Receiver,
+    workers: &[Worker],
+    what: &str,
+    pred: impl Fn(&[observers_tests::receiver::Delivery]) -> bool,
+) {
+    let ok = observers_tests::util::poll(LONG, Duration::from_millis(100), || async {
+        let ds: Vec<_> = rx
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.succeeded())
+            .collect();
+        pred(&ds).then_some(())
+    })
+    .await;
+    if ok.is_none() {
+        for w in workers {
+            w.dump_log();
+        }
+    }
+    assert!(ok.is_some(), "{what}: {}", rx.summary());
+}
+
+fn paths(ds: &[observers_tests::receiver::Delivery]) -> BTreeSet<String> {
+    ds.iter().map(|d| d.path.clone()).collect()
+}
+
+/// Beyond the profiles and the HA pair: the fan-out, Slack, e-mail, audit-search and two-group
+/// set-ups start as written and do what their comments say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_examples_start_and_do_what_they_say() {
+    let _port = DEFAULT_METRICS_PORT.lock().await;
+    let rx = Receiver::start_with_secret(SECRET).await.unwrap();
+    let url = |p: &str| rx.url(p);
+    let (billing, warehouse, crm, slack, sales, archive, shipping) = (
+        url("/billing"),
+        url("/warehouse"),
+        url("/crm"),
+        url("/slack"),
+        url("/sales"),
+        url("/archive"),
+        url("/shipping"),
+    );
+
+    // 04: one order change, three signed requests, one per receiver
+    let db = shop("ex_fanout").await;
+    let mut env = example_env(&db, "http://127.0.0.1:9/unused");
+    env.retain(|(k, _)| !["BILLING_URL", "WAREHOUSE_URL", "CRM_URL"].contains(k));
+    env.extend([
+        ("BILLING_URL", billing.as_str()),
+        ("WAREHOUSE_URL", warehouse.as_str()),
+        ("CRM_URL", crm.as_str()),
+    ]);
+    let mut ws = deploy("04-webhook-fanout", &["observers.yaml"], &env).await;
+    order(&db, 1, "10.00").await;
+    wait_deliveries(&rx, &ws, "04 fan-out", |ds| {
+        paths(ds) == BTreeSet::from(["/billing".into(), "/warehouse".into(), "/crm".into()])
+    })
+    .await;
+    let ds = rx.deliveries();
+    assert!(ds.iter().all(|d| d.signature_valid == Some(true)));
+    let crm_auth = ds
+        .iter()
+        .find(|d| d.path == "/crm")
+        .unwrap()
+        .headers
+        .get("authorization")
+        .cloned();
+    assert_eq!(crm_auth.as_deref(), Some("Bearer t0ken"));
+    let ids: BTreeSet<_> = ds.iter().filter_map(|d| d.webhook_id.clone()).collect();
+    assert_eq!(ids.len(), 3, "three pairs, three webhook-ids: {ids:?}");
+    for w in &mut ws {
+        w.stop(SHORT).await;
+    }
+
+    // 05: a small order is not captured (condition); a big one posts the cached customer's name
+    let db = shop("ex_slack").await;
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let mut env = example_env(&db, "http://127.0.0.1:9/unused");
+    env.retain(|(k, _)| *k != "SLACK_WEBHOOK_URL");
+    env.extend([
+        ("SLACK_WEBHOOK_URL", slack.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+    ]);
+    let mut ws = deploy("05-slack-alerts", &["observers.yaml"], &env).await;
+    order(&db, 5, "10.00").await;
+    let big = order(&db, 5, "2500.00").await;
+    wait_deliveries(&rx, &ws, "05 slack", |ds| {
+        ds.iter().any(|d| d.path == "/slack")
+    })
+    .await;
+    rx.settle(Duration::from_millis(500), SHORT).await;
+    let posts: Vec<_> = rx.deliveries_for("/slack");
+    assert_eq!(posts.len(), 1, "only the big order: {}", rx.summary());
+    let text = posts[0].body.as_ref().unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // (a numeric renders as its float value in templates: 2500.00 shows as 2500.0)
+    assert!(
+        text.starts_with(&format!("Big order {big}: 2500"))
+            && text.ends_with(" from Ada (standard)"),
+        "{text}"
+    );
+    assert!(
+        redis.dbsize().unwrap_or(0) >= 1,
+        "the lookup is cached in Redis"
+    );
+    for w in &mut ws {
+        w.stop(SHORT).await;
+    }
+
+    // 06: the confirmation mail and the sales webhook run as jobs; the application's own
+    // enqueue (enqueue.sql) sends one more mail
+    let db = shop("ex_mail").await;
+    let smtp = crate::email::SmtpSink::start("examples").await;
+    let smtp_port = smtp.port.to_string();
+    let mut env = example_env(&db, "http://127.0.0.1:9/unused");
+    env.retain(|(k, _)| !["SMTP_PORT", "SALES_URL"].contains(k));
+    env.extend([
+        ("SMTP_PORT", smtp_port.as_str()),
+        ("SALES_URL", sales.as_str()),
+    ]);
+    let mut ws = deploy("06-async-email", &["observers.yaml"], &env).await;
+    let id = order(&db, 6, "30.00").await;
+    let sql = read(&examples().join("06-async-email/enqueue.sql"));
+    db.client.batch_execute(&sql).await.expect("enqueue.sql");
+    wait_deliveries(&rx, &ws, "06 sales webhook", |ds| {
+        ds.iter().any(|d| d.path == "/sales")
+    })
+    .await;
+    let mails = observers_tests::util::poll(LONG, Duration::from_millis(100), || async {
+        let m = smtp.lines("messages.jsonl");
+        (m.len() >= 2).then_some(m)
+    })
+    .await
+    .unwrap_or_else(|| panic!("mails: {:?}", smtp.lines("attempts.jsonl")));
+    let subjects: BTreeSet<String> = mails
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        subjects.contains(&format!("Your order {id}")),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects.contains("Your order 0"),
+        "the enqueued job's mail: {subjects:?}"
+    );
+    assert!(mails
+        .iter()
+        .all(|m| m["to"] == serde_json::json!(["ada@example.com"])));
+    for w in &mut ws {
+        w.stop(SHORT).await;
+    }
+
+    // 07: the archive webhook, the PostgreSQL search and the Elasticsearch/OpenSearch copy
+    let db = shop("ex_audit").await;
+    let osmem = OsMem::start();
+    let mut env = example_env(&db, "http://127.0.0.1:9/unused");
+    env.retain(|(k, _)| !["ELASTICSEARCH_URL", "ARCHIVE_URL"].contains(k));
+    env.extend([
+        ("ELASTICSEARCH_URL", osmem.url()),
+        ("ARCHIVE_URL", archive.as_str()),
+    ]);
+    let mut ws = deploy("07-audit-search", &["observers.yaml"], &env).await;
+    order(&db, 7, "70.00").await; // a customer and an order: two events
+    wait_deliveries(&rx, &ws, "07 archive", |ds| {
+        ds.iter().filter(|d| d.path == "/archive").count() >= 2
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let count = observers_tests::util::poll(LONG, Duration::from_millis(200), || async {
+        let _ = http
+            .post(format!("{}/audit-*/_refresh", osmem.url()))
+            .send()
+            .await;
+        let v: serde_json::Value = http
+            .get(format!("{}/audit-*/_count", osmem.url()))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["count"].as_i64().filter(|n| *n >= 2)
+    })
+    .await;
+    assert_eq!(count, Some(2), "both events in audit-*");
+    let found = observers_tests::util::poll(LONG, Duration::from_millis(200), || async {
+        let o = run_cli(&["search", "Ada", "--format", "json"], &env, SHORT).await;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.success() && out.contains("audit_customers")).then_some(())
+    })
+    .await;
+    assert!(found.is_some(), "`search Ada` finds the customer's event");
+    for w in &mut ws {
+        w.stop(SHORT).await;
+    }
+
+    // 08: two groups, one database: each group's observers go to its own receiver
+    let db = shop("ex_groups").await;
+    let ports = [free_port(), free_port()];
+    let mut ws = vec![];
+    for (file, port) in [("billing.yaml", ports[0]), ("shipping.yaml", ports[1])] {
+        let listen = format!("127.0.0.1:{port}");
+        let mut env = example_env(&db, "http://127.0.0.1:9/unused");
+        env.retain(|(k, _)| !["BILLING_URL", "SHIPPING_URL"].contains(k));
+        env.extend([
+            ("BILLING_URL", billing.as_str()),
+            ("SHIPPING_URL", shipping.as_str()),
+            ("METRICS_LISTEN", listen.as_str()),
+        ]);
+        ws.extend(deploy("08-two-groups", &[file], &env).await);
+    }
+    let before = rx.deliveries_for("/billing").len();
+    let id = order(&db, 8, "80.00").await;
+    db.client
+        .execute(
+            "UPDATE public.orders SET status = 'paid' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    db.client
+        .execute(
+            "INSERT INTO public.shipments (order_id, carrier) VALUES ($1, 'ups')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    wait_deliveries(&rx, &ws, "08 two groups", |ds| {
+        ds.iter().filter(|d| d.path == "/billing").count() >= before + 2
+            && ds.iter().filter(|d| d.path == "/shipping").count() >= 2
+    })
+    .await;
+    let observers: BTreeSet<String> = rx
+        .deliveries_for("/shipping")
+        .iter()
+        .filter_map(|d| d.body.as_ref()?["observer"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        observers,
+        BTreeSet::from(["shipping_orders".into(), "shipping_updates".into()])
+    );
+    let groups = observers_tests::util::scalar_i64(
+        &db.client,
+        "SELECT count(DISTINCT group_name) FROM observers.leader_lease WHERE expires_at > now()",
+        &[],
+    )
+    .await;
+    assert_eq!(groups, Some(2), "each group has its own leader");
+    for w in &mut ws {
+        w.stop(SHORT).await;
+    }
+}
