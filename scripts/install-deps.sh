@@ -5,7 +5,7 @@
 #   the e-mail tests, tests/smtp/smtp_sink.py, run with /usr/bin/python3), faketime (libfaketime) for the SQL suite
 #   on a cluster whose clock is moved (scripts/test-sql-timeless.sh), prometheus for the metrics tests, which
 #   run a private Prometheus and promtool; the packaged prometheus service is left stopped and
-#   disabled),
+#   disabled), curl, openssl, nodejs and a JDK when missing (the guides' receivers),
 #   cargo-pgrx 0.18.0 (pinned: pgrx 0.19 needs a newer Rust than this machine has),
 #   and `cargo pgrx init` against the system PostgreSQL 15 (downloads nothing).
 # Safe to run again: each step checks first and skips what is already there.
@@ -30,6 +30,22 @@ if ((${#missing[@]})); then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
   say "Debian packages present"
+fi
+
+# 1a. What the guides' blocks run (tests/tests/e2e/guides.rs: docs/INTEGRATION_GUIDE.md starts
+#     receivers in Python, Node.js and Java): a command already on PATH, from wherever, is enough.
+guide_pkgs=()
+command -v curl >/dev/null || guide_pkgs+=(curl)
+command -v openssl >/dev/null || guide_pkgs+=(openssl)
+command -v node >/dev/null || guide_pkgs+=(nodejs)
+command -v java >/dev/null || guide_pkgs+=(default-jdk-headless)
+if ((${#guide_pkgs[@]})); then
+  say "installing Debian packages for the guides' examples: ${guide_pkgs[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${guide_pkgs[@]}" >/dev/null
+else
+  say "curl, openssl, node and java present"
 fi
 
 # 1b. Prometheus (Debian 2.42): the metrics tests start their own `prometheus` on a free port
