@@ -706,6 +706,31 @@ async fn the_other_examples_start_and_do_what_they_say() {
     assert_eq!(crm_auth.as_deref(), Some("Bearer t0ken"));
     let ids: BTreeSet<_> = ds.iter().filter_map(|d| d.webhook_id.clone()).collect();
     assert_eq!(ids.len(), 3, "three pairs, three webhook-ids: {ids:?}");
+    // per customer, in commit order, at every receiver
+    let id = order(&db, 2, "20.00").await;
+    for status in ["paid", "packed", "shipped"] {
+        db.client
+            .execute(
+                "UPDATE public.orders SET status = $1 WHERE id = $2",
+                &[&status, &id],
+            )
+            .await
+            .unwrap();
+    }
+    wait_deliveries(&rx, &ws, "04 ordering", |ds| ds.len() >= 15).await;
+    for path in ["/billing", "/warehouse", "/crm"] {
+        let seen: Vec<String> = first_successes(&rx.deliveries_for(path))
+            .iter()
+            .filter(|d| d.body.as_ref().unwrap()["new"]["customer_id"] == 2)
+            .map(|d| {
+                d.body.as_ref().unwrap()["new"]["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(seen, ["new", "paid", "packed", "shipped"], "{path}");
+    }
     for w in &mut ws {
         w.stop(SHORT).await;
     }
