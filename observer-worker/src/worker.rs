@@ -139,6 +139,7 @@ pub async fn run(
     let fenced = Arc::new(Notify::new());
     let wake = Arc::new(Notify::new());
     let lease_released = Arc::new(Notify::new());
+    let jobs_wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
     // every attempt, for observers.debug_event() (written off the delivery path)
     if config.worker.attempt_log {
@@ -179,6 +180,7 @@ pub async fn run(
         listener::Wakers {
             events: wake.clone(),
             lease_released,
+            jobs: config.job_queue.enabled.then(|| jobs_wake.clone()),
             group: group.clone(),
         },
         background.clone(),
@@ -251,6 +253,7 @@ pub async fn run(
                 layers: layers.clone(),
                 installation,
                 config: config.job_queue.clone(),
+                wake: jobs_wake,
                 shutdown_timeout: config.worker.shutdown_timeout,
             })
             .run(stop.clone()),
