@@ -4,7 +4,9 @@
 //
 //   node bench-jobs-graphile.js migrate             install graphile-worker's schema, exit
 //   node bench-jobs-graphile.js run                 run the `post` task until SIGTERM
-// Env: DATABASE_URL, RECEIVER_URL (the webhook-receiver), GW_CONCURRENCY (default 32).
+// Env: DATABASE_URL, RECEIVER_URL (the webhook-receiver), GW_CONCURRENCY (default 32); the pool
+// has a connection per concurrent job plus two (graphile-worker's default of 10 would make 32
+// concurrent jobs queue for connections).
 //
 // The task POSTs the job's payload to the receiver over a keep-alive agent (the same work our
 // worker does for a job: one HTTP request, fail on a non-2xx answer). Completed-job logging is
@@ -58,6 +60,7 @@ async function main() {
   const runner = await run({
     connectionString,
     concurrency,
+    maxPoolSize: concurrency + 2,
     pollInterval: 1000,
     logger,
     taskList: { post: async (payload) => post(payload) },

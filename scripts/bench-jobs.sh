@@ -7,11 +7,17 @@
 #      two workers of one group (job_queue.workers = BENCH_WORKERS slots each, default 64);
 #   2. graphile-worker: the same number of jobs (graphile_worker.add_jobs, one transaction), a
 #      task that POSTs the payload to the same receiver (scripts/bench-jobs-graphile.js,
-#      concurrency BENCH_GW_CONCURRENCY, default 32), same database; its rate and our ratio;
+#      concurrency BENCH_GW_CONCURRENCY, default 32), same database; its rate and our ratio.
+#      Twice: as shipped (every claim and completion commits synchronously), and with
+#      synchronous_commit=off on its connections, as our runner's claims and completions commit
+#      (docs/JOBS.md): the second ratio is the one that is not about commit settings;
 #   3. scaling on I/O-bound jobs: BENCH_JOBS_SLOW jobs (default 20,000) against a receiver that
 #      answers after BENCH_SLOW_DELAY (default 50ms), one worker vs two;
 #   4. pickup latency on an idle queue (one worker): BENCH_PICKUP jobs (default 300) enqueued
 #      one at a time, 20-40 ms apart; enqueue (created_at) -> claim (started_at), p50/p99/max.
+#      Twice: the enqueuing transaction committing with synchronous_commit=off (the queue's own
+#      path: commit -> NOTIFY -> listener -> claim) and with it on (plus the enqueuer's WAL flush,
+#      which a job cannot be seen before; on a busy shared disk that is most of the figure).
 #
 # Drains are timed from the commit of the enqueuing transaction (the workers are already
 # running and idle) until the queue is empty: the same clock for both systems.
@@ -154,26 +160,31 @@ if [[ $parts == *graphile* ]]; then
   export NODE_PATH=$gw/node_modules RECEIVER_URL="http://127.0.0.1:$fast/job" GW_CONCURRENCY=$gw_conc
   node scripts/bench-jobs-graphile.js migrate
   gwv=$(node -p 'require(process.env.NODE_PATH + "/graphile-worker/package.json").version')
-  node scripts/bench-jobs-graphile.js run >"$work/graphile.log" 2>&1 &
-  gwpid=$!; pids+=($gwpid)
-  sleep 2
-  c0=$(cpu $gwpid)
-  q -c "SELECT count(*) FROM graphile_worker.add_jobs(
-          (SELECT array_agg(ROW('post', json_build_object('n', g), NULL, NULL, NULL, NULL, NULL, NULL)::graphile_worker.job_spec)
-             FROM generate_series(1, $n) g))" >/dev/null
-  t0=$(now)
-  wait_empty "SELECT count(*) FROM graphile_worker._private_jobs"
-  took=$(echo "$(now) - $t0" | bc)
-  c1=$(cpu $gwpid)
-  kill -TERM $gwpid; wait $gwpid 2>/dev/null || true
-  rate[graphile]=$(echo "$n / $took" | bc -l)
   echo "graphile-worker $gwv (Node $(node --version), concurrency $gw_conc), the same $n jobs, receiver and cluster:"
-  printf '  %-44s %7d jobs in %6.2f s: %6.0f jobs/s  (node CPU %.1f s)\n' \
-    "graphile-worker" "$n" "$took" "${rate[graphile]}" "$(echo "$c1 - $c0" | bc)"
-  if [ -n "${rate[1 worker]:-}" ]; then
-    printf '  ratio, ours / graphile-worker: one worker %.2fx, two workers %.2fx (target: >= 3x)\n' \
-      "$(echo "${rate[1 worker]} / ${rate[graphile]}" | bc -l)" "$(echo "${rate[2 workers]} / ${rate[graphile]}" | bc -l)"
-  fi
+  gw_drain() {  # $1 = label, $2 = connection string
+    DATABASE_URL=$2 node scripts/bench-jobs-graphile.js run >>"$work/graphile.log" 2>&1 &
+    local gwpid=$! c0 c1 took t0
+    pids+=($gwpid)
+    sleep 2
+    c0=$(cpu $gwpid)
+    q -c "SELECT count(*) FROM graphile_worker.add_jobs(
+            (SELECT array_agg(ROW('post', json_build_object('n', g), NULL, NULL, NULL, NULL, NULL, NULL)::graphile_worker.job_spec)
+               FROM generate_series(1, $n) g))" >/dev/null
+    t0=$(now)
+    wait_empty "SELECT count(*) FROM graphile_worker._private_jobs"
+    took=$(echo "$(now) - $t0" | bc)
+    c1=$(cpu $gwpid)
+    kill -TERM $gwpid; wait $gwpid 2>/dev/null || true
+    rate[$1]=$(echo "$n / $took" | bc -l)
+    printf '  %-44s %7d jobs in %6.2f s: %6.0f jobs/s  (node CPU %.1f s)\n' \
+      "$1" "$n" "$took" "${rate[$1]}" "$(echo "$c1 - $c0" | bc)"
+    if [ -n "${rate[1 worker]:-}" ]; then
+      printf '    ratio, ours / this: one worker %.2fx, two workers %.2fx (target: >= 3x)\n' \
+        "$(echo "${rate[1 worker]} / ${rate[$1]}" | bc -l)" "$(echo "${rate[2 workers]} / ${rate[$1]}" | bc -l)"
+    fi
+  }
+  gw_drain "graphile-worker as shipped" "$DATABASE_URL"
+  gw_drain "graphile-worker, synchronous_commit=off" "$DATABASE_URL?options=-c%20synchronous_commit%3Doff"
 fi
 
 if [[ $parts == *slow* ]]; then
@@ -184,19 +195,27 @@ if [[ $parts == *slow* ]]; then
     "$(echo "${rate[2 workers, $slow_delay receiver]} / ${rate[1 worker, $slow_delay receiver]}" | bc -l)"
 fi
 
-if [[ $parts == *pickup* ]]; then
+pickup() {  # $1 = synchronous_commit of the enqueuing transactions
   q -c "TRUNCATE observers.job_finished" >/dev/null
   start_workers 1
   sleep 1
-  for _ in $(seq 1 "$pickup_n"); do
-    q -c "SELECT observers.job_enqueue('jobs', '{}')" >/dev/null
-    sleep "0.0$((RANDOM % 20 + 20))"
-  done
+  # one session (a fresh connection per job would time the new backend's catalog cache
+  # misses, not the queue); each enqueue commits on its own, then 20-40 ms pass
+  { echo "SET synchronous_commit = $1;"
+    for _ in $(seq 1 "$pickup_n"); do
+      echo "SELECT observers.job_enqueue('jobs', '{}');"
+      echo "SELECT pg_sleep(0.02 + random() * 0.02);"
+    done; } | q >/dev/null
   wait_empty "SELECT count(*) FROM observers.job"
   stop_workers
-  q -c "SELECT format('pickup latency on an idle queue, %s jobs one at a time (enqueue -> claim): p50 %s ms, p99 %s ms, max %s ms (target: p99 < 20 ms)',
-                count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
+  q -c "SELECT format('  enqueue with synchronous_commit=%s: %s jobs, p50 %s ms, p99 %s ms, max %s ms',
+                '$1', count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
                 round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 2), round(max(ms)::numeric, 2))
           FROM (SELECT extract(epoch FROM started_at - created_at) * 1000 AS ms FROM observers.job_finished) s"
+}
+if [[ $parts == *pickup* ]]; then
+  echo "pickup latency on an idle queue, one worker, jobs enqueued one at a time (enqueue -> claim; target: p99 < 20 ms):"
+  pickup off
+  pickup on
 fi
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS jobs_bench WITH (FORCE)"

@@ -1,18 +1,20 @@
-//! `start`: the build step (the only one with I/O) and the task layout.
+//! `start`: the build step (the only one with I/O), the services, shutdown in order.
 //!
 //! ```text
-//! connect (retry) ─► check extension ─► apply YAML observers ─► load definitions
-//!     ─► tasks: lease │ LISTEN │ heartbeat │ maintenance │ definitions refresh │ parked pairs
-//!        │ job runner (job_queue; every worker of the group)
-//!        │ search indexer / Elasticsearch sink (when enabled)
-//!     ─► consumer (until SIGTERM) ─► drain ─► checkpoint ─► release lease
+//! build: connect (retry) ─► check extension ─► apply YAML observers ─► load definitions
+//!        ─► installation id ─► layers (breakers, dedup, attempt log)
+//! start each named service (crate::supervisor):
+//!        background: attempt-log │ lease │ listener │ heartbeat │ maintenance │ definitions
+//!                    │ parked-pairs │ search-indexer / elasticsearch-sink (when enabled)
+//!        with the consumer: job-runner (job_queue; every worker of the group)
+//! run:   consumer (until SIGTERM) ─► drain ─► checkpoint
+//! shut down in order: job runner drains ─► background services stop ─► release lease
 //! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -33,6 +35,7 @@ use crate::pipeline::parked::{ParkQueue, ParkedLoop};
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry, BROKEN_RECHECK};
 use crate::resilience::{Breakers, Dedup};
 use crate::retry::{sleep_or_cancel, Backoff};
+use crate::supervisor::{Stage, Supervisor};
 use crate::telemetry::health::Phase;
 use crate::telemetry::metrics::{self, Metrics};
 use crate::telemetry::{self as telemetry, Stats};
@@ -126,9 +129,10 @@ pub async fn run(
     };
     info!(installation = %installation, "installation id");
 
-    // 5. Background tasks. They stop after the consumer has drained, so the
-    //    lease stays renewed while in-flight work finishes.
-    let background = CancellationToken::new();
+    // 5. Services. The background ones stop after the consumer (and the job runner) have
+    //    drained, so the lease stays renewed while in-flight work finishes.
+    let mut services = Supervisor::new(stop.clone());
+    let background = services.token(Stage::Background);
     let Some(mut layers) = build_layers(&config, &db, max_in_flight, &stop, &background).await?
     else {
         return Ok(());
@@ -140,13 +144,12 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let lease_released = Arc::new(Notify::new());
     let jobs_wake = Arc::new(Notify::new());
-    let mut tasks = JoinSet::new();
     // every attempt, for observers.debug_event() (written off the delivery path)
     if config.worker.attempt_log {
         let (attempt_log, attempt_writer) =
             AttemptLog::new(db.clone(), worker_id.clone(), background.clone());
         layers.attempt_log = Some(attempt_log);
-        tasks.spawn(attempt_writer);
+        services.start("attempt-log", Stage::Background, attempt_writer);
     }
     if let Some(m) = &metrics {
         m.attach(metrics::Sources {
@@ -160,7 +163,7 @@ pub async fn run(
         });
     }
 
-    tasks.spawn(lease::run(
+    services.start("lease", Stage::Background, lease::run(
         db.clone(),
         LeaseSettings {
             group: group.clone(),
@@ -174,7 +177,7 @@ pub async fn run(
         lease_released.clone(),
         background.clone(),
     ));
-    tasks.spawn(listener::run(
+    services.start("listener", Stage::Background, listener::run(
         db.pg_config().clone(),
         db.target().to_owned(),
         listener::Wakers {
@@ -185,7 +188,7 @@ pub async fn run(
         },
         background.clone(),
     ));
-    tasks.spawn(heartbeat(
+    services.start("heartbeat", Stage::Background, heartbeat(
         db.clone(),
         group.clone(),
         worker_id.clone(),
@@ -198,10 +201,14 @@ pub async fn run(
         },
         background.clone(),
     ));
-    tasks.spawn(maintenance(db.clone(), background.clone()));
+    services.start(
+        "maintenance",
+        Stage::Background,
+        maintenance(db.clone(), background.clone()),
+    );
     // the audit trail, off the delivery path (docs/SEARCH.md)
     if config.search.enabled {
-        tasks.spawn(crate::search::indexer::run(
+        services.start("search-indexer", Stage::Background, crate::search::indexer::run(
             db.clone(),
             config.search.clone(),
             metrics.clone(),
@@ -209,7 +216,7 @@ pub async fn run(
         ));
     }
     if config.elasticsearch.enabled {
-        tasks.spawn(crate::search::elasticsearch::run(
+        services.start("elasticsearch-sink", Stage::Background, crate::search::elasticsearch::run(
             db.clone(),
             config.elasticsearch.clone(),
             installation,
@@ -217,7 +224,11 @@ pub async fn run(
             background.clone(),
         ));
     }
-    tasks.spawn(refresh_definitions(registry.clone(), background.clone()));
+    services.start(
+        "definitions",
+        Stage::Background,
+        refresh_definitions(registry.clone(), background.clone()),
+    );
 
     // pairs of open destinations (with circuit breakers) and of broken observers
     let parker = Some(Arc::new(ParkQueue::new(
@@ -227,7 +238,9 @@ pub async fn run(
         fenced.clone(),
     )));
     // parked pairs, dead-letter retries (observers.dlq_retry) and replays (observers.replay)
-    tasks.spawn(
+    services.start(
+        "parked-pairs",
+        Stage::Background,
         Arc::new(ParkedLoop {
             db: db.clone(),
             group: group.clone(),
@@ -244,7 +257,9 @@ pub async fn run(
     // jobs (mode: async actions, observers.job_enqueue): every worker of the group runs them,
     // leader or standby; it stops claiming at `stop` and finishes its running jobs
     if config.job_queue.enabled {
-        tasks.spawn(
+        services.start(
+            "job-runner",
+            Stage::WithConsumer,
             Arc::new(JobRunner {
                 db: db.clone(),
                 group: group.clone(),
@@ -256,7 +271,7 @@ pub async fn run(
                 wake: jobs_wake,
                 shutdown_timeout: config.worker.shutdown_timeout,
             })
-            .run(stop.clone()),
+            .run(services.token(Stage::WithConsumer)),
         );
     }
 
@@ -301,8 +316,7 @@ pub async fn run(
 
     // 7. Release the lease so a standby takes over at once.
     let last_state = *lease_rx.borrow();
-    background.cancel();
-    while tasks.join_next().await.is_some() {}
+    services.shut_down().await;
     if let LeaseState::Held(epoch) | LeaseState::Unknown(epoch) = last_state {
         match tokio::time::timeout(
             Duration::from_secs(3),
