@@ -178,6 +178,11 @@ SELECT group_name, queue, paused, available, scheduled, running, retryable, comp
        oldest_due_age IS NOT NULL AS has_due
   FROM observers.job_stats();
 SELECT state, count(*) FROM observers.job_list(lim => 1000) GROUP BY 1 ORDER BY 1;
+-- status(): the queue depth per observer, and whether a due job waits
+SELECT observer, jobs, jobs = (SELECT count(*) FROM observers.job j JOIN observers.observer o ON o.id = j.observer_id
+                                WHERE o.name = s.observer) AS jobs_match,
+       oldest_job_age IS NOT NULL AS has_oldest_job_age
+  FROM observers.status() AS s ORDER BY 1;
 SELECT observers.job_maintain() ~ '^jobs: created 0, dropped 0, skipped 0' AS maintain_idempotent;
 
 -- 7. the application role: enqueue only; no table, no other function, no URL of its own
