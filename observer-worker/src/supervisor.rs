@@ -96,10 +96,16 @@ impl Supervisor {
         while let Some(joined) = set.join_next_with_id().await {
             match joined {
                 Ok((id, ())) => {
-                    debug!(service = names.get(&id).copied().unwrap_or("?"), "service stopped")
+                    debug!(
+                        service = names.get(&id).copied().unwrap_or("?"),
+                        "service stopped"
+                    )
                 }
                 Err(e) if e.is_panic() => {
-                    error!(service = names.get(&e.id()).copied().unwrap_or("?"), "service panicked")
+                    error!(
+                        service = names.get(&e.id()).copied().unwrap_or("?"),
+                        "service panicked"
+                    )
                 }
                 Err(e) => {
                     warn!(service = names.get(&e.id()).copied().unwrap_or("?"), error = %e, "service was cancelled")
@@ -172,7 +178,12 @@ mod tests {
         s.start(
             "heartbeat",
             Stage::Background,
-            service(&log, "heartbeat", s.token(Stage::Background), Duration::ZERO),
+            service(
+                &log,
+                "heartbeat",
+                s.token(Stage::Background),
+                Duration::ZERO,
+            ),
         );
         // the consumer returned on its own (no SIGTERM): shut_down cancels the stop token itself
         tokio::time::timeout(Duration::from_secs(5), s.shut_down())
