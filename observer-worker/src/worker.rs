@@ -163,44 +163,56 @@ pub async fn run(
         });
     }
 
-    services.start("lease", Stage::Background, lease::run(
-        db.clone(),
-        LeaseSettings {
-            group: group.clone(),
-            worker_id: worker_id.clone(),
-            ttl: config.failover.lease_ttl,
-            standby_poll: config.failover.standby_poll,
-        },
-        metrics.clone(),
-        lease_tx,
-        fenced.clone(),
-        lease_released.clone(),
-        background.clone(),
-    ));
-    services.start("listener", Stage::Background, listener::run(
-        db.pg_config().clone(),
-        db.target().to_owned(),
-        listener::Wakers {
-            events: wake.clone(),
-            lease_released,
-            jobs: config.job_queue.enabled.then(|| jobs_wake.clone()),
-            group: group.clone(),
-        },
-        background.clone(),
-    ));
-    services.start("heartbeat", Stage::Background, heartbeat(
-        db.clone(),
-        group.clone(),
-        worker_id.clone(),
-        lease_rx.clone(),
-        Reported {
-            stats: stats.clone(),
-            layers: layers.clone(),
-            lookups: lookups.clone(),
-            registry: registry.clone(),
-        },
-        background.clone(),
-    ));
+    services.start(
+        "lease",
+        Stage::Background,
+        lease::run(
+            db.clone(),
+            LeaseSettings {
+                group: group.clone(),
+                worker_id: worker_id.clone(),
+                ttl: config.failover.lease_ttl,
+                standby_poll: config.failover.standby_poll,
+            },
+            metrics.clone(),
+            lease_tx,
+            fenced.clone(),
+            lease_released.clone(),
+            background.clone(),
+        ),
+    );
+    services.start(
+        "listener",
+        Stage::Background,
+        listener::run(
+            db.pg_config().clone(),
+            db.target().to_owned(),
+            listener::Wakers {
+                events: wake.clone(),
+                lease_released,
+                jobs: config.job_queue.enabled.then(|| jobs_wake.clone()),
+                group: group.clone(),
+            },
+            background.clone(),
+        ),
+    );
+    services.start(
+        "heartbeat",
+        Stage::Background,
+        heartbeat(
+            db.clone(),
+            group.clone(),
+            worker_id.clone(),
+            lease_rx.clone(),
+            Reported {
+                stats: stats.clone(),
+                layers: layers.clone(),
+                lookups: lookups.clone(),
+                registry: registry.clone(),
+            },
+            background.clone(),
+        ),
+    );
     services.start(
         "maintenance",
         Stage::Background,
@@ -208,21 +220,29 @@ pub async fn run(
     );
     // the audit trail, off the delivery path (docs/SEARCH.md)
     if config.search.enabled {
-        services.start("search-indexer", Stage::Background, crate::search::indexer::run(
-            db.clone(),
-            config.search.clone(),
-            metrics.clone(),
-            background.clone(),
-        ));
+        services.start(
+            "search-indexer",
+            Stage::Background,
+            crate::search::indexer::run(
+                db.clone(),
+                config.search.clone(),
+                metrics.clone(),
+                background.clone(),
+            ),
+        );
     }
     if config.elasticsearch.enabled {
-        services.start("elasticsearch-sink", Stage::Background, crate::search::elasticsearch::run(
-            db.clone(),
-            config.elasticsearch.clone(),
-            installation,
-            metrics.clone(),
-            background.clone(),
-        ));
+        services.start(
+            "elasticsearch-sink",
+            Stage::Background,
+            crate::search::elasticsearch::run(
+                db.clone(),
+                config.elasticsearch.clone(),
+                installation,
+                metrics.clone(),
+                background.clone(),
+            ),
+        );
     }
     services.start(
         "definitions",
