@@ -69,8 +69,8 @@ now() { date +%s.%N; }
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS jobs_bench WITH (FORCE)" -c "CREATE DATABASE jobs_bench"
-start_receiver() {  # $1 = delay (0ms: none); prints the port
-  local port args
+start_receiver() {  # $1 = delay (0ms: none); sets $port (not a $(...) subshell: the
+  local args      # receiver's pid must reach `pids` so that cleanup stops it)
   port=$(free_port)
   args=(--listen "127.0.0.1:$port")
   [ "$1" != 0ms ] && args+=(--delay "$1")
@@ -80,14 +80,15 @@ start_receiver() {  # $1 = delay (0ms: none); prints the port
     python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
     sleep 0.1
   done
-  echo "$port"
 }
-fast=$(start_receiver 0ms)
+start_receiver 0ms
+fast=$port
 q -c "CREATE EXTENSION pg_observers" -c "CREATE TABLE t (id int)" \
   -c "SELECT observers.create_observer(name => 'jobs', table_name => 't', events => '{INSERT}',
         actions => '[{\"type\":\"webhook\",\"url\":\"http://127.0.0.1:$fast/job\",\"timeout\":\"10s\"}]')" >/dev/null
 if [[ $parts == *slow* ]]; then
-  slow=$(start_receiver "$slow_delay")
+  start_receiver "$slow_delay"
+  slow=$port
   q -c "SELECT observers.create_observer(name => 'slow_jobs', table_name => 't', events => '{INSERT}',
           actions => '[{\"type\":\"webhook\",\"url\":\"http://127.0.0.1:$slow/job\",\"timeout\":\"10s\"}]')" >/dev/null
 fi
