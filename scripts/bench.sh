@@ -18,6 +18,10 @@
 #   6. the searchable audit trail (scripts/bench-search.sh): indexing throughput and search
 #      latency at 1M events, capture with the indexer on vs off, the Elasticsearch sink into
 #      osmem-server and the webhook drain with the sink on vs off.
+#   7. the job queue (scripts/bench-jobs.sh): drain of 100,000 jobs POSTing to the local receiver
+#      with one and two workers, side by side with graphile-worker 0.16 on the same cluster (as
+#      shipped and with synchronous_commit=off), two-worker scaling against a 50 ms receiver, and
+#      pickup latency on an idle queue. BENCH_JOBS makes it smaller.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -51,3 +55,6 @@ echo; echo "=== 5. failover (handover and delivery gap after kill -9 / SIGTERM o
 
 echo; echo "=== 6. the searchable audit trail (PostgreSQL search, the Elasticsearch sink) ==="
 scripts/bench-search.sh
+
+echo; echo "=== 7. the job queue (drain vs graphile-worker 0.16, two-worker scaling, pickup latency) ==="
+scripts/bench-jobs.sh

@@ -12,7 +12,8 @@
 //! * [`search`] — the audit trail off the write path: the PostgreSQL search indexer and the
 //!   Elasticsearch / OpenSearch sink.
 //! * [`telemetry`] — logging, counters, `/metrics` and the health endpoints.
-//! * [`worker`] — assembles everything for `start`; [`commands`] — the CLI commands
+//! * [`worker`] — assembles everything for `start` (build, then named services under the
+//!   [`supervisor`], stopped in order); [`commands`] — the CLI commands
 //!   ([`metrics_cli`]: `fraiseql-observers metrics`).
 
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod resilience;
 pub mod retry;
 pub mod search;
 pub mod signing;
+pub mod supervisor;
 pub mod telemetry;
 pub mod templates;
 pub mod worker;

@@ -1,18 +1,20 @@
-//! `start`: the build step (the only one with I/O) and the task layout.
+//! `start`: the build step (the only one with I/O), the services, shutdown in order.
 //!
 //! ```text
-//! connect (retry) ─► check extension ─► apply YAML observers ─► load definitions
-//!     ─► tasks: lease │ LISTEN │ heartbeat │ maintenance │ definitions refresh │ parked pairs
-//!        │ job runner (job_queue; every worker of the group)
-//!        │ search indexer / Elasticsearch sink (when enabled)
-//!     ─► consumer (until SIGTERM) ─► drain ─► checkpoint ─► release lease
+//! build: connect (retry) ─► check extension ─► apply YAML observers ─► load definitions
+//!        ─► installation id ─► layers (breakers, dedup, attempt log)
+//! start each named service (crate::supervisor):
+//!        background: attempt-log │ lease │ listener │ heartbeat │ maintenance │ definitions
+//!                    │ parked-pairs │ search-indexer / elasticsearch-sink (when enabled)
+//!        with the consumer: job-runner (job_queue; every worker of the group)
+//! run:   consumer (until SIGTERM) ─► drain ─► checkpoint
+//! shut down in order: job runner drains ─► background services stop ─► release lease
 //! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -33,6 +35,7 @@ use crate::pipeline::parked::{ParkQueue, ParkedLoop};
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry, BROKEN_RECHECK};
 use crate::resilience::{Breakers, Dedup};
 use crate::retry::{sleep_or_cancel, Backoff};
+use crate::supervisor::{Stage, Supervisor};
 use crate::telemetry::health::Phase;
 use crate::telemetry::metrics::{self, Metrics};
 use crate::telemetry::{self as telemetry, Stats};
@@ -126,27 +129,26 @@ pub async fn run(
     };
     info!(installation = %installation, "installation id");
 
-    // 5. Background tasks. They stop after the consumer has drained, so the
-    //    lease stays renewed while in-flight work finishes.
-    let background = CancellationToken::new();
+    // 5. Services (crate::supervisor). The background ones stop after the consumer and the job
+    //    runner have drained, so the lease stays renewed while in-flight work finishes.
+    let mut services = Supervisor::new(stop.clone());
+    let background = services.token(Stage::Background);
     let Some(mut layers) = build_layers(&config, &db, max_in_flight, &stop, &background).await?
     else {
         return Ok(());
     };
     layers.metrics = metrics.clone();
-    let stats = Arc::new(Stats::default());
-    let (lease_tx, lease_rx) = watch::channel(LeaseState::Standby);
-    let fenced = Arc::new(Notify::new());
-    let wake = Arc::new(Notify::new());
-    let lease_released = Arc::new(Notify::new());
-    let mut tasks = JoinSet::new();
     // every attempt, for observers.debug_event() (written off the delivery path)
     if config.worker.attempt_log {
         let (attempt_log, attempt_writer) =
             AttemptLog::new(db.clone(), worker_id.clone(), background.clone());
         layers.attempt_log = Some(attempt_log);
-        tasks.spawn(attempt_writer);
+        services.start("attempt-log", Stage::Background, attempt_writer);
     }
+    let stats = Arc::new(Stats::default());
+    let (lease_tx, lease_rx) = watch::channel(LeaseState::Standby);
+    let fenced = Arc::new(Notify::new());
+    let wake = Arc::new(Notify::new());
     if let Some(m) = &metrics {
         m.attach(metrics::Sources {
             stats: stats.clone(),
@@ -158,65 +160,21 @@ pub async fn run(
             registry: Some(registry.clone()),
         });
     }
-
-    tasks.spawn(lease::run(
-        db.clone(),
-        LeaseSettings {
-            group: group.clone(),
-            worker_id: worker_id.clone(),
-            ttl: config.failover.lease_ttl,
-            standby_poll: config.failover.standby_poll,
-        },
-        metrics.clone(),
-        lease_tx,
-        fenced.clone(),
-        lease_released.clone(),
-        background.clone(),
-    ));
-    tasks.spawn(listener::run(
-        db.pg_config().clone(),
-        db.target().to_owned(),
-        listener::Wakers {
-            events: wake.clone(),
-            lease_released,
-            group: group.clone(),
-        },
-        background.clone(),
-    ));
-    tasks.spawn(heartbeat(
-        db.clone(),
-        group.clone(),
-        worker_id.clone(),
-        lease_rx.clone(),
-        Reported {
-            stats: stats.clone(),
-            layers: layers.clone(),
-            lookups: lookups.clone(),
-            registry: registry.clone(),
-        },
-        background.clone(),
-    ));
-    tasks.spawn(maintenance(db.clone(), background.clone()));
-    // the audit trail, off the delivery path (docs/SEARCH.md)
-    if config.search.enabled {
-        tasks.spawn(crate::search::indexer::run(
-            db.clone(),
-            config.search.clone(),
-            metrics.clone(),
-            background.clone(),
-        ));
-    }
-    if config.elasticsearch.enabled {
-        tasks.spawn(crate::search::elasticsearch::run(
-            db.clone(),
-            config.elasticsearch.clone(),
-            installation,
-            metrics.clone(),
-            background.clone(),
-        ));
-    }
-    tasks.spawn(refresh_definitions(registry.clone(), background.clone()));
-
+    let wiring = Wiring {
+        db: db.clone(),
+        group: group.clone(),
+        worker_id: worker_id.clone(),
+        registry: registry.clone(),
+        lookups: lookups.clone(),
+        layers: layers.clone(),
+        installation,
+        metrics: metrics.clone(),
+        stats: stats.clone(),
+        lease: lease_rx.clone(),
+        fenced: fenced.clone(),
+        wake: wake.clone(),
+    };
+    start_services(&mut services, &config, &wiring, lease_tx);
     // pairs of open destinations (with circuit breakers) and of broken observers
     let parker = Some(Arc::new(ParkQueue::new(
         db.clone(),
@@ -224,38 +182,6 @@ pub async fn run(
         lease_rx.clone(),
         fenced.clone(),
     )));
-    // parked pairs, dead-letter retries (observers.dlq_retry) and replays (observers.replay)
-    tasks.spawn(
-        Arc::new(ParkedLoop {
-            db: db.clone(),
-            group: group.clone(),
-            registry: registry.clone(),
-            lease: lease_rx.clone(),
-            fenced: fenced.clone(),
-            layers: layers.clone(),
-            installation,
-            stats: stats.clone(),
-        })
-        .run(background.clone()),
-    );
-
-    // jobs (mode: async actions, observers.job_enqueue): every worker of the group runs them,
-    // leader or standby; it stops claiming at `stop` and finishes its running jobs
-    if config.job_queue.enabled {
-        tasks.spawn(
-            Arc::new(JobRunner {
-                db: db.clone(),
-                group: group.clone(),
-                worker_id: worker_id.clone(),
-                registry: registry.clone(),
-                layers: layers.clone(),
-                installation,
-                config: config.job_queue.clone(),
-                shutdown_timeout: config.worker.shutdown_timeout,
-            })
-            .run(stop.clone()),
-        );
-    }
 
     // 6. Consume until stopped.
     let handler = Arc::new(Deliverer {
@@ -298,8 +224,7 @@ pub async fn run(
 
     // 7. Release the lease so a standby takes over at once.
     let last_state = *lease_rx.borrow();
-    background.cancel();
-    while tasks.join_next().await.is_some() {}
+    services.shut_down().await;
     if let LeaseState::Held(epoch) | LeaseState::Unknown(epoch) = last_state {
         match tokio::time::timeout(
             Duration::from_secs(3),
@@ -364,6 +289,158 @@ pub async fn run(
             Err(WorkerError::Fatal(f))
         }
         None => Ok(()),
+    }
+}
+
+/// The handles the services share with each other and with the consumer (built once by `run`).
+struct Wiring {
+    db: Db,
+    group: String,
+    worker_id: String,
+    registry: Arc<ObserverRegistry>,
+    lookups: Arc<Lookups>,
+    layers: Layers,
+    installation: InstallationId,
+    metrics: Option<Arc<Metrics>>,
+    stats: Arc<Stats>,
+    lease: watch::Receiver<LeaseState>,
+    /// a fenced write: the lease loop re-checks at once
+    fenced: Arc<Notify>,
+    /// new events may exist: wakes the consumer (the listener notifies it)
+    wake: Arc<Notify>,
+}
+
+/// Starts every service but the consumer, each under its name (the module comment lists them).
+fn start_services(
+    services: &mut Supervisor,
+    config: &Config,
+    w: &Wiring,
+    lease_tx: watch::Sender<LeaseState>,
+) {
+    let background = services.token(Stage::Background);
+    let lease_released = Arc::new(Notify::new());
+    let jobs_wake = Arc::new(Notify::new());
+    services.start(
+        "lease",
+        Stage::Background,
+        lease::run(
+            w.db.clone(),
+            LeaseSettings {
+                group: w.group.clone(),
+                worker_id: w.worker_id.clone(),
+                ttl: config.failover.lease_ttl,
+                standby_poll: config.failover.standby_poll,
+            },
+            w.metrics.clone(),
+            lease_tx,
+            w.fenced.clone(),
+            lease_released.clone(),
+            background.clone(),
+        ),
+    );
+    services.start(
+        "listener",
+        Stage::Background,
+        listener::run(
+            w.db.pg_config().clone(),
+            w.db.target().to_owned(),
+            listener::Wakers {
+                events: w.wake.clone(),
+                lease_released,
+                jobs: config.job_queue.enabled.then(|| jobs_wake.clone()),
+                group: w.group.clone(),
+            },
+            background.clone(),
+        ),
+    );
+    services.start(
+        "heartbeat",
+        Stage::Background,
+        heartbeat(
+            w.db.clone(),
+            w.group.clone(),
+            w.worker_id.clone(),
+            w.lease.clone(),
+            Reported {
+                stats: w.stats.clone(),
+                layers: w.layers.clone(),
+                lookups: w.lookups.clone(),
+                registry: w.registry.clone(),
+            },
+            background.clone(),
+        ),
+    );
+    services.start(
+        "maintenance",
+        Stage::Background,
+        maintenance(w.db.clone(), background.clone()),
+    );
+    // the audit trail, off the delivery path (docs/SEARCH.md)
+    if config.search.enabled {
+        services.start(
+            "search-indexer",
+            Stage::Background,
+            crate::search::indexer::run(
+                w.db.clone(),
+                config.search.clone(),
+                w.metrics.clone(),
+                background.clone(),
+            ),
+        );
+    }
+    if config.elasticsearch.enabled {
+        services.start(
+            "elasticsearch-sink",
+            Stage::Background,
+            crate::search::elasticsearch::run(
+                w.db.clone(),
+                config.elasticsearch.clone(),
+                w.installation,
+                w.metrics.clone(),
+                background.clone(),
+            ),
+        );
+    }
+    services.start(
+        "definitions",
+        Stage::Background,
+        refresh_definitions(w.registry.clone(), background.clone()),
+    );
+    // parked pairs, dead-letter retries (observers.dlq_retry) and replays (observers.replay)
+    services.start(
+        "parked-pairs",
+        Stage::Background,
+        Arc::new(ParkedLoop {
+            db: w.db.clone(),
+            group: w.group.clone(),
+            registry: w.registry.clone(),
+            lease: w.lease.clone(),
+            fenced: w.fenced.clone(),
+            layers: w.layers.clone(),
+            installation: w.installation,
+            stats: w.stats.clone(),
+        })
+        .run(background),
+    );
+    // jobs (mode: async actions, observers.job_enqueue): every worker of the group runs them,
+    // leader or standby; it stops claiming at the worker's stop and finishes its running jobs
+    if config.job_queue.enabled {
+        services.start(
+            "job-runner",
+            Stage::WithConsumer,
+            Arc::new(JobRunner {
+                db: w.db.clone(),
+                group: w.group.clone(),
+                worker_id: w.worker_id.clone(),
+                registry: w.registry.clone(),
+                layers: w.layers.clone(),
+                installation: w.installation,
+                config: config.job_queue.clone(),
+                wake: jobs_wake,
+                shutdown_timeout: config.worker.shutdown_timeout,
+            })
+            .run(services.token(Stage::WithConsumer)),
+        );
     }
 }
 

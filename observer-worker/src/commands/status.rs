@@ -298,6 +298,30 @@ pub fn report_json(r: &StatusReport) -> Value {
     })
 }
 
+/// The job queue's depth per observer (`status().jobs`, `oldest_job_age`); nothing when no
+/// observer has an unfinished job.
+fn render_jobs(r: &StatusReport) -> String {
+    let with_jobs: Vec<&Value> = r.observers.iter().filter(|o| i(o, "jobs") > 0).collect();
+    if with_jobs.is_empty() {
+        return String::new();
+    }
+    let mut t = Table::new(&["observer", "group", "unfinished", "oldest due"]);
+    for o in with_jobs {
+        t.row(vec![
+            field(o, "observer"),
+            field(o, "group_name"),
+            field(o, "jobs"),
+            f(o, "oldest_job_age_s")
+                .map(compact_duration)
+                .unwrap_or_default(),
+        ]);
+    }
+    format!(
+        "\nJOBS (unfinished jobs per observer; oldest due: how long the oldest waiting job is past its run_at)\n{}",
+        indent(&t.render())
+    )
+}
+
 pub fn render_text(r: &StatusReport) -> String {
     let mut out = String::new();
     out.push_str("OBSERVERS\n");
@@ -371,6 +395,7 @@ pub fn render_text(r: &StatusReport) -> String {
         }
         out.push_str(&indent(&t.render()));
     }
+    out.push_str(&render_jobs(r));
 
     out.push_str(&format!(
         "\nWORKERS (heartbeat every 5s; not running after {}s without one)\n",
@@ -580,6 +605,33 @@ mod tests {
             breakers: Some(vec![]),
         };
         assert!(problems(&r).is_empty(), "{:?}", problems(&r));
+    }
+
+    #[test]
+    fn job_queue_depth_is_shown_only_when_jobs_wait() {
+        let mut o = observer(Some("w-1"), 0);
+        let r = StatusReport {
+            observers: vec![o.clone()],
+            workers: vec![worker("w-1", 1.0, true)],
+            breakers: Some(vec![]),
+        };
+        assert!(!render_text(&r).contains("JOBS"), "{}", render_text(&r));
+        o["jobs"] = json!(1200);
+        o["oldest_job_age_s"] = json!(95.0);
+        let r = StatusReport {
+            observers: vec![o],
+            ..r
+        };
+        let text = render_text(&r);
+        let jobs = text
+            .lines()
+            .skip_while(|l| !l.starts_with("JOBS"))
+            .nth(2)
+            .unwrap_or_default();
+        assert!(
+            jobs.contains("orders") && jobs.contains("1200") && jobs.contains("1m35s"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ const CLAIM: &str =
      FROM observers.job_claim($1, $2, $3::text::uuid, $4, ($5::text || ' milliseconds')::interval)";
 const FINISH: &str = "SELECT observers.job_finish($1, $2::text::uuid, $3, $4, $5, \
      ($6::text || ' milliseconds')::interval)";
+const COMPLETE: &str = "SELECT observers.job_complete($1, $2::text[]::uuid[])";
 const RESCUE: &str = "SELECT observers.job_rescue($1, ($2::text || ' milliseconds')::interval)";
 const BEAT: &str = "SELECT observers.job_runner_beat($1::text::uuid, $2, $3, $4)";
 const ENQUEUE_PAIR: &str = "SELECT observers.job_enqueue_pair($1, $2, $3, $4, $5, \
@@ -178,6 +179,23 @@ impl Db {
             .await
             .map_err(|e| self.err(CTX, e))?;
         row.try_get(0).map_err(|e| self.err(CTX, e))
+    }
+
+    /// Records many successful runs in one statement (`observers.job_complete`): `runs` are
+    /// (job id, token) pairs. Returns the ids that completed; the others' tokens were stale.
+    pub async fn job_complete(&self, runs: &[(i64, &str)]) -> Result<Vec<i64>, DbError> {
+        const CTX: &str = "observers.job_complete";
+        let (c, stmt) = self.prepared(Lane::Jobs, CTX, COMPLETE).await?;
+        let ids: Vec<i64> = runs.iter().map(|r| r.0).collect();
+        let tokens: Vec<&str> = runs.iter().map(|r| r.1).collect();
+        let rows = c
+            .query(&stmt, &[&ids, &tokens])
+            .await
+            .map_err(|e| self.err(CTX, e))?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(|e| self.err(CTX, e))
     }
 
     /// Rescues the group's running jobs whose runner is gone or whose deadline passed.

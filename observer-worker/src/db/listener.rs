@@ -1,7 +1,8 @@
 //! The dedicated `LISTEN` connection: `observers_wakeup` (new events may exist: wakes the
-//! consumer) and `observers_lease` (a leader of some group released its lease: wakes this
+//! consumer), `observers_lease` (a leader of some group released its lease: wakes this
 //! worker's lease loop when the payload names its group, so a standby takes over at once instead
-//! of at its next poll).
+//! of at its next poll) and, with the job queue on, `observers_jobs` (a job of some group was
+//! enqueued: wakes the job runner when the payload names its group).
 //!
 //! A notification is only a hint: the consumer and the lease loop also poll. After every
 //! (re)connect both are woken once, because notifications sent while we were disconnected are
@@ -22,6 +23,8 @@ use crate::retry::Backoff;
 pub const WAKEUP_CHANNEL: &str = "observers_wakeup";
 /// Sent by `observers.lease_release` with the group's name as payload.
 pub const LEASE_CHANNEL: &str = "observers_lease";
+/// Sent by `observers.job_enqueue*` (and `job_retry`, `job_queue_resume`) with the group's name.
+pub const JOBS_CHANNEL: &str = "observers_jobs";
 
 /// Whom the listener wakes.
 pub struct Wakers {
@@ -29,6 +32,8 @@ pub struct Wakers {
     pub events: Arc<Notify>,
     /// the lease loop, on `observers_lease` for `group`
     pub lease_released: Arc<Notify>,
+    /// the job runner, on `observers_jobs` for `group` (`None`: the job queue is off, no LISTEN)
+    pub jobs: Option<Arc<Notify>>,
     pub group: String,
 }
 
@@ -58,6 +63,12 @@ pub async fn run(
                                     if n.payload() == w.group {
                                         w.lease_released.notify_one();
                                     }
+                                } else if n.channel() == JOBS_CHANNEL {
+                                    if let Some(jobs) =
+                                        w.jobs.as_ref().filter(|_| n.payload() == w.group)
+                                    {
+                                        jobs.notify_one();
+                                    }
                                 } else {
                                     w.events.notify_one();
                                 }
@@ -68,10 +79,11 @@ pub async fn run(
                         }
                     }
                 });
-                match client
-                    .batch_execute(&format!("LISTEN {WAKEUP_CHANNEL}; LISTEN {LEASE_CHANNEL}"))
-                    .await
-                {
+                let mut listen = format!("LISTEN {WAKEUP_CHANNEL}; LISTEN {LEASE_CHANNEL}");
+                if wakers.jobs.is_some() {
+                    listen.push_str(&format!("; LISTEN {JOBS_CHANNEL}"));
+                }
+                match client.batch_execute(&listen).await {
                     Ok(()) => {
                         if was_connected {
                             info!(channel = WAKEUP_CHANNEL, "wake-up listener reconnected");
@@ -83,6 +95,9 @@ pub async fn run(
                         // catch up on anything notified while we were away
                         wakers.events.notify_one();
                         wakers.lease_released.notify_one();
+                        if let Some(jobs) = &wakers.jobs {
+                            jobs.notify_one();
+                        }
                         tokio::select! {
                             _ = cancel.cancelled() => { driver.abort(); return; }
                             res = &mut driver => {

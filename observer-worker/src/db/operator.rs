@@ -17,6 +17,7 @@ use super::{root_cause, DbError};
 /// Columns the installed extension does not have yet are simply absent (NULL ages).
 pub const STATUS: &str = "SELECT to_jsonb(s) || jsonb_build_object(\
        'oldest_undelivered_age_s', extract(epoch FROM s.oldest_undelivered_age)::float8, \
+       'oldest_job_age_s', extract(epoch FROM s.oldest_job_age)::float8, \
        'lease_expires_in_s', extract(epoch FROM s.lease_expires_at - now())::float8, \
        'last_error_age_s', extract(epoch FROM now() - (to_jsonb(s)->>'last_error_at')::timestamptz)::float8, \
        'last_heartbeat_age_s', extract(epoch FROM now() - (to_jsonb(s)->>'last_heartbeat')::timestamptz)::float8) \

@@ -6,11 +6,14 @@
 //!   timeout, attempt log); the job's retry schedule comes from the action's retry policy.
 //!
 //! ```text
-//! LISTEN observers_jobs ─┐  poll (job_queue.poll_interval)  a run finished
+//! LISTEN observers_jobs ─┐  poll (job_queue.poll_interval)  runs finished (a quarter of the slots)
 //!                        ▼             ▼                         ▼
 //!        free slots? ─► job_claim(free)  (FOR UPDATE SKIP LOCKED, committed at once)
 //!                        └─► one task per job (slot = owned semaphore permit, given back in Drop)
-//!                              executor::run(single attempt) ─► job_finish(id, token, outcome)
+//!                              executor::run(single attempt) ─┬► completed: the completer task
+//!                                                             │   (job_complete, one statement
+//!                                                             │   per batch of completed runs)
+//!                                                             └► otherwise: job_finish(id, token, …)
 //! beside it: job_runner_beat + job_rescue every rescue_after / 3
 //! ```
 //!
@@ -18,14 +21,13 @@
 //!   (fenced, idempotent per pair) instead of running it; the event counts as finished once the
 //!   job is durable.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::poll_fn;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -35,17 +37,17 @@ use super::lease::LeaseState;
 use super::registry::{ObserverEntry, ObserverRegistry};
 use crate::actions::{Action, Delivery};
 use crate::config::JobQueueConfig;
-use crate::db::{ClaimedJob, Db, JobOutcome, PairJob};
+use crate::db::{ClaimedJob, Db, DbError, JobOutcome, PairJob};
 use crate::installation::InstallationId;
 use crate::resilience::PairKey;
 use crate::retry::{sleep_or_cancel, Backoff};
 
-/// The channel `observers.job_enqueue*` notify (payload: the group).
-pub const JOBS_CHANNEL: &str = "observers_jobs";
 /// How long a job whose destination's breaker is open waits before it is claimed again.
 const SNOOZE_WHILE_OPEN: Duration = Duration::from_secs(1);
 /// Longest pause between runner heartbeats (and rescue passes).
 const MAX_BEAT: Duration = Duration::from_secs(5);
+/// Most completions written by one `observers.job_complete` statement.
+const MAX_COMPLETE_BATCH: usize = 512;
 
 pub struct JobRunner {
     pub db: Db,
@@ -56,6 +58,9 @@ pub struct JobRunner {
     pub layers: Layers,
     pub installation: InstallationId,
     pub config: JobQueueConfig,
+    /// Woken by the worker's shared listener on `observers_jobs` for this group (a hint: the
+    /// runner polls too).
+    pub wake: Arc<Notify>,
     /// `worker.shutdown_timeout`: how long running jobs may take to finish at shutdown; the
     /// ones still running then are abandoned and rescued at once by the other workers (this
     /// runner deregisters).
@@ -72,23 +77,30 @@ impl JobRunner {
         };
         info!(group = %self.group, runner = %runner, workers = self.config.workers, "job runner started");
         let runner: Arc<str> = Arc::from(runner);
-        let wake = Arc::new(Notify::new());
+        // `wake`: a hint that due jobs may exist (NOTIFY from an enqueue, the listener's
+        // reconnect); `freed`: a run ended and gave its slot back
+        let wake = self.wake.clone();
+        let freed = Arc::new(Notify::new());
+        let (complete_tx, complete_rx) = mpsc::channel(self.config.workers.max(1));
+        let completer = tokio::spawn(complete_in_batches(self.db.clone(), complete_rx));
         let side = CancellationToken::new();
         let beat = tokio::spawn(self.clone().beat(runner.clone(), side.clone()));
-        let listen = tokio::spawn(listen(
-            self.db.pg_config().clone(),
-            wake.clone(),
-            side.clone(),
-        ));
         let slots = Arc::new(Semaphore::new(self.config.workers));
         let mut tasks = JoinSet::new();
         let mut warned = false;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        // Claim in batches: when only freed slots woke us, wait until a quarter of the slots
+        // are free (one claim statement per batch of jobs, not per finished job), and claim
+        // nothing while the last claim found fewer jobs than it asked for (the queue has no
+        // more due jobs until an enqueue notifies, or the poll finds a retry that came due).
+        let min_claim = (self.config.workers / 4).max(1);
+        let mut more_due = true;
+        let mut hinted = true;
         while !stop.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits();
             let mut full_batch = false;
-            if free > 0 {
+            if free > 0 && (hinted || (more_due && free >= min_claim)) {
                 match self
                     .db
                     .job_claim(
@@ -107,6 +119,7 @@ impl JobRunner {
                         warned = false;
                         backoff.reset();
                         full_batch = jobs.len() == free;
+                        more_due = full_batch;
                         for job in jobs {
                             let Ok(slot) = slots.clone().try_acquire_owned() else {
                                 // not reached: we claimed at most the free slots; the job is
@@ -115,9 +128,10 @@ impl JobRunner {
                                 continue;
                             };
                             let me = self.clone();
-                            let done = wake.clone();
+                            let done = freed.clone();
+                            let complete = complete_tx.clone();
                             tasks.spawn(async move {
-                                me.execute(job, slot).await;
+                                me.execute(job, slot, &complete).await;
                                 done.notify_one();
                             });
                         }
@@ -135,13 +149,15 @@ impl JobRunner {
                 }
             }
             if full_batch && slots.available_permits() > 0 {
+                hinted = false;
                 continue;
             }
-            tokio::select! {
+            hinted = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
-            }
+                _ = wake.notified() => true,
+                _ = freed.notified() => false,
+                _ = tokio::time::sleep(self.config.poll_interval) => true,
+            };
         }
         // running jobs finish their attempt (layers.stop makes waiting ones give up), within
         // the shutdown timeout
@@ -154,9 +170,11 @@ impl JobRunner {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
+        // every run has recorded its outcome: the completer writes what it holds and ends
+        drop(complete_tx);
+        let _ = completer.await;
         side.cancel();
         let _ = beat.await;
-        let _ = listen.await;
         if let Err(e) = self
             .db
             .job_runner_beat(&runner, &self.group, &self.worker_id, true)
@@ -235,7 +253,7 @@ impl JobRunner {
     }
 
     /// One run of one claimed job; `_slot` is given back when the run ends, however it ends.
-    async fn execute(&self, job: ClaimedJob, _slot: OwnedSemaphorePermit) {
+    async fn execute(&self, job: ClaimedJob, _slot: OwnedSemaphorePermit, complete: &Completer) {
         let started = Instant::now();
         if let Some(m) = &self.layers.metrics {
             m.job_started(job.wait);
@@ -249,6 +267,7 @@ impl JobRunner {
                     &job,
                     "none",
                     started,
+                    complete,
                     JobOutcome::Snooze {
                         reason: "its observer is broken (see observers.status())".into(),
                         retry_in: Duration::from_secs(30),
@@ -267,12 +286,13 @@ impl JobRunner {
                 _ => None,
             };
             match again {
-                Some(a) => return self.run_action(job, a, started).await,
+                Some(a) => return self.run_action(job, a, started, complete).await,
                 None => {
                     self.finish(
                         &job,
                         "none",
                         started,
+                        complete,
                         JobOutcome::Discard {
                             error: "the observer or its action no longer exists".into(),
                             status: None,
@@ -283,10 +303,16 @@ impl JobRunner {
                 }
             }
         };
-        self.run_action(job, action, started).await
+        self.run_action(job, action, started, complete).await
     }
 
-    async fn run_action(&self, job: ClaimedJob, action: Arc<dyn Action>, started: Instant) {
+    async fn run_action(
+        &self,
+        job: ClaimedJob,
+        action: Arc<dyn Action>,
+        started: Instant,
+        complete: &Completer,
+    ) {
         let index = job.action_index.max(0) as usize;
         // an SQL job has no event: its dead letter and dedup key use -id
         let event_id = job.event_id.unwrap_or(-job.id);
@@ -339,13 +365,20 @@ impl JobRunner {
                 retry_in: Duration::ZERO,
             },
         };
-        self.finish(&job, action.type_name(), started, outcome)
+        self.finish(&job, action.type_name(), started, complete, outcome)
             .await;
     }
 
     /// Records the end of the run, retrying while the database is unreachable (the job's
     /// deadline bounds how long that matters: after it, another worker runs it again).
-    async fn finish(&self, job: &ClaimedJob, action_type: &str, started: Instant, o: JobOutcome) {
+    async fn finish(
+        &self,
+        job: &ClaimedJob,
+        action_type: &str,
+        started: Instant,
+        complete: &Completer,
+        o: JobOutcome,
+    ) {
         let label = match &o {
             JobOutcome::Completed => "completed",
             JobOutcome::Retry { .. } => "retry",
@@ -355,8 +388,17 @@ impl JobRunner {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let deadline = Instant::now() + self.config.timeout;
         let result = loop {
-            match self.db.job_finish(job.id, &job.token, &o).await {
-                Ok(state) => break state.map(|_| label).unwrap_or("stale"),
+            let recorded = match &o {
+                JobOutcome::Completed => record_completion(complete, &self.db, job).await,
+                _ => self
+                    .db
+                    .job_finish(job.id, &job.token, &o)
+                    .await
+                    .map(|state| state.is_some())
+                    .map_err(Arc::new),
+            };
+            match recorded {
+                Ok(changed) => break if changed { label } else { "stale" },
                 Err(e) if Instant::now() < deadline => {
                     warn!(job_id = job.id, error = %e, "cannot record the job's outcome yet; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -390,6 +432,67 @@ impl JobRunner {
     }
 }
 
+/// The way a run hands its completion to [`complete_in_batches`].
+type Completer = mpsc::Sender<Completion>;
+
+/// A successful run waiting to be recorded; `done` gets whether it changed the job (`false`: the
+/// token was stale) or the database error that kept the batch from being written.
+struct Completion {
+    id: i64,
+    token: String,
+    done: oneshot::Sender<Result<bool, Arc<DbError>>>,
+}
+
+/// Records a successful run through the completer (in its next batch); directly when the
+/// completer is gone.
+async fn record_completion(
+    complete: &Completer,
+    db: &Db,
+    job: &ClaimedJob,
+) -> Result<bool, Arc<DbError>> {
+    let (done, answer) = oneshot::channel();
+    let c = Completion {
+        id: job.id,
+        token: job.token.clone(),
+        done,
+    };
+    if complete.send(c).await.is_ok() {
+        if let Ok(r) = answer.await {
+            return r;
+        }
+    }
+    db.job_complete(&[(job.id, job.token.as_str())])
+        .await
+        .map(|ids| ids.contains(&job.id))
+        .map_err(Arc::new)
+}
+
+/// Writes the completions of this runner's jobs: one `observers.job_complete` statement for
+/// whatever completed while the previous one was being written (up to [`MAX_COMPLETE_BATCH`]),
+/// so a draining queue costs one round trip and one commit per batch, not per job. Ends when
+/// every sender is gone (the runner has stopped and its runs have ended). A failed batch
+/// answers each run with the error; the run retries (`JobRunner::finish`).
+async fn complete_in_batches(db: Db, mut rx: mpsc::Receiver<Completion>) {
+    let mut batch = Vec::with_capacity(MAX_COMPLETE_BATCH);
+    while rx.recv_many(&mut batch, MAX_COMPLETE_BATCH).await > 0 {
+        let runs: Vec<(i64, &str)> = batch.iter().map(|c| (c.id, c.token.as_str())).collect();
+        match db.job_complete(&runs).await {
+            Ok(ids) => {
+                let completed: HashSet<i64> = ids.into_iter().collect();
+                for c in batch.drain(..) {
+                    let _ = c.done.send(Ok(completed.contains(&c.id)));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for c in batch.drain(..) {
+                    let _ = c.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// `mode: async`: enqueue the pair as a job (fenced; retried until durable). True when the job
 /// exists (new, or already enqueued before a crash or failover).
 #[allow(clippy::too_many_arguments)]
@@ -411,39 +514,4 @@ pub async fn enqueue_pair(
         |db, group, epoch| async move { db.job_enqueue_pair(&group, epoch, job).await },
     )
     .await
-}
-
-/// The job runner's own `LISTEN observers_jobs` connection: a hint only (the poll finds
-/// everything too); reconnects with backoff.
-async fn listen(pg: tokio_postgres::Config, wake: Arc<Notify>, stop: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    while !stop.is_cancelled() {
-        if let Ok((client, mut connection)) = pg.connect(NoTls).await {
-            let w = wake.clone();
-            let mut driver = tokio::spawn(async move {
-                while let Some(Ok(m)) = poll_fn(|cx| connection.poll_message(cx)).await {
-                    if matches!(m, AsyncMessage::Notification(_)) {
-                        w.notify_one();
-                    }
-                }
-            });
-            if client
-                .batch_execute(&format!("LISTEN {JOBS_CHANNEL}"))
-                .await
-                .is_ok()
-            {
-                backoff.reset();
-                wake.notify_one();
-                tokio::select! {
-                    _ = stop.cancelled() => { driver.abort(); return; }
-                    _ = &mut driver => debug!("job listener lost its connection; jobs are still found by polling"),
-                }
-            } else {
-                driver.abort();
-            }
-        }
-        if !backoff.wait(&stop).await {
-            return;
-        }
-    }
 }

@@ -215,6 +215,24 @@ $$;
 --                            (a capture trigger dropped, disabled or renamed, its table or a
 --                            `columns` column dropped: 32_integrity.sql; repair_observer() fixes
 --                            what can be fixed)
+--   jobs, oldest_job_age     the observer's unfinished jobs (observers.job: available, scheduled,
+--                            running, retryable; 50_jobs.sql) and how long the oldest due one
+--                            that is not running has waited since its run_at (NULL: none)
+-- The job queue's depth for status(): observers.job is created later (50_jobs.sql), and
+-- PL/pgSQL resolves it when it runs, not when status() is created.
+CREATE FUNCTION observers._job_depth(p_observer int, OUT jobs bigint, OUT oldest_due timestamptz)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT count(*), min(j.run_at) FILTER (WHERE j.state <> 'running' AND j.run_at <= now())
+      INTO jobs, oldest_due
+      FROM observers.job AS j
+     WHERE j.observer_id = p_observer;
+END
+$$;
+
 CREATE FUNCTION observers.status()
 RETURNS TABLE (observer text, group_name text, table_name text, enabled boolean,
                backlog bigint, oldest_undelivered_age interval,
@@ -222,7 +240,7 @@ RETURNS TABLE (observer text, group_name text, table_name text, enabled boolean,
                leader text, lease_expires_at timestamptz,
                dlq_count bigint, last_error text, last_error_at timestamptz,
                workers int, last_heartbeat timestamptz, parked bigint, open_breakers text[],
-               broken text, capture_error text)
+               broken text, capture_error text, jobs bigint, oldest_job_age interval)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
@@ -252,7 +270,9 @@ AS $$
            p.parked,
            br.open_breakers,
            bk.broken,
-           observers._capture_error(o)
+           observers._capture_error(o),
+           jq.jobs,
+           now() - jq.oldest_due
       FROM observers.observer AS o
       LEFT JOIN observers.checkpoint AS k ON k.group_name = o.group_name
       LEFT JOIN observers.leader_lease AS l ON l.group_name = o.group_name
@@ -284,6 +304,7 @@ AS $$
       CROSS JOIN LATERAL (
           SELECT count(*) AS parked FROM observers.parked AS y WHERE y.observer_id = o.id
       ) AS p
+      CROSS JOIN LATERAL observers._job_depth(o.id) AS jq
       CROSS JOIN LATERAL (
           SELECT coalesce(array_agg(DISTINCT z.destination ORDER BY z.destination), '{}') AS open_breakers
             FROM observers.breakers AS z

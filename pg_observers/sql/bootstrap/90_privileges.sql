@@ -65,6 +65,7 @@ GRANT EXECUTE ON FUNCTION
     observers.job_rescue(text, interval),
     observers.job_claim(text, text, uuid, int, interval),
     observers.job_finish(bigint, uuid, text, text, int, interval),
+    observers.job_complete(bigint[], uuid[]),
     observers.job_maintain(),
     observers.job_stats(),
     -- the worker applies the observers of its YAML file at start (create or replace)

@@ -128,6 +128,8 @@ SELECT token AS old_token FROM observers.job_claim('default', 'w9', '00000000-00
 SELECT observers.job_rescue('default', interval '1 minute') AS rescued_dead_runner;
 SELECT state, last_error FROM observers.job WHERE id = :r1;
 SELECT observers.job_finish(:r1, :'old_token', 'completed') AS late_finish;
+SELECT count(*) AS late_batch_complete
+  FROM observers.job_complete(ARRAY[:r1]::bigint[], ARRAY[:'old_token']::uuid[]);
 SELECT state FROM observers.job WHERE id = :r1;
 -- second run: past its deadline, out of attempts: discarded
 SELECT attempts FROM observers.job_claim('default', 'w1', '00000000-0000-0000-0000-00000000000a', 10, '-1 second')
@@ -139,7 +141,13 @@ SELECT observers.job_enqueue('welcome', '{"n": 7}') AS r2 \gset
 SELECT count(*) FROM observers.job_claim('default', 'w1', '00000000-0000-0000-0000-00000000000a', 10, '5 minutes') WHERE id = :r2;
 SELECT observers.job_rescue('default', interval '1 minute') AS rescued_none;
 SELECT state FROM observers.job WHERE id = :r2;
-SELECT observers.job_finish(:r2, (SELECT token FROM observers.job WHERE id = :r2), 'completed');
+-- job_complete: many runs in one statement; a pair with a stale token (or a job no longer
+-- running) changes nothing
+SELECT array_agg(c) = ARRAY[:r2]::bigint[] AS completed_only_the_current_run
+  FROM observers.job_complete(ARRAY[:r2, :r1, 999999]::bigint[],
+                              ARRAY[(SELECT token FROM observers.job WHERE id = :r2), gen_random_uuid(), gen_random_uuid()]) AS c;
+SELECT state, attempts, worker_id, started_at IS NOT NULL AS has_started_at
+  FROM observers.job_finished WHERE id = :r2;
 SELECT observers.job_runner_beat('00000000-0000-0000-0000-00000000000a', 'default', 'w1', true);
 SELECT count(*) AS runners FROM observers.job_runner;
 
@@ -170,6 +178,11 @@ SELECT group_name, queue, paused, available, scheduled, running, retryable, comp
        oldest_due_age IS NOT NULL AS has_due
   FROM observers.job_stats();
 SELECT state, count(*) FROM observers.job_list(lim => 1000) GROUP BY 1 ORDER BY 1;
+-- status(): the queue depth per observer, and whether a due job waits
+SELECT observer, jobs, jobs = (SELECT count(*) FROM observers.job j JOIN observers.observer o ON o.id = j.observer_id
+                                WHERE o.name = s.observer) AS jobs_match,
+       oldest_job_age IS NOT NULL AS has_oldest_job_age
+  FROM observers.status() AS s ORDER BY 1;
 SELECT observers.job_maintain() ~ '^jobs: created 0, dropped 0, skipped 0' AS maintain_idempotent;
 
 -- 7. the application role: enqueue only; no table, no other function, no URL of its own

@@ -2,7 +2,9 @@
 //! application's transaction run on every worker of the group (leader and standby); a
 //! `mode: async` action is enqueued by the leader and run as a job with the pair's webhook-id,
 //! retried after a 503 and dead-lettered after a 400 (and `dlq_retry` delivers it); a worker
-//! killed with -9 while it holds running jobs loses none of them.
+//! killed with -9 while it holds running jobs loses none of them; the NOTIFY of an enqueue,
+//! heard on the worker's shared LISTEN connection, wakes the runner (its poll is an hour away),
+//! and `status` shows the queue depth.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -22,6 +24,16 @@ const FAST_RETRY: &str =
 /// A database with `public.signups` and an observer `mailer` (INSERT) whose one action is
 /// `action` (YAML lines, `{rx}` = the receiver), and `n` workers of one group running jobs.
 async fn start(name: &str, action: &str, n: usize) -> (TestDb, Receiver, Vec<Worker>) {
+    start_with(name, action, n, JOB_QUEUE).await
+}
+
+/// [`start`] with another `job_queue:` line.
+async fn start_with(
+    name: &str,
+    action: &str,
+    n: usize,
+    job_queue: &str,
+) -> (TestDb, Receiver, Vec<Worker>) {
     let (db, rx) = setup(name).await;
     db.client
         .batch_execute("CREATE TABLE public.signups (id serial PRIMARY KEY, email text)")
@@ -35,7 +47,7 @@ async fn start(name: &str, action: &str, n: usize) -> (TestDb, Receiver, Vec<Wor
     for i in 0..n {
         let yaml = config(
             &format!("w{i}-{name}"),
-            &format!("{FAST_RETRY}{JOB_QUEUE}failover: {{ enabled: true, lease_ttl: 3s }}\n"),
+            &format!("{FAST_RETRY}{job_queue}failover: {{ enabled: true, lease_ttl: 3s }}\n"),
             &observers,
         );
         workers.push(start_worker(&format!("{name}-{i}"), &db, &yaml, &[]));
@@ -355,4 +367,91 @@ async fn kill9_of_a_worker_holding_running_jobs_loses_none() {
         rx.duplicate_count()
     );
     assert_eq!(workers[1].stop(SHORT).await.code(), Some(0));
+}
+
+/// The wake-up path and the operator's view of the queue: with a poll interval of an hour, only
+/// the NOTIFY of the enqueuing transaction (heard on the worker's shared LISTEN connection) can
+/// make the runner claim a job; `observers.status()` and `fraiseql-observers status` show the
+/// queue depth and the oldest due job's age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_on_the_shared_listener_wakes_the_runner_and_status_shows_the_queue() {
+    let (db, rx, mut workers) = start_with(
+        "jobs_notify",
+        "      - type: webhook\n        url: {rx}/mail\n        timeout: 5s\n",
+        1,
+        "job_queue: { enabled: true, workers: 4, poll_interval: 1h, rescue_after: 2s }\n",
+    )
+    .await;
+    assert!(
+        wait_count(&db, "SELECT count(*) FROM observers.job_runner", 1, SHORT).await,
+        "the job runner never registered"
+    );
+    // the runner's first claim (at start) found nothing; from now on only a NOTIFY wakes it,
+    // several times in a row
+    for n in 1..=3 {
+        db.client
+            .batch_execute(&format!(
+                "SELECT observers.job_enqueue('mailer', '{{\"n\": {n}}}')"
+            ))
+            .await
+            .unwrap();
+        assert!(
+            wait_count(
+                &db,
+                "SELECT count(*) FROM observers.job_finished WHERE state = 'completed'",
+                n,
+                SHORT
+            )
+            .await,
+            "job {n} was not run (its NOTIFY did not wake the runner; the poll is an hour away): {}",
+            rx.summary()
+        );
+    }
+    // the queue as operators see it: 2 due jobs in a paused queue, 3 scheduled for later
+    db.client
+        .batch_execute(
+            "SELECT observers.job_queue_pause('held');
+             SELECT observers.job_enqueue('mailer', '{}', queue => 'held') FROM generate_series(1, 2);
+             SELECT observers.job_enqueue('mailer', '{}', run_at => now() + interval '1 day')
+               FROM generate_series(1, 3);",
+        )
+        .await
+        .unwrap();
+    let row = db
+        .client
+        .query_one(
+            "SELECT jobs, oldest_job_age IS NOT NULL FROM observers.status() WHERE observer = 'mailer'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 5, "status().jobs");
+    assert!(
+        row.get::<_, bool>(1),
+        "status().oldest_job_age of the due, paused jobs"
+    );
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let out = run_cli(&["status"], &env, SHORT).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let jobs_line = text
+        .lines()
+        .skip_while(|l| !l.starts_with("JOBS"))
+        .find(|l| l.contains("mailer"))
+        .unwrap_or_default();
+    assert!(
+        jobs_line.split_whitespace().any(|w| w == "5"),
+        "status shows the queue depth in its JOBS section: {text}"
+    );
+    let out = run_cli(&["--format", "json", "status"], &env, SHORT).await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let mailer = &status["observers"][0];
+    assert_eq!(mailer["jobs"], 5, "{status}");
+    assert!(
+        mailer["oldest_job_age_s"]
+            .as_f64()
+            .is_some_and(|a| a >= 0.0),
+        "{status}"
+    );
+    assert_eq!(workers[0].stop(SHORT).await.code(), Some(0));
+    assert_eq!(rx.duplicate_count(), 0, "{}", rx.summary());
 }
