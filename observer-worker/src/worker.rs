@@ -30,6 +30,7 @@ use crate::pipeline::handler::Deliverer;
 use crate::pipeline::jobs::JobRunner;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
 use crate::pipeline::parked::{ParkQueue, ParkedLoop};
+use crate::pipeline::pressure::DeliveryPressure;
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry, BROKEN_RECHECK};
 use crate::resilience::{Breakers, Dedup};
 use crate::retry::{sleep_or_cancel, Backoff};
@@ -206,12 +207,15 @@ pub async fn run(
             background.clone(),
         ));
     }
+    // delivery comes first: the sink gives way while the consumer has a backlog
+    let pressure = Arc::new(DeliveryPressure::default());
     if config.elasticsearch.enabled {
         tasks.spawn(crate::search::elasticsearch::run(
             db.clone(),
             config.elasticsearch.clone(),
             installation,
             metrics.clone(),
+            pressure.clone(),
             background.clone(),
         ));
     }
@@ -287,7 +291,8 @@ pub async fn run(
         wake,
         stop.clone(),
         stats.clone(),
-    );
+    )
+    .report_pressure(pressure);
     if let Some(m) = &metrics {
         m.mark_running();
     }
