@@ -48,6 +48,9 @@ pub const FEED: &str = "elasticsearch";
 const STANDBY_RETRY: Duration = Duration::from_secs(2);
 /// How often the sink looks whether delivery is still behind while it gives way.
 const YIELD_POLL: Duration = Duration::from_millis(50);
+/// How long the sink waits, with the first full page of a burst in hand, for delivery to say
+/// whether the burst gave it a backlog (the consumer's first fetch of it; usually milliseconds).
+const BURST_GRACE: Duration = crate::pipeline::pressure::HOLD;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EsError {
@@ -412,6 +415,8 @@ pub async fn run(
     let mut standby_logged = false;
     let page_size = (ctx.cfg.batch_size as usize * ctx.cfg.max_in_flight as usize).min(100_000);
     let mut copied: u64 = 0;
+    // the last page was not full: the sink had caught up
+    let mut idle = true;
     loop {
         if stop.is_cancelled() {
             break;
@@ -446,15 +451,18 @@ pub async fn run(
                 }
             },
         };
-        if !yield_to_delivery(&ctx, &pressure, &stop).await {
-            break;
-        }
-        match copy_page(&ctx, &s, page_size, &stop).await {
+        let size = match yield_to_delivery(&ctx, &pressure, &stop).await {
+            Turn::Page => page_size,
+            Turn::OneRequest => ctx.cfg.batch_size as usize,
+            Turn::Stop => break,
+        };
+        match copy_page(&ctx, &s, size, idle, &pressure, &stop).await {
             Ok(Some(n)) => {
                 backoff.reset();
                 copied += n as u64;
+                idle = n < size;
                 session = Some(s);
-                if n < page_size
+                if n < size
                     && !sleep_or_cancel(&stop, ctx.cfg.linger.max(Duration::from_millis(10))).await
                 {
                     break;
@@ -477,35 +485,48 @@ pub async fn run(
     info!(documents = copied, "Elasticsearch sink stopped");
 }
 
-/// Waits while delivery is behind, at most `yield_to_delivery` (then one page goes anyway, so the
-/// index keeps moving under a backlog that never ends). False when stopped.
+/// What the sink does after giving way to delivery.
+enum Turn {
+    /// A whole page (`batch_size × max_in_flight`).
+    Page,
+    /// Delivery is still behind after `yield_to_delivery`: one bulk request's worth, so the index
+    /// keeps moving under a backlog that never ends, at the smallest cost to delivery.
+    OneRequest,
+    Stop,
+}
+
+/// Waits while delivery is behind, at most `yield_to_delivery`.
 ///
 /// Why: on a small machine the sink's work (reading the page, building and compressing the
 /// documents, and, when the cluster runs on the same host, the cluster's own indexing) takes
 /// CPU from the webhooks. The index may lag: its cursor is its own, and it catches up once the
 /// backlog is gone (docs/SEARCH.md, "Priority").
-async fn yield_to_delivery(ctx: &Ctx, p: &DeliveryPressure, stop: &CancellationToken) -> bool {
+async fn yield_to_delivery(ctx: &Ctx, p: &DeliveryPressure, stop: &CancellationToken) -> Turn {
     let max = ctx.cfg.yield_to_delivery;
+    if stop.is_cancelled() {
+        return Turn::Stop;
+    }
     if max.is_zero() || !p.behind() {
-        return !stop.is_cancelled();
+        return Turn::Page;
     }
     let started = Instant::now();
     debug!(max = ?max, "delivery is behind: the Elasticsearch sink waits");
-    let mut go_on = true;
-    while p.behind() {
+    let turn = loop {
+        if !p.behind() {
+            break Turn::Page;
+        }
         let left = max.saturating_sub(started.elapsed());
         if left.is_zero() {
-            break;
+            break Turn::OneRequest;
         }
         if !sleep_or_cancel(stop, YIELD_POLL.min(left)).await {
-            go_on = false;
-            break;
+            break Turn::Stop;
         }
-    }
+    };
     if let Some(m) = &ctx.metrics {
         m.es_yielded.inc_by(started.elapsed().as_secs_f64());
     }
-    go_on
+    turn
 }
 
 async fn install_template(ctx: &Ctx, stop: &CancellationToken) -> bool {
@@ -536,6 +557,8 @@ async fn copy_page(
     ctx: &Ctx,
     s: &FeedSession,
     page_size: usize,
+    idle: bool,
+    pressure: &DeliveryPressure,
     stop: &CancellationToken,
 ) -> Result<Option<usize>, DbError> {
     let rows = s.fetch_rows(page_size as i32).await?;
@@ -580,6 +603,20 @@ async fn copy_page(
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         m.es_lag.set((now - first).max(0.0));
+    }
+    // A full page after a short one: a burst arrived, and it woke delivery too. Give delivery
+    // the time to look at it (its first full fetch says it is behind) before competing with it.
+    if idle && n >= page_size && !ctx.cfg.yield_to_delivery.is_zero() {
+        let until = Instant::now() + BURST_GRACE;
+        while !pressure.behind() && Instant::now() < until {
+            if !sleep_or_cancel(stop, Duration::from_millis(10)).await {
+                return Ok(None);
+            }
+        }
+    }
+    // delivery goes first (also when it found a backlog while this page was read)
+    if matches!(yield_to_delivery(ctx, pressure, stop).await, Turn::Stop) {
+        return Ok(None);
     }
     let requests = bulk::chunks(
         items,

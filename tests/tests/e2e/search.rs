@@ -281,7 +281,9 @@ async fn kill9_stream_into(es_url: &str, prefix: &str, name: &str) {
     let yaml = config(
         &format!("w-{name}"),
         &format!(
-            "elasticsearch:\n  url: {es_url}\n  index: {prefix}\n  batch_size: 500\n  max_in_flight: 2\n  linger: 50ms\n  initial_backoff: 50ms\n  max_backoff: 1s\n"
+            // yield_to_delivery 1s: the stream keeps delivery busy at times; the default (10s per
+            // page) would stretch the test, not change what it checks
+            "elasticsearch:\n  url: {es_url}\n  index: {prefix}\n  batch_size: 500\n  max_in_flight: 2\n  linger: 50ms\n  initial_backoff: 50ms\n  max_backoff: 1s\n  yield_to_delivery: 1s\n"
         ),
         &ORDERS_OBSERVER.replace("URL", &rx.url("/orders")),
     );
@@ -665,6 +667,89 @@ async fn elasticsearch_sink_failure_matrix() {
     // webhooks were delivered all along: the sink is off the delivery path
     assert!(hooks.wait_for_events(4, SHORT).await, "{}", hooks.summary());
     worker.stop(SHORT).await;
+    es.shutdown().await;
+    hooks.shutdown().await;
+}
+
+/// Delivery first: while the worker's consumer has a backlog of webhooks (it keeps fetching full
+/// pages), the sink waits (`yield_to_delivery`) and sends its pages after the backlog is
+/// delivered, then catches up with every event. A slow webhook receiver (30 ms per request, 4 in
+/// flight) makes a 300-event backlog take about 2 s; the sink's pages are 10 documents. Without
+/// the wait, nearly all 300 documents go out while the webhooks are still being delivered; with
+/// it, at most the page the sink may have started before the consumer's first fetch (the bound
+/// allows three, for a worker stalled longer than the signal's hold by the machine).
+#[tokio::test(flavor = "multi_thread")]
+async fn elasticsearch_sink_gives_way_to_a_webhook_backlog() {
+    const EVENTS: usize = 300;
+    const PAGE: usize = 10;
+    let (db, es) = setup("es_yield").await;
+    db.client
+        .batch_execute("CREATE TABLE public.orders (id int PRIMARY KEY, customer_id int, status text, note text);")
+        .await
+        .unwrap();
+    let hooks = Receiver::start().await.expect("receiver");
+    hooks.set_default("/orders", Reply::ok().delay(Duration::from_millis(30)));
+    es.script(
+        "/_bulk",
+        (0..EVENTS / PAGE).map(|_| bulk_items(&[(201, ""); PAGE])),
+    );
+    let yaml = config(
+        "w-es-yield",
+        &format!(
+            "concurrent_execution: {{ max_in_flight: 4 }}\nelasticsearch:\n  url: {}\n  batch_size: {PAGE}\n  max_in_flight: 1\n  gzip: false\n  linger: 50ms\n  yield_to_delivery: 1h\n",
+            es.url("").trim_end_matches('/')
+        ),
+        &ORDERS_OBSERVER.replace("URL", &hooks.url("/orders")),
+    );
+    let mut worker = start_worker("es_yield", &db, &yaml, &[]);
+    wait_observer_ready(&db.client, "orders", "public.orders", SHORT).await;
+    db.client
+        .execute(
+            "INSERT INTO public.orders SELECT g, g, 'new', 'order ' || g FROM generate_series(1, $1::int) AS g",
+            &[&(EVENTS as i32)],
+        )
+        .await
+        .unwrap();
+    // the sink catches up: every event in the index, each once
+    let all = poll(LONG, Duration::from_millis(50), || async {
+        (feed_passed(&db).await == EVENTS as i64).then_some(())
+    })
+    .await;
+    assert!(
+        all.is_some(),
+        "the sink did not catch up\n{}\n{:?}",
+        worker.log(),
+        bulk_requests(&es)
+    );
+    let sent: Vec<String> = bulk_requests(&es).into_iter().flatten().collect();
+    let unique: std::collections::HashSet<&String> = sent.iter().collect();
+    assert_eq!((sent.len(), unique.len()), (EVENTS, EVENTS), "{sent:?}");
+    // ... and it waited for the webhooks: documents sent before the last 20 webhooks began
+    let mut hook_times: Vec<_> = hooks
+        .deliveries_for("/orders")
+        .iter()
+        .map(|d| d.received_at)
+        .collect();
+    hook_times.sort();
+    assert!(hook_times.len() >= EVENTS, "{} webhooks", hook_times.len());
+    let cutoff = hook_times[EVENTS - 20];
+    let early: usize = es
+        .deliveries_for("/_bulk")
+        .iter()
+        .filter(|d| d.received_at < cutoff)
+        .map(|d| {
+            String::from_utf8_lossy(&d.raw_body)
+                .lines()
+                .filter(|l| l.starts_with("{\"create\""))
+                .count()
+        })
+        .sum();
+    assert!(
+        early <= 3 * PAGE,
+        "{early} documents went to the index while webhooks were backlogged\n{}",
+        worker.log()
+    );
+    worker.stop(LONG).await;
     es.shutdown().await;
     hooks.shutdown().await;
 }
