@@ -451,12 +451,13 @@ pub async fn run(
                 }
             },
         };
-        let size = match yield_to_delivery(&ctx, &pressure, &stop).await {
-            Turn::Page => page_size,
-            Turn::OneRequest => ctx.cfg.batch_size as usize,
+        // a page, after delivery; or, when delivery stayed behind, one request without more waiting
+        let (size, give_way) = match yield_to_delivery(&ctx, &pressure, &stop).await {
+            Turn::Page => (page_size, Some(&*pressure)),
+            Turn::OneRequest => (ctx.cfg.batch_size as usize, None),
             Turn::Stop => break,
         };
-        match copy_page(&ctx, &s, size, idle, &pressure, &stop).await {
+        match copy_page(&ctx, &s, size, idle, give_way, &stop).await {
             Ok(Some(n)) => {
                 backoff.reset();
                 copied += n as u64;
@@ -551,14 +552,16 @@ async fn install_template(ctx: &Ctx, stop: &CancellationToken) -> bool {
     }
 }
 
-/// One page: fetch, send, dead-letter, save. `Ok(Some(n))`: n events copied (0: none waiting);
-/// `Ok(None)`: stopped (nothing saved: the page is sent again by the next run, 409s).
+/// One page: fetch, build, send, dead-letter, save. `Ok(Some(n))`: n events copied (0: none
+/// waiting); `Ok(None)`: stopped (nothing saved: the page is sent again by the next run, 409s).
+/// `give_way`: wait for a backlogged delivery once the page is read (`idle`: the sink had caught
+/// up, so a full page is a burst that delivery may not have looked at yet).
 async fn copy_page(
     ctx: &Ctx,
     s: &FeedSession,
     page_size: usize,
     idle: bool,
-    pressure: &DeliveryPressure,
+    give_way: Option<&DeliveryPressure>,
     stop: &CancellationToken,
 ) -> Result<Option<usize>, DbError> {
     let rows = s.fetch_rows(page_size as i32).await?;
@@ -604,19 +607,21 @@ async fn copy_page(
             .unwrap_or(0.0);
         m.es_lag.set((now - first).max(0.0));
     }
-    // A full page after a short one: a burst arrived, and it woke delivery too. Give delivery
-    // the time to look at it (its first full fetch says it is behind) before competing with it.
-    if idle && n >= page_size && !ctx.cfg.yield_to_delivery.is_zero() {
-        let until = Instant::now() + BURST_GRACE;
-        while !pressure.behind() && Instant::now() < until {
-            if !sleep_or_cancel(stop, Duration::from_millis(10)).await {
-                return Ok(None);
+    if let Some(pressure) = give_way {
+        // A full page after a short one: a burst arrived, and it woke delivery too. Give
+        // delivery the time to look at it (its first full fetch says it is behind) first.
+        if idle && n >= page_size && !ctx.cfg.yield_to_delivery.is_zero() {
+            let until = Instant::now() + BURST_GRACE;
+            while !pressure.behind() && Instant::now() < until {
+                if !sleep_or_cancel(stop, Duration::from_millis(10)).await {
+                    return Ok(None);
+                }
             }
         }
-    }
-    // delivery goes first (also when it found a backlog while this page was read)
-    if matches!(yield_to_delivery(ctx, pressure, stop).await, Turn::Stop) {
-        return Ok(None);
+        // delivery goes first (also when it found a backlog while this page was read)
+        if matches!(yield_to_delivery(ctx, pressure, stop).await, Turn::Stop) {
+            return Ok(None);
+        }
     }
     let requests = bulk::chunks(
         items,
