@@ -10,7 +10,8 @@
 #   3. capture cost with the indexer running vs not (pgbench, 1-row INSERT transactions, 4 clients):
 #      the capture trigger is the same code either way; what can move is the machine's load;
 #   4. the Elasticsearch sink: documents/s into osmem-server (BENCH_ES_EVENTS, default 100,000);
-#   5. webhook drain rate of a BENCH_ES_EVENTS backlog with the sink on vs off.
+#   5. webhook drain rate of a BENCH_ES_EVENTS backlog with the sink off, on (defaults: it gives
+#      way to a backlogged delivery), on without giving way, and (BENCH_ES_OLD_BIN) an older build.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -105,6 +106,14 @@ echo "search indexer off: $off tps; on (search_index(5000) every 200 ms, like th
 fi
 
 [[ $PARTS == *es* ]] || exit 0
+# Side by side in one run, each on a fresh database with the same backlog:
+#   off        no sink
+#   on         the sink with its defaults (it gives way while delivery is behind: yield_to_delivery 10s)
+#   on-eager   the sink with yield_to_delivery: 0s (never waits: what it costs delivery to run beside it)
+#   on-old     BENCH_ES_OLD_BIN (a fraiseql-observers built from an earlier commit), if set
+# BENCH_ES_ROUNDS (default 1) repeats the whole list, interleaved, against the machine's drift;
+# BENCH_ES_INDEX_WAIT=0 stops each run when the webhooks are delivered (drain times only, no
+# documents/s; the next run is not disturbed by an osmem-server still indexing).
 echo "--- 4./5. Elasticsearch sink into osmem-server and webhook drain with the sink on vs off ($ES_N events)"
 osmem=$(python3 -c 'import osmem_server; print(osmem_server.resolve_binary())')
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -112,23 +121,35 @@ rport=$(free_port)
 "$bin/webhook-receiver" --listen "127.0.0.1:$rport" >/dev/null 2>&1 &
 pids+=("$!")
 cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo "?"; }
-drain() {  # $1: sink on|off -> seconds to drain ES_N webhooks, seconds to index them (on),
-           # CPU seconds of the worker and of osmem-server
-  local db=drain_$1 es_url="" osport ospid=""
-  psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+# CPU seconds of the whole PostgreSQL cluster so far: the postmaster, its finished children
+# (cutime/cstime) and its live children
+pgdata=$(psql -X -At -d postgres -c "SHOW data_directory")
+pg_cpu() {
+  local pm; pm=$(head -1 "$pgdata/postmaster.pid")
+  { awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat"
+    for c in $(cat "/proc/$pm/task/$pm/children" 2>/dev/null); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
+  } | awk -v t="$(getconf CLK_TCK)" '{s += $1} END {printf "%.1f", s / t}'
+}
+drain() {  # $1: variant -> seconds to drain ES_N webhooks, seconds until osmem-server has them
+           # all (sink on), CPU seconds of the worker, of osmem-server and of PostgreSQL
+  local variant=$1 db=drain_${1//-/_} es_url="" osport ospid="" wbin="$bin/fraiseql-observers"
+  psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
   psql -X -q -d "$db" -c "CREATE EXTENSION pg_observers" \
     -c "CREATE TABLE public.orders (id bigint PRIMARY KEY, customer_id int, note text)"
   local extra=""
-  if [ "$1" = on ]; then
+  if [ "$variant" != off ]; then
     osport=$(free_port)
     "$osmem" -addr "127.0.0.1:$osport" -no-stdin-watch -parent-pid $$ >/dev/null 2>&1 &
     ospid=$!; pids+=("$ospid")
     es_url="http://127.0.0.1:$osport"
-    extra="elasticsearch: { url: \"$es_url\", batch_size: 1000, max_in_flight: 2 }"
+    local y=""
+    [ "$variant" = on-eager ] && y=", yield_to_delivery: 0s"
+    [ "$variant" = on-old ] && wbin=$BENCH_ES_OLD_BIN
+    extra="elasticsearch: { url: \"$es_url\", batch_size: 1000, max_in_flight: 2$y }"
   fi
   cat > "$work/$db.yaml" <<EOF
 database: { url: "postgres://$PGUSER@$PGHOST:$PGPORT/$db" }
-worker: { id: bench-$1, group: default, batch_size: 500 }
+worker: { id: bench-$variant, group: default, batch_size: 500 }
 metrics: disabled
 $extra
 observers:
@@ -139,33 +160,60 @@ observers:
       - type: webhook
         url: http://127.0.0.1:$rport/hooks
 EOF
-  "$bin/fraiseql-observers" start --config "$work/$db.yaml" >"$work/$db.log" 2>&1 &
+  "$wbin" start --config "$work/$db.yaml" >"$work/$db.log" 2>&1 &
   local wpid=$!; pids+=("$wpid")
   for _ in $(seq 1 100); do
     [ "$(psql -X -At -d "$db" -c "SELECT count(*) FROM observers.observer")" = 1 ] && break; sleep 0.1
   done
   kill -STOP "$wpid"   # the backlog first, then the drain
   psql -X -q -d "$db" -c "INSERT INTO public.orders SELECT g, g % 1000, 'refund requested order ' || g FROM generate_series(1, $ES_N) g"
-  local t; t=$(now)
+  local t pg0; t=$(now); pg0=$(pg_cpu)
   kill -CONT "$wpid"
   while [ "$(psql -X -At -d "$db" -c "SELECT coalesce(sum(backlog), 0) FROM observers.status()")" != 0 ]; do sleep 0.2; done
   local webhooks; webhooks=$(since "$t")
-  local es=""
-  if [ "$1" = on ]; then
+  local es="" odrain="-"
+  [ -n "$ospid" ] && odrain=$(cpu "$ospid")
+  if [ "$variant" != off ] && [ "${BENCH_ES_INDEX_WAIT:-1}" != 0 ]; then
     while :; do
       c=$(curl -s -XPOST "$es_url/observer-events-*/_refresh" >/dev/null; curl -s "$es_url/observer-events-*/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("count", 0))' 2>/dev/null || echo 0)
       [ "$c" -ge "$ES_N" ] && break; sleep 0.2
     done
     es=$(since "$t")
   fi
-  local wcpu ocpu="-"; wcpu=$(cpu "$wpid")
+  local wcpu ocpu="-" pgc; wcpu=$(cpu "$wpid"); pgc=$(python3 -c "print(f'{$(pg_cpu) - $pg0:.1f}')")
   [ -n "$ospid" ] && ocpu=$(cpu "$ospid")
   kill -TERM "$wpid"; wait "$wpid" 2>/dev/null || true
   [ -n "$ospid" ] && kill "$ospid" 2>/dev/null
-  echo "$webhooks ${es:--} $wcpu $ocpu"
+  psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  echo "$webhooks ${es:--} $wcpu $odrain $ocpu $pgc"
 }
-read -r off_s _ off_cpu _ < <(drain off)
-read -r on_s es_s on_cpu os_cpu < <(drain on)
-echo "webhooks drained: sink off $off_s s ($(python3 -c "print(round($ES_N / $off_s))") events/s); sink on $on_s s ($(python3 -c "print(round($ES_N / $on_s))") events/s)"
-echo "CPU seconds: worker $off_cpu (sink off), worker $on_cpu (sink on, until every document was indexed), osmem-server $os_cpu (on the same $(nproc) cores)"
-echo "Elasticsearch sink: $ES_N documents in osmem-server after $es_s s ($(python3 -c "print(round($ES_N / $es_s))") documents/s, bulk 1000, 2 in flight, gzip)"
+variants="off on on-eager"
+[ -n "${BENCH_ES_OLD_BIN:-}" ] && variants="$variants on-old"
+declare -A off_s
+printf '%-9s %5s %9s %9s %7s %10s %7s %10s %9s %7s %7s\n' variant round drain_s events/s vs_off indexed_s docs/s worker_cpu os_drain os_cpu pg_cpu
+for ((round = 1; round <= ${BENCH_ES_ROUNDS:-1}; round++)); do
+  for v in $variants; do
+    drain "$v" > "$work/result"   # not in a subshell: its pids reach the cleanup
+    read -r w e wc od oc pc < <(tail -1 "$work/result")
+    [ "$v" = off ] && off_s[$round]=$w
+    echo "$v $round $w ${off_s[$round]}" >> "$work/rows"
+    printf '%-9s %5s %9s %9s %7s %10s %7s %10s %9s %7s %7s\n' "$v" "$round" "$w" \
+      "$(python3 -c "print(round($ES_N / $w))")" \
+      "$(python3 -c "print(f'{$w / ${off_s[$round]}:.2f}x')")" \
+      "$e" "$( [ "$e" = - ] && echo - || python3 -c "print(round($ES_N / $e))")" "$wc" "$od" "$oc" "$pc"
+  done
+done
+echo "(drain_s: the webhook backlog of $ES_N events delivered; indexed_s: _count = $ES_N in osmem-server, from the same start; os_drain: CPU seconds of osmem-server until the webhooks were delivered; worker_cpu, os_cpu, pg_cpu: CPU seconds of the worker, osmem-server and PostgreSQL until the end of the run; bulk 1000, 2 in flight, gzip)"
+# medians over the rounds
+if [ "${BENCH_ES_ROUNDS:-1}" -gt 1 ]; then
+  echo "median drain_s over ${BENCH_ES_ROUNDS} rounds, and the median of each round's ratio to that round's sink-off run:"
+  python3 - "$work/rows" <<'PY'
+import statistics, sys, collections
+d = collections.defaultdict(list); r = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    v, rnd, w, off = line.split()
+    d[v].append(float(w)); r[v].append(float(w) / float(off))
+for v in d:
+    print(f"  {v:9s} {statistics.median(d[v]):7.2f} s   {statistics.median(r[v]):.2f}x   (ratios: {' '.join(f'{x:.2f}' for x in r[v])})")
+PY
+fi

@@ -32,6 +32,7 @@ use crate::pipeline::handler::Deliverer;
 use crate::pipeline::jobs::JobRunner;
 use crate::pipeline::lease::{self, LeaseSettings, LeaseState};
 use crate::pipeline::parked::{ParkQueue, ParkedLoop};
+use crate::pipeline::pressure::DeliveryPressure;
 use crate::pipeline::registry::{LoadSummary, ObserverRegistry, BROKEN_RECHECK};
 use crate::resilience::{Breakers, Dedup};
 use crate::retry::{sleep_or_cancel, Backoff};
@@ -160,7 +161,10 @@ pub async fn run(
             registry: Some(registry.clone()),
         });
     }
+    // delivery comes first: the Elasticsearch sink gives way while the consumer has a backlog
+    let pressure = Arc::new(DeliveryPressure::default());
     let wiring = Wiring {
+        pressure: pressure.clone(),
         db: db.clone(),
         group: group.clone(),
         worker_id: worker_id.clone(),
@@ -213,7 +217,8 @@ pub async fn run(
         wake,
         stop.clone(),
         stats.clone(),
-    );
+    )
+    .report_pressure(pressure);
     if let Some(m) = &metrics {
         m.mark_running();
     }
@@ -308,6 +313,8 @@ struct Wiring {
     fenced: Arc<Notify>,
     /// new events may exist: wakes the consumer (the listener notifies it)
     wake: Arc<Notify>,
+    /// the consumer reports full fetches (a backlog); the Elasticsearch sink waits meanwhile
+    pressure: Arc<DeliveryPressure>,
 }
 
 /// Starts every service but the consumer, each under its name (the module comment lists them).
@@ -397,6 +404,7 @@ fn start_services(
                 config.elasticsearch.clone(),
                 w.installation,
                 w.metrics.clone(),
+                w.pressure.clone(),
                 background.clone(),
             ),
         );

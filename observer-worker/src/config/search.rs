@@ -77,6 +77,10 @@ pub struct ElasticsearchConfig {
     pub max_attempts: u32,
     /// Install the index template at start (`PUT _index_template/<index>`).
     pub install_template: bool,
+    /// While delivery is behind (this worker's consumer fetches full pages), the sink waits up to
+    /// this long before each page, so that a backlog of webhooks drains at full speed; the sink
+    /// catches up after (its cursor is its own). Zero: never wait.
+    pub yield_to_delivery: Duration,
 }
 
 impl Default for ElasticsearchConfig {
@@ -96,6 +100,7 @@ impl Default for ElasticsearchConfig {
             max_backoff: Duration::from_secs(30),
             max_attempts: 0,
             install_template: true,
+            yield_to_delivery: Duration::from_secs(10),
         }
     }
 }
@@ -137,6 +142,7 @@ pub const ES_OPTIONS: &[&str] = &[
     "max_backoff",
     "max_attempts",
     "install_template",
+    "yield_to_delivery",
 ];
 
 /// Where `elasticsearch:` without `url:` takes its URL from, when it is set.
@@ -217,6 +223,9 @@ pub fn read_elasticsearch(r: &mut Reader, node: Option<&Node>) -> ElasticsearchC
     };
     if let Some(d) = dur(r, f, "linger", Duration::ZERO) {
         cfg.linger = d;
+    }
+    if let Some(d) = dur(r, f, "yield_to_delivery", Duration::ZERO) {
+        cfg.yield_to_delivery = d;
     }
     if let Some(d) = dur(r, f, "timeout", Duration::from_millis(100)) {
         cfg.timeout = d;
@@ -344,7 +353,7 @@ mod tests {
     #[test]
     fn sections_read() {
         let (s, e, p) = read(
-            "search: { batch_size: 100, interval: 250ms }\nelasticsearch:\n  url: http://127.0.0.1:9200/\n  index: audit\n  auth: { api_key: \"${ES_KEY}\" }\n  batch_size: 50\n  max_in_flight: 4\n  gzip: false\n",
+            "search: { batch_size: 100, interval: 250ms }\nelasticsearch:\n  url: http://127.0.0.1:9200/\n  index: audit\n  auth: { api_key: \"${ES_KEY}\" }\n  batch_size: 50\n  max_in_flight: 4\n  gzip: false\n  yield_to_delivery: 0s\n",
         );
         assert!(p.is_empty(), "{p:?}");
         assert!(s.enabled);
@@ -357,13 +366,16 @@ mod tests {
         assert_eq!(e.index, "audit");
         assert_eq!(e.auth, EsAuth::ApiKey("k3y".into()));
         assert_eq!((e.batch_size, e.max_in_flight, e.gzip), (50, 4, false));
+        assert_eq!(e.yield_to_delivery, Duration::ZERO);
+        let (_, e, _) = read("elasticsearch: enabled\n");
+        assert_eq!(e.yield_to_delivery, Duration::from_secs(10), "the default");
         assert!(!format!("{e:?}").contains("k3y"), "the key is redacted");
     }
 
     #[test]
     fn bad_values_are_reported_with_paths() {
         let (_, _, p) = read(
-            "search: { batch_size: 0 }\nelasticsearch:\n  url: ftp://x\n  index: Bad/Name\n  auth: { api_key: k, user: u }\n  max_in_flight: 0\n",
+            "search: { batch_size: 0 }\nelasticsearch:\n  url: ftp://x\n  index: Bad/Name\n  auth: { api_key: k, user: u }\n  max_in_flight: 0\n  yield_to_delivery: soon\n",
         );
         let joined = p.join("\n");
         for path in [
@@ -372,6 +384,7 @@ mod tests {
             "elasticsearch.index",
             "elasticsearch.auth",
             "elasticsearch.max_in_flight",
+            "elasticsearch.yield_to_delivery",
         ] {
             assert!(joined.contains(path), "{path} missing in {joined}");
         }

@@ -10,28 +10,12 @@ use super::{root_cause, Db, DbError, Lane};
 const SEARCH_INDEX: &str = "SELECT observers.search_index($1)";
 const SEARCH_MAINTAIN: &str = "SELECT observers.search_maintain()";
 
-/// The documents of the Elasticsearch sink, built in SQL from `feed_fetch()` so that payload
-/// numbers keep every digit (`jsonb::text`): the envelope (event_id, observer, table, op, txid,
-/// captured_at), the row images (`new`, `old`: stored, not indexed), `changed`, and two fields
-/// that make the payload searchable without a mapping per user column: `payload_text` (every
-/// string, number and boolean value, for full text) and `payload_fields` (`new.col=value` for
-/// the top-level scalar columns, for exact filters and facets). docs/SEARCH.md, "Mappings".
-const ES_FETCH: &str = "SELECT f.id, \
-       to_char(f.captured_at AT TIME ZONE 'UTC', 'YYYY.MM.DD'), \
-       extract(epoch FROM f.captured_at)::float8, \
-       jsonb_build_object( \
-         'event_id', f.id, 'observer', f.observer, 'observer_id', f.observer_id, \
-         'table', f.table_name, 'op', f.op, 'txid', f.txid, \
-         'captured_at', to_char(f.captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-         'new', f.new, 'old', f.old, 'changed', to_jsonb(f.changed), \
-         'payload_text', (SELECT string_agg(v #>> '{}', ' ') \
-                            FROM jsonb_path_query(jsonb_build_array(f.new, f.old), \
-                                 'strict $.** ? (@.type() == \"string\" || @.type() == \"number\" || @.type() == \"boolean\")') AS v), \
-         'payload_fields', (SELECT jsonb_agg(p.k || '=' || (p.v #>> '{}') ORDER BY p.k) \
-                              FROM (SELECT 'new.' || key AS k, value AS v FROM jsonb_each(f.new) \
-                                    UNION ALL SELECT 'old.' || key, value FROM jsonb_each(f.old)) AS p \
-                             WHERE jsonb_typeof(p.v) IN ('string', 'number', 'boolean')) \
-       )::text \
+/// The rows of the Elasticsearch sink's next page; the row images as `jsonb::text` (every digit
+/// of a `numeric` kept). The worker builds the documents (`search::document`): no per-document
+/// work in the database beyond reading the page.
+const FEED_FETCH_ROWS: &str =
+    "SELECT f.id, f.observer_id, f.observer, f.table_name, f.op, f.txid, \
+       f.captured_at, f.new::text, f.old::text, f.changed \
      FROM observers.feed_fetch($1, $2) AS f";
 const FEED_SAVE: &str = "SELECT observers.feed_save($1, $2, $3)";
 const DEAD_LETTER_ADD: &str = "SELECT observers.feed_dead_letter_add($1, $2, $3, $4, $5, $6)";
@@ -101,16 +85,20 @@ impl Db {
     }
 }
 
-/// One event of a feed page, as the Elasticsearch sink sends it.
+/// One outbox row of a feed page, as `observers.feed_fetch()` returns it; the row images as
+/// `jsonb::text`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FeedDocument {
+pub struct FeedRow {
     pub event_id: i64,
-    /// `YYYY.MM.DD`, the capture day (UTC): the daily index.
-    pub day: String,
-    /// Unix seconds of `captured_at`.
-    pub captured_at: f64,
-    /// The document, JSON text.
-    pub source: String,
+    pub observer_id: Option<i32>,
+    pub observer: Option<String>,
+    pub table: Option<String>,
+    pub op: Option<String>,
+    pub txid: Option<i64>,
+    pub captured_at: std::time::SystemTime,
+    pub new: Option<String>,
+    pub old: Option<String>,
+    pub changed: Option<Vec<Option<String>>>,
 }
 
 /// An item that goes to `observers.feed_dead_letter`.
@@ -136,20 +124,26 @@ impl FeedSession {
     }
 
     /// The next page of the feed (the same page again until [`FeedSession::save`] moves past it).
-    pub async fn fetch_documents(&self, lim: i32) -> Result<Vec<FeedDocument>, DbError> {
+    pub async fn fetch_rows(&self, lim: i32) -> Result<Vec<FeedRow>, DbError> {
         const CTX: &str = "observers.feed_fetch";
         let rows = self
             .client
-            .query(ES_FETCH, &[&self.feed, &lim])
+            .query(FEED_FETCH_ROWS, &[&self.feed, &lim])
             .await
             .map_err(|e| DbError::classify(&self.target, CTX, e))?;
         rows.iter()
             .map(|r| {
-                Ok(FeedDocument {
+                Ok(FeedRow {
                     event_id: r.try_get(0)?,
-                    day: r.try_get(1)?,
-                    captured_at: r.try_get(2)?,
-                    source: r.try_get(3)?,
+                    observer_id: r.try_get(1)?,
+                    observer: r.try_get(2)?,
+                    table: r.try_get(3)?,
+                    op: r.try_get(4)?,
+                    txid: r.try_get(5)?,
+                    captured_at: r.try_get(6)?,
+                    new: r.try_get(7)?,
+                    old: r.try_get(8)?,
+                    changed: r.try_get(9)?,
                 })
             })
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()

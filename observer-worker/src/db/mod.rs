@@ -25,7 +25,7 @@ pub mod schema;
 
 pub use attempts::AttemptRecord;
 pub use dedup::ClaimState;
-pub use feed::{FeedDeadLetter, FeedDocument, FeedSession};
+pub use feed::{FeedDeadLetter, FeedRow, FeedSession};
 pub use jobs::{ClaimedJob, JobOutcome, PairJob};
 pub use parked::{ParkRecord, ParkedPair};
 

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use super::checkpoint::{CheckpointTracker, SavePoint};
 use super::dispatcher::{Completion, CompletionKind, Dispatcher, EventHandler};
 use super::lease::LeaseState;
+use super::pressure::DeliveryPressure;
 use crate::config::CheckpointConfig;
 use crate::db::{Db, DbError, FetchedEvent, OpenBatch};
 use crate::retry::Backoff;
@@ -184,6 +185,7 @@ pub struct Consumer<H: EventHandler> {
     stats: Arc<Stats>,
     batch: Option<Batch>,
     linger_until: Option<Instant>,
+    pressure: Option<Arc<DeliveryPressure>>,
 }
 
 impl<H: EventHandler> Consumer<H> {
@@ -209,7 +211,14 @@ impl<H: EventHandler> Consumer<H> {
             stats,
             batch: None,
             linger_until: None,
+            pressure: None,
         }
+    }
+
+    /// Reports every full fetch (delivery has a backlog) to `p`.
+    pub fn report_pressure(mut self, p: Arc<DeliveryPressure>) -> Self {
+        self.pressure = Some(p);
+        self
     }
 
     /// Runs until `stop` fires (then drains and saves) or a fatal error.
@@ -511,6 +520,11 @@ impl<H: EventHandler> Consumer<H> {
             }
         }
         Stats::add(&self.stats.events_fetched, n as u64);
+        if n >= limit {
+            if let Some(p) = &self.pressure {
+                p.full_fetch();
+            }
+        }
         b.dense = n >= limit;
         b.fetched_to = if n >= limit {
             last.unwrap_or(b.fetched_to)

@@ -3,9 +3,11 @@
 //!
 //! ```text
 //! feed session (own connection, advisory lock: one sink per database)
-//!   └─ loop: feed_fetch a page ─► bulk requests (count / bytes), at most max_in_flight at once
+//!   └─ loop: feed_fetch a page (rows) ─► documents (search::document, in the worker)
+//!            ─► bulk requests (count / bytes), at most max_in_flight at once
 //!            ─► per item: done (2xx, 409) │ again (429, 5xx) │ dead letter (400 ...)
 //!            ─► feed_dead_letter_add ─► feed_save(last id of the page)
+//!   (before each page: while this worker's delivery is behind, wait, at most yield_to_delivery)
 //! ```
 //!
 //! Effectively once: each document is written with `create` and `_id` =
@@ -31,9 +33,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::bulk::{self, Answer, Item, ItemAnswer};
+use super::document::{self, Document};
 use crate::config::{ElasticsearchConfig, EsAuth};
-use crate::db::{Db, DbError, FeedDeadLetter, FeedDocument, FeedSession};
+use crate::db::{Db, DbError, FeedDeadLetter, FeedSession};
 use crate::installation::InstallationId;
+use crate::pipeline::pressure::DeliveryPressure;
 use crate::retry::{sleep_or_cancel, Backoff};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::search_metrics::{ItemOutcome, SearchMetrics};
@@ -42,6 +46,11 @@ use crate::telemetry::search_metrics::{ItemOutcome, SearchMetrics};
 pub const FEED: &str = "elasticsearch";
 /// How often a worker that does not hold the sink's lock tries again.
 const STANDBY_RETRY: Duration = Duration::from_secs(2);
+/// How often the sink looks whether delivery is still behind while it gives way.
+const YIELD_POLL: Duration = Duration::from_millis(50);
+/// How long the sink waits, with the first full page of a burst in hand, for delivery to say
+/// whether the burst gave it a backlog (the consumer's first fetch of it; usually milliseconds).
+const BURST_GRACE: Duration = crate::pipeline::pressure::HOLD;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EsError {
@@ -372,12 +381,14 @@ fn dead_letter(i: Item, status: Option<i32>, reason: &str) -> FeedDeadLetter {
     }
 }
 
-/// Runs the sink until `stop`.
+/// Runs the sink until `stop`. `pressure`: this worker's delivery, which the sink gives way to
+/// while it is behind (`yield_to_delivery`).
 pub async fn run(
     db: Db,
     cfg: ElasticsearchConfig,
     installation: InstallationId,
     metrics: Option<Arc<Metrics>>,
+    pressure: Arc<DeliveryPressure>,
     stop: CancellationToken,
 ) {
     let client = match EsClient::new(&cfg) {
@@ -404,6 +415,8 @@ pub async fn run(
     let mut standby_logged = false;
     let page_size = (ctx.cfg.batch_size as usize * ctx.cfg.max_in_flight as usize).min(100_000);
     let mut copied: u64 = 0;
+    // the last page was not full: the sink had caught up
+    let mut idle = true;
     loop {
         if stop.is_cancelled() {
             break;
@@ -438,12 +451,19 @@ pub async fn run(
                 }
             },
         };
-        match copy_page(&ctx, &s, page_size, &stop).await {
+        // a page, after delivery; or, when delivery stayed behind, one request without more waiting
+        let (size, give_way) = match yield_to_delivery(&ctx, &pressure, &stop).await {
+            Turn::Page => (page_size, Some(&*pressure)),
+            Turn::OneRequest => (ctx.cfg.batch_size as usize, None),
+            Turn::Stop => break,
+        };
+        match copy_page(&ctx, &s, size, idle, give_way, &stop).await {
             Ok(Some(n)) => {
                 backoff.reset();
                 copied += n as u64;
+                idle = n < size;
                 session = Some(s);
-                if n < page_size
+                if n < size
                     && !sleep_or_cancel(&stop, ctx.cfg.linger.max(Duration::from_millis(10))).await
                 {
                     break;
@@ -464,6 +484,50 @@ pub async fn run(
         }
     }
     info!(documents = copied, "Elasticsearch sink stopped");
+}
+
+/// What the sink does after giving way to delivery.
+enum Turn {
+    /// A whole page (`batch_size × max_in_flight`).
+    Page,
+    /// Delivery is still behind after `yield_to_delivery`: one bulk request's worth, so the index
+    /// keeps moving under a backlog that never ends, at the smallest cost to delivery.
+    OneRequest,
+    Stop,
+}
+
+/// Waits while delivery is behind, at most `yield_to_delivery`.
+///
+/// Why: on a small machine the sink's work (reading the page, building and compressing the
+/// documents, and, when the cluster runs on the same host, the cluster's own indexing) takes
+/// CPU from the webhooks. The index may lag: its cursor is its own, and it catches up once the
+/// backlog is gone (docs/SEARCH.md, "Priority").
+async fn yield_to_delivery(ctx: &Ctx, p: &DeliveryPressure, stop: &CancellationToken) -> Turn {
+    let max = ctx.cfg.yield_to_delivery;
+    if stop.is_cancelled() {
+        return Turn::Stop;
+    }
+    if max.is_zero() || !p.behind() {
+        return Turn::Page;
+    }
+    let started = Instant::now();
+    debug!(max = ?max, "delivery is behind: the Elasticsearch sink waits");
+    let turn = loop {
+        if !p.behind() {
+            break Turn::Page;
+        }
+        let left = max.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            break Turn::OneRequest;
+        }
+        if !sleep_or_cancel(stop, YIELD_POLL.min(left)).await {
+            break Turn::Stop;
+        }
+    };
+    if let Some(m) = &ctx.metrics {
+        m.es_yielded.inc_by(started.elapsed().as_secs_f64());
+    }
+    turn
 }
 
 async fn install_template(ctx: &Ctx, stop: &CancellationToken) -> bool {
@@ -488,31 +552,77 @@ async fn install_template(ctx: &Ctx, stop: &CancellationToken) -> bool {
     }
 }
 
-/// One page: fetch, send, dead-letter, save. `Ok(Some(n))`: n events copied (0: none waiting);
-/// `Ok(None)`: stopped (nothing saved: the page is sent again by the next run, 409s).
+/// One page: fetch, build, send, dead-letter, save. `Ok(Some(n))`: n events copied (0: none
+/// waiting); `Ok(None)`: stopped (nothing saved: the page is sent again by the next run, 409s).
+/// `give_way`: wait for a backlogged delivery once the page is read (`idle`: the sink had caught
+/// up, so a full page is a burst that delivery may not have looked at yet).
 async fn copy_page(
     ctx: &Ctx,
     s: &FeedSession,
     page_size: usize,
+    idle: bool,
+    give_way: Option<&DeliveryPressure>,
     stop: &CancellationToken,
 ) -> Result<Option<usize>, DbError> {
-    let docs = s.fetch_documents(page_size as i32).await?;
-    let Some(first) = docs.first() else {
+    let rows = s.fetch_rows(page_size as i32).await?;
+    if rows.is_empty() {
         if let Some(m) = &ctx.metrics {
             m.es_lag.set(0.0);
         }
         return Ok(Some(0));
-    };
-    if let Some(m) = &ctx.metrics {
+    }
+    let n = rows.len();
+    let last_id = rows.iter().map(|r| r.event_id).max().unwrap_or(0);
+    let mut dead = Vec::new();
+    let mut items: Vec<Item> = Vec::with_capacity(n);
+    let mut oldest: Option<f64> = None;
+    for r in &rows {
+        match document::build(r) {
+            Ok(d) => {
+                oldest.get_or_insert(d.captured_at);
+                items.push(to_item(ctx, r.event_id, d));
+            }
+            // not reachable with the database's jsonb::text; kept for the operator, never lost
+            Err(e) => {
+                ctx.count(ItemOutcome::DeadLettered, 1);
+                dead.push(FeedDeadLetter {
+                    event_id: r.event_id,
+                    target: ctx.cfg.index.clone(),
+                    status: None,
+                    error: e.to_string(),
+                    document: format!(
+                        "{{\"new\": {}, \"old\": {}}}",
+                        r.new.as_deref().unwrap_or("null"),
+                        r.old.as_deref().unwrap_or("null")
+                    ),
+                });
+            }
+        }
+    }
+    drop(rows);
+    if let (Some(m), Some(first)) = (&ctx.metrics, oldest) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        m.es_lag.set((now - first.captured_at).max(0.0));
+        m.es_lag.set((now - first).max(0.0));
     }
-    let n = docs.len();
-    let last_id = docs.iter().map(|d| d.event_id).max().unwrap_or(0);
-    let items: Vec<Item> = docs.into_iter().map(|d| to_item(ctx, d)).collect();
+    if let Some(pressure) = give_way {
+        // A full page after a short one: a burst arrived, and it woke delivery too. Give
+        // delivery the time to look at it (its first full fetch says it is behind) first.
+        if idle && n >= page_size && !ctx.cfg.yield_to_delivery.is_zero() {
+            let until = Instant::now() + BURST_GRACE;
+            while !pressure.behind() && Instant::now() < until {
+                if !sleep_or_cancel(stop, Duration::from_millis(10)).await {
+                    return Ok(None);
+                }
+            }
+        }
+        // delivery goes first (also when it found a backlog while this page was read)
+        if matches!(yield_to_delivery(ctx, pressure, stop).await, Turn::Stop) {
+            return Ok(None);
+        }
+    }
     let requests = bulk::chunks(
         items,
         ctx.cfg.batch_size as usize,
@@ -523,7 +633,6 @@ async fn copy_page(
         .buffer_unordered(ctx.cfg.max_in_flight as usize)
         .collect()
         .await;
-    let mut dead = Vec::new();
     for r in results {
         match r {
             Some(d) => dead.extend(d),
@@ -538,11 +647,11 @@ async fn copy_page(
     Ok(Some(n))
 }
 
-fn to_item(ctx: &Ctx, d: FeedDocument) -> Item {
+fn to_item(ctx: &Ctx, event_id: i64, d: Document) -> Item {
     Item {
-        event_id: d.event_id,
+        event_id,
         index: format!("{}-{}", ctx.cfg.index, d.day),
-        id: ctx.installation.document_id(d.event_id),
+        id: ctx.installation.document_id(event_id),
         source: d.source,
     }
 }

@@ -91,6 +91,7 @@ pub mod names {
     pub const ES_BULK_DURATION: &str = "observer_elasticsearch_bulk_duration_seconds";
     pub const ES_BREAKER_OPEN: &str = "observer_elasticsearch_breaker_open";
     pub const ES_LAG: &str = "observer_elasticsearch_lag_seconds";
+    pub const ES_YIELDED: &str = "observer_elasticsearch_yielded_seconds_total";
 
     /// Every family above (docs/METRICS.md lists the same).
     pub const ALL: &[&str] = &[
@@ -140,6 +141,7 @@ pub mod names {
         ES_BULK_DURATION,
         ES_BREAKER_OPEN,
         ES_LAG,
+        ES_YIELDED,
     ];
 }
 

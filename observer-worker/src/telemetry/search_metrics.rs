@@ -43,6 +43,7 @@ pub struct SearchMetrics {
     pub es_bulk_duration: Histogram,
     pub es_breaker_open: IntGauge,
     pub es_lag: prometheus::Gauge,
+    pub es_yielded: prometheus::Counter,
 }
 
 impl SearchMetrics {
@@ -104,6 +105,13 @@ impl SearchMetrics {
                 prometheus::Gauge::with_opts(Opts::new(
                     names::ES_LAG,
                     "Seconds between now and the capture of the oldest event the Elasticsearch sink is copying; 0 when it has copied everything committed.",
+                ))?,
+            )?,
+            es_yielded: reg(
+                r,
+                prometheus::Counter::with_opts(Opts::new(
+                    names::ES_YIELDED,
+                    "Seconds the Elasticsearch sink waited because delivery was behind (yield_to_delivery).",
                 ))?,
             )?,
         };

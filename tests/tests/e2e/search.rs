@@ -281,7 +281,9 @@ async fn kill9_stream_into(es_url: &str, prefix: &str, name: &str) {
     let yaml = config(
         &format!("w-{name}"),
         &format!(
-            "elasticsearch:\n  url: {es_url}\n  index: {prefix}\n  batch_size: 500\n  max_in_flight: 2\n  linger: 50ms\n  initial_backoff: 50ms\n  max_backoff: 1s\n"
+            // yield_to_delivery 1s: the stream keeps delivery busy at times; the default (10s per
+            // page) would stretch the test, not change what it checks
+            "elasticsearch:\n  url: {es_url}\n  index: {prefix}\n  batch_size: 500\n  max_in_flight: 2\n  linger: 50ms\n  initial_backoff: 50ms\n  max_backoff: 1s\n  yield_to_delivery: 1s\n"
         ),
         &ORDERS_OBSERVER.replace("URL", &rx.url("/orders")),
     );
@@ -405,6 +407,82 @@ async fn kill9_stream_into(es_url: &str, prefix: &str, name: &str) {
 async fn elasticsearch_sink_is_effectively_once_across_kill9() {
     let os = OsMem::start();
     kill9_stream_into(os.url(), "observer-events", "es_kill9").await;
+}
+
+/// The documents the sink builds in the worker (`search::document`) are byte for byte what the
+/// SQL that built them before wrote (`jsonb_build_object` over `feed_fetch()`, kept here as the
+/// reference): the same key order, separators, escapes and numbers, for payloads with every
+/// kind of value (numeric digits, unicode, quotes and control characters, nested json, arrays,
+/// nulls, empty strings) and every op. `payload_fields` is compared with `COLLATE "C"` (the
+/// worker sorts bytewise; the SQL sorted by the database's collation).
+#[tokio::test(flavor = "multi_thread")]
+async fn elasticsearch_documents_are_the_bytes_the_sql_built() {
+    const REFERENCE: &str = "SELECT f.id, \
+       to_char(f.captured_at AT TIME ZONE 'UTC', 'YYYY.MM.DD'), \
+       jsonb_build_object( \
+         'event_id', f.id, 'observer', f.observer, 'observer_id', f.observer_id, \
+         'table', f.table_name, 'op', f.op, 'txid', f.txid, \
+         'captured_at', to_char(f.captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+         'new', f.new, 'old', f.old, 'changed', to_jsonb(f.changed), \
+         'payload_text', (SELECT string_agg(v #>> '{}', ' ') \
+                            FROM jsonb_path_query(jsonb_build_array(f.new, f.old), \
+                                 'strict $.** ? (@.type() == \"string\" || @.type() == \"number\" || @.type() == \"boolean\")') AS v), \
+         'payload_fields', (SELECT jsonb_agg(p.k || '=' || (p.v #>> '{}') ORDER BY p.k COLLATE \"C\") \
+                              FROM (SELECT 'new.' || key AS k, value AS v FROM jsonb_each(f.new) \
+                                    UNION ALL SELECT 'old.' || key, value FROM jsonb_each(f.old)) AS p \
+                             WHERE jsonb_typeof(p.v) IN ('string', 'number', 'boolean')) \
+       )::text \
+     FROM observers.feed_fetch('elasticsearch', 1000) AS f";
+    use observer_worker::db::Db;
+    use observer_worker::search::document;
+
+    let db = observers_tests::fresh_db("es_doc_bytes").await;
+    db.client
+        .batch_execute(
+            r#"CREATE TABLE public."Odd ""tbl""" (id int PRIMARY KEY, total numeric(12,4), ratio float8,
+                   big numeric, flag boolean, note text, "Ünïcode key" text, "a""b\c" text,
+                   "ab" int, tags text[], meta jsonb, at timestamptz, empty text, nothing int);
+               SELECT observers.create_observer('odd', 'public."Odd ""tbl"""');
+               INSERT INTO public."Odd ""tbl""" VALUES
+                 (1, 1500.0000, 0.1, 12345678901234567890.123456789, true,
+                  E'refund "asap"\\ line\nnext\ttab\x01\x1f end', 'héllo wörld ✓', 'q"b', 7,
+                  ARRAY['a b', 'c"d'], '{"z": [1, 2.50, {"deep": "x y"}], "a": null, "n": -0.0, "e": 1e-7}',
+                  '2026-05-01 10:00:00.000001+00', '', NULL),
+                 (2, -0.5, 1e300, 0, false, '', '', '', -1, '{}', '[]', NULL, NULL, NULL),
+                 (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'null', NULL, NULL, NULL);
+               UPDATE public."Odd ""tbl""" SET note = 'changed ' || id, flag = NOT coalesce(flag, false) WHERE id <= 2;
+               DELETE FROM public."Odd ""tbl""" WHERE id = 3;"#,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("setup: {}", observers_tests::cluster::pg_error(&e)));
+    let want: Vec<(i64, String, String)> = db
+        .client
+        .query(REFERENCE, &[])
+        .await
+        .unwrap_or_else(|e| panic!("reference: {}", observers_tests::cluster::pg_error(&e)))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(want.len(), 6, "3 inserts, 2 updates, 1 delete: {want:?}");
+    // feed_fetch does not move the cursor: the worker's read gets the same page
+    let pool = Db::new(&db.url, Duration::from_secs(5)).unwrap();
+    let session = pool
+        .feed_session("elasticsearch")
+        .await
+        .expect("feed session")
+        .expect("the feed's lock");
+    let rows = session.fetch_rows(1000).await.expect("fetch_rows");
+    let got: Vec<(i64, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let d = document::build(r).unwrap_or_else(|e| panic!("{e}"));
+            (r.event_id, d.day, d.source)
+        })
+        .collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "\nworker: {}\nSQL:    {}", g.2, w.2);
+    }
 }
 
 /// The same against a real Elasticsearch/OpenSearch cluster when ELASTICSEARCH_URL is set
@@ -589,6 +667,89 @@ async fn elasticsearch_sink_failure_matrix() {
     // webhooks were delivered all along: the sink is off the delivery path
     assert!(hooks.wait_for_events(4, SHORT).await, "{}", hooks.summary());
     worker.stop(SHORT).await;
+    es.shutdown().await;
+    hooks.shutdown().await;
+}
+
+/// Delivery first: while the worker's consumer has a backlog of webhooks (it keeps fetching full
+/// pages), the sink waits (`yield_to_delivery`) and sends its pages after the backlog is
+/// delivered, then catches up with every event. A slow webhook receiver (30 ms per request, 4 in
+/// flight) makes a 300-event backlog take about 2 s; the sink's pages are 10 documents. Without
+/// the wait, nearly all 300 documents go out while the webhooks are still being delivered; with
+/// it, at most the page the sink may have started before the consumer's first fetch (the bound
+/// allows three, for a worker stalled longer than the signal's hold by the machine).
+#[tokio::test(flavor = "multi_thread")]
+async fn elasticsearch_sink_gives_way_to_a_webhook_backlog() {
+    const EVENTS: usize = 300;
+    const PAGE: usize = 10;
+    let (db, es) = setup("es_yield").await;
+    db.client
+        .batch_execute("CREATE TABLE public.orders (id int PRIMARY KEY, customer_id int, status text, note text);")
+        .await
+        .unwrap();
+    let hooks = Receiver::start().await.expect("receiver");
+    hooks.set_default("/orders", Reply::ok().delay(Duration::from_millis(30)));
+    es.script(
+        "/_bulk",
+        (0..EVENTS / PAGE).map(|_| bulk_items(&[(201, ""); PAGE])),
+    );
+    let yaml = config(
+        "w-es-yield",
+        &format!(
+            "concurrent_execution: {{ max_in_flight: 4 }}\nelasticsearch:\n  url: {}\n  batch_size: {PAGE}\n  max_in_flight: 1\n  gzip: false\n  linger: 50ms\n  yield_to_delivery: 1h\n",
+            es.url("").trim_end_matches('/')
+        ),
+        &ORDERS_OBSERVER.replace("URL", &hooks.url("/orders")),
+    );
+    let mut worker = start_worker("es_yield", &db, &yaml, &[]);
+    wait_observer_ready(&db.client, "orders", "public.orders", SHORT).await;
+    db.client
+        .execute(
+            "INSERT INTO public.orders SELECT g, g, 'new', 'order ' || g FROM generate_series(1, $1::int) AS g",
+            &[&(EVENTS as i32)],
+        )
+        .await
+        .unwrap();
+    // the sink catches up: every event in the index, each once
+    let all = poll(LONG, Duration::from_millis(50), || async {
+        (feed_passed(&db).await == EVENTS as i64).then_some(())
+    })
+    .await;
+    assert!(
+        all.is_some(),
+        "the sink did not catch up\n{}\n{:?}",
+        worker.log(),
+        bulk_requests(&es)
+    );
+    let sent: Vec<String> = bulk_requests(&es).into_iter().flatten().collect();
+    let unique: std::collections::HashSet<&String> = sent.iter().collect();
+    assert_eq!((sent.len(), unique.len()), (EVENTS, EVENTS), "{sent:?}");
+    // ... and it waited for the webhooks: documents sent before the last 20 webhooks began
+    let mut hook_times: Vec<_> = hooks
+        .deliveries_for("/orders")
+        .iter()
+        .map(|d| d.received_at)
+        .collect();
+    hook_times.sort();
+    assert!(hook_times.len() >= EVENTS, "{} webhooks", hook_times.len());
+    let cutoff = hook_times[EVENTS - 20];
+    let early: usize = es
+        .deliveries_for("/_bulk")
+        .iter()
+        .filter(|d| d.received_at < cutoff)
+        .map(|d| {
+            String::from_utf8_lossy(&d.raw_body)
+                .lines()
+                .filter(|l| l.starts_with("{\"create\""))
+                .count()
+        })
+        .sum();
+    assert!(
+        early <= 3 * PAGE,
+        "{early} documents went to the index while webhooks were backlogged\n{}",
+        worker.log()
+    );
+    worker.stop(LONG).await;
     es.shutdown().await;
     hooks.shutdown().await;
 }
