@@ -8,10 +8,12 @@
 //!   (where statement-level triggers would miss rows written through another table of the
 //!   hierarchy): AFTER ... FOR EACH ROW. For UPDATE the trigger's WHEN clause filters on
 //!   `columns` before the function is even called; the function computes `changed`.
-//! * Observers without condition (the common case) append their events directly (`writer`:
-//!   one partition routing per call, `heap_multi_insert`, index tuples) with payloads built by
-//!   a per-table jsonb builder (`jsonb`). Observers with a condition run one prepared
-//!   `INSERT ... SELECT ... WHERE <condition>` through SPI, so the condition is plain SQL.
+//! * Events are appended directly (`writer`: one partition routing per call,
+//!   `heap_multi_insert`, index tuples) with payloads built by a per-table jsonb builder
+//!   (`jsonb`). An observer's condition is compiled once per backend into an expression over the
+//!   NEW/OLD slots and evaluated in-process before a row is written (`filter`); a condition the
+//!   filter does not take (whole-row references, text that is not one expression) runs one
+//!   prepared `INSERT ... SELECT ... WHERE <condition>` through SPI instead.
 //! * No catalog or registry look-ups per row: trigger arguments carry the observer; builders
 //!   and prepared statements are cached per backend (`plan_cache`).
 //! * Wake-up: the trigger only marks the transaction; at pre-commit it notifies if its backend's
@@ -19,10 +21,12 @@
 //!
 //! The function is SECURITY DEFINER, owned by role `observers_capture` (which may only INSERT
 //! into `observers.event`): writers need no rights on the outbox, and observer conditions never
-//! run with more rights than that. Conditions are prepared and evaluated with
-//! `search_path = pg_catalog, pg_temp` pinned in code (`with_pinned_search_path`).
+//! run with more rights than that. Conditions are compiled with `search_path = pg_catalog,
+//! pg_temp` pinned in code (`with_pinned_search_path`), and evaluated with it pinned unless they
+//! call only built-in functions (`filter`).
 
 mod changed;
+mod filter;
 mod jsonb;
 pub mod notify;
 pub mod plan_cache;
@@ -43,6 +47,7 @@ use plan_cache::{Path, TriggerArgs};
 use query::Op;
 use session::SessionGuard;
 use std::ffi::{c_char, CStr};
+use std::ptr;
 
 pub fn init() {
     plan_cache::init();
@@ -143,7 +148,15 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
                 }),
             };
             match &entry.path {
-                Path::Direct { json } => write_direct(tdr, op, row_level, &entry, json),
+                Path::Direct {
+                    json,
+                    condition: Some(c),
+                } if c.pins_search_path => with_pinned_search_path(|| {
+                    write_direct(tdr, op, row_level, &entry, json, Some(c))
+                }),
+                Path::Direct { json, condition } => {
+                    write_direct(tdr, op, row_level, &entry, json, condition.as_ref())
+                }
                 Path::Spi { plan } => {
                     with_pinned_search_path(|| run_spi(td, op, row_level, &entry, *plan))
                 }
@@ -244,21 +257,34 @@ unsafe fn payload(
     }
 }
 
-/// No condition: every row of the call becomes an event, written directly.
+/// Every row of the call that passes the condition (if any) becomes an event, written directly.
 unsafe fn write_direct(
     tdr: &pg_sys::TriggerData,
     op: Op,
     row_level: bool,
     entry: &plan_cache::Entry,
     json: &RowJsonb,
+    condition: Option<&filter::Condition>,
 ) -> u64 {
     // SAFETY: inside the trigger call `tdr` describes (callers: `capture_impl`): its relation,
-    // slots and transition tables are live; `entry` and `json` were built for this relation.
+    // slots and transition tables are live; `entry`, `json` and `condition` were built for this
+    // relation.
     unsafe {
-        let mut writer = writer::Writer::open();
+        let rel = tdr.tg_relation;
         let opname = op.as_cstr();
-        json.begin_call();
         if row_level {
+            if let Some(c) = condition {
+                let (new, old) = match op {
+                    Op::Insert => (tdr.tg_trigslot, ptr::null_mut()),
+                    Op::Delete => (ptr::null_mut(), tdr.tg_trigslot),
+                    Op::Update => (tdr.tg_newslot, tdr.tg_trigslot),
+                };
+                if !c.passes(rel, new, old) {
+                    return 0;
+                }
+            }
+            let mut writer = writer::Writer::open();
+            json.begin_call();
             let event = match op {
                 Op::Insert => writer::Event {
                     observer_id: entry.observer_id,
@@ -292,6 +318,7 @@ unsafe fn write_direct(
                 }
             };
             writer.push(event);
+            writer.finish()
         } else {
             // statement level: every row of the transition table (INSERT: new, DELETE: old)
             let store = if op == Op::Insert {
@@ -299,6 +326,9 @@ unsafe fn write_direct(
             } else {
                 tdr.tg_oldtable
             };
+            // opened at the first row that passes: a statement whose rows all fail the condition
+            // opens and locks nothing
+            let mut writer: Option<writer::Writer> = None;
             if !store.is_null() {
                 let slot = pg_sys::MakeSingleTupleTableSlot(
                     (*tdr.tg_relation).rd_att,
@@ -310,7 +340,21 @@ unsafe fn write_direct(
                 pg_sys::tuplestore_select_read_pointer(store, reader);
                 pg_sys::tuplestore_rescan(store);
                 while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
-                    let datum = payload(&writer, json, slot);
+                    if let Some(c) = condition {
+                        let passes = if op == Op::Insert {
+                            c.passes(rel, slot, ptr::null_mut())
+                        } else {
+                            c.passes(rel, ptr::null_mut(), slot)
+                        };
+                        if !passes {
+                            continue;
+                        }
+                    }
+                    let writer = writer.get_or_insert_with(|| {
+                        json.begin_call();
+                        writer::Writer::open()
+                    });
+                    let datum = payload(writer, json, slot);
                     let (new, old) = if op == Op::Insert {
                         (Some(datum), None)
                     } else {
@@ -326,8 +370,8 @@ unsafe fn write_direct(
                 }
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
+            writer.map_or(0, |w| w.finish())
         }
-        writer.finish()
     }
 }
 
