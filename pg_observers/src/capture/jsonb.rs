@@ -8,7 +8,9 @@
 //! no shortcut for (arrays, composites, json, types with a cast to json, ...) go through
 //! `to_jsonb` itself, one value at a time. `tests/sql` compares both paths on many types.
 
+use super::raw;
 use pgrx::pg_sys;
+use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::ptr;
 
@@ -64,7 +66,10 @@ pub struct RowJsonb {
     /// Per column, the last date/time value converted in the current call and its text: a
     /// `DEFAULT now()` column has one value for every row of a statement. Cleared by
     /// `begin_call` (the session's TimeZone may change between calls, not within one).
-    memo: std::cell::RefCell<Vec<Option<MemoEntry>>>,
+    /// An UnsafeCell, not a RefCell: `build` runs inside one error guard (`raw`), and an error
+    /// there must not leave a borrow flag set forever; no reference into it outlives a
+    /// statement of `convert` that makes no PostgreSQL call.
+    memo: UnsafeCell<Vec<Option<MemoEntry>>>,
     /// long-lived memory for the FmgrInfos of `Kind::ToJsonb`
     context: pg_sys::MemoryContext,
     numeric_in: *mut pg_sys::FmgrInfo,
@@ -104,7 +109,7 @@ impl RowJsonb {
             let mut builder = RowJsonb {
                 columns: Vec::new(),
                 all_scalar: false,
-                memo: std::cell::RefCell::new(Vec::new()),
+                memo: UnsafeCell::new(Vec::new()),
                 context,
                 numeric_in: ptr::null_mut(),
             };
@@ -135,15 +140,15 @@ impl RowJsonb {
                 .columns
                 .iter()
                 .all(|c| !matches!(c.kind, Kind::Jsonb | Kind::ToJsonb { .. }));
-            builder.memo =
-                std::cell::RefCell::new((0..builder.columns.len()).map(|_| None).collect());
+            builder.memo = UnsafeCell::new((0..builder.columns.len()).map(|_| None).collect());
             builder
         }
     }
 
     /// Start converting the rows of one trigger call.
     pub fn begin_call(&self) {
-        self.memo.borrow_mut().iter_mut().for_each(|m| *m = None);
+        // SAFETY: single-threaded backend; no reference into the memo is alive outside `convert`.
+        unsafe { (*self.memo.get()).iter_mut().for_each(|m| *m = None) };
     }
 
     /// `jsonb_categorize_type`, resolved down to what this builder does per value.
@@ -226,7 +231,9 @@ impl RowJsonb {
     /// The jsonb object of one row (allocated in the current memory context).
     ///
     /// # Safety
-    /// `values`/`isnull` must hold a deformed row of the descriptor this builder was made for.
+    /// `values`/`isnull` must hold a deformed row of the descriptor this builder was made for;
+    /// must run inside a `raw::guarded` region (it calls PostgreSQL unguarded and creates nothing
+    /// that needs dropping).
     pub unsafe fn build(&self, values: *const pg_sys::Datum, isnull: *const bool) -> pg_sys::Datum {
         use pg_sys::JsonbIteratorToken::*;
         // SAFETY: `values`/`isnull` hold a deformed row of this builder's descriptor (contract):
@@ -243,7 +250,7 @@ impl RowJsonb {
             if self.all_scalar {
                 // keys unique and already in jsonb order: build the object value directly
                 let n = self.columns.len();
-                let pairs = pg_sys::palloc(n.max(1) * std::mem::size_of::<pg_sys::JsonbPair>())
+                let pairs = raw::palloc(n.max(1) * std::mem::size_of::<pg_sys::JsonbPair>())
                     as *mut pg_sys::JsonbPair;
                 for (position, c) in self.columns.iter().enumerate() {
                     let key_bytes = c.key.as_bytes();
@@ -259,7 +266,7 @@ impl RowJsonb {
                     nPairs: n as c_int,
                     pairs,
                 };
-                return pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(&mut object));
+                return pg_sys::Datum::from(raw::JsonbValueToJsonb(&mut object));
             }
             let mut state: *mut pg_sys::JsonbParseState = ptr::null_mut();
             pg_sys::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, ptr::null_mut());
@@ -271,7 +278,7 @@ impl RowJsonb {
                 pg_sys::pushJsonbValue(&mut state, WJB_VALUE, &mut value);
             }
             let result = pg_sys::pushJsonbValue(&mut state, WJB_END_OBJECT, ptr::null_mut());
-            pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(result))
+            pg_sys::Datum::from(raw::JsonbValueToJsonb(result))
         }
     }
 
@@ -282,7 +289,8 @@ impl RowJsonb {
         value: pg_sys::Datum,
     ) -> pg_sys::JsonbValue {
         // SAFETY: `value` is a non-null datum of the type `kind` was categorized from (callers:
-        // `build`, under its contract); the FmgrInfos were set up by `new` in `self.context`.
+        // `build`, under its contract, inside its guarded region); the FmgrInfos were set up by
+        // `new` in `self.context`; the memo is only touched between PostgreSQL calls.
         unsafe {
             match *kind {
                 Kind::Bool => {
@@ -297,60 +305,67 @@ impl RowJsonb {
                         4 => value.value() as i32 as i64,
                         _ => value.value() as i64,
                     };
-                    numeric_value(pg_sys::int64_to_numeric(n))
+                    numeric_value(raw::int64_to_numeric(n))
                 }
                 Kind::Numeric { typoutput } => {
-                    let num = pg_sys::pg_detoast_datum(value.cast_mut_ptr()) as pg_sys::Numeric;
-                    if pg_sys::numeric_is_nan(num) || pg_sys::numeric_is_inf(num) {
+                    let num = raw::pg_detoast_datum(value.cast_mut_ptr()) as pg_sys::Numeric;
+                    if raw::numeric_is_nan(num) || raw::numeric_is_inf(num) {
                         output_string(typoutput, value)
                     } else {
                         numeric_value(num)
                     }
                 }
                 Kind::Float { typoutput } => {
-                    let text = pg_sys::OidOutputFunctionCall(typoutput, value);
+                    let text = raw::OidOutputFunctionCall(typoutput, value);
                     let s = CStr::from_ptr(text).to_bytes();
                     if s.contains(&b'N') || s.contains(&b'n') {
                         string_value(text, s.len())
                     } else {
-                        let num = pg_sys::InputFunctionCall(
-                            self.numeric_in,
-                            text,
-                            pg_sys::InvalidOid,
-                            -1,
-                        );
+                        let num =
+                            raw::InputFunctionCall(self.numeric_in, text, pg_sys::InvalidOid, -1);
                         numeric_value(num.cast_mut_ptr())
                     }
                 }
                 Kind::DateTime { typid } => {
-                    let mut memo = self.memo.borrow_mut();
-                    let entry = &mut memo[position];
-                    if entry.as_ref().is_none_or(|(v, _)| *v != value.value()) {
-                        let text = pg_sys::JsonEncodeDateTime(
-                            ptr::null_mut(),
-                            value,
-                            typid,
-                            ptr::null::<c_int>(),
-                        );
-                        *entry = Some((value.value(), CStr::from_ptr(text).to_bytes().to_vec()));
-                        pg_sys::pfree(text.cast());
-                    }
+                    let memo = &mut *self.memo.get();
+                    let cached = match memo[position].as_ref() {
+                        Some((v, bytes)) if *v == value.value() => Some(bytes),
+                        _ => None,
+                    };
+                    let bytes = match cached {
+                        Some(bytes) => bytes,
+                        None => {
+                            let text = raw::JsonEncodeDateTime(
+                                ptr::null_mut(),
+                                value,
+                                typid,
+                                ptr::null::<c_int>(),
+                            );
+                            // no PostgreSQL call while the memo is borrowed
+                            let bytes = CStr::from_ptr(text).to_bytes().to_vec();
+                            memo[position] = Some((value.value(), bytes));
+                            raw::pfree(text.cast());
+                            match &memo[position] {
+                                Some((_, bytes)) => bytes,
+                                None => unreachable!(),
+                            }
+                        }
+                    };
                     // the memo keeps the bytes alive until the row is converted to jsonb
-                    let bytes = &entry.as_ref().expect("just set").1;
                     string_value(bytes.as_ptr().cast(), bytes.len())
                 }
                 Kind::Text => {
-                    let v = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
+                    let v = raw::pg_detoast_datum_packed(value.cast_mut_ptr());
                     string_value(
                         pgrx::varlena::vardata_any(v),
                         pgrx::varlena::varsize_any_exhdr(v),
                     )
                 }
-                Kind::Jsonb => binary_value(pg_sys::pg_detoast_datum(value.cast_mut_ptr())),
+                Kind::Jsonb => binary_value(raw::pg_detoast_datum(value.cast_mut_ptr())),
                 Kind::Output { typoutput } => output_string(typoutput, value),
                 Kind::ToJsonb { finfo } => {
-                    let jb = pg_sys::FunctionCall1Coll(finfo, pg_sys::InvalidOid, value);
-                    binary_value(pg_sys::pg_detoast_datum(jb.cast_mut_ptr()))
+                    let jb = raw::FunctionCall1Coll(finfo, pg_sys::InvalidOid, value);
+                    binary_value(raw::pg_detoast_datum(jb.cast_mut_ptr()))
                 }
             }
         }
@@ -402,7 +417,7 @@ unsafe fn output_string(typoutput: pg_sys::Oid, value: pg_sys::Datum) -> pg_sys:
     // SAFETY: `value` is a non-null datum of the type whose output function is `typoutput`
     // (callers' promise); the returned C string is palloc'd and NUL-terminated.
     unsafe {
-        let text = pg_sys::OidOutputFunctionCall(typoutput, value);
+        let text = raw::OidOutputFunctionCall(typoutput, value);
         string_value(text, CStr::from_ptr(text).to_bytes().len())
     }
 }

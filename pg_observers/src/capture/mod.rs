@@ -31,6 +31,7 @@ mod jsonb;
 pub mod notify;
 pub mod plan_cache;
 pub mod query;
+mod raw;
 mod session;
 mod writer;
 
@@ -228,16 +229,6 @@ unsafe fn connect_spi(td: *mut pg_sys::TriggerData, row_level: bool) {
     }
 }
 
-/// The values of a slot's row, deformed.
-unsafe fn row_of(slot: *mut pg_sys::TupleTableSlot) -> (*const pg_sys::Datum, *const bool) {
-    // SAFETY: `slot` is a live slot of the current trigger call (callers: the trigger's old/new
-    // slots): slot_getallattrs deforms it in place.
-    unsafe {
-        pg_sys::slot_getallattrs(slot);
-        ((*slot).tts_values, (*slot).tts_isnull)
-    }
-}
-
 /// Build a payload in the writer's chunk memory.
 unsafe fn payload(
     writer: &writer::Writer,
@@ -246,14 +237,18 @@ unsafe fn payload(
 ) -> pg_sys::Datum {
     // SAFETY: `slot` is a live slot of the trigger call and `json` was built for its descriptor;
     // the payload context of `writer` outlives the payload until the writer's next flush;
-    // CurrentMemoryContext is put back (an error aborts the transaction).
+    // CurrentMemoryContext is put back (an error aborts the transaction). One guarded region:
+    // deforming the row and building the payload create nothing that needs dropping.
     unsafe {
-        let (values, isnull) = row_of(slot);
-        let old = pg_sys::CurrentMemoryContext;
-        pg_sys::CurrentMemoryContext = writer.payload_context();
-        let datum = json.build(values, isnull);
-        pg_sys::CurrentMemoryContext = old;
-        datum
+        let context = writer.payload_context();
+        raw::guarded(|| {
+            raw::slot_getallattrs(slot);
+            let old = pg_sys::CurrentMemoryContext;
+            pg_sys::CurrentMemoryContext = context;
+            let datum = json.build((*slot).tts_values, (*slot).tts_isnull);
+            pg_sys::CurrentMemoryContext = old;
+            datum
+        })
     }
 }
 
@@ -339,7 +334,7 @@ unsafe fn write_direct(
                     pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
                 pg_sys::tuplestore_select_read_pointer(store, reader);
                 pg_sys::tuplestore_rescan(store);
-                while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
+                while raw::guarded(|| raw::tuplestore_gettupleslot(store, true, false, slot)) {
                     if let Some(c) = condition {
                         let passes = if op == Op::Insert {
                             c.passes(rel, slot, ptr::null_mut())

@@ -18,12 +18,8 @@ use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::ptr;
 
+use super::raw;
 use crate::error::raise;
-
-unsafe extern "C-unwind" {
-    // commands/sequence.h is not part of pgrx's bindings
-    fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
-}
 
 /// Events are handed to heap_multi_insert in chunks of this many rows.
 const CHUNK: usize = 256;
@@ -342,6 +338,7 @@ unsafe fn check_layout(rel: pg_sys::Relation) {
 
 /// Can entries of this open index be written with a plain `index_insert`? A btree over plain
 /// columns, ready for inserts, no predicate, no deferred uniqueness, no exclusion constraint.
+/// Inside a `raw::guarded` region.
 unsafe fn is_plain_btree(index: pg_sys::Relation) -> bool {
     // SAFETY: `index` is an open index relation: its pg_class and pg_index rows are in its
     // relcache entry.
@@ -350,11 +347,12 @@ unsafe fn is_plain_btree(index: pg_sys::Relation) -> bool {
         let natts = form.indnatts as usize;
         let keys = form.indkey.values.as_slice(natts);
         (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && natts <= NATTS
             && form.indisready
             && !form.indisexclusion
             && (!form.indisunique || form.indimmediate)
             && keys.iter().all(|&k| k > 0 && (k as usize) <= NATTS)
-            && pg_sys::heap_attisnull(
+            && raw::heap_attisnull(
                 (*index).rd_indextuple,
                 pg_sys::Anum_pg_index_indpred as i32,
                 ptr::null_mut(),
@@ -390,8 +388,13 @@ impl Writer {
         // SAFETY: inside a transaction, as the capture role (contract): relations are opened with
         // RowExclusiveLock and closed by `finish` (or by the transaction's abort).
         unsafe {
-            let captured_at = pg_sys::GetCurrentTimestamp();
-            let txid = pg_sys::GetTopFullTransactionId();
+            let (captured_at, txid, cid) = raw::guarded(|| {
+                (
+                    raw::GetCurrentTimestamp(),
+                    raw::GetTopFullTransactionId(),
+                    raw::GetCurrentCommandId(true),
+                )
+            });
 
             // the remembered partition, if the time falls in its range and nothing changed it
             let remembered = TARGET.with(|t| {
@@ -406,7 +409,9 @@ impl Writer {
             let mut leaf: pg_sys::Relation = ptr::null_mut();
             if let Some((oid, gen)) = remembered {
                 // taking the lock processes the invalidations that arrived meanwhile
-                leaf = pg_sys::try_relation_open(oid, pg_sys::RowExclusiveLock as i32);
+                leaf = raw::guarded(|| {
+                    raw::try_relation_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
+                });
                 if !leaf.is_null() && generation() != gen {
                     // something changed while we waited for the lock: route again
                     pg_sys::relation_close(leaf, pg_sys::NoLock as i32);
@@ -475,7 +480,7 @@ impl Writer {
                 indexes,
                 slots: Vec::new(),
                 used: 0,
-                cid: pg_sys::GetCurrentCommandId(true),
+                cid,
                 txid: pg_sys::Datum::from(txid.value),
                 captured_at: pg_sys::Datum::from(captured_at),
                 chunk_context,
@@ -503,25 +508,32 @@ impl Writer {
         // SAFETY: `leaf` is open with RowExclusiveLock; its indexes are opened with the same lock
         // (as ExecOpenIndices does) and closed by `finish`.
         unsafe {
-            let list = pg_sys::RelationGetIndexList(leaf);
-            let n = if list.is_null() {
-                0
-            } else {
-                (*list).length as usize
-            };
-            let mut direct = Vec::with_capacity(n);
-            let mut plain = true;
-            for i in 0..n {
-                let oid = (*(*list).elements.add(i)).oid_value;
-                let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as i32);
-                if !is_plain_btree(index) {
-                    plain = false;
+            // one guarded region; `direct` lives outside it (nothing in the region needs dropping)
+            let mut direct: Vec<pg_sys::Relation> = Vec::with_capacity(4);
+            let out = &mut direct;
+            let plain = raw::guarded(|| {
+                let list = raw::RelationGetIndexList(leaf);
+                let n = if list.is_null() {
+                    0
+                } else {
+                    (*list).length as usize
+                };
+                let mut plain = true;
+                for i in 0..n {
+                    let oid = (*(*list).elements.add(i)).oid_value;
+                    let index = raw::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                    if !is_plain_btree(index) {
+                        plain = false;
+                    }
+                    // capacity reserved above for the usual few indexes; a push that grows the
+                    // vector allocates with Rust's allocator, which raises no PostgreSQL error
+                    out.push(index);
                 }
-                direct.push(index);
-            }
-            if !list.is_null() {
-                pg_sys::list_free(list);
-            }
+                if !list.is_null() {
+                    raw::list_free(list);
+                }
+                plain
+            });
             if plain {
                 let entries = TARGET.with(|t| {
                     let mut t = t.borrow_mut();
@@ -584,7 +596,8 @@ impl Writer {
             let values = (*slot).tts_values;
             let isnull = (*slot).tts_isnull;
             let fields: [Option<pg_sys::Datum>; NATTS] = [
-                Some(pg_sys::Datum::from(nextval_internal_guarded(self.seq))),
+                // the id: set in the guarded region below
+                Some(pg_sys::Datum::from(0)),
                 Some(pg_sys::Datum::from(event.observer_id)),
                 Some(op),
                 Some(self.txid),
@@ -597,7 +610,11 @@ impl Writer {
                 *values.add(i) = f.unwrap_or(pg_sys::Datum::from(0));
                 *isnull.add(i) = f.is_none();
             }
-            pg_sys::ExecStoreVirtualTuple(slot);
+            let seq = self.seq;
+            raw::guarded(|| {
+                *values = pg_sys::Datum::from(raw::nextval_internal(seq, false));
+                raw::ExecStoreVirtualTuple(slot);
+            });
             self.used += 1;
             if self.used == CHUNK {
                 self.flush();
@@ -613,84 +630,92 @@ impl Writer {
             if self.used == 0 {
                 return;
             }
-            // virtual slots: the heap tuples are formed in the current (chunk) context
-            let old = pg_sys::CurrentMemoryContext;
-            pg_sys::CurrentMemoryContext = self.chunk_context;
-            if self.used == 1 {
-                // one row (the common 1-row statement): a plain insert, cheaper than a multi-insert
-                // of one (no arrays, a smaller WAL record)
-                let tuple_insert = (*(*self.leaf).rd_tableam)
-                    .tuple_insert
-                    .expect("the heap access method inserts tuples");
-                tuple_insert(self.leaf, self.slots[0], self.cid, 0, ptr::null_mut());
-            } else {
-                pg_sys::heap_multi_insert(
-                    self.leaf,
-                    self.slots.as_mut_ptr(),
-                    self.used as i32,
-                    self.cid,
-                    0,
-                    ptr::null_mut(),
-                );
-            }
-            match &self.indexes {
-                Indexes::Direct(indexes) => {
-                    let mut values = [pg_sys::Datum::from(0); NATTS];
-                    let mut isnull = [false; NATTS];
-                    for &slot in &self.slots[..self.used] {
-                        for &(index, info, unique) in indexes {
-                            let form = &*(*index).rd_index;
-                            let keys = form.indkey.values.as_slice(form.indnatts as usize);
-                            for (j, &k) in keys.iter().enumerate() {
-                                values[j] = *(*slot).tts_values.add(k as usize - 1);
-                                isnull[j] = *(*slot).tts_isnull.add(k as usize - 1);
+            let tuple_insert = (*(*self.leaf).rd_tableam)
+                .tuple_insert
+                .expect("the heap access method inserts tuples");
+            // one guarded region for the heap insert, the index entries and the cleanup: nothing
+            // in it needs dropping (slices and references to what `self` owns)
+            let used = self.used;
+            let slots: &[*mut pg_sys::TupleTableSlot] = &self.slots[..used];
+            let (leaf, cid, chunk_context) = (self.leaf, self.cid, self.chunk_context);
+            let indexes = &self.indexes;
+            raw::guarded(|| {
+                // virtual slots: the heap tuples are formed in the current (chunk) context
+                let old = pg_sys::CurrentMemoryContext;
+                pg_sys::CurrentMemoryContext = chunk_context;
+                if used == 1 {
+                    // one row (the common 1-row statement): a plain insert, cheaper than a multi-insert
+                    // of one (no arrays, a smaller WAL record)
+                    tuple_insert(leaf, slots[0], cid, 0, ptr::null_mut());
+                } else {
+                    pg_sys::heap_multi_insert(
+                        leaf,
+                        slots.as_ptr().cast_mut(),
+                        used as i32,
+                        cid,
+                        0,
+                        ptr::null_mut(),
+                    );
+                }
+                match indexes {
+                    Indexes::Direct(indexes) => {
+                        let mut values = [pg_sys::Datum::from(0); NATTS];
+                        let mut isnull = [false; NATTS];
+                        for &slot in slots {
+                            for &(index, info, unique) in indexes {
+                                let form = &*(*index).rd_index;
+                                let keys = form.indkey.values.as_slice(form.indnatts as usize);
+                                for (j, &k) in keys.iter().enumerate() {
+                                    values[j] = *(*slot).tts_values.add(k as usize - 1);
+                                    isnull[j] = *(*slot).tts_isnull.add(k as usize - 1);
+                                }
+                                raw::index_insert(
+                                    index,
+                                    values.as_mut_ptr(),
+                                    isnull.as_mut_ptr(),
+                                    &mut (*slot).tts_tid,
+                                    leaf,
+                                    if unique {
+                                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                                    } else {
+                                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                                    },
+                                    false,
+                                    info,
+                                );
                             }
-                            pg_sys::index_insert(
-                                index,
-                                values.as_mut_ptr(),
-                                isnull.as_mut_ptr(),
-                                &mut (*slot).tts_tid,
-                                self.leaf,
-                                if unique {
-                                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
-                                } else {
-                                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
-                                },
-                                false,
-                                info,
-                            );
+                        }
+                    }
+                    Indexes::Executor { estate, rri } => {
+                        if (**rri).ri_NumIndices > 0 {
+                            for &slot in slots {
+                                pg_sys::ExecInsertIndexTuples(
+                                    *rri,
+                                    slot,
+                                    *estate,
+                                    false,
+                                    false,
+                                    ptr::null_mut(),
+                                    ptr::null_mut(),
+                                );
+                                pg_sys::MemoryContextReset(
+                                    (**estate)
+                                        .es_per_tuple_exprcontext
+                                        .as_ref()
+                                        .map_or(ptr::null_mut(), |e| e.ecxt_per_tuple_memory),
+                                );
+                            }
                         }
                     }
                 }
-                Indexes::Executor { estate, rri } => {
-                    if (**rri).ri_NumIndices > 0 {
-                        for &slot in &self.slots[..self.used] {
-                            pg_sys::ExecInsertIndexTuples(
-                                *rri,
-                                slot,
-                                *estate,
-                                false,
-                                false,
-                                ptr::null_mut(),
-                                ptr::null_mut(),
-                            );
-                            pg_sys::MemoryContextReset(
-                                (**estate)
-                                    .es_per_tuple_exprcontext
-                                    .as_ref()
-                                    .map_or(ptr::null_mut(), |e| e.ecxt_per_tuple_memory),
-                            );
-                        }
-                    }
+                pg_sys::CurrentMemoryContext = old;
+                for &slot in slots {
+                    raw::exec_clear_tuple(slot);
                 }
-            }
-            pg_sys::CurrentMemoryContext = old;
-            for &slot in &self.slots[..self.used] {
-                pg_sys::ExecClearTuple(slot);
-            }
+                raw::MemoryContextReset(chunk_context);
+            });
             self.written += self.used as u64;
             self.used = 0;
-            pg_sys::MemoryContextReset(self.chunk_context);
         }
     }
 
@@ -703,21 +728,24 @@ impl Writer {
         // opened by `open` is released exactly once; locks are kept until the transaction ends.
         unsafe {
             self.flush();
-            match &self.indexes {
-                Indexes::Direct(indexes) => {
-                    for &(index, _, _) in indexes {
-                        pg_sys::index_close(index, pg_sys::NoLock as i32);
+            let (indexes, leaf, parent) = (&self.indexes, self.leaf, self.parent);
+            raw::guarded(|| {
+                match indexes {
+                    Indexes::Direct(indexes) => {
+                        for &(index, _, _) in indexes {
+                            raw::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+                        }
+                    }
+                    Indexes::Executor { estate, rri } => {
+                        pg_sys::ExecCloseIndices(*rri);
+                        pg_sys::FreeExecutorState(*estate);
                     }
                 }
-                Indexes::Executor { estate, rri } => {
-                    pg_sys::ExecCloseIndices(*rri);
-                    pg_sys::FreeExecutorState(*estate);
+                raw::relation_close(leaf, pg_sys::NoLock as pg_sys::LOCKMODE);
+                if !parent.is_null() {
+                    raw::relation_close(parent, pg_sys::NoLock as pg_sys::LOCKMODE);
                 }
-            }
-            pg_sys::table_close(self.leaf, pg_sys::NoLock as i32);
-            if !self.parent.is_null() {
-                pg_sys::table_close(self.parent, pg_sys::NoLock as i32);
-            }
+            });
             if self.shared_context {
                 CHUNK_CONTEXT_BUSY.with(|b| b.set(false));
             } else {
@@ -726,9 +754,4 @@ impl Writer {
             self.written
         }
     }
-}
-
-unsafe fn nextval_internal_guarded(seq: pg_sys::Oid) -> i64 {
-    // SAFETY: a plain C call; PostgreSQL errors become Rust panics at the boundary.
-    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(seq, false)) }
 }
