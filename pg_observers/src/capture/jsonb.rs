@@ -326,6 +326,18 @@ impl RowJsonb {
                         numeric_value(num.cast_mut_ptr())
                     }
                 }
+                Kind::DateTime { typid }
+                    if typid == pg_sys::TIMESTAMPTZOID
+                        && super::session::timezone_is_canonical_utc() =>
+                {
+                    // what JsonEncodeDateTime writes in UTC, without timestamp2tm/EncodeDateTime
+                    let buf = raw::palloc(TIMESTAMPTZ_UTC_MAX) as *mut u8;
+                    let len = encode_timestamptz_utc(
+                        value.value() as i64,
+                        std::slice::from_raw_parts_mut(buf, TIMESTAMPTZ_UTC_MAX),
+                    );
+                    string_value(buf.cast(), len)
+                }
                 Kind::DateTime { typid } => {
                     let memo = &mut *self.memo.get();
                     let cached = match memo[position].as_ref() {
@@ -369,6 +381,140 @@ impl RowJsonb {
                 }
             }
         }
+    }
+}
+
+/// Longest text of `encode_timestamptz_utc`: "-infinity", or a 6-digit year, the date and time
+/// with microseconds, "+00:00" and " BC".
+const TIMESTAMPTZ_UTC_MAX: usize = 48;
+
+/// A timestamptz as `JsonEncodeDateTime` writes it when the session's zone is UTC (PostgreSQL
+/// 15, `EncodeDateTime` with `USE_XSD_DATES`): `YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00`, trailing
+/// zeros of the fraction dropped, years before 1 AD as `YYYY-...+00:00 BC` counted from 1 BC,
+/// `infinity` / `-infinity`. Returns the number of bytes written into `out`.
+fn encode_timestamptz_utc(ts: i64, out: &mut [u8]) -> usize {
+    const USECS_PER_DAY: i64 = 86_400_000_000;
+    /// days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch
+    const PG_EPOCH_DAYS: i64 = 10_957;
+    let mut w = Out { buf: out, len: 0 };
+    if ts == i64::MIN {
+        w.put(b"-infinity");
+        return w.len;
+    }
+    if ts == i64::MAX {
+        w.put(b"infinity");
+        return w.len;
+    }
+    let days = ts.div_euclid(USECS_PER_DAY) + PG_EPOCH_DAYS;
+    let usecs = ts.rem_euclid(USECS_PER_DAY);
+    // proleptic Gregorian civil date from days since 1970-01-01 (H. Hinnant's civil_from_days),
+    // the calendar of PostgreSQL's j2date; year 0 is 1 BC
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let bc = year <= 0;
+    let secs = usecs / 1_000_000;
+    let fsec = usecs % 1_000_000;
+
+    w.number(if bc { 1 - year } else { year }, 4);
+    w.put(b"-");
+    w.number(month, 2);
+    w.put(b"-");
+    w.number(day, 2);
+    w.put(b"T");
+    w.number(secs / 3600, 2);
+    w.put(b":");
+    w.number(secs / 60 % 60, 2);
+    w.put(b":");
+    w.number(secs % 60, 2);
+    if fsec != 0 {
+        let mut frac = fsec;
+        let mut width = 6;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        w.put(b".");
+        w.number(frac, width);
+    }
+    w.put(b"+00:00");
+    if bc {
+        w.put(b" BC");
+    }
+    w.len
+}
+
+/// A byte buffer being filled (`encode_timestamptz_utc`).
+struct Out<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Out<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// `value` (>= 0) in decimal, zero-padded to at least `width` digits.
+    fn number(&mut self, value: i64, width: usize) {
+        let mut tmp = [b'0'; 20];
+        let mut start = tmp.len();
+        let mut v = value;
+        loop {
+            start -= 1;
+            tmp[start] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        start = start.min(tmp.len() - width);
+        self.put(&tmp[start..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_timestamptz_utc;
+
+    fn enc(ts: i64) -> String {
+        let mut buf = [0u8; super::TIMESTAMPTZ_UTC_MAX];
+        let n = encode_timestamptz_utc(ts, &mut buf);
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn timestamptz_texts_are_postgres_own() {
+        // expected values: SELECT to_jsonb(x::timestamptz) under TimeZone UTC, PostgreSQL 15
+        assert_eq!(enc(0), "2000-01-01T00:00:00+00:00");
+        assert_eq!(enc(848_052_000_123_456), "2026-11-15T10:00:00.123456+00:00");
+        assert_eq!(enc(500_000), "2000-01-01T00:00:00.5+00:00");
+        assert_eq!(enc(-1), "1999-12-31T23:59:59.999999+00:00");
+        assert_eq!(enc(i64::MAX), "infinity");
+        assert_eq!(enc(i64::MIN), "-infinity");
+        // 0001-01-01 00:00:00 UTC and the microsecond before it (1 BC)
+        assert_eq!(enc(-63_082_281_600_000_000), "0001-01-01T00:00:00+00:00");
+        assert_eq!(
+            enc(-63_082_281_600_000_001),
+            "0001-12-31T23:59:59.999999+00:00 BC"
+        );
+        // the smallest timestamptz
+        assert_eq!(
+            enc(-211_781_865_600_000_000),
+            "4713-11-24T00:00:00+00:00 BC"
+        );
+        // the largest timestamptz: 294276-12-31 23:59:59.999999
+        assert_eq!(
+            enc(9_224_318_015_999_999_999),
+            "294276-12-31T23:59:59.999999+00:00"
+        );
     }
 }
 

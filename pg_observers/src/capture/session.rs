@@ -100,6 +100,16 @@ impl Formats {
     }
 }
 
+/// Is the session's time zone now the canonical UTC of payloads (inside a capture call it is,
+/// unless the zone could not be loaded)?
+///
+/// # Safety
+/// Reads backend-local globals.
+pub unsafe fn timezone_is_canonical_utc() -> bool {
+    // SAFETY: reads backend-local globals of this (single-threaded) backend.
+    unsafe { !UTC.is_null() && pg_sys::session_timezone == UTC }
+}
+
 /// Held for the duration of one capture call; see the module documentation.
 pub struct SessionGuard {
     guc_level: c_int,
