@@ -54,7 +54,8 @@ struct JsonColumn {
 }
 
 /// A date/time Datum (its `usize` value, as passed by value) and the JSON text it converted to.
-type MemoEntry = (usize, Vec<u8>);
+/// (None after `begin_call`: nothing remembered; the buffer is kept to be reused.)
+type MemoEntry = (Option<usize>, Vec<u8>);
 
 /// The converter for rows of one tuple descriptor.
 pub struct RowJsonb {
@@ -69,7 +70,7 @@ pub struct RowJsonb {
     /// An UnsafeCell, not a RefCell: `build` runs inside one error guard (`raw`), and an error
     /// there must not leave a borrow flag set forever; no reference into it outlives a
     /// statement of `convert` that makes no PostgreSQL call.
-    memo: UnsafeCell<Vec<Option<MemoEntry>>>,
+    memo: UnsafeCell<Vec<MemoEntry>>,
     /// long-lived memory for the FmgrInfos of `Kind::ToJsonb`
     context: pg_sys::MemoryContext,
     numeric_in: *mut pg_sys::FmgrInfo,
@@ -140,7 +141,11 @@ impl RowJsonb {
                 .columns
                 .iter()
                 .all(|c| !matches!(c.kind, Kind::Jsonb | Kind::ToJsonb { .. }));
-            builder.memo = UnsafeCell::new((0..builder.columns.len()).map(|_| None).collect());
+            builder.memo = UnsafeCell::new(
+                (0..builder.columns.len())
+                    .map(|_| (None, Vec::new()))
+                    .collect(),
+            );
             builder
         }
     }
@@ -148,7 +153,7 @@ impl RowJsonb {
     /// Start converting the rows of one trigger call.
     pub fn begin_call(&self) {
         // SAFETY: single-threaded backend; no reference into the memo is alive outside `convert`.
-        unsafe { (*self.memo.get()).iter_mut().for_each(|m| *m = None) };
+        unsafe { (*self.memo.get()).iter_mut().for_each(|m| m.0 = None) };
     }
 
     /// `jsonb_categorize_type`, resolved down to what this builder does per value.
@@ -326,43 +331,34 @@ impl RowJsonb {
                         numeric_value(num.cast_mut_ptr())
                     }
                 }
-                Kind::DateTime { typid }
-                    if typid == pg_sys::TIMESTAMPTZOID
-                        && super::session::timezone_is_canonical_utc() =>
-                {
-                    // what JsonEncodeDateTime writes in UTC, without timestamp2tm/EncodeDateTime
-                    let buf = raw::palloc(TIMESTAMPTZ_UTC_MAX) as *mut u8;
-                    let len = encode_timestamptz_utc(
-                        value.value() as i64,
-                        std::slice::from_raw_parts_mut(buf, TIMESTAMPTZ_UTC_MAX),
-                    );
-                    string_value(buf.cast(), len)
-                }
                 Kind::DateTime { typid } => {
                     let memo = &mut *self.memo.get();
-                    let cached = match memo[position].as_ref() {
-                        Some((v, bytes)) if *v == value.value() => Some(bytes),
-                        _ => None,
-                    };
-                    let bytes = match cached {
-                        Some(bytes) => bytes,
-                        None => {
+                    let (key, bytes) = &mut memo[position];
+                    if *key != Some(value.value()) {
+                        *key = None;
+                        bytes.clear();
+                        if typid == pg_sys::TIMESTAMPTZOID
+                            && super::session::timezone_is_canonical_utc()
+                        {
+                            // what JsonEncodeDateTime writes in UTC, without timestamp2tm and
+                            // EncodeDateTime
+                            let mut buf = [0u8; TIMESTAMPTZ_UTC_MAX];
+                            let len = encode_timestamptz_utc(value.value() as i64, &mut buf);
+                            bytes.extend_from_slice(&buf[..len]);
+                        } else {
                             let text = raw::JsonEncodeDateTime(
                                 ptr::null_mut(),
                                 value,
                                 typid,
                                 ptr::null::<c_int>(),
                             );
-                            // no PostgreSQL call while the memo is borrowed
-                            let bytes = CStr::from_ptr(text).to_bytes().to_vec();
-                            memo[position] = Some((value.value(), bytes));
+                            // the buffer's capacity is kept between calls: no allocation once
+                            // it is large enough (an error above leaves the key None)
+                            bytes.extend_from_slice(CStr::from_ptr(text).to_bytes());
                             raw::pfree(text.cast());
-                            match &memo[position] {
-                                Some((_, bytes)) => bytes,
-                                None => unreachable!(),
-                            }
                         }
-                    };
+                        *key = Some(value.value());
+                    }
                     // the memo keeps the bytes alive until the row is converted to jsonb
                     string_value(bytes.as_ptr().cast(), bytes.len())
                 }
