@@ -265,6 +265,9 @@ impl RowJsonb {
                         order: position as u32,
                     });
                 }
+                if let Some(datum) = encode_scalar_object(pairs, n) {
+                    return datum;
+                }
                 let mut object = null_value();
                 object.type_ = pg_sys::jbvType::jbvObject;
                 object.val.object = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_3 {
@@ -377,6 +380,109 @@ impl RowJsonb {
                 }
             }
         }
+    }
+}
+
+// jsonb's on-disk format (utils/jsonb.h, PostgreSQL 15)
+const JB_FOBJECT: u32 = 0x2000_0000;
+const JENTRY_OFFLENMASK: u32 = 0x0FFF_FFFF;
+const JENTRY_HAS_OFF: u32 = 0x8000_0000;
+const JENTRY_ISSTRING: u32 = 0x0000_0000;
+const JENTRY_ISNUMERIC: u32 = 0x1000_0000;
+const JENTRY_ISBOOL_FALSE: u32 = 0x2000_0000;
+const JENTRY_ISBOOL_TRUE: u32 = 0x3000_0000;
+const JENTRY_ISNULL: u32 = 0x4000_0000;
+const JB_OFFSET_STRIDE: usize = 32;
+
+/// The jsonb datum of an object whose keys are unique and sorted the jsonb way and whose values
+/// are scalars (null, bool, numeric, string), written straight into its binary form: the bytes
+/// `JsonbValueToJsonb` (`convertToJsonb`) writes for the same value, without its growing
+/// buffer. None (the caller then uses `JsonbValueToJsonb`, which raises the error) when a
+/// length exceeds what a jsonb can hold.
+///
+/// # Safety
+/// `pairs` points at `n` pairs whose values are scalars; inside a `raw::guarded` region.
+unsafe fn encode_scalar_object(pairs: *const pg_sys::JsonbPair, n: usize) -> Option<pg_sys::Datum> {
+    // SAFETY: `pairs` holds `n` initialized pairs whose strings and numerics are live (contract);
+    // the result is written into one palloc'd block sized from a first pass over the same pairs.
+    unsafe {
+        let pairs = std::slice::from_raw_parts(pairs, n);
+        let int_align = |x: usize| (x + 3) & !3;
+        let data_len = |v: &pg_sys::JsonbValue| -> usize {
+            match v.type_ {
+                pg_sys::jbvType::jbvString => v.val.string.len as usize,
+                pg_sys::jbvType::jbvNumeric => {
+                    pgrx::varlena::varsize_any(v.val.numeric as *const pg_sys::varlena)
+                }
+                _ => 0,
+            }
+        };
+        // first pass: the size (numerics are aligned to 4 bytes from the start of the datum)
+        let header_len = 4 + 4 + 8 * n;
+        let mut end = header_len;
+        for p in pairs {
+            end += data_len(&p.key);
+        }
+        for p in pairs {
+            if p.value.type_ == pg_sys::jbvType::jbvNumeric {
+                end = int_align(end);
+            }
+            end += data_len(&p.value);
+        }
+        // convertJsonbObject's limit: the container (header, entries, data) after the varlena
+        // header
+        if end - 4 > JENTRY_OFFLENMASK as usize {
+            return None;
+        }
+        let out = raw::palloc(end) as *mut u8;
+        // varlena header (4 bytes, SET_VARSIZE) and the container header
+        (out as *mut u32).write_unaligned((end as u32) << 2);
+        (out.add(4) as *mut u32).write_unaligned(n as u32 | JB_FOBJECT);
+        let jentries = out.add(8) as *mut u32;
+        let mut pos = header_len;
+        let mut total: u32 = 0;
+        let mut entry = |i: usize, v: &pg_sys::JsonbValue, pos: &mut usize| {
+            let (kind, len) = match v.type_ {
+                pg_sys::jbvType::jbvString => {
+                    let len = v.val.string.len as usize;
+                    ptr::copy_nonoverlapping(v.val.string.val as *const u8, out.add(*pos), len);
+                    *pos += len;
+                    (JENTRY_ISSTRING, len)
+                }
+                pg_sys::jbvType::jbvNumeric => {
+                    let aligned = int_align(*pos);
+                    ptr::write_bytes(out.add(*pos), 0, aligned - *pos);
+                    let padlen = aligned - *pos;
+                    let len = pgrx::varlena::varsize_any(v.val.numeric as *const pg_sys::varlena);
+                    ptr::copy_nonoverlapping(v.val.numeric as *const u8, out.add(aligned), len);
+                    *pos = aligned + len;
+                    (JENTRY_ISNUMERIC, padlen + len)
+                }
+                pg_sys::jbvType::jbvBool => (
+                    if v.val.boolean {
+                        JENTRY_ISBOOL_TRUE
+                    } else {
+                        JENTRY_ISBOOL_FALSE
+                    },
+                    0,
+                ),
+                _ => (JENTRY_ISNULL, 0),
+            };
+            total += len as u32;
+            let meta = if i % JB_OFFSET_STRIDE == 0 {
+                kind | total | JENTRY_HAS_OFF
+            } else {
+                kind | len as u32
+            };
+            jentries.add(i).write_unaligned(meta);
+        };
+        for (i, p) in pairs.iter().enumerate() {
+            entry(i, &p.key, &mut pos);
+        }
+        for (i, p) in pairs.iter().enumerate() {
+            entry(n + i, &p.value, &mut pos);
+        }
+        Some(pg_sys::Datum::from(out))
     }
 }
 
