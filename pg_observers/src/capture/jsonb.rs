@@ -313,7 +313,7 @@ impl RowJsonb {
                         4 => value.value() as i32 as i64,
                         _ => value.value() as i64,
                     };
-                    numeric_value(raw::int64_to_numeric(n))
+                    numeric_value(int64_numeric(n))
                 }
                 Kind::Numeric { typoutput } => {
                     let num = raw::pg_detoast_datum(value.cast_mut_ptr()) as pg_sys::Numeric;
@@ -380,6 +380,44 @@ impl RowJsonb {
                 }
             }
         }
+    }
+}
+
+/// `int64_to_numeric(n)`: the same bytes, written directly (PostgreSQL 15's numeric.c:
+/// `int64_to_numericvar` then `make_result`: base-10000 digits, most significant first, trailing
+/// zero digits dropped, dscale 0, always the short format, 0 as no digits with weight 0),
+/// allocated in the current memory context. Inside a `raw::guarded` region.
+unsafe fn int64_numeric(n: i64) -> pg_sys::Numeric {
+    const NUMERIC_SHORT: u16 = 0x8000;
+    const NUMERIC_SHORT_SIGN_MASK: u16 = 0x2000;
+    // a u64 holds at most 5 base-10000 digits
+    let mut digits = [0u16; 5];
+    let mut count = 0;
+    let mut v = n.unsigned_abs();
+    while v != 0 {
+        digits[count] = (v % 10_000) as u16;
+        v /= 10_000;
+        count += 1;
+    }
+    // digits[..count] is least significant first; weight is the exponent of the leading one
+    let weight = if count == 0 { 0 } else { count as u16 - 1 };
+    let mut low = 0;
+    while low < count && digits[low] == 0 {
+        low += 1;
+    }
+    let ndigits = count - low;
+    let len = 4 + 2 + 2 * ndigits;
+    // SAFETY: inside a guarded region (contract): palloc raises on out of memory; `len` bytes
+    // are written, the 4-byte varlena header, the short header and the digits.
+    unsafe {
+        let out = raw::palloc(len) as *mut u8;
+        (out as *mut u32).write_unaligned((len as u32) << 2);
+        let sign = if n < 0 { NUMERIC_SHORT_SIGN_MASK } else { 0 };
+        (out.add(4) as *mut u16).write_unaligned(NUMERIC_SHORT | sign | weight);
+        for (i, d) in digits[low..count].iter().rev().enumerate() {
+            (out.add(6 + 2 * i) as *mut u16).write_unaligned(*d);
+        }
+        out as pg_sys::Numeric
     }
 }
 

@@ -45,7 +45,6 @@ unsafe extern "C-unwind" {
     pub fn palloc(size: pg_sys::Size) -> *mut c_void;
     pub fn pfree(pointer: *mut c_void);
     pub fn JsonbValueToJsonb(val: *mut pg_sys::JsonbValue) -> *mut pg_sys::Jsonb;
-    pub fn int64_to_numeric(val: i64) -> pg_sys::Numeric;
     pub fn pg_detoast_datum(datum: *mut pg_sys::varlena) -> *mut pg_sys::varlena;
     pub fn pg_detoast_datum_packed(datum: *mut pg_sys::varlena) -> *mut pg_sys::varlena;
     pub fn numeric_is_nan(num: pg_sys::Numeric) -> bool;
