@@ -74,6 +74,14 @@ unsafe extern "C-unwind" {
         slot: *mut pg_sys::TupleTableSlot,
     ) -> bool;
     pub fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+    pub fn construct_array(
+        elems: *mut Datum,
+        nelems: c_int,
+        elmtype: pg_sys::Oid,
+        elmlen: c_int,
+        elmbyval: bool,
+        elmalign: c_char,
+    ) -> *mut pg_sys::ArrayType;
 }
 
 /// Run `f` (which calls the raw functions above) under one PostgreSQL error guard.
