@@ -325,16 +325,25 @@ unsafe fn write_direct(
             // opens and locks nothing
             let mut writer: Option<writer::Writer> = None;
             if !store.is_null() {
-                let slot = pg_sys::MakeSingleTupleTableSlot(
-                    (*tdr.tg_relation).rd_att,
-                    &pg_sys::TTSOpsMinimalTuple,
-                );
-                // our own read pointer: other observers' triggers read the same transition table
-                let reader =
-                    pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
-                pg_sys::tuplestore_select_read_pointer(store, reader);
-                pg_sys::tuplestore_rescan(store);
-                while raw::guarded(|| raw::tuplestore_gettupleslot(store, true, false, slot)) {
+                let desc = (*tdr.tg_relation).rd_att;
+                let slot = raw::guarded(|| {
+                    let slot = raw::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+                    // our own read pointer: other observers' triggers read the same transition
+                    // table
+                    let reader =
+                        raw::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+                    raw::tuplestore_select_read_pointer(store, reader);
+                    raw::tuplestore_rescan(store);
+                    slot
+                });
+                // the slot is dropped in the guarded call that finds the end of the table
+                while raw::guarded(|| {
+                    let more = raw::tuplestore_gettupleslot(store, true, false, slot);
+                    if !more {
+                        raw::ExecDropSingleTupleTableSlot(slot);
+                    }
+                    more
+                }) {
                     if let Some(c) = condition {
                         let passes = if op == Op::Insert {
                             c.passes(rel, slot, ptr::null_mut())
@@ -363,7 +372,6 @@ unsafe fn write_direct(
                         changed: None,
                     });
                 }
-                pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
             writer.map_or(0, |w| w.finish())
         }

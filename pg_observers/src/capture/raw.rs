@@ -73,6 +73,30 @@ unsafe extern "C-unwind" {
         copy: bool,
         slot: *mut pg_sys::TupleTableSlot,
     ) -> bool;
+    pub fn NewGUCNestLevel() -> c_int;
+    pub fn MakeSingleTupleTableSlot(
+        desc: pg_sys::TupleDesc,
+        ops: *const pg_sys::TupleTableSlotOps,
+    ) -> *mut pg_sys::TupleTableSlot;
+    pub fn ExecDropSingleTupleTableSlot(slot: *mut pg_sys::TupleTableSlot);
+    pub fn tuplestore_alloc_read_pointer(
+        state: *mut pg_sys::Tuplestorestate,
+        eflags: c_int,
+    ) -> c_int;
+    pub fn tuplestore_select_read_pointer(state: *mut pg_sys::Tuplestorestate, ptr: c_int);
+    pub fn tuplestore_rescan(state: *mut pg_sys::Tuplestorestate);
+    pub fn heap_form_tuple(
+        desc: pg_sys::TupleDesc,
+        values: *const Datum,
+        isnull: *const bool,
+    ) -> pg_sys::HeapTuple;
+    pub fn heap_insert(
+        relation: pg_sys::Relation,
+        tup: pg_sys::HeapTuple,
+        cid: pg_sys::CommandId,
+        options: c_int,
+        bistate: pg_sys::BulkInsertState,
+    );
     pub fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
     pub fn construct_array(
         elems: *mut Datum,

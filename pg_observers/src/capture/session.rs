@@ -127,7 +127,8 @@ impl SessionGuard {
         // SAFETY: inside a transaction (contract): a GUC nest level may be opened; `leave` or the
         // transaction's abort closes it.
         unsafe {
-            let guc_level = pg_sys::NewGUCNestLevel();
+            // `return ++GUCNestLevel;`: raises nothing, so it needs no error guard
+            let guc_level = super::raw::NewGUCNestLevel();
             let current = Formats::current();
             let canonical = Formats::canonical();
             let saved = if current != canonical && !canonical.timezone.is_null() {

@@ -388,35 +388,36 @@ impl Writer {
         // SAFETY: inside a transaction, as the capture role (contract): relations are opened with
         // RowExclusiveLock and closed by `finish` (or by the transaction's abort).
         unsafe {
-            let (captured_at, txid, cid) = raw::guarded(|| {
-                (
-                    raw::GetCurrentTimestamp(),
-                    raw::GetTopFullTransactionId(),
-                    raw::GetCurrentCommandId(true),
-                )
-            });
-
-            // the remembered partition, if the time falls in its range and nothing changed it
-            let remembered = TARGET.with(|t| {
-                t.borrow()
-                    .as_ref()
-                    .and_then(|t| t.leaf)
-                    .filter(|&(_, lo, hi, gen)| {
-                        lo <= captured_at && captured_at < hi && gen == generation()
-                    })
-                    .map(|(oid, _, _, gen)| (oid, gen))
-            });
-            let mut leaf: pg_sys::Relation = ptr::null_mut();
-            if let Some((oid, gen)) = remembered {
-                // taking the lock processes the invalidations that arrived meanwhile
-                leaf = raw::guarded(|| {
-                    raw::try_relation_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
+            // one guarded region: the clock, the transaction, and the remembered partition if the
+            // time falls in its range and nothing changed it (the TARGET borrow ends before the
+            // lock is taken)
+            let (captured_at, txid, cid, mut leaf, gen) = raw::guarded(|| {
+                let captured_at = raw::GetCurrentTimestamp();
+                let txid = raw::GetTopFullTransactionId();
+                let cid = raw::GetCurrentCommandId(true);
+                let remembered = TARGET.with(|t| {
+                    t.borrow()
+                        .as_ref()
+                        .and_then(|t| t.leaf)
+                        .filter(|&(_, lo, hi, gen)| {
+                            lo <= captured_at && captured_at < hi && gen == generation()
+                        })
+                        .map(|(oid, _, _, gen)| (oid, gen))
                 });
-                if !leaf.is_null() && generation() != gen {
-                    // something changed while we waited for the lock: route again
-                    pg_sys::relation_close(leaf, pg_sys::NoLock as i32);
-                    leaf = ptr::null_mut();
-                }
+                let (leaf, gen) = match remembered {
+                    // taking the lock processes the invalidations that arrived meanwhile
+                    Some((oid, gen)) => (
+                        raw::try_relation_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE),
+                        gen,
+                    ),
+                    None => (ptr::null_mut(), 0),
+                };
+                (captured_at, txid, cid, leaf, gen)
+            });
+            if !leaf.is_null() && generation() != gen {
+                // something changed while we waited for the lock: route again
+                pg_sys::relation_close(leaf, pg_sys::NoLock as i32);
+                leaf = ptr::null_mut();
             }
             let mut parent: pg_sys::Relation = ptr::null_mut();
             if leaf.is_null() {
@@ -461,8 +462,9 @@ impl Writer {
                     ctx = Self::new_chunk_context(pool_context());
                     CHUNK_CONTEXT.with(|c| c.set(ctx));
                 } else {
-                    // left over by a capture that failed
-                    pg_sys::MemoryContextReset(ctx);
+                    // left over by a capture that failed (usually empty already); resetting a
+                    // context we own frees memory and raises no error: no guard needed
+                    raw::MemoryContextReset(ctx);
                 }
                 (ctx, true)
             };
@@ -630,9 +632,6 @@ impl Writer {
             if self.used == 0 {
                 return;
             }
-            let tuple_insert = (*(*self.leaf).rd_tableam)
-                .tuple_insert
-                .expect("the heap access method inserts tuples");
             // one guarded region for the heap insert, the index entries and the cleanup: nothing
             // in it needs dropping (slices and references to what `self` owns)
             let used = self.used;
@@ -644,9 +643,21 @@ impl Writer {
                 let old = pg_sys::CurrentMemoryContext;
                 pg_sys::CurrentMemoryContext = chunk_context;
                 if used == 1 {
-                    // one row (the common 1-row statement): a plain insert, cheaper than a multi-insert
-                    // of one (no arrays, a smaller WAL record)
-                    tuple_insert(leaf, slots[0], cid, 0, ptr::null_mut());
+                    // one row (the common 1-row statement): a plain insert, cheaper than a
+                    // multi-insert of one (no arrays, a smaller WAL record); the tuple is formed
+                    // straight from the slot's values (what heapam_tuple_insert does, without
+                    // materializing the slot first). The outbox and its partitions are heap
+                    // tables: the extension creates them.
+                    let slot = slots[0];
+                    let tuple = raw::heap_form_tuple(
+                        (*slot).tts_tupleDescriptor,
+                        (*slot).tts_values,
+                        (*slot).tts_isnull,
+                    );
+                    (*tuple).t_tableOid = (*leaf).rd_id;
+                    raw::heap_insert(leaf, tuple, cid, 0, ptr::null_mut());
+                    (*slot).tts_tableOid = (*leaf).rd_id;
+                    (*slot).tts_tid = (*tuple).t_self;
                 } else {
                     pg_sys::heap_multi_insert(
                         leaf,
