@@ -620,44 +620,6 @@ impl Out<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::encode_timestamptz_utc;
-
-    fn enc(ts: i64) -> String {
-        let mut buf = [0u8; super::TIMESTAMPTZ_UTC_MAX];
-        let n = encode_timestamptz_utc(ts, &mut buf);
-        String::from_utf8(buf[..n].to_vec()).unwrap()
-    }
-
-    #[test]
-    fn timestamptz_texts_are_postgres_own() {
-        // expected values: SELECT to_jsonb(x::timestamptz) under TimeZone UTC, PostgreSQL 15
-        assert_eq!(enc(0), "2000-01-01T00:00:00+00:00");
-        assert_eq!(enc(848_052_000_123_456), "2026-11-15T10:00:00.123456+00:00");
-        assert_eq!(enc(500_000), "2000-01-01T00:00:00.5+00:00");
-        assert_eq!(enc(-1), "1999-12-31T23:59:59.999999+00:00");
-        assert_eq!(enc(i64::MAX), "infinity");
-        assert_eq!(enc(i64::MIN), "-infinity");
-        // 0001-01-01 00:00:00 UTC and the microsecond before it (1 BC)
-        assert_eq!(enc(-63_082_281_600_000_000), "0001-01-01T00:00:00+00:00");
-        assert_eq!(
-            enc(-63_082_281_600_000_001),
-            "0001-12-31T23:59:59.999999+00:00 BC"
-        );
-        // the smallest timestamptz
-        assert_eq!(
-            enc(-211_781_865_600_000_000),
-            "4713-11-24T00:00:00+00:00 BC"
-        );
-        // the largest timestamptz: 294276-12-31 23:59:59.999999
-        assert_eq!(
-            enc(9_223_371_331_199_999_999),
-            "294276-12-31T23:59:59.999999+00:00"
-        );
-    }
-}
-
 fn null_value() -> pg_sys::JsonbValue {
     // SAFETY: JsonbValue is plain data; an all-zero value is jbvNull.
     let mut v: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
@@ -705,5 +667,43 @@ unsafe fn output_string(typoutput: pg_sys::Oid, value: pg_sys::Datum) -> pg_sys:
     unsafe {
         let text = raw::OidOutputFunctionCall(typoutput, value);
         string_value(text, CStr::from_ptr(text).to_bytes().len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_timestamptz_utc;
+
+    fn enc(ts: i64) -> String {
+        let mut buf = [0u8; super::TIMESTAMPTZ_UTC_MAX];
+        let n = encode_timestamptz_utc(ts, &mut buf);
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn timestamptz_texts_are_postgres_own() {
+        // expected values: SELECT to_jsonb(x::timestamptz) under TimeZone UTC, PostgreSQL 15
+        assert_eq!(enc(0), "2000-01-01T00:00:00+00:00");
+        assert_eq!(enc(848_052_000_123_456), "2026-11-15T10:00:00.123456+00:00");
+        assert_eq!(enc(500_000), "2000-01-01T00:00:00.5+00:00");
+        assert_eq!(enc(-1), "1999-12-31T23:59:59.999999+00:00");
+        assert_eq!(enc(i64::MAX), "infinity");
+        assert_eq!(enc(i64::MIN), "-infinity");
+        // 0001-01-01 00:00:00 UTC and the microsecond before it (1 BC)
+        assert_eq!(enc(-63_082_281_600_000_000), "0001-01-01T00:00:00+00:00");
+        assert_eq!(
+            enc(-63_082_281_600_000_001),
+            "0001-12-31T23:59:59.999999+00:00 BC"
+        );
+        // the smallest timestamptz
+        assert_eq!(
+            enc(-211_781_865_600_000_000),
+            "4713-11-24T00:00:00+00:00 BC"
+        );
+        // the largest timestamptz: 294276-12-31 23:59:59.999999
+        assert_eq!(
+            enc(9_223_371_331_199_999_999),
+            "294276-12-31T23:59:59.999999+00:00"
+        );
     }
 }
