@@ -75,8 +75,8 @@ unsafe fn trigger_args(trigger: &pg_sys::Trigger) -> TriggerArgs<'_> {
     // SAFETY: `trigger` is the current trigger call's Trigger: `tgname` and the `tgnargs` strings
     // of `tgargs` are live NUL-terminated strings for the call.
     unsafe {
-        let tgname = CStr::from_ptr(trigger.tgname).to_string_lossy();
         if trigger.tgnargs != 3 || trigger.tgargs.is_null() {
+            let tgname = CStr::from_ptr(trigger.tgname).to_string_lossy();
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!(

@@ -75,11 +75,42 @@ impl Drop for Entry {
 }
 
 thread_local! {
-    static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Entry>>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Entry>, BuildOidHasher>> =
+        RefCell::new(HashMap::with_hasher(BuildOidHasher));
     static INVALIDATED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
     static FLUSH_ALL: Cell<bool> = const { Cell::new(false) };
     /// a function, type, operator, schema or role changed: compiled conditions are dropped
     static FLUSH_CONDITIONS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Trigger OIDs hash as themselves: the cache is looked up on every capture, and SipHash (the
+/// default, made for keys an attacker chooses) costs more than the rest of the look-up.
+#[derive(Clone, Copy, Default)]
+struct BuildOidHasher;
+
+#[derive(Default)]
+struct OidHasher(u64);
+
+impl std::hash::BuildHasher for BuildOidHasher {
+    type Hasher = OidHasher;
+    fn build_hasher(&self) -> OidHasher {
+        OidHasher(0)
+    }
+}
+
+impl std::hash::Hasher for OidHasher {
+    fn finish(&self) -> u64 {
+        // spread the bits: hashbrown takes its control bytes from the top 7 bits
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n);
+    }
 }
 
 /// Catalogs whose changes can change what a compiled condition means or may do (what
