@@ -148,7 +148,19 @@ struct Target {
     leaf: Option<(pg_sys::Oid, i64, i64, u64)>,
     /// per-backend IndexInfo of the outbox's btree indexes, by index OID (TopMemoryContext)
     index_info: Vec<(pg_sys::Oid, *mut pg_sys::IndexInfo)>,
+    /// the remembered partition's indexes when they are all plain btrees, and the generation
+    /// they were read at: (partition, generation, [(index, IndexInfo, unique)]). Creating or
+    /// dropping an index of the partition invalidates its relcache entry, which moves the
+    /// generation, so a capture through the remembered partition can open them without
+    /// listing and checking them again.
+    leaf_indexes: Option<(pg_sys::Oid, u64, Vec<IndexEntry>)>,
 }
+
+/// A plain btree index of the outbox: (index OID, the backend's IndexInfo, unique?).
+type IndexEntry = (pg_sys::Oid, *mut pg_sys::IndexInfo, bool);
+
+/// At most this many cached index entries are copied out for one opening (the outbox has one).
+const CACHED_INDEXES: usize = 4;
 
 thread_local! {
     static TARGET: std::cell::RefCell<Option<Target>> = const { std::cell::RefCell::new(None) };
@@ -419,6 +431,8 @@ impl Writer {
                 pg_sys::relation_close(leaf, pg_sys::NoLock as i32);
                 leaf = ptr::null_mut();
             }
+            // the generation under which the remembered partition was opened, if it was
+            let remembered = (!leaf.is_null()).then_some(gen);
             let mut parent: pg_sys::Relation = ptr::null_mut();
             if leaf.is_null() {
                 let (parent_oid, seq) = outbox_oids();
@@ -445,12 +459,13 @@ impl Writer {
                         seq,
                         leaf: range.map(|(lo, hi)| (leaf_oid, lo, hi, gen)),
                         index_info,
+                        leaf_indexes: None,
                     });
                 });
             }
             let seq = TARGET.with(|t| t.borrow().as_ref().map(|t| t.seq).unwrap_or_default());
 
-            let indexes = Self::open_indexes(leaf);
+            let indexes = Self::open_indexes(leaf, remembered);
 
             let (chunk_context, shared_context) = if CHUNK_CONTEXT_BUSY.with(|b| b.replace(true)) {
                 // a capture nested in another one (a payload's cast ran user code that wrote to an
@@ -506,10 +521,41 @@ impl Writer {
     }
 
     /// Open the partition's indexes: plain btrees directly, anything else through the executor.
-    unsafe fn open_indexes(leaf: pg_sys::Relation) -> Indexes {
+    /// `remembered`: the generation under which `leaf`, the remembered partition, was opened.
+    unsafe fn open_indexes(leaf: pg_sys::Relation, remembered: Option<u64>) -> Indexes {
         // SAFETY: `leaf` is open with RowExclusiveLock; its indexes are opened with the same lock
         // (as ExecOpenIndices does) and closed by `finish`.
         unsafe {
+            let leaf_oid = (*leaf).rd_id;
+            if let Some(gen) = remembered {
+                // copied out of TARGET onto the stack: no borrow is held while opening
+                let mut cached = [(pg_sys::InvalidOid, ptr::null_mut(), false); CACHED_INDEXES];
+                let n = TARGET.with(|t| {
+                    let t = t.borrow();
+                    match t.as_ref().and_then(|t| t.leaf_indexes.as_ref()) {
+                        Some((oid, g, list))
+                            if *oid == leaf_oid && *g == gen && list.len() <= CACHED_INDEXES =>
+                        {
+                            cached[..list.len()].copy_from_slice(list);
+                            Some(list.len())
+                        }
+                        _ => None,
+                    }
+                });
+                if let Some(n) = n {
+                    let mut entries = Vec::with_capacity(n);
+                    let out = &mut entries;
+                    raw::guarded(|| {
+                        for &(oid, info, unique) in &cached[..n] {
+                            let index =
+                                raw::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                            // capacity reserved: no allocation, nothing to drop in the region
+                            out.push((index, info, unique));
+                        }
+                    });
+                    return Indexes::Direct(entries);
+                }
+            }
             // one guarded region; `direct` lives outside it (nothing in the region needs dropping)
             let mut direct: Vec<pg_sys::Relation> = Vec::with_capacity(4);
             let out = &mut direct;
@@ -537,17 +583,26 @@ impl Writer {
                 plain
             });
             if plain {
-                let entries = TARGET.with(|t| {
-                    let mut t = t.borrow_mut();
-                    let t = t.as_mut().expect("target set by Writer::open");
-                    direct
-                        .iter()
-                        .map(|&index| {
-                            let unique = (*(*index).rd_index).indisunique;
-                            (index, index_info(t, index), unique)
-                        })
-                        .collect()
-                });
+                let entries: Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo, bool)> =
+                    TARGET.with(|t| {
+                        let mut t = t.borrow_mut();
+                        let t = t.as_mut().expect("target set by Writer::open");
+                        let entries: Vec<_> = direct
+                            .iter()
+                            .map(|&index| {
+                                let unique = (*(*index).rd_index).indisunique;
+                                (index, index_info(t, index), unique)
+                            })
+                            .collect();
+                        if let Some(gen) = remembered {
+                            let list = entries
+                                .iter()
+                                .map(|&(index, info, unique)| ((*index).rd_id, info, unique))
+                                .collect();
+                            t.leaf_indexes = Some((leaf_oid, gen, list));
+                        }
+                        entries
+                    });
                 return Indexes::Direct(entries);
             }
             for index in direct {
