@@ -76,7 +76,7 @@ impl Drop for Entry {
 
 thread_local! {
     static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Entry>, BuildOidHasher>> =
-        RefCell::new(HashMap::with_hasher(BuildOidHasher));
+        const { RefCell::new(HashMap::with_hasher(BuildOidHasher)) };
     static INVALIDATED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
     static FLUSH_ALL: Cell<bool> = const { Cell::new(false) };
     /// a function, type, operator, schema or role changed: compiled conditions are dropped
