@@ -134,12 +134,16 @@ impl Condition {
                 );
                 pg_sys::addNSItemToQuery(pstate, nsitem, false, true, true);
             }
-            let analysed = transformWhereClause(
-                pstate,
-                raw,
-                pg_sys::ParseExprKind::EXPR_KIND_WHERE,
-                c"WHERE".as_ptr(),
-            );
+            // declared here without pgrx's guard: call it under one (an unknown column or a
+            // dropped function raises here, and the error must reach capture()'s handler)
+            let analysed = super::raw::guarded(|| {
+                transformWhereClause(
+                    pstate,
+                    raw,
+                    pg_sys::ParseExprKind::EXPR_KIND_WHERE,
+                    c"WHERE".as_ptr(),
+                )
+            });
             pg_sys::assign_expr_collations(pstate, analysed);
             pg_sys::free_parsestate(pstate);
 
@@ -165,12 +169,14 @@ impl Condition {
                 Op::Delete => (None, Some(FIRST)),
                 Op::Update => (Some(FIRST), Some(SECOND)),
             };
-            if let Some(v) = old_varno {
-                ChangeVarNodes(planned, v, pg_sys::INNER_VAR, 0);
-            }
-            if let Some(v) = new_varno {
-                ChangeVarNodes(planned, v, pg_sys::OUTER_VAR, 0);
-            }
+            super::raw::guarded(|| {
+                if let Some(v) = old_varno {
+                    ChangeVarNodes(planned, v, pg_sys::INNER_VAR, 0);
+                }
+                if let Some(v) = new_varno {
+                    ChangeVarNodes(planned, v, pg_sys::OUTER_VAR, 0);
+                }
+            });
             let quals = pg_sys::make_ands_implicit(planned.cast());
             let state = pg_sys::ExecInitQual(quals, ptr::null_mut());
             let econtext = pg_sys::CreateStandaloneExprContext();

@@ -85,6 +85,14 @@ INSERT INTO fp.orders VALUES (11, 5000, 'new', NULL);
 GRANT EXECUTE ON FUNCTION fp.big_enough(numeric) TO PUBLIC;
 INSERT INTO fp.orders VALUES (12, 5000, 'new', NULL);
 SELECT observer, new ->> 'id' AS new_id FROM fp.ev WHERE observer = 'udf' ORDER BY id;
+-- the function is dropped: compiling the condition again fails at the next capture; the error
+-- names the observer and the writer's session keeps its own settings
+DROP FUNCTION fp.big_enough(numeric);
+SET TimeZone = 'Asia/Kolkata';
+INSERT INTO fp.orders VALUES (13, 5000, 'new', NULL);
+SHOW TimeZone;
+RESET TimeZone;
+SELECT observers.drop_observer('udf');
 
 -- 3. changed: canonical types without output functions, text by content
 CREATE TABLE fp.kinds (id int PRIMARY KEY, t text, b bpchar(5), n numeric, i int, bo boolean,
