@@ -10,16 +10,33 @@
 //! (`IS DISTINCT FROM` for types whose equality is identity, `::text IS DISTINCT FROM`
 //! otherwise), so an event that passed the filter always names a filtered column in `changed`.
 
+use super::raw;
 use pgrx::pg_sys;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, CStr};
+
+/// How two binary-different values of a column are compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// types whose binary form is canonical (integers, bool, oid, date/time types, uuid):
+    /// different bytes are a different text, no output function needed
+    Binary,
+    /// text, varchar, bpchar: the output is the stored string, so compare the (detoasted)
+    /// strings (a compressed and a plain copy of one string differ in bytes only)
+    Text,
+    /// everything else: the type's output function
+    Output,
+}
 
 /// What capture needs to know about one (non-dropped) column of the observed table.
 pub struct Column {
     index: usize,
-    name: CString,
+    /// the column name as a `text` datum (4-byte varlena header, then the bytes), built once;
+    /// words, so that the header is aligned as PostgreSQL expects
+    name_text: Vec<u32>,
     typlen: i16,
     typbyval: bool,
     typoutput: pg_sys::Oid,
+    compare: Compare,
 }
 
 /// The columns of `tupdesc`, in table order, without dropped ones.
@@ -40,12 +57,35 @@ pub unsafe fn columns_of(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
             let mut typoutput = pg_sys::InvalidOid;
             let mut is_varlena = false;
             pg_sys::getTypeOutputInfo(att.atttypid, &mut typoutput, &mut is_varlena);
+            let name = CStr::from_ptr(att.attname.data.as_ptr()).to_bytes();
+            let mut name_text = vec![0u32; 1 + name.len().div_ceil(4)];
+            name_text[0] = ((4 + name.len()) as u32) << 2;
+            std::ptr::copy_nonoverlapping(
+                name.as_ptr(),
+                name_text.as_mut_ptr().add(1).cast::<u8>(),
+                name.len(),
+            );
+            let compare = match pg_sys::getBaseType(att.atttypid) {
+                pg_sys::BOOLOID
+                | pg_sys::INT2OID
+                | pg_sys::INT4OID
+                | pg_sys::INT8OID
+                | pg_sys::OIDOID
+                | pg_sys::DATEOID
+                | pg_sys::TIMEOID
+                | pg_sys::TIMESTAMPOID
+                | pg_sys::TIMESTAMPTZOID
+                | pg_sys::UUIDOID => Compare::Binary,
+                pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => Compare::Text,
+                _ => Compare::Output,
+            };
             out.push(Column {
                 index,
-                name: CStr::from_ptr(att.attname.data.as_ptr()).to_owned(),
+                name_text,
                 typlen: att.attlen,
                 typbyval: att.attbyval,
                 typoutput,
+                compare,
             });
         }
         out
@@ -85,20 +125,37 @@ unsafe fn binary_equal(a: pg_sys::Datum, b: pg_sys::Datum, typlen: i16, typbyval
     }
 }
 
-/// Same text output (the fallback of `changed_columns`).
+/// Same text output (the fallback of `changed_columns`), for two binary-different values.
 ///
 /// # Safety
-/// `a` and `b` are non-null datums of the type whose output function is `typoutput`.
-unsafe fn text_equal(a: pg_sys::Datum, b: pg_sys::Datum, typoutput: pg_sys::Oid) -> bool {
-    // SAFETY: the datums are valid values of the type `typoutput` prints (contract); the two
-    // palloc'd C strings are compared before they are freed, and freed once.
+/// `a` and `b` are non-null datums of `column`'s type; inside a `raw::guarded` region.
+unsafe fn text_equal(a: pg_sys::Datum, b: pg_sys::Datum, column: &Column) -> bool {
+    // SAFETY: the datums are valid values of the column's type (contract): text types are
+    // detoasted (into the current memory context) and their strings compared; otherwise the two
+    // palloc'd C strings of the output function are compared before they are freed, once.
     unsafe {
-        let sa = pg_sys::OidOutputFunctionCall(typoutput, a);
-        let sb = pg_sys::OidOutputFunctionCall(typoutput, b);
-        let equal = CStr::from_ptr(sa) == CStr::from_ptr(sb);
-        pg_sys::pfree(sa.cast());
-        pg_sys::pfree(sb.cast());
-        equal
+        match column.compare {
+            Compare::Binary => false,
+            Compare::Text => {
+                let va = raw::pg_detoast_datum_packed(a.cast_mut_ptr());
+                let vb = raw::pg_detoast_datum_packed(b.cast_mut_ptr());
+                let la = pgrx::varlena::varsize_any_exhdr(va);
+                la == pgrx::varlena::varsize_any_exhdr(vb)
+                    && std::slice::from_raw_parts(pgrx::varlena::vardata_any(va) as *const u8, la)
+                        == std::slice::from_raw_parts(
+                            pgrx::varlena::vardata_any(vb) as *const u8,
+                            la,
+                        )
+            }
+            Compare::Output => {
+                let sa = raw::OidOutputFunctionCall(column.typoutput, a);
+                let sb = raw::OidOutputFunctionCall(column.typoutput, b);
+                let equal = CStr::from_ptr(sa) == CStr::from_ptr(sb);
+                raw::pfree(sa.cast());
+                raw::pfree(sb.cast());
+                equal
+            }
+        }
     }
 }
 
@@ -113,38 +170,41 @@ pub unsafe fn changed_columns(
     new: *mut pg_sys::TupleTableSlot,
 ) -> pg_sys::Datum {
     // SAFETY: both slots hold tuples of the descriptor `columns` was built from (contract): after
-    // slot_getallattrs every `c.index` is inside `tts_values`/`tts_isnull`.
+    // slot_getallattrs every `c.index` is inside `tts_values`/`tts_isnull`. One guarded region:
+    // `names` lives outside it, and the region creates nothing that needs dropping (pushes
+    // into `names` allocate with Rust's allocator, which raises no PostgreSQL error).
     unsafe {
-        pg_sys::slot_getallattrs(old);
-        pg_sys::slot_getallattrs(new);
-        let (ov, on) = ((*old).tts_values, (*old).tts_isnull);
-        let (nv, nn) = ((*new).tts_values, (*new).tts_isnull);
-        let mut names: Vec<pg_sys::Datum> = Vec::new();
-        for c in columns {
-            let i = c.index;
-            let differs = match (*on.add(i), *nn.add(i)) {
-                (true, true) => false,
-                (true, false) | (false, true) => true,
-                (false, false) => {
-                    let (a, b) = (*ov.add(i), *nv.add(i));
-                    !binary_equal(a, b, c.typlen, c.typbyval) && !text_equal(a, b, c.typoutput)
+        let mut names: Vec<pg_sys::Datum> = Vec::with_capacity(columns.len());
+        let out = &mut names;
+        raw::guarded(|| {
+            raw::slot_getallattrs(old);
+            raw::slot_getallattrs(new);
+            let (ov, on) = ((*old).tts_values, (*old).tts_isnull);
+            let (nv, nn) = ((*new).tts_values, (*new).tts_isnull);
+            for c in columns {
+                let i = c.index;
+                let differs = match (*on.add(i), *nn.add(i)) {
+                    (true, true) => false,
+                    (true, false) | (false, true) => true,
+                    (false, false) => {
+                        let (a, b) = (*ov.add(i), *nv.add(i));
+                        !binary_equal(a, b, c.typlen, c.typbyval) && !text_equal(a, b, c)
+                    }
+                };
+                if differs {
+                    // construct_array copies the names into the array
+                    out.push(pg_sys::Datum::from(c.name_text.as_ptr()));
                 }
-            };
-            if differs {
-                let bytes = c.name.as_bytes();
-                let text =
-                    pg_sys::cstring_to_text_with_len(bytes.as_ptr().cast(), bytes.len() as i32);
-                names.push(pg_sys::Datum::from(text));
             }
-        }
-        let array = pg_sys::construct_array(
-            names.as_mut_ptr(),
-            names.len() as i32,
-            pg_sys::TEXTOID,
-            -1,
-            false,
-            pg_sys::TYPALIGN_INT as c_char,
-        );
-        pg_sys::Datum::from(array)
+            let array = raw::construct_array(
+                out.as_mut_ptr(),
+                out.len() as i32,
+                pg_sys::TEXTOID,
+                -1,
+                false,
+                pg_sys::TYPALIGN_INT as c_char,
+            );
+            pg_sys::Datum::from(array)
+        })
     }
 }

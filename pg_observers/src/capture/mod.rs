@@ -8,10 +8,12 @@
 //!   (where statement-level triggers would miss rows written through another table of the
 //!   hierarchy): AFTER ... FOR EACH ROW. For UPDATE the trigger's WHEN clause filters on
 //!   `columns` before the function is even called; the function computes `changed`.
-//! * Observers without condition (the common case) append their events directly (`writer`:
-//!   one partition routing per call, `heap_multi_insert`, index tuples) with payloads built by
-//!   a per-table jsonb builder (`jsonb`). Observers with a condition run one prepared
-//!   `INSERT ... SELECT ... WHERE <condition>` through SPI, so the condition is plain SQL.
+//! * Events are appended directly (`writer`: one partition routing per call,
+//!   `heap_multi_insert`, index tuples) with payloads built by a per-table jsonb builder
+//!   (`jsonb`). An observer's condition is compiled once per backend into an expression over the
+//!   NEW/OLD slots and evaluated in-process before a row is written (`filter`); a condition the
+//!   filter does not take (whole-row references, text that is not one expression) runs one
+//!   prepared `INSERT ... SELECT ... WHERE <condition>` through SPI instead.
 //! * No catalog or registry look-ups per row: trigger arguments carry the observer; builders
 //!   and prepared statements are cached per backend (`plan_cache`).
 //! * Wake-up: the trigger only marks the transaction; at pre-commit it notifies if its backend's
@@ -19,14 +21,17 @@
 //!
 //! The function is SECURITY DEFINER, owned by role `observers_capture` (which may only INSERT
 //! into `observers.event`): writers need no rights on the outbox, and observer conditions never
-//! run with more rights than that. Conditions are prepared and evaluated with
-//! `search_path = pg_catalog, pg_temp` pinned in code (`with_pinned_search_path`).
+//! run with more rights than that. Conditions are compiled with `search_path = pg_catalog,
+//! pg_temp` pinned in code (`with_pinned_search_path`), and evaluated with it pinned unless they
+//! call only built-in functions (`filter`).
 
 mod changed;
+mod filter;
 mod jsonb;
 pub mod notify;
 pub mod plan_cache;
 pub mod query;
+mod raw;
 mod session;
 mod writer;
 
@@ -43,6 +48,7 @@ use plan_cache::{Path, TriggerArgs};
 use query::Op;
 use session::SessionGuard;
 use std::ffi::{c_char, CStr};
+use std::ptr;
 
 pub fn init() {
     plan_cache::init();
@@ -69,8 +75,8 @@ unsafe fn trigger_args(trigger: &pg_sys::Trigger) -> TriggerArgs<'_> {
     // SAFETY: `trigger` is the current trigger call's Trigger: `tgname` and the `tgnargs` strings
     // of `tgargs` are live NUL-terminated strings for the call.
     unsafe {
-        let tgname = CStr::from_ptr(trigger.tgname).to_string_lossy();
         if trigger.tgnargs != 3 || trigger.tgargs.is_null() {
+            let tgname = CStr::from_ptr(trigger.tgname).to_string_lossy();
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!(
@@ -143,7 +149,15 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
                 }),
             };
             match &entry.path {
-                Path::Direct { json } => write_direct(tdr, op, row_level, &entry, json),
+                Path::Direct {
+                    json,
+                    condition: Some(c),
+                } if c.pins_search_path => with_pinned_search_path(|| {
+                    write_direct(tdr, op, row_level, &entry, json, Some(c))
+                }),
+                Path::Direct { json, condition } => {
+                    write_direct(tdr, op, row_level, &entry, json, condition.as_ref())
+                }
                 Path::Spi { plan } => {
                     with_pinned_search_path(|| run_spi(td, op, row_level, &entry, *plan))
                 }
@@ -215,16 +229,6 @@ unsafe fn connect_spi(td: *mut pg_sys::TriggerData, row_level: bool) {
     }
 }
 
-/// The values of a slot's row, deformed.
-unsafe fn row_of(slot: *mut pg_sys::TupleTableSlot) -> (*const pg_sys::Datum, *const bool) {
-    // SAFETY: `slot` is a live slot of the current trigger call (callers: the trigger's old/new
-    // slots): slot_getallattrs deforms it in place.
-    unsafe {
-        pg_sys::slot_getallattrs(slot);
-        ((*slot).tts_values, (*slot).tts_isnull)
-    }
-}
-
 /// Build a payload in the writer's chunk memory.
 unsafe fn payload(
     writer: &writer::Writer,
@@ -233,32 +237,49 @@ unsafe fn payload(
 ) -> pg_sys::Datum {
     // SAFETY: `slot` is a live slot of the trigger call and `json` was built for its descriptor;
     // the payload context of `writer` outlives the payload until the writer's next flush;
-    // CurrentMemoryContext is put back (an error aborts the transaction).
+    // CurrentMemoryContext is put back (an error aborts the transaction). One guarded region:
+    // deforming the row and building the payload create nothing that needs dropping.
     unsafe {
-        let (values, isnull) = row_of(slot);
-        let old = pg_sys::CurrentMemoryContext;
-        pg_sys::CurrentMemoryContext = writer.payload_context();
-        let datum = json.build(values, isnull);
-        pg_sys::CurrentMemoryContext = old;
-        datum
+        let context = writer.payload_context();
+        raw::guarded(|| {
+            raw::slot_getallattrs(slot);
+            let old = pg_sys::CurrentMemoryContext;
+            pg_sys::CurrentMemoryContext = context;
+            let datum = json.build((*slot).tts_values, (*slot).tts_isnull);
+            pg_sys::CurrentMemoryContext = old;
+            datum
+        })
     }
 }
 
-/// No condition: every row of the call becomes an event, written directly.
+/// Every row of the call that passes the condition (if any) becomes an event, written directly.
 unsafe fn write_direct(
     tdr: &pg_sys::TriggerData,
     op: Op,
     row_level: bool,
     entry: &plan_cache::Entry,
     json: &RowJsonb,
+    condition: Option<&filter::Condition>,
 ) -> u64 {
     // SAFETY: inside the trigger call `tdr` describes (callers: `capture_impl`): its relation,
-    // slots and transition tables are live; `entry` and `json` were built for this relation.
+    // slots and transition tables are live; `entry`, `json` and `condition` were built for this
+    // relation.
     unsafe {
-        let mut writer = writer::Writer::open();
+        let rel = tdr.tg_relation;
         let opname = op.as_cstr();
-        json.begin_call();
         if row_level {
+            if let Some(c) = condition {
+                let (new, old) = match op {
+                    Op::Insert => (tdr.tg_trigslot, ptr::null_mut()),
+                    Op::Delete => (ptr::null_mut(), tdr.tg_trigslot),
+                    Op::Update => (tdr.tg_newslot, tdr.tg_trigslot),
+                };
+                if !c.passes(rel, new, old) {
+                    return 0;
+                }
+            }
+            let mut writer = writer::Writer::open();
+            json.begin_call();
             let event = match op {
                 Op::Insert => writer::Event {
                     observer_id: entry.observer_id,
@@ -292,6 +313,7 @@ unsafe fn write_direct(
                 }
             };
             writer.push(event);
+            writer.finish()
         } else {
             // statement level: every row of the transition table (INSERT: new, DELETE: old)
             let store = if op == Op::Insert {
@@ -299,18 +321,44 @@ unsafe fn write_direct(
             } else {
                 tdr.tg_oldtable
             };
+            // opened at the first row that passes: a statement whose rows all fail the condition
+            // opens and locks nothing
+            let mut writer: Option<writer::Writer> = None;
             if !store.is_null() {
-                let slot = pg_sys::MakeSingleTupleTableSlot(
-                    (*tdr.tg_relation).rd_att,
-                    &pg_sys::TTSOpsMinimalTuple,
-                );
-                // our own read pointer: other observers' triggers read the same transition table
-                let reader =
-                    pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
-                pg_sys::tuplestore_select_read_pointer(store, reader);
-                pg_sys::tuplestore_rescan(store);
-                while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
-                    let datum = payload(&writer, json, slot);
+                let desc = (*tdr.tg_relation).rd_att;
+                let slot = raw::guarded(|| {
+                    let slot = raw::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+                    // our own read pointer: other observers' triggers read the same transition
+                    // table
+                    let reader =
+                        raw::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+                    raw::tuplestore_select_read_pointer(store, reader);
+                    raw::tuplestore_rescan(store);
+                    slot
+                });
+                // the slot is dropped in the guarded call that finds the end of the table
+                while raw::guarded(|| {
+                    let more = raw::tuplestore_gettupleslot(store, true, false, slot);
+                    if !more {
+                        raw::ExecDropSingleTupleTableSlot(slot);
+                    }
+                    more
+                }) {
+                    if let Some(c) = condition {
+                        let passes = if op == Op::Insert {
+                            c.passes(rel, slot, ptr::null_mut())
+                        } else {
+                            c.passes(rel, ptr::null_mut(), slot)
+                        };
+                        if !passes {
+                            continue;
+                        }
+                    }
+                    let writer = writer.get_or_insert_with(|| {
+                        json.begin_call();
+                        writer::Writer::open()
+                    });
+                    let datum = payload(writer, json, slot);
                     let (new, old) = if op == Op::Insert {
                         (Some(datum), None)
                     } else {
@@ -324,10 +372,9 @@ unsafe fn write_direct(
                         changed: None,
                     });
                 }
-                pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
+            writer.map_or(0, |w| w.finish())
         }
-        writer.finish()
     }
 }
 

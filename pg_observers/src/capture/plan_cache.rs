@@ -1,18 +1,22 @@
 //! Per-backend cache of what a capture trigger needs, keyed by trigger OID: the jsonb builder
 //! for the table's rows, the columns compared for `changed`, and for observers with a
-//! condition the prepared SPI statement that evaluates it.
+//! condition the compiled condition (`filter`), or, for a condition the filter does not take,
+//! the prepared SPI statement that evaluates it.
 //!
 //! The write path never reads the observer registry: everything a trigger needs (observer id,
 //! name, condition) is in its arguments, and re-creating an observer's triggers gives them new
 //! OIDs. An entry is dropped
 //! * when a relcache invalidation arrives for its table (ALTER TABLE, DROP/CREATE TRIGGER,
 //!   VACUUM/ANALYZE statistics updates, ...), or for all relations;
-//! * when the table's row shape or the trigger's condition no longer match (belt and braces).
+//! * when the table's row shape or the trigger's condition no longer match (belt and braces);
+//! * compiled conditions also when a function, type, operator, schema or role changes
+//!   (syscache callbacks), and when the current user is not the one that compiled them.
 //!
 //! Entries are reference counted: a capture that is still executing a plan (a condition that
 //! writes to another observed table re-enters the trigger) keeps it alive until it returns.
 
 use super::changed::{self, Column};
+use super::filter::Condition;
 use super::jsonb::RowJsonb;
 use super::query::{self, Level, Op};
 use crate::error::raise;
@@ -25,9 +29,14 @@ use std::rc::Rc;
 
 /// How a trigger writes its events.
 pub enum Path {
-    /// No condition: events are appended directly (`writer`), payloads built by `json`.
-    Direct { json: RowJsonb },
-    /// A condition: a prepared `INSERT ... SELECT ... WHERE <condition>` run through SPI.
+    /// Events are appended directly (`writer`), payloads built by `json`; rows that fail the
+    /// condition, if any, are skipped (`filter`).
+    Direct {
+        json: RowJsonb,
+        condition: Option<Condition>,
+    },
+    /// A condition the in-process filter does not take (`filter::Condition::compile` said
+    /// None): a prepared `INSERT ... SELECT ... WHERE <condition>` run through SPI.
     Spi { plan: pg_sys::SPIPlanPtr },
 }
 
@@ -42,6 +51,20 @@ pub struct Entry {
     shape: Vec<(pg_sys::Oid, i32, bool)>,
 }
 
+impl Entry {
+    /// The in-process compiled condition, if the entry has one.
+    pub fn condition(&self) -> Option<&Condition> {
+        match &self.path {
+            Path::Direct { condition, .. } => condition.as_ref(),
+            Path::Spi { .. } => None,
+        }
+    }
+
+    fn compiled_condition(&self) -> bool {
+        self.condition().is_some()
+    }
+}
+
 impl Drop for Entry {
     fn drop(&mut self) {
         if let Path::Spi { plan } = self.path {
@@ -52,9 +75,59 @@ impl Drop for Entry {
 }
 
 thread_local! {
-    static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Entry>>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Entry>, BuildOidHasher>> =
+        const { RefCell::new(HashMap::with_hasher(BuildOidHasher)) };
     static INVALIDATED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
     static FLUSH_ALL: Cell<bool> = const { Cell::new(false) };
+    /// a function, type, operator, schema or role changed: compiled conditions are dropped
+    static FLUSH_CONDITIONS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Trigger OIDs hash as themselves: the cache is looked up on every capture, and SipHash (the
+/// default, made for keys an attacker chooses) costs more than the rest of the look-up.
+#[derive(Clone, Copy, Default)]
+struct BuildOidHasher;
+
+#[derive(Default)]
+struct OidHasher(u64);
+
+impl std::hash::BuildHasher for BuildOidHasher {
+    type Hasher = OidHasher;
+    fn build_hasher(&self) -> OidHasher {
+        OidHasher(0)
+    }
+}
+
+impl std::hash::Hasher for OidHasher {
+    fn finish(&self) -> u64 {
+        // spread the bits: hashbrown takes its control bytes from the top 7 bits
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n);
+    }
+}
+
+/// Catalogs whose changes can change what a compiled condition means or may do (what
+/// PostgreSQL's plan cache watches for a kept plan, plus roles: EXECUTE rights were checked
+/// when the condition was compiled).
+const CONDITION_SYSCACHES: [pg_sys::SysCacheIdentifier::Type; 6] = [
+    pg_sys::SysCacheIdentifier::PROCOID,
+    pg_sys::SysCacheIdentifier::TYPEOID,
+    pg_sys::SysCacheIdentifier::OPEROID,
+    pg_sys::SysCacheIdentifier::NAMESPACEOID,
+    pg_sys::SysCacheIdentifier::AUTHOID,
+    pg_sys::SysCacheIdentifier::AUTHMEMROLEMEM,
+];
+
+unsafe extern "C-unwind" fn syscache_callback(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
+    // Never raise or panic here: only record what to drop at the next capture.
+    FLUSH_CONDITIONS.with(|f| f.set(true));
 }
 
 const MAX_PENDING_INVALIDATIONS: usize = 64;
@@ -82,17 +155,25 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
 pub fn init() {
     // SAFETY: registering a backend-local callback from _PG_init.
     unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
+        for cacheid in CONDITION_SYSCACHES {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cacheid as i32,
+                Some(syscache_callback),
+                pg_sys::Datum::from(0),
+            );
+        }
     };
 }
 
 /// Apply invalidations recorded since the last capture.
 pub fn process_invalidations() {
     let flush_all = FLUSH_ALL.with(|f| f.replace(false));
-    let relids: Vec<pg_sys::Oid> = INVALIDATED.with(|v| std::mem::take(&mut *v.borrow_mut()));
-    if !flush_all && relids.is_empty() {
+    let flush_conditions = FLUSH_CONDITIONS.with(|f| f.replace(false));
+    if !flush_all && !flush_conditions && INVALIDATED.with(|v| v.borrow().is_empty()) {
         return;
     }
+    let relids: Vec<pg_sys::Oid> = INVALIDATED.with(|v| std::mem::take(&mut *v.borrow_mut()));
     // Remove under the borrow, free the plans after releasing it.
     let removed: Vec<Rc<Entry>> = CACHE.with(|c| {
         let mut cache = c.borrow_mut();
@@ -101,7 +182,9 @@ pub fn process_invalidations() {
         } else {
             let stale: Vec<pg_sys::Oid> = cache
                 .iter()
-                .filter(|(_, e)| relids.contains(&e.relid))
+                .filter(|(_, e)| {
+                    relids.contains(&e.relid) || (flush_conditions && e.compiled_condition())
+                })
                 .map(|(k, _)| *k)
                 .collect();
             stale.iter().filter_map(|k| cache.remove(k)).collect()
@@ -165,6 +248,9 @@ pub unsafe fn lookup(
         entry.relid == (*rel).rd_id
             && entry.condition == args.condition.to_bytes()
             && shape_matches(&entry.shape, (*rel).rd_att)
+            && entry
+                .condition()
+                .is_none_or(|c| c.userid == pg_sys::GetUserId())
     };
     if valid {
         return Some(entry);
@@ -175,9 +261,10 @@ pub unsafe fn lookup(
     None
 }
 
-/// Build and cache the entry of a trigger. For observers with a condition this prepares the SPI
-/// statement, so it must run inside an SPI connection (with the transition tables registered
-/// for statement-level triggers).
+/// Build and cache the entry of a trigger. An observer's condition is compiled in-process
+/// (`filter`) with `search_path` pinned by the caller; a condition the filter does not take gets
+/// the SPI statement, so this must run inside an SPI connection (with the transition tables
+/// registered for statement-level triggers).
 ///
 /// # Safety
 /// `td` must be the current trigger call's data.
@@ -244,11 +331,23 @@ pub unsafe fn build(
             Vec::new()
         };
         let shape = shape_of((*rel).rd_att);
-        let path = match condition {
-            None => Path::Direct {
-                json: RowJsonb::new((*rel).rd_att),
-            },
-            Some(condition) => {
+        let compiled = match condition {
+            Some(text) => Condition::compile(rel, op, text).map(Some),
+            None => Some(None),
+        };
+        let path = match (compiled, condition) {
+            (Some(compiled), _) => {
+                let json = RowJsonb::new((*rel).rd_att);
+                if let Some(c) = &compiled {
+                    c.keep();
+                }
+                Path::Direct {
+                    json,
+                    condition: compiled,
+                }
+            }
+            (None, None) => unreachable!("no condition always compiles"),
+            (None, Some(condition)) => {
                 let sql = query::capture_sql(op, &level, Some(condition));
                 let reltype = (*(*rel).rd_rel).reltype;
                 let mut argtypes = [pg_sys::INT4OID, reltype, reltype, pg_sys::TEXTARRAYOID];

@@ -100,6 +100,16 @@ impl Formats {
     }
 }
 
+/// Is the session's time zone now the canonical UTC of payloads (inside a capture call it is,
+/// unless the zone could not be loaded)?
+///
+/// # Safety
+/// Reads backend-local globals.
+pub unsafe fn timezone_is_canonical_utc() -> bool {
+    // SAFETY: reads backend-local globals of this (single-threaded) backend.
+    unsafe { !UTC.is_null() && pg_sys::session_timezone == UTC }
+}
+
 /// Held for the duration of one capture call; see the module documentation.
 pub struct SessionGuard {
     guc_level: c_int,
@@ -117,7 +127,8 @@ impl SessionGuard {
         // SAFETY: inside a transaction (contract): a GUC nest level may be opened; `leave` or the
         // transaction's abort closes it.
         unsafe {
-            let guc_level = pg_sys::NewGUCNestLevel();
+            // `return ++GUCNestLevel;`: raises nothing, so it needs no error guard
+            let guc_level = super::raw::NewGUCNestLevel();
             let current = Formats::current();
             let canonical = Formats::canonical();
             let saved = if current != canonical && !canonical.timezone.is_null() {

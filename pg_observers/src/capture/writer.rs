@@ -18,12 +18,8 @@ use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::ptr;
 
+use super::raw;
 use crate::error::raise;
-
-unsafe extern "C-unwind" {
-    // commands/sequence.h is not part of pgrx's bindings
-    fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
-}
 
 /// Events are handed to heap_multi_insert in chunks of this many rows.
 const CHUNK: usize = 256;
@@ -152,7 +148,19 @@ struct Target {
     leaf: Option<(pg_sys::Oid, i64, i64, u64)>,
     /// per-backend IndexInfo of the outbox's btree indexes, by index OID (TopMemoryContext)
     index_info: Vec<(pg_sys::Oid, *mut pg_sys::IndexInfo)>,
+    /// the remembered partition's indexes when they are all plain btrees, and the generation
+    /// they were read at: (partition, generation, [(index, IndexInfo, unique)]). Creating or
+    /// dropping an index of the partition invalidates its relcache entry, which moves the
+    /// generation, so a capture through the remembered partition can open them without
+    /// listing and checking them again.
+    leaf_indexes: Option<(pg_sys::Oid, u64, Vec<IndexEntry>)>,
 }
+
+/// A plain btree index of the outbox: (index OID, the backend's IndexInfo, unique?).
+type IndexEntry = (pg_sys::Oid, *mut pg_sys::IndexInfo, bool);
+
+/// At most this many cached index entries are copied out for one opening (the outbox has one).
+const CACHED_INDEXES: usize = 4;
 
 thread_local! {
     static TARGET: std::cell::RefCell<Option<Target>> = const { std::cell::RefCell::new(None) };
@@ -342,6 +350,7 @@ unsafe fn check_layout(rel: pg_sys::Relation) {
 
 /// Can entries of this open index be written with a plain `index_insert`? A btree over plain
 /// columns, ready for inserts, no predicate, no deferred uniqueness, no exclusion constraint.
+/// Inside a `raw::guarded` region.
 unsafe fn is_plain_btree(index: pg_sys::Relation) -> bool {
     // SAFETY: `index` is an open index relation: its pg_class and pg_index rows are in its
     // relcache entry.
@@ -350,11 +359,12 @@ unsafe fn is_plain_btree(index: pg_sys::Relation) -> bool {
         let natts = form.indnatts as usize;
         let keys = form.indkey.values.as_slice(natts);
         (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && natts <= NATTS
             && form.indisready
             && !form.indisexclusion
             && (!form.indisunique || form.indimmediate)
             && keys.iter().all(|&k| k > 0 && (k as usize) <= NATTS)
-            && pg_sys::heap_attisnull(
+            && raw::heap_attisnull(
                 (*index).rd_indextuple,
                 pg_sys::Anum_pg_index_indpred as i32,
                 ptr::null_mut(),
@@ -390,29 +400,39 @@ impl Writer {
         // SAFETY: inside a transaction, as the capture role (contract): relations are opened with
         // RowExclusiveLock and closed by `finish` (or by the transaction's abort).
         unsafe {
-            let captured_at = pg_sys::GetCurrentTimestamp();
-            let txid = pg_sys::GetTopFullTransactionId();
-
-            // the remembered partition, if the time falls in its range and nothing changed it
-            let remembered = TARGET.with(|t| {
-                t.borrow()
-                    .as_ref()
-                    .and_then(|t| t.leaf)
-                    .filter(|&(_, lo, hi, gen)| {
-                        lo <= captured_at && captured_at < hi && gen == generation()
-                    })
-                    .map(|(oid, _, _, gen)| (oid, gen))
+            // one guarded region: the clock, the transaction, and the remembered partition if the
+            // time falls in its range and nothing changed it (the TARGET borrow ends before the
+            // lock is taken)
+            let (captured_at, txid, cid, mut leaf, gen) = raw::guarded(|| {
+                let captured_at = raw::GetCurrentTimestamp();
+                let txid = raw::GetTopFullTransactionId();
+                let cid = raw::GetCurrentCommandId(true);
+                let remembered = TARGET.with(|t| {
+                    t.borrow()
+                        .as_ref()
+                        .and_then(|t| t.leaf)
+                        .filter(|&(_, lo, hi, gen)| {
+                            lo <= captured_at && captured_at < hi && gen == generation()
+                        })
+                        .map(|(oid, _, _, gen)| (oid, gen))
+                });
+                let (leaf, gen) = match remembered {
+                    // taking the lock processes the invalidations that arrived meanwhile
+                    Some((oid, gen)) => (
+                        raw::try_relation_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE),
+                        gen,
+                    ),
+                    None => (ptr::null_mut(), 0),
+                };
+                (captured_at, txid, cid, leaf, gen)
             });
-            let mut leaf: pg_sys::Relation = ptr::null_mut();
-            if let Some((oid, gen)) = remembered {
-                // taking the lock processes the invalidations that arrived meanwhile
-                leaf = pg_sys::try_relation_open(oid, pg_sys::RowExclusiveLock as i32);
-                if !leaf.is_null() && generation() != gen {
-                    // something changed while we waited for the lock: route again
-                    pg_sys::relation_close(leaf, pg_sys::NoLock as i32);
-                    leaf = ptr::null_mut();
-                }
+            if !leaf.is_null() && generation() != gen {
+                // something changed while we waited for the lock: route again
+                pg_sys::relation_close(leaf, pg_sys::NoLock as i32);
+                leaf = ptr::null_mut();
             }
+            // the generation under which the remembered partition was opened, if it was
+            let remembered = (!leaf.is_null()).then_some(gen);
             let mut parent: pg_sys::Relation = ptr::null_mut();
             if leaf.is_null() {
                 let (parent_oid, seq) = outbox_oids();
@@ -439,12 +459,13 @@ impl Writer {
                         seq,
                         leaf: range.map(|(lo, hi)| (leaf_oid, lo, hi, gen)),
                         index_info,
+                        leaf_indexes: None,
                     });
                 });
             }
             let seq = TARGET.with(|t| t.borrow().as_ref().map(|t| t.seq).unwrap_or_default());
 
-            let indexes = Self::open_indexes(leaf);
+            let indexes = Self::open_indexes(leaf, remembered);
 
             let (chunk_context, shared_context) = if CHUNK_CONTEXT_BUSY.with(|b| b.replace(true)) {
                 // a capture nested in another one (a payload's cast ran user code that wrote to an
@@ -456,8 +477,9 @@ impl Writer {
                     ctx = Self::new_chunk_context(pool_context());
                     CHUNK_CONTEXT.with(|c| c.set(ctx));
                 } else {
-                    // left over by a capture that failed
-                    pg_sys::MemoryContextReset(ctx);
+                    // left over by a capture that failed (usually empty already); resetting a
+                    // context we own frees memory and raises no error: no guard needed
+                    raw::MemoryContextReset(ctx);
                 }
                 (ctx, true)
             };
@@ -475,7 +497,7 @@ impl Writer {
                 indexes,
                 slots: Vec::new(),
                 used: 0,
-                cid: pg_sys::GetCurrentCommandId(true),
+                cid,
                 txid: pg_sys::Datum::from(txid.value),
                 captured_at: pg_sys::Datum::from(captured_at),
                 chunk_context,
@@ -499,41 +521,88 @@ impl Writer {
     }
 
     /// Open the partition's indexes: plain btrees directly, anything else through the executor.
-    unsafe fn open_indexes(leaf: pg_sys::Relation) -> Indexes {
+    /// `remembered`: the generation under which `leaf`, the remembered partition, was opened.
+    unsafe fn open_indexes(leaf: pg_sys::Relation, remembered: Option<u64>) -> Indexes {
         // SAFETY: `leaf` is open with RowExclusiveLock; its indexes are opened with the same lock
         // (as ExecOpenIndices does) and closed by `finish`.
         unsafe {
-            let list = pg_sys::RelationGetIndexList(leaf);
-            let n = if list.is_null() {
-                0
-            } else {
-                (*list).length as usize
-            };
-            let mut direct = Vec::with_capacity(n);
-            let mut plain = true;
-            for i in 0..n {
-                let oid = (*(*list).elements.add(i)).oid_value;
-                let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as i32);
-                if !is_plain_btree(index) {
-                    plain = false;
-                }
-                direct.push(index);
-            }
-            if !list.is_null() {
-                pg_sys::list_free(list);
-            }
-            if plain {
-                let entries = TARGET.with(|t| {
-                    let mut t = t.borrow_mut();
-                    let t = t.as_mut().expect("target set by Writer::open");
-                    direct
-                        .iter()
-                        .map(|&index| {
-                            let unique = (*(*index).rd_index).indisunique;
-                            (index, index_info(t, index), unique)
-                        })
-                        .collect()
+            let leaf_oid = (*leaf).rd_id;
+            if let Some(gen) = remembered {
+                // copied out of TARGET onto the stack: no borrow is held while opening
+                let mut cached = [(pg_sys::InvalidOid, ptr::null_mut(), false); CACHED_INDEXES];
+                let n = TARGET.with(|t| {
+                    let t = t.borrow();
+                    match t.as_ref().and_then(|t| t.leaf_indexes.as_ref()) {
+                        Some((oid, g, list))
+                            if *oid == leaf_oid && *g == gen && list.len() <= CACHED_INDEXES =>
+                        {
+                            cached[..list.len()].copy_from_slice(list);
+                            Some(list.len())
+                        }
+                        _ => None,
+                    }
                 });
+                if let Some(n) = n {
+                    let mut entries = Vec::with_capacity(n);
+                    let out = &mut entries;
+                    raw::guarded(|| {
+                        for &(oid, info, unique) in &cached[..n] {
+                            let index =
+                                raw::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                            // capacity reserved: no allocation, nothing to drop in the region
+                            out.push((index, info, unique));
+                        }
+                    });
+                    return Indexes::Direct(entries);
+                }
+            }
+            // one guarded region; `direct` lives outside it (nothing in the region needs dropping)
+            let mut direct: Vec<pg_sys::Relation> = Vec::with_capacity(4);
+            let out = &mut direct;
+            let plain = raw::guarded(|| {
+                let list = raw::RelationGetIndexList(leaf);
+                let n = if list.is_null() {
+                    0
+                } else {
+                    (*list).length as usize
+                };
+                let mut plain = true;
+                for i in 0..n {
+                    let oid = (*(*list).elements.add(i)).oid_value;
+                    let index = raw::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                    if !is_plain_btree(index) {
+                        plain = false;
+                    }
+                    // capacity reserved above for the usual few indexes; a push that grows the
+                    // vector allocates with Rust's allocator, which raises no PostgreSQL error
+                    out.push(index);
+                }
+                if !list.is_null() {
+                    raw::list_free(list);
+                }
+                plain
+            });
+            if plain {
+                let entries: Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo, bool)> =
+                    TARGET.with(|t| {
+                        let mut t = t.borrow_mut();
+                        let t = t.as_mut().expect("target set by Writer::open");
+                        let entries: Vec<_> = direct
+                            .iter()
+                            .map(|&index| {
+                                let unique = (*(*index).rd_index).indisunique;
+                                (index, index_info(t, index), unique)
+                            })
+                            .collect();
+                        if let Some(gen) = remembered {
+                            let list = entries
+                                .iter()
+                                .map(|&(index, info, unique)| ((*index).rd_id, info, unique))
+                                .collect();
+                            t.leaf_indexes = Some((leaf_oid, gen, list));
+                        }
+                        entries
+                    });
                 return Indexes::Direct(entries);
             }
             for index in direct {
@@ -584,7 +653,8 @@ impl Writer {
             let values = (*slot).tts_values;
             let isnull = (*slot).tts_isnull;
             let fields: [Option<pg_sys::Datum>; NATTS] = [
-                Some(pg_sys::Datum::from(nextval_internal_guarded(self.seq))),
+                // the id: set in the guarded region below
+                Some(pg_sys::Datum::from(0)),
                 Some(pg_sys::Datum::from(event.observer_id)),
                 Some(op),
                 Some(self.txid),
@@ -597,7 +667,11 @@ impl Writer {
                 *values.add(i) = f.unwrap_or(pg_sys::Datum::from(0));
                 *isnull.add(i) = f.is_none();
             }
-            pg_sys::ExecStoreVirtualTuple(slot);
+            let seq = self.seq;
+            raw::guarded(|| {
+                *values = pg_sys::Datum::from(raw::nextval_internal(seq, false));
+                raw::ExecStoreVirtualTuple(slot);
+            });
             self.used += 1;
             if self.used == CHUNK {
                 self.flush();
@@ -613,84 +687,101 @@ impl Writer {
             if self.used == 0 {
                 return;
             }
-            // virtual slots: the heap tuples are formed in the current (chunk) context
-            let old = pg_sys::CurrentMemoryContext;
-            pg_sys::CurrentMemoryContext = self.chunk_context;
-            if self.used == 1 {
-                // one row (the common 1-row statement): a plain insert, cheaper than a multi-insert
-                // of one (no arrays, a smaller WAL record)
-                let tuple_insert = (*(*self.leaf).rd_tableam)
-                    .tuple_insert
-                    .expect("the heap access method inserts tuples");
-                tuple_insert(self.leaf, self.slots[0], self.cid, 0, ptr::null_mut());
-            } else {
-                pg_sys::heap_multi_insert(
-                    self.leaf,
-                    self.slots.as_mut_ptr(),
-                    self.used as i32,
-                    self.cid,
-                    0,
-                    ptr::null_mut(),
-                );
-            }
-            match &self.indexes {
-                Indexes::Direct(indexes) => {
-                    let mut values = [pg_sys::Datum::from(0); NATTS];
-                    let mut isnull = [false; NATTS];
-                    for &slot in &self.slots[..self.used] {
-                        for &(index, info, unique) in indexes {
-                            let form = &*(*index).rd_index;
-                            let keys = form.indkey.values.as_slice(form.indnatts as usize);
-                            for (j, &k) in keys.iter().enumerate() {
-                                values[j] = *(*slot).tts_values.add(k as usize - 1);
-                                isnull[j] = *(*slot).tts_isnull.add(k as usize - 1);
+            // one guarded region for the heap insert, the index entries and the cleanup: nothing
+            // in it needs dropping (slices and references to what `self` owns)
+            let used = self.used;
+            let slots: &[*mut pg_sys::TupleTableSlot] = &self.slots[..used];
+            let (leaf, cid, chunk_context) = (self.leaf, self.cid, self.chunk_context);
+            let indexes = &self.indexes;
+            raw::guarded(|| {
+                // virtual slots: the heap tuples are formed in the current (chunk) context
+                let old = pg_sys::CurrentMemoryContext;
+                pg_sys::CurrentMemoryContext = chunk_context;
+                if used == 1 {
+                    // one row (the common 1-row statement): a plain insert, cheaper than a
+                    // multi-insert of one (no arrays, a smaller WAL record); the tuple is formed
+                    // straight from the slot's values (what heapam_tuple_insert does, without
+                    // materializing the slot first). The outbox and its partitions are heap
+                    // tables: the extension creates them.
+                    let slot = slots[0];
+                    let tuple = raw::heap_form_tuple(
+                        (*slot).tts_tupleDescriptor,
+                        (*slot).tts_values,
+                        (*slot).tts_isnull,
+                    );
+                    (*tuple).t_tableOid = (*leaf).rd_id;
+                    raw::heap_insert(leaf, tuple, cid, 0, ptr::null_mut());
+                    (*slot).tts_tableOid = (*leaf).rd_id;
+                    (*slot).tts_tid = (*tuple).t_self;
+                } else {
+                    pg_sys::heap_multi_insert(
+                        leaf,
+                        slots.as_ptr().cast_mut(),
+                        used as i32,
+                        cid,
+                        0,
+                        ptr::null_mut(),
+                    );
+                }
+                match indexes {
+                    Indexes::Direct(indexes) => {
+                        let mut values = [pg_sys::Datum::from(0); NATTS];
+                        let mut isnull = [false; NATTS];
+                        for &slot in slots {
+                            for &(index, info, unique) in indexes {
+                                let form = &*(*index).rd_index;
+                                let keys = form.indkey.values.as_slice(form.indnatts as usize);
+                                for (j, &k) in keys.iter().enumerate() {
+                                    values[j] = *(*slot).tts_values.add(k as usize - 1);
+                                    isnull[j] = *(*slot).tts_isnull.add(k as usize - 1);
+                                }
+                                raw::index_insert(
+                                    index,
+                                    values.as_mut_ptr(),
+                                    isnull.as_mut_ptr(),
+                                    &mut (*slot).tts_tid,
+                                    leaf,
+                                    if unique {
+                                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                                    } else {
+                                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                                    },
+                                    false,
+                                    info,
+                                );
                             }
-                            pg_sys::index_insert(
-                                index,
-                                values.as_mut_ptr(),
-                                isnull.as_mut_ptr(),
-                                &mut (*slot).tts_tid,
-                                self.leaf,
-                                if unique {
-                                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
-                                } else {
-                                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
-                                },
-                                false,
-                                info,
-                            );
+                        }
+                    }
+                    Indexes::Executor { estate, rri } => {
+                        if (**rri).ri_NumIndices > 0 {
+                            for &slot in slots {
+                                pg_sys::ExecInsertIndexTuples(
+                                    *rri,
+                                    slot,
+                                    *estate,
+                                    false,
+                                    false,
+                                    ptr::null_mut(),
+                                    ptr::null_mut(),
+                                );
+                                pg_sys::MemoryContextReset(
+                                    (**estate)
+                                        .es_per_tuple_exprcontext
+                                        .as_ref()
+                                        .map_or(ptr::null_mut(), |e| e.ecxt_per_tuple_memory),
+                                );
+                            }
                         }
                     }
                 }
-                Indexes::Executor { estate, rri } => {
-                    if (**rri).ri_NumIndices > 0 {
-                        for &slot in &self.slots[..self.used] {
-                            pg_sys::ExecInsertIndexTuples(
-                                *rri,
-                                slot,
-                                *estate,
-                                false,
-                                false,
-                                ptr::null_mut(),
-                                ptr::null_mut(),
-                            );
-                            pg_sys::MemoryContextReset(
-                                (**estate)
-                                    .es_per_tuple_exprcontext
-                                    .as_ref()
-                                    .map_or(ptr::null_mut(), |e| e.ecxt_per_tuple_memory),
-                            );
-                        }
-                    }
+                pg_sys::CurrentMemoryContext = old;
+                for &slot in slots {
+                    raw::exec_clear_tuple(slot);
                 }
-            }
-            pg_sys::CurrentMemoryContext = old;
-            for &slot in &self.slots[..self.used] {
-                pg_sys::ExecClearTuple(slot);
-            }
+                raw::MemoryContextReset(chunk_context);
+            });
             self.written += self.used as u64;
             self.used = 0;
-            pg_sys::MemoryContextReset(self.chunk_context);
         }
     }
 
@@ -703,21 +794,24 @@ impl Writer {
         // opened by `open` is released exactly once; locks are kept until the transaction ends.
         unsafe {
             self.flush();
-            match &self.indexes {
-                Indexes::Direct(indexes) => {
-                    for &(index, _, _) in indexes {
-                        pg_sys::index_close(index, pg_sys::NoLock as i32);
+            let (indexes, leaf, parent) = (&self.indexes, self.leaf, self.parent);
+            raw::guarded(|| {
+                match indexes {
+                    Indexes::Direct(indexes) => {
+                        for &(index, _, _) in indexes {
+                            raw::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+                        }
+                    }
+                    Indexes::Executor { estate, rri } => {
+                        pg_sys::ExecCloseIndices(*rri);
+                        pg_sys::FreeExecutorState(*estate);
                     }
                 }
-                Indexes::Executor { estate, rri } => {
-                    pg_sys::ExecCloseIndices(*rri);
-                    pg_sys::FreeExecutorState(*estate);
+                raw::relation_close(leaf, pg_sys::NoLock as pg_sys::LOCKMODE);
+                if !parent.is_null() {
+                    raw::relation_close(parent, pg_sys::NoLock as pg_sys::LOCKMODE);
                 }
-            }
-            pg_sys::table_close(self.leaf, pg_sys::NoLock as i32);
-            if !self.parent.is_null() {
-                pg_sys::table_close(self.parent, pg_sys::NoLock as i32);
-            }
+            });
             if self.shared_context {
                 CHUNK_CONTEXT_BUSY.with(|b| b.set(false));
             } else {
@@ -726,9 +820,4 @@ impl Writer {
             self.written
         }
     }
-}
-
-unsafe fn nextval_internal_guarded(seq: pg_sys::Oid) -> i64 {
-    // SAFETY: a plain C call; PostgreSQL errors become Rust panics at the boundary.
-    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(seq, false)) }
 }

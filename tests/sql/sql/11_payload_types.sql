@@ -1,5 +1,7 @@
 -- Payloads are exactly to_jsonb(row), for every kind of column type, whichever way the
--- trigger writes them: directly (observer without condition) or through SQL (with one).
+-- trigger writes them: directly (observer without condition) or through SQL (with a condition
+-- that uses the whole row, the one kind still evaluated by an SPI statement; other conditions
+-- are compiled in-process and use the direct writer: 24_capture_fast_paths).
 \set SHOW_CONTEXT never
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS pg_observers CASCADE;
@@ -23,9 +25,9 @@ CREATE TABLE shop.kinds (
 ALTER TABLE shop.kinds DROP COLUMN gone;
 
 SELECT name FROM observers.create_observer('direct', 'shop.kinds');
-SELECT name FROM observers.create_observer('through_sql', 'shop.kinds', '{INSERT}', condition => 'true');
-SELECT name FROM observers.create_observer('through_sql_u', 'shop.kinds', '{UPDATE}', condition => 'true');
-SELECT name FROM observers.create_observer('through_sql_d', 'shop.kinds', '{DELETE}', condition => 'true');
+SELECT name FROM observers.create_observer('through_sql', 'shop.kinds', '{INSERT}', condition => '(NEW IS NULL) IS NOT NULL');
+SELECT name FROM observers.create_observer('through_sql_u', 'shop.kinds', '{UPDATE}', condition => '(NEW IS NULL) IS NOT NULL');
+SELECT name FROM observers.create_observer('through_sql_d', 'shop.kinds', '{DELETE}', condition => '(OLD IS NULL) IS NOT NULL');
 
 INSERT INTO shop.kinds VALUES
   (1, -32768, 2147483647, -9223372036854775808, 12345678901234567890.123456789, 3.1000,

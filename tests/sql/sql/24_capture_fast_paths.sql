@@ -1,0 +1,117 @@
+-- The capture fast paths of issue 13, each against what PostgreSQL itself computes:
+-- * conditions compiled in-process (an expression over the NEW/OLD slots) instead of an SPI
+--   statement: same events, same errors, rights checked at every capture after a REVOKE, the
+--   SPI statement kept for whole-row references;
+-- * payloads written straight into jsonb's binary form, integers as numerics and timestamptz
+--   texts formatted in Rust: the stored payload equals to_jsonb(row) stored the same way, in
+--   value, text and size, for wide rows (more than 32 jsonb entries), integer and time edges;
+-- * `changed` compared without output functions for canonical types.
+\set SHOW_CONTEXT never
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS pg_observers CASCADE;
+CREATE EXTENSION pg_observers;
+RESET client_min_messages;
+
+CREATE SCHEMA fp;
+CREATE VIEW fp.ev AS
+SELECT e.id, o.name AS observer, e.op, e.new, e.old, e.changed
+  FROM observers.event AS e JOIN observers.observer AS o ON o.id = e.observer_id;
+
+-- 1. payloads: integers, timestamptz, numerics, text, bool, NULL; more than 16 columns
+CREATE TABLE fp.wide (id int PRIMARY KEY, i2 smallint, i4 int, i8 bigint, n numeric, t text,
+                      b boolean, ts timestamptz, d date, f float8,
+                      c10 int, c11 int, c12 int, c13 int, c14 int, c15 int, c16 int, c17 int,
+                      c18 text, c19 text);
+SELECT name FROM observers.create_observer('wide', 'fp.wide', '{INSERT}');
+SET TimeZone = 'Asia/Kolkata';
+INSERT INTO fp.wide (id, i2, i4, i8, n, t, b, ts) VALUES
+  (1, 0, 0, 0, 0, '', true, '2000-01-01 00:00:00+00'),
+  (2, -1, -1, -1, -1.5, 'x', false, '1999-12-31 23:59:59.999999+00'),
+  (3, 32767, 2147483647, 9223372036854775807, 1e100, 'y', NULL, 'infinity'),
+  (4, -32768, -2147483648, -9223372036854775808, 'NaN', NULL, true, '-infinity'),
+  (5, 10000, 100000000, 10000000000000000, 0.000001, 'z', true, '4713-11-24 00:00:00+00 BC'),
+  (6, 9999, 99990000, 99999999, 12.50, 'é', false, '294276-12-31 23:59:59.999999+00'),
+  (7, 1000, -100000000, 100010001000, 3.0, 'q', true, '0001-12-31 23:59:59.5+00 BC'),
+  (8, 1, 20000, 12345678901234, 7, 'r', false, '2026-11-26 10:00:00.12+00');
+INSERT INTO fp.wide
+SELECT g, (g % 30000)::smallint, g * 7919, g::bigint * 1000000007 * (1 - 2 * (g % 2)),
+       round(g / 7.0, g % 5), repeat('ab', g % 4), g % 3 = 0,
+       '2000-01-01 00:00:00+00'::timestamptz + g * interval '1 day 1 hour 1.000001 second',
+       DATE '2000-01-01' + g, g / 3.0,
+       g, g + 1, g + 2, g + 3, g + 4, g + 5, g + 6, g + 7, 'c' || g, NULL
+  FROM generate_series(9, 1008) AS g;
+-- to_jsonb under the formats payloads are written in (UTC, shortest exact floats)
+SET TimeZone = 'UTC';
+SET extra_float_digits = 1;
+CREATE TABLE fp.expected AS SELECT id, to_jsonb(w) AS j FROM fp.wide AS w;
+RESET TimeZone;
+RESET extra_float_digits;
+SELECT count(*) AS events,
+       count(*) FILTER (WHERE e.new = x.j) AS same_value,
+       count(*) FILTER (WHERE e.new::text = x.j::text) AS same_text,
+       count(*) FILTER (WHERE pg_column_size(e.new) = pg_column_size(x.j)) AS same_size
+  FROM fp.ev AS e JOIN fp.expected AS x ON x.id = (e.new ->> 'id')::int;
+SELECT e.new ->> 'i8' AS i8, e.new ->> 'ts' AS ts FROM fp.ev AS e WHERE (e.new ->> 'id')::int <= 8
+ ORDER BY (e.new ->> 'id')::int;
+
+-- 2. conditions: in-process, with the SPI statement for whole-row references
+CREATE TABLE fp.orders (id int PRIMARY KEY, total numeric, status text, note text);
+SELECT name FROM observers.create_observer('big', 'fp.orders', '{INSERT,UPDATE}',
+                                           condition => 'NEW.total > 100 AND NEW.status LIKE ''p%''');
+SELECT name FROM observers.create_observer('gone', 'fp.orders', '{DELETE}', condition => 'OLD.total > 100');
+SELECT name FROM observers.create_observer('moved', 'fp.orders', '{UPDATE}',
+                                           condition => 'NEW.total IS DISTINCT FROM OLD.total');
+SELECT name FROM observers.create_observer('always', 'fp.orders', '{INSERT}', condition => 'true');
+SELECT name FROM observers.create_observer('never', 'fp.orders', '{INSERT}', condition => 'NULL::boolean');
+SELECT name FROM observers.create_observer('whole_row', 'fp.orders', '{INSERT}',
+                                           condition => 'NEW IS NOT NULL');
+INSERT INTO fp.orders VALUES (1, 50, 'paid', 'n'), (2, 500, 'paid', 'n'), (3, 500, 'new', NULL),
+                             (4, NULL, 'paid', 'n');
+UPDATE fp.orders SET status = 'pending' WHERE id = 3;
+UPDATE fp.orders SET total = 5 WHERE id = 2;
+DELETE FROM fp.orders WHERE id IN (2, 3);
+SELECT observer, op, new ->> 'id' AS new_id, old ->> 'id' AS old_id, changed
+  FROM fp.ev WHERE observer <> 'wide' ORDER BY id;
+
+-- a condition calling a user function: EXECUTE is checked as the capture role at every capture
+GRANT USAGE ON SCHEMA fp TO PUBLIC;
+CREATE FUNCTION fp.big_enough(numeric) RETURNS boolean LANGUAGE sql IMMUTABLE
+    AS $$ SELECT $1 > 1000 $$;
+SELECT name FROM observers.create_observer('udf', 'fp.orders', '{INSERT}',
+                                           condition => 'fp.big_enough(NEW.total)');
+INSERT INTO fp.orders VALUES (10, 5000, 'new', NULL);
+REVOKE EXECUTE ON FUNCTION fp.big_enough(numeric) FROM PUBLIC;
+INSERT INTO fp.orders VALUES (11, 5000, 'new', NULL);
+GRANT EXECUTE ON FUNCTION fp.big_enough(numeric) TO PUBLIC;
+INSERT INTO fp.orders VALUES (12, 5000, 'new', NULL);
+SELECT observer, new ->> 'id' AS new_id FROM fp.ev WHERE observer = 'udf' ORDER BY id;
+-- the function is dropped: compiling the condition again fails at the next capture; the error
+-- names the observer and the writer's session keeps its own settings
+DROP FUNCTION fp.big_enough(numeric);
+SET TimeZone = 'Asia/Kolkata';
+INSERT INTO fp.orders VALUES (13, 5000, 'new', NULL);
+SHOW TimeZone;
+RESET TimeZone;
+SELECT observers.drop_observer('udf');
+
+-- 3. changed: canonical types without output functions, text by content
+CREATE TABLE fp.kinds (id int PRIMARY KEY, t text, b bpchar(5), n numeric, i int, bo boolean,
+                       ts timestamptz, u uuid, f float8, big text);
+ALTER TABLE fp.kinds ALTER big SET STORAGE main;
+SELECT name FROM observers.create_observer('kinds', 'fp.kinds', '{UPDATE}');
+INSERT INTO fp.kinds VALUES (1, 'a', 'ab', 1.0, 1, true, '2026-01-01 00:00+00',
+                             'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 1.5, repeat('z', 5000));
+UPDATE fp.kinds SET t = 'a' WHERE id = 1;
+UPDATE fp.kinds SET t = 'b', n = 1.00 WHERE id = 1;
+UPDATE fp.kinds SET b = 'ab  ' WHERE id = 1;
+UPDATE fp.kinds SET i = 2, bo = false, ts = '2026-01-01 00:00:00.000001+00' WHERE id = 1;
+UPDATE fp.kinds SET u = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', f = 'NaN' WHERE id = 1;
+UPDATE fp.kinds SET f = 'NaN'::float8 * -1 WHERE id = 1;
+UPDATE fp.kinds SET big = repeat('z', 4999) || 'z' WHERE id = 1;
+UPDATE fp.kinds SET big = repeat('z', 4999) || 'y' WHERE id = 1;
+UPDATE fp.kinds SET t = NULL WHERE id = 1;
+UPDATE fp.kinds SET t = NULL WHERE id = 1;
+SELECT row_number() OVER (ORDER BY id) AS "update", changed FROM fp.ev WHERE observer = 'kinds'
+ ORDER BY id;
+
+DROP SCHEMA fp CASCADE;
