@@ -250,7 +250,9 @@ async fn every_runnable_block_of_the_guides_runs() {
             .kill_on_drop(true)
             .output();
         match tokio::time::timeout(Duration::from_secs(300), run).await {
-            Ok(Ok(o)) if o.status.success() => {}
+            Ok(Ok(o)) if o.status.success() => {
+                let _ = std::fs::remove_dir_all(&dir); // kept only when the guide failed
+            }
             Ok(Ok(o)) => failures.push(format!(
                 "docs/{name} failed (exit {:?}; script {}):\n--- stdout\n{}\n--- stderr\n{}",
                 o.status.code(),
