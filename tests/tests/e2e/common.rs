@@ -192,3 +192,20 @@ pub fn delivered_labels(rx: &Receiver) -> HashSet<String> {
         .filter_map(|d| d.body.as_ref()?["new"]["label"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// `_refresh` then `_count` of `<prefix>-*` on an Elasticsearch / OpenSearch-API server.
+pub async fn es_count(http: &reqwest::Client, url: &str, prefix: &str) -> Option<i64> {
+    http.post(format!("{url}/{prefix}-*/_refresh"))
+        .send()
+        .await
+        .ok()?;
+    let v: serde_json::Value = http
+        .get(format!("{url}/{prefix}-*/_count"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["count"].as_i64()
+}

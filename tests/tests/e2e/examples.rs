@@ -264,19 +264,9 @@ async fn the_seed_profiles_start_and_deliver() {
     );
     let http = reqwest::Client::new();
     let count = observers_tests::util::poll(LONG, Duration::from_millis(200), || async {
-        let _ = http
-            .post(format!("{}/observer-events-*/_refresh", osmem.url()))
-            .send()
-            .await;
-        let v: serde_json::Value = http
-            .get(format!("{}/observer-events-*/_count", osmem.url()))
-            .send()
+        es_count(&http, osmem.url(), "observer-events")
             .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        v["count"].as_i64().filter(|n| *n >= 2)
+            .filter(|n| *n >= 2)
     })
     .await;
     assert_eq!(count, Some(2), "both events in observer-events-*");
@@ -832,19 +822,9 @@ async fn the_other_examples_start_and_do_what_they_say() {
     .await;
     let http = reqwest::Client::new();
     let count = observers_tests::util::poll(LONG, Duration::from_millis(200), || async {
-        let _ = http
-            .post(format!("{}/audit-*/_refresh", osmem.url()))
-            .send()
-            .await;
-        let v: serde_json::Value = http
-            .get(format!("{}/audit-*/_count", osmem.url()))
-            .send()
+        es_count(&http, osmem.url(), "audit")
             .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        v["count"].as_i64().filter(|n| *n >= 2)
+            .filter(|n| *n >= 2)
     })
     .await;
     assert_eq!(count, Some(2), "both events in audit-*");

@@ -238,23 +238,6 @@ async fn cli_search_finds_what_the_worker_indexed() {
     rx.shutdown().await;
 }
 
-/// `_refresh` then `_count` of `<prefix>-*`.
-async fn es_count(http: &reqwest::Client, url: &str, prefix: &str) -> Option<i64> {
-    http.post(format!("{url}/{prefix}-*/_refresh"))
-        .send()
-        .await
-        .ok()?;
-    let v: Value = http
-        .get(format!("{url}/{prefix}-*/_count"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    v["count"].as_i64()
-}
-
 /// Event ids indexed more than once (a terms aggregation with min_doc_count 2).
 async fn es_duplicates(http: &reqwest::Client, url: &str, prefix: &str) -> Value {
     let v: Value = http
