@@ -52,7 +52,10 @@ CREATE TABLE observers.event_default PARTITION OF observers.event DEFAULT;
 -- so there is no other: delivery pages by id from the id floors (batch_open), and status(),
 -- checkpoint_show() and maintain() bound their scans with the same floors
 -- (observers._id_floor(), 15_id_floor.sql) instead of an index on txid.
-CREATE INDEX event_id_idx ON observers.event USING btree (id);
+-- deduplicate_items = off: ids are unique, so the deduplication pass btree runs on every full
+-- leaf page before splitting it can never merge anything; it cost ~600 CPU instructions per event
+-- (docs/BENCHMARKS.md, section 1b). Partitions' indexes inherit the option.
+CREATE INDEX event_id_idx ON observers.event USING btree (id) WITH (deduplicate_items = off);
 
 -- Delivery progress per worker group: the snapshot cursor (snap_lo, snap_hi) plus the id
 -- reached inside the open batch.
