@@ -19,8 +19,10 @@
 //! * Wake-up: the trigger only marks the transaction; at pre-commit it notifies if its backend's
 //!   `observers.notify_interval` passed and it wins the database's notify try-lock (`notify`).
 //!
-//! The function is SECURITY DEFINER, owned by role `observers_capture` (which may only INSERT
-//! into `observers.event`): writers need no rights on the outbox, and observer conditions never
+//! The function runs as its owner, role `observers_capture` (which may only INSERT into
+//! `observers.event`), as a SECURITY DEFINER function would; `session::SessionGuard` switches the
+//! user in code because PostgreSQL's SECURITY DEFINER wrapper costs a catalog look-up per
+//! statement. Writers need no rights on the outbox, and observer conditions never
 //! run with more rights than that. Conditions are compiled with `search_path = pg_catalog,
 //! pg_temp` pinned in code (`with_pinned_search_path`), and evaluated with it pinned unless they
 //! call only built-in functions (`filter`).
@@ -53,6 +55,7 @@ use std::ptr;
 pub fn init() {
     plan_cache::init();
     notify::init();
+    session::init();
 }
 
 #[pg_trigger(sql = r#"
@@ -134,9 +137,10 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
         plan_cache::process_invalidations();
         let cached = plan_cache::lookup(trigger.tgoid, tdr.tg_relation, &args);
 
-        // settings changed during the call are rolled back, and payloads are formatted the same
-        // whatever the writer's session says (TimeZone, DateStyle, bytea_output, ...)
-        let guard = SessionGuard::enter();
+        // the call runs as the function's owner (observers_capture), settings changed during it
+        // are rolled back, and payloads are formatted the same whatever the writer's session says
+        // (TimeZone, DateStyle, bytea_output, ...)
+        let guard = SessionGuard::enter(trigger.tgfoid);
         let written = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
             let entry = match cached.clone() {
                 Some(e) => e,
@@ -164,7 +168,7 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
             }
         }))
         .catch_others(|e| {
-            guard.restore_formats();
+            guard.restore();
             rethrow_with_context(e, &args, tdr.tg_relation)
         })
         .execute();

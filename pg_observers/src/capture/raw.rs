@@ -74,6 +74,8 @@ unsafe extern "C-unwind" {
         slot: *mut pg_sys::TupleTableSlot,
     ) -> bool;
     pub fn NewGUCNestLevel() -> c_int;
+    pub fn GetUserIdAndSecContext(userid: *mut pg_sys::Oid, sec_context: *mut c_int);
+    pub fn SetUserIdAndSecContext(userid: pg_sys::Oid, sec_context: c_int);
     pub fn MakeSingleTupleTableSlot(
         desc: pg_sys::TupleDesc,
         ops: *const pg_sys::TupleTableSlotOps,

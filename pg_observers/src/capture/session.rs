@@ -16,8 +16,18 @@
 //!   capture() has no `SET` clause), so the guard swaps the variables directly and only when
 //!   they differ from the canonical ones: a session with the defaults pays a few comparisons.
 //!   `lc_monetary` (the `money` type) is not covered: see docs/WEBHOOKS.md.
+//! * **Identity.** For the duration of the call the current user is the owner of
+//!   `observers.capture()` (`observers_capture`), with `SECURITY_LOCAL_USERID_CHANGE` set: what a
+//!   SECURITY DEFINER function does. capture() is not declared SECURITY DEFINER because
+//!   PostgreSQL's wrapper for such functions looks the function up in the catalog again for every
+//!   statement that fires the trigger (~1,150 CPU instructions per captured statement); the guard
+//!   switches with two assignments and caches the owner per backend (reset when any function
+//!   changes). On an error the (sub)transaction abort restores the user too, and `restore` puts
+//!   it back first.
 
 use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::Cell;
 use std::ffi::c_int;
 
 unsafe extern "C" {
@@ -110,23 +120,89 @@ pub unsafe fn timezone_is_canonical_utc() -> bool {
     unsafe { !UTC.is_null() && pg_sys::session_timezone == UTC }
 }
 
+thread_local! {
+    /// (capture function OID, its owner): whom capture runs as, looked up once per backend
+    static OWNER: Cell<(pg_sys::Oid, pg_sys::Oid)> =
+        const { Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
+}
+
+/// A function changed (ALTER FUNCTION ... OWNER TO, DROP, ...): look the owner up again.
+#[pg_guard]
+unsafe extern "C-unwind" fn proc_changed(_arg: pg_sys::Datum, _cacheid: c_int, _hash: u32) {
+    OWNER.with(|o| o.set((pg_sys::InvalidOid, pg_sys::InvalidOid)));
+}
+
+pub fn init() {
+    // SAFETY: registering a backend-local callback from _PG_init.
+    unsafe {
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::PROCOID as i32,
+            Some(proc_changed),
+            pg_sys::Datum::from(0),
+        );
+    }
+}
+
+/// The owner of function `fn_oid` (the capture function: its owner is `observers_capture`).
+///
+/// # Safety
+/// Inside a transaction.
+unsafe fn owner_of(fn_oid: pg_sys::Oid) -> pg_sys::Oid {
+    let (cached_fn, cached_owner) = OWNER.with(|o| o.get());
+    if cached_fn == fn_oid && cached_owner != pg_sys::InvalidOid {
+        return cached_owner;
+    }
+    // SAFETY: inside a transaction (contract): a syscache look-up of pg_proc by OID, released
+    // before returning; these pgrx calls are guarded (an error becomes a panic).
+    let owner = unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::PROCOID as i32,
+            pg_sys::Datum::from(fn_oid),
+        );
+        if tuple.is_null() {
+            crate::error::raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
+                format!("cache lookup failed for function {}", fn_oid.to_u32()),
+                None,
+            );
+        }
+        let form = pg_sys::GETSTRUCT(tuple) as *const pg_sys::FormData_pg_proc;
+        let owner = (*form).proowner;
+        pg_sys::ReleaseSysCache(tuple);
+        owner
+    };
+    OWNER.with(|o| o.set((fn_oid, owner)));
+    owner
+}
+
 /// Held for the duration of one capture call; see the module documentation.
 pub struct SessionGuard {
     guc_level: c_int,
     /// the writer's formats, when they differ from the canonical ones
     saved: Option<Formats>,
+    /// the writer's user and security context
+    user: pg_sys::Oid,
+    sec_context: c_int,
 }
 
 impl SessionGuard {
-    /// Pins the canonical formats and opens a GUC nest level for one capture call.
+    /// Becomes the owner of the capture function `fn_oid`, pins the canonical formats and opens
+    /// a GUC nest level for one capture call.
     ///
     /// # Safety
-    /// Inside a transaction; pair with `leave` (normal return) or `restore_formats`
-    /// (error path).
-    pub unsafe fn enter() -> SessionGuard {
-        // SAFETY: inside a transaction (contract): a GUC nest level may be opened; `leave` or the
-        // transaction's abort closes it.
+    /// Inside a transaction; pair with `leave` (normal return) or `restore` (error path).
+    pub unsafe fn enter(fn_oid: pg_sys::Oid) -> SessionGuard {
+        // SAFETY: inside a transaction (contract): a GUC nest level may be opened and the user
+        // switched; `leave`/`restore` or the transaction's abort undo both.
         unsafe {
+            let owner = owner_of(fn_oid);
+            let (mut user, mut sec_context) = (pg_sys::InvalidOid, 0);
+            // plain reads and writes of two backend globals: no error guard needed
+            super::raw::GetUserIdAndSecContext(&mut user, &mut sec_context);
+            super::raw::SetUserIdAndSecContext(
+                owner,
+                sec_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as c_int,
+            );
             // `return ++GUCNestLevel;`: raises nothing, so it needs no error guard
             let guc_level = super::raw::NewGUCNestLevel();
             let current = Formats::current();
@@ -137,19 +213,27 @@ impl SessionGuard {
             } else {
                 None
             };
-            SessionGuard { guc_level, saved }
+            SessionGuard {
+                guc_level,
+                saved,
+                user,
+                sec_context,
+            }
         }
     }
 
-    /// Put the writer's formats back (idempotent). Used on every exit, error or not.
+    /// Put the writer's user and formats back (idempotent). Used on every exit, error or not.
     ///
     /// # Safety
     /// Writes backend-local globals.
-    pub unsafe fn restore_formats(&self) {
-        if let Some(saved) = self.saved {
-            // SAFETY: writes backend-local globals; the saved formats were read from this backend
-            // by `enter`.
-            unsafe { saved.install() };
+    pub unsafe fn restore(&self) {
+        // SAFETY: writes backend-local globals; the saved user and formats were read from this
+        // backend by `enter`.
+        unsafe {
+            super::raw::SetUserIdAndSecContext(self.user, self.sec_context);
+            if let Some(saved) = self.saved {
+                saved.install();
+            }
         }
     }
 
@@ -162,7 +246,7 @@ impl SessionGuard {
         // be closed.
         unsafe {
             pg_sys::AtEOXact_GUC(false, self.guc_level);
-            self.restore_formats();
+            self.restore();
         }
     }
 }

@@ -243,6 +243,33 @@ SELECT count(DISTINCT (e.new - 'k')) AS distinct_inserted_payloads,
   FROM observers.event AS e JOIN observers.observer AS o ON o.id = e.observer_id
  WHERE o.name LIKE 'fmt%';
 
+-- 8. capture() is not declared SECURITY DEFINER: it switches to its owner, observers_capture, in
+-- code (capture/session.rs). A condition runs as observers_capture (only then is this row
+-- captured), and the writer's next statement runs as the writer again ...
+CREATE FUNCTION tb.runs_as_capture(int) RETURNS boolean IMMUTABLE LANGUAGE plpgsql
+    AS $$ BEGIN RETURN current_user = 'observers_capture'; END $$;
+SET ROLE regress_tb_worker;
+SELECT name FROM observers.create_observer('whoami', 'tb.orders', '{INSERT}', condition => 'tb.runs_as_capture(NEW.id)');
+RESET ROLE;
+INSERT INTO tb.orders (id) VALUES (2000);
+SELECT current_user;
+SELECT o.name, e.new ->> 'id' AS id
+  FROM observers.event AS e JOIN observers.observer AS o ON o.id = e.observer_id
+ WHERE o.name = 'whoami';
+-- ... also after a capture that failed inside a subtransaction (a PL/pgSQL exception block):
+-- with EXECUTE revoked from PUBLIC, observers_capture may no longer call the condition's
+-- function (the superuser writing could)
+REVOKE EXECUTE ON FUNCTION tb.runs_as_capture(int) FROM PUBLIC;
+DO $$
+BEGIN
+    INSERT INTO tb.orders (id) VALUES (2001);
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'capture failed: %; current_user is now %',
+        regexp_replace(SQLERRM, '\(id \d+\)', '(id N)'), current_user;
+END $$;
+SELECT current_user;
+SELECT observers.drop_observer('whoami');
+
 DROP SCHEMA tb CASCADE;
 DROP SCHEMA tb_private CASCADE;
 DROP ROLE regress_tb_worker;
