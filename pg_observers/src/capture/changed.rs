@@ -23,6 +23,12 @@ enum Compare {
     /// text, varchar, bpchar: the output is the stored string, so compare the (detoasted)
     /// strings (a compressed and a plain copy of one string differ in bytes only)
     Text,
+    /// numeric: PostgreSQL stores numerics normalized (no leading or trailing zero digits), and
+    /// the short format whenever the value fits it (NaN and infinities have a form of their
+    /// own), so two values in those formats print the same exactly when their (detoasted) bytes
+    /// are the same. A value in the long format (a scale or weight too large for the short one,
+    /// or written by PostgreSQL < 9.1) goes through the output function.
+    Numeric,
     /// everything else: the type's output function
     Output,
 }
@@ -77,6 +83,7 @@ pub unsafe fn columns_of(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
                 | pg_sys::TIMESTAMPTZOID
                 | pg_sys::UUIDOID => Compare::Binary,
                 pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => Compare::Text,
+                pg_sys::NUMERICOID => Compare::Numeric,
                 _ => Compare::Output,
             };
             out.push(Column {
@@ -139,23 +146,60 @@ unsafe fn text_equal(a: pg_sys::Datum, b: pg_sys::Datum, column: &Column) -> boo
             Compare::Text => {
                 let va = raw::pg_detoast_datum_packed(a.cast_mut_ptr());
                 let vb = raw::pg_detoast_datum_packed(b.cast_mut_ptr());
-                let la = pgrx::varlena::varsize_any_exhdr(va);
-                la == pgrx::varlena::varsize_any_exhdr(vb)
-                    && std::slice::from_raw_parts(pgrx::varlena::vardata_any(va) as *const u8, la)
-                        == std::slice::from_raw_parts(
-                            pgrx::varlena::vardata_any(vb) as *const u8,
-                            la,
-                        )
+                content(va) == content(vb)
             }
-            Compare::Output => {
-                let sa = raw::OidOutputFunctionCall(column.typoutput, a);
-                let sb = raw::OidOutputFunctionCall(column.typoutput, b);
-                let equal = CStr::from_ptr(sa) == CStr::from_ptr(sb);
-                raw::pfree(sa.cast());
-                raw::pfree(sb.cast());
-                equal
+            Compare::Numeric => {
+                let va = raw::pg_detoast_datum_packed(a.cast_mut_ptr());
+                let vb = raw::pg_detoast_datum_packed(b.cast_mut_ptr());
+                let (ca, cb) = (content(va), content(vb));
+                if ca == cb {
+                    return true;
+                }
+                if numeric_is_compact(ca) && numeric_is_compact(cb) {
+                    return false;
+                }
+                output_equal(a, b, column)
             }
+            Compare::Output => output_equal(a, b, column),
         }
+    }
+}
+
+/// The bytes of a detoasted varlena, without its header.
+///
+/// # Safety
+/// `v` is a detoasted (possibly short-header) varlena that outlives the slice.
+unsafe fn content<'a>(v: *mut pg_sys::varlena) -> &'a [u8] {
+    // SAFETY: `v` is a detoasted varlena (contract): its header gives the length of its data.
+    unsafe {
+        std::slice::from_raw_parts(
+            pgrx::varlena::vardata_any(v) as *const u8,
+            pgrx::varlena::varsize_any_exhdr(v),
+        )
+    }
+}
+
+/// Is this numeric (its bytes after the varlena header) in the short format, or NaN or an
+/// infinity? `NUMERIC_SHORT` is 0x8000 and `NUMERIC_SPECIAL` 0xC000 in the top bits of the first
+/// 16-bit word; the long format has 0x0000 (positive) or 0x4000 (negative) there.
+fn numeric_is_compact(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && u16::from_ne_bytes([bytes[0], bytes[1]]) & 0x8000 != 0
+}
+
+/// Same text output, through the type's output function.
+///
+/// # Safety
+/// As `text_equal`.
+unsafe fn output_equal(a: pg_sys::Datum, b: pg_sys::Datum, column: &Column) -> bool {
+    // SAFETY: the datums are valid values of the column's type (contract): the two palloc'd C
+    // strings of the output function are compared before they are freed, once.
+    unsafe {
+        let sa = raw::OidOutputFunctionCall(column.typoutput, a);
+        let sb = raw::OidOutputFunctionCall(column.typoutput, b);
+        let equal = CStr::from_ptr(sa) == CStr::from_ptr(sb);
+        raw::pfree(sa.cast());
+        raw::pfree(sb.cast());
+        equal
     }
 }
 

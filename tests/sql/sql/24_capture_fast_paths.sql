@@ -111,6 +111,18 @@ UPDATE fp.kinds SET big = repeat('z', 4999) || 'z' WHERE id = 1;
 UPDATE fp.kinds SET big = repeat('z', 4999) || 'y' WHERE id = 1;
 UPDATE fp.kinds SET t = NULL WHERE id = 1;
 UPDATE fp.kinds SET t = NULL WHERE id = 1;
+-- numerics by their bytes when both are in the short format: the same value and scale is
+-- unchanged, another scale is a change (1.00 -> 1.000 prints differently), NaN is its own form;
+-- a long-format value (weight beyond the short format) through the output function
+UPDATE fp.kinds SET n = n * 1 WHERE id = 1;
+UPDATE fp.kinds SET n = 1.000 WHERE id = 1;
+UPDATE fp.kinds SET n = 'NaN' WHERE id = 1;
+UPDATE fp.kinds SET n = 'NaN' WHERE id = 1;
+UPDATE fp.kinds SET n = 1e300 WHERE id = 1;
+UPDATE fp.kinds SET n = n * 1 WHERE id = 1;
+UPDATE fp.kinds SET n = n + 1 WHERE id = 1;
+UPDATE fp.kinds SET n = -12345678901234567890.5 WHERE id = 1;
+UPDATE fp.kinds SET n = -12345678901234567890.50 WHERE id = 1;
 SELECT row_number() OVER (ORDER BY id) AS "update", changed FROM fp.ev WHERE observer = 'kinds'
  ORDER BY id;
 
