@@ -220,8 +220,13 @@ pub struct Writer {
     captured_at: pg_sys::Datum,
     /// per-chunk memory (payloads), reset after each flush
     chunk_context: pg_sys::MemoryContext,
-    /// the chunk context is the backend's shared one (else our own, deleted at finish)
+    /// the chunk context is the backend's shared one (else our own, deleted at finish) and the
+    /// slots are the pool's; a writer nested in another one (a payload's cast ran user code that
+    /// wrote to an observed table) has its own context and its own slots, made in the memory
+    /// context it was opened in: the outer writer's queued rows sit in the pool's slots
     shared_context: bool,
+    /// where a nested writer makes its slots
+    owner_context: pg_sys::MemoryContext,
     written: u64,
 }
 
@@ -502,6 +507,7 @@ impl Writer {
                 captured_at: pg_sys::Datum::from(captured_at),
                 chunk_context,
                 shared_context,
+                owner_context: pg_sys::CurrentMemoryContext,
                 written: 0,
             }
         }
@@ -639,7 +645,21 @@ impl Writer {
                     b"UPDATE" => pool.ops[1],
                     _ => pool.ops[2],
                 };
-                (pool.slot(self.used), op)
+                let slot = if self.shared_context {
+                    pool.slot(self.used)
+                } else if self.used < self.slots.len() {
+                    self.slots[self.used]
+                } else {
+                    // nested writer: a slot of its own, over the pool's row type (a guarded pgrx
+                    // call; nothing here needs dropping)
+                    let old = pg_sys::CurrentMemoryContext;
+                    pg_sys::CurrentMemoryContext = self.owner_context;
+                    let slot =
+                        pg_sys::MakeSingleTupleTableSlot(pool.tupdesc, &pg_sys::TTSOpsVirtual);
+                    pg_sys::CurrentMemoryContext = old;
+                    slot
+                };
+                (slot, op)
             });
             if self.used == self.slots.len() {
                 self.slots.push(slot);

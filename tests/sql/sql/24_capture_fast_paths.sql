@@ -126,4 +126,30 @@ UPDATE fp.kinds SET n = -12345678901234567890.50 WHERE id = 1;
 SELECT row_number() OVER (ORDER BY id) AS "update", changed FROM fp.ev WHERE observer = 'kinds'
  ORDER BY id;
 
+-- 4. A capture nested in another one: a cast to json (user code, run while the payload is
+-- built) writes to the observed table itself. The nested capture reads the transition table and
+-- queues its event with slots of its own: the outer statement's queued events are all written
+-- (a nested writer that reused the backend's pooled slots overwrote them: event 1 was lost and
+-- the nested event written twice), each event once, with distinct ids.
+CREATE TYPE fp.mood AS ENUM ('calm', 'loud');
+CREATE TABLE fp.nest (id int, m fp.mood);
+CREATE FUNCTION fp.mood_json(fp.mood) RETURNS json LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO fp.nest VALUES (-1, NULL);
+    RETURN to_json($1::text || '!');
+END $$;
+CREATE CAST (fp.mood AS json) WITH FUNCTION fp.mood_json(fp.mood);
+GRANT USAGE ON SCHEMA fp TO PUBLIC;     -- the cast runs as observers_capture
+GRANT INSERT ON fp.nest TO PUBLIC;
+SELECT name FROM observers.create_observer('nest', 'fp.nest', '{INSERT,UPDATE}');
+INSERT INTO fp.nest VALUES (1, 'calm'), (2, 'loud'), (3, NULL);
+INSERT INTO fp.nest VALUES (4, 'calm');
+UPDATE fp.nest SET id = id + 10 WHERE id IN (1, 2);
+SELECT e.op, e.new, e.old, e.changed FROM observers.event AS e
+  JOIN observers.observer AS o ON o.id = e.observer_id AND o.name = 'nest' ORDER BY e.id;
+SELECT count(*) AS events, count(DISTINCT e.id) AS distinct_ids FROM observers.event AS e
+  JOIN observers.observer AS o ON o.id = e.observer_id AND o.name = 'nest';
+SELECT observers.drop_observer('nest');
+DROP CAST (fp.mood AS json);
+
 DROP SCHEMA fp CASCADE;
