@@ -329,22 +329,28 @@ unsafe fn write_direct(
             // opens and locks nothing
             let mut writer: Option<writer::Writer> = None;
             if !store.is_null() {
-                let desc = (*tdr.tg_relation).rd_att;
-                let slot = raw::guarded(|| {
-                    let slot = raw::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+                let (slot, owned) = raw::guarded(|| {
+                    let (slot, owned) = entry.reader(rel);
                     // our own read pointer: other observers' triggers read the same transition
                     // table
                     let reader =
                         raw::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
                     raw::tuplestore_select_read_pointer(store, reader);
                     raw::tuplestore_rescan(store);
-                    slot
+                    (slot, owned)
                 });
-                // the slot is dropped in the guarded call that finds the end of the table
+                // the slot is given back (or dropped, if it was made for this call) in the
+                // guarded call that finds the end of the table; after an error the transaction's
+                // end frees the entry's slot for the next capture
                 while raw::guarded(|| {
                     let more = raw::tuplestore_gettupleslot(store, true, false, slot);
                     if !more {
-                        raw::ExecDropSingleTupleTableSlot(slot);
+                        if owned {
+                            raw::ExecDropSingleTupleTableSlot(slot);
+                        } else {
+                            raw::exec_clear_tuple(slot);
+                            entry.release_reader();
+                        }
                     }
                     more
                 }) {

@@ -121,6 +121,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         | XACT_EVENT_COMMIT => {
             CAPTURED.with(|c| c.set(false));
             super::writer::at_xact_end();
+            super::plan_cache::at_xact_end();
         }
         _ => {}
     }

@@ -25,6 +25,7 @@ use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
+use std::ptr;
 use std::rc::Rc;
 
 /// How a trigger writes its events.
@@ -49,9 +50,60 @@ pub struct Entry {
     pub columns: Vec<Column>,
     condition: Vec<u8>,
     shape: Vec<(pg_sys::Oid, i32, bool)>,
+    /// statement-level triggers: the slot that reads the transition table, made at the first
+    /// capture over a private copy of the row type (TopMemoryContext) and kept with the entry
+    /// (making and dropping one per statement cost ~350 instructions)
+    reader: Cell<*mut pg_sys::TupleTableSlot>,
+}
+
+thread_local! {
+    /// an entry's reader slot is in use (a capture nested in another one, through user code run
+    /// while building a payload, makes its own); reset at the end of every transaction
+    static READER_BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// At the end of a transaction no capture is reading a transition table.
+pub fn at_xact_end() {
+    READER_BUSY.with(|b| b.set(false));
 }
 
 impl Entry {
+    /// A slot to read the transition table of `rel` (this entry's relation) with: the entry's own
+    /// (`owned` = false) unless a capture of this backend is already reading with one, else a new
+    /// one that the caller drops (`owned` = true). Give the entry's own back with `release_reader`.
+    ///
+    /// # Safety
+    /// Inside a `raw::guarded` region of a trigger call on `rel`, whose descriptor has the
+    /// entry's shape (checked by `lookup`).
+    pub unsafe fn reader(&self, rel: pg_sys::Relation) -> (*mut pg_sys::TupleTableSlot, bool) {
+        // SAFETY: inside a guarded region (contract); the copy of the descriptor and the slot are
+        // made in TopMemoryContext, and CurrentMemoryContext is put back.
+        unsafe {
+            if READER_BUSY.with(|b| b.replace(true)) {
+                let slot = super::raw::MakeSingleTupleTableSlot(
+                    (*rel).rd_att,
+                    &pg_sys::TTSOpsMinimalTuple,
+                );
+                return (slot, true);
+            }
+            let mut slot = self.reader.get();
+            if slot.is_null() {
+                let old = pg_sys::CurrentMemoryContext;
+                pg_sys::CurrentMemoryContext = pg_sys::TopMemoryContext;
+                let desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
+                slot = super::raw::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+                pg_sys::CurrentMemoryContext = old;
+                self.reader.set(slot);
+            }
+            (slot, false)
+        }
+    }
+
+    /// The entry's own reader slot is free again.
+    pub fn release_reader(&self) {
+        READER_BUSY.with(|b| b.set(false));
+    }
+
     /// The in-process compiled condition, if the entry has one.
     pub fn condition(&self) -> Option<&Condition> {
         match &self.path {
@@ -70,6 +122,17 @@ impl Drop for Entry {
         if let Path::Spi { plan } = self.path {
             // SAFETY: the plan was kept with SPI_keepplan and nobody else holds it (Rc).
             unsafe { pg_sys::SPI_freeplan(plan) };
+        }
+        let slot = self.reader.get();
+        if !slot.is_null() {
+            // SAFETY: the slot and its descriptor copy were made by `reader` for this entry only;
+            // nothing reads with it any more (entries are dropped between captures). Dropping a
+            // slot clears it (what it points to is not freed: it reads tuples in place).
+            unsafe {
+                let desc = (*slot).tts_tupleDescriptor;
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+                pg_sys::pfree(desc.cast());
+            }
         }
     }
 }
@@ -380,6 +443,7 @@ pub unsafe fn build(
             columns,
             condition: args.condition.to_bytes().to_vec(),
             shape,
+            reader: Cell::new(ptr::null_mut()),
         });
         let replaced = CACHE.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::clone(&entry)));
         drop(replaced);
