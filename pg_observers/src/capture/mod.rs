@@ -134,13 +134,15 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
             );
         }
         let args = trigger_args(trigger);
-        plan_cache::process_invalidations();
-        let cached = plan_cache::lookup(trigger.tgoid, tdr.tg_relation, &args);
 
         // the call runs as the function's owner (observers_capture), settings changed during it
         // are rolled back, and payloads are formatted the same whatever the writer's session says
-        // (TimeZone, DateStyle, bytea_output, ...)
+        // (TimeZone, DateStyle, bytea_output, ...). Entered before the cache look-up: a compiled
+        // condition is valid for the user that compiled it, observers_capture, not the writer.
+        // (An error before the try below aborts the (sub)transaction, which restores the user.)
         let guard = SessionGuard::enter(trigger.tgfoid);
+        plan_cache::process_invalidations();
+        let cached = plan_cache::lookup(trigger.tgoid, tdr.tg_relation, &args);
         let written = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
             let entry = match cached.clone() {
                 Some(e) => e,
