@@ -9,7 +9,9 @@
 # (so every statement's text, parse and plan are identical between variants):
 #
 #   plain      no trigger
-#   ours       pg_observers, one observer on INSERT, UPDATE, DELETE, no condition
+#   ours       pg_observers, one observer on INSERT, UPDATE, DELETE, no condition, with
+#              shared_preload_libraries = 'pg_observers' (event ids from shared memory)
+#   ours_nopre the same without the preload (one nextval per event id)
 #   ours_cond  pg_observers with a condition that every row passes (NEW.total >= 0 for
 #              INSERT/UPDATE, OLD.total >= 0 for DELETE): what a condition costs
 #   pgq        PgQ 3.5's C trigger pgq.jsontriga (Debian postgresql-15-pgq3) into a PgQ queue
@@ -33,7 +35,7 @@
 #
 # Environment: PG_CONFIG (default the system PostgreSQL 15), BENCH_INSTR_N (statements of the
 # shorter run, default 1000; the 100-row workload uses N/10), BENCH_INSTR_VARIANTS (default
-# "plain ours ours_cond pgq"), BENCH_INSTR_WORKLOADS (default "insert1 insert100 update1
+# "plain ours ours_nopre ours_cond pgq"), BENCH_INSTR_WORKLOADS (default "insert1 insert100 update1
 # delete1"), BENCH_INSTR_PGPORT (port of the preparation server, default 25436),
 # BENCH_INSTR_KEEP=DIR keeps the callgrind files there (profile them with
 # `callgrind_annotate --inclusive=yes FILE`).
@@ -49,7 +51,7 @@ bindir=$("$PG_CONFIG" --bindir)
 pkglibdir=$("$PG_CONFIG" --pkglibdir)
 sharedir=$("$PG_CONFIG" --sharedir)
 n=${BENCH_INSTR_N:-1000}
-variants=(${BENCH_INSTR_VARIANTS:-plain ours ours_cond pgq})
+variants=(${BENCH_INSTR_VARIANTS:-plain ours ours_nopre ours_cond pgq})
 workloads=(${BENCH_INSTR_WORKLOADS:-insert1 insert100 update1 delete1})
 port=${BENCH_INSTR_PGPORT:-25436}
 keep=${BENCH_INSTR_KEEP:-}
@@ -113,7 +115,7 @@ as_pg() { if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); els
 # instructions more per row, for the table's primary key and for the outbox alike.)
 preload=$((2 * n > 200000 ? 2 * n : 200000))
 backlog=200000
-PGBIN=$bindir scripts/pgcluster.sh start "$template" "$port" >/dev/null
+PGCLUSTER_PRELOAD=0 PGBIN=$bindir scripts/pgcluster.sh start "$template" "$port" >/dev/null
 psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres)
 for v in "${variants[@]}"; do
   "${psql[@]}" -d postgres -c "CREATE DATABASE $v"
@@ -126,7 +128,7 @@ VACUUM ANALYZE bench;
 SQL
   case "$v" in
     plain) ;;
-    ours)
+    ours|ours_nopre)
       "${psql[@]}" -d "$v" >/dev/null <<SQL
 CREATE EXTENSION pg_observers;
 SELECT observers.create_observer('bench', 'bench', '{INSERT,UPDATE,DELETE}');
@@ -215,9 +217,13 @@ measure() {
   script "$w" "$count" >"$work/script.sql"
   chmod 644 "$work/script.sql"
   rm -f "$out"
+  # pg_observers' variants run with the library preloaded (event ids from shared memory, as
+  # docs/PERFORMANCE_TUNING.md recommends), except ours_nopre; the others without it
+  local preload=()
+  case "$v" in ours_nopre) ;; ours*) preload=(-c shared_preload_libraries=pg_observers) ;; esac
   as_pg valgrind --tool=callgrind --callgrind-out-file="$out" \
     "$bindir/postgres" --single -D "$data" -c fsync=off -c jit=off -c max_wal_size=10GB \
-    -c observers.notify_interval=3600000 \
+    -c observers.notify_interval=3600000 "${preload[@]}" \
     -c log_min_messages=warning "$v" <"$work/script.sql" >"$work/single.out" 2>"$work/valgrind.err" \
     || { tail -20 "$work/valgrind.err" "$work/single.out" >&2; exit 1; }
   if grep -q "ERROR:" "$work/single.out" "$work/valgrind.err"; then
@@ -268,6 +274,7 @@ title() {
 label() {
   case "$1" in
     ours) echo "ours adds" ;;
+    ours_nopre) echo "ours, not preloaded, adds" ;;
     ours_cond) echo "ours+condition adds" ;;
     pgq) echo "PgQ jsontriga adds" ;;
     hasura) echo "Hasura-style PL/pgSQL adds" ;;

@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL 15 cluster for tests, the demo and benchmarks.
 #
 #   scripts/pgcluster.sh start DIR PORT [postgres -c options...]   initdb (once) + start, loopback only
+#                                          (pg_observers preloaded unless PGCLUSTER_PRELOAD=0)
 #   scripts/pgcluster.sh stop  DIR                                 fast shutdown (no-op if not running)
 #   scripts/pgcluster.sh destroy DIR                               stop and remove DIR
 #   scripts/pgcluster.sh url DIR PORT [DB]                         print a connection URL
@@ -40,6 +41,12 @@ shared_buffers = 256MB
 fsync = ${PGCLUSTER_FSYNC:-on}
 log_min_messages = warning
 EOF
+    # pg_observers hands out event ids from shared memory when preloaded (capture/ids.rs, about
+    # a tenth of a 1-row capture's cost); PGCLUSTER_PRELOAD=0 runs without it, as a server that
+    # only did CREATE EXTENSION does (the timeless SQL tests run that way).
+    if [ "${PGCLUSTER_PRELOAD:-1}" = 1 ]; then
+      echo "shared_preload_libraries = 'pg_observers'" >>"$dir/postgresql.conf"
+    fi
   fi
   if running; then echo "cluster $dir already running"; exit 0; fi
   extra=()

@@ -42,8 +42,10 @@ fi
 # start the throwaway cluster DIR on PORT with the server's clock at FAKE and time zone ZONE
 start_faked() {
   local dir=$1 port=$2 fake=$3 zone=$4
+  # without shared_preload_libraries: the main run (scripts/test.sh) preloads pg_observers, these
+  # runs cover a server that only did CREATE EXTENSION (event ids from nextval: capture/ids.rs)
   LD_PRELOAD=$lib FAKETIME="$fake" FAKETIME_DONT_FAKE_MONOTONIC=1 \
-    PGCLUSTER_FSYNC=off scripts/pgcluster.sh start "$dir" "$port" "timezone=$zone" >/dev/null
+    PGCLUSTER_PRELOAD=0 PGCLUSTER_FSYNC=off scripts/pgcluster.sh start "$dir" "$port" "timezone=$zone" >/dev/null
   PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres \
     psql -X -At -d postgres -c "SELECT 'server clock: ' || now() AT TIME ZONE 'UTC' || ' UTC'"
 }

@@ -1,7 +1,7 @@
 //! Small SQL-callable helpers used by the SQL API in `sql/bootstrap/`. They are internal
 //! (underscore names, EXECUTE revoked from PUBLIC); the public functions are SQL/PL/pgSQL.
 
-use crate::{condition, gucs};
+use crate::{capture, condition, gucs};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -25,4 +25,21 @@ fn retention_setting() -> String {
 #[pg_extern(name = "_probe_condition")]
 fn probe_condition(table_oid: pg_sys::Oid, condition: &str, op: &str) {
     condition::probe(table_oid, condition, op)
+}
+
+/// The next event id: the default of `observers.event.id` (hand-written inserts, and the SPI path
+/// of conditions). Ids come from shared memory when the library is preloaded, else from
+/// `nextval` (`capture/ids.rs`).
+#[pg_extern(name = "_event_id", volatile, parallel_unsafe)]
+fn event_id() -> i64 {
+    // SAFETY: called from SQL, inside a transaction.
+    unsafe { capture::ids::next(capture::writer::event_id_sequence()) }
+}
+
+/// The last event id handed out so far (0 if none): every id drawn after it returns is greater.
+/// The id floors of delivery, search indexing and names (20_worker_api.sql) read it.
+#[pg_extern(name = "_event_id_high", volatile, parallel_unsafe)]
+fn event_id_high() -> i64 {
+    // SAFETY: called from SQL, inside a transaction.
+    unsafe { capture::ids::high(capture::writer::event_id_sequence()) }
 }

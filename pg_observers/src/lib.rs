@@ -41,7 +41,7 @@ extension_sql_file!("../sql/bootstrap/00_roles.sql", name = "roles", bootstrap);
 extension_sql_file!(
     "../sql/bootstrap/10_tables.sql",
     name = "tables",
-    requires = ["roles"]
+    requires = ["roles", api::event_id]
 );
 extension_sql_file!(
     "../sql/bootstrap/15_id_floor.sql",

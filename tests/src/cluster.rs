@@ -311,8 +311,16 @@ fn write_conf(data: &Path, port: u16) -> Result<(), ClusterError> {
          synchronous_commit = on\n\
          full_page_writes = off\n\
          log_min_messages = warning\n\
-         log_line_prefix = '%m [%p] %d '\n",
-        dir = data.display()
+         log_line_prefix = '%m [%p] %d '\n\
+         {preload}",
+        dir = data.display(),
+        // pg_observers preloaded: event ids from shared memory (capture/ids.rs), as the docs
+        // recommend; OBSERVERS_TEST_PRELOAD=0 runs the tests without it
+        preload = if std::env::var("OBSERVERS_TEST_PRELOAD").as_deref() == Ok("0") {
+            ""
+        } else {
+            "shared_preload_libraries = 'pg_observers'\n"
+        }
     );
     let path = data.join("postgresql.auto.conf");
     fs::write(&path, conf).map_err(io_err(&path))?;

@@ -197,7 +197,8 @@ $$;
 -- id > seq: the batch starts right there (last_id := seq), and max_id is found by a short
 -- backward scan of the id index. Keeping an older pair only lowers the floor (slower, never
 -- wrong), so the history is pruned to the pairs that can still be chosen and capped.
--- This relies on observers.event_id_seq having CACHE 1 (per-backend caches hand out old values).
+-- This relies on ids being handed out in the order they are drawn, by every backend: capture/ids.rs
+-- (observers.event_id_seq has CACHE 1: per-backend caches would hand out old values).
 CREATE FUNCTION observers.batch_open(group_name text, epoch bigint)
 RETURNS TABLE (snap_lo pg_snapshot, snap_hi pg_snapshot, last_id bigint, max_id bigint)
 LANGUAGE plpgsql
@@ -216,11 +217,13 @@ DECLARE
     v_xids  xid8[];
     v_seqs  bigint[];
 BEGIN
-    -- First, before this transaction writes anything: the sequence, then our own xid.
-    -- pg_sequence_last_value() reads the sequence tuple under its buffer lock. A plain
-    -- SELECT FROM the sequence does not, and can see the value nextval() writes 32 ahead for
-    -- a moment while it WAL-logs: a floor that high would skip up to 32 events.
-    v_seq := coalesce(pg_sequence_last_value('observers.event_id_seq'::regclass), 0);
+    -- First, before this transaction writes anything: the last id handed out, then our own xid.
+    -- _event_id_high() reads it under the lock ids are handed out with (capture/ids.rs): the
+    -- shared counter when the library is preloaded, else pg_sequence_last_value(), which reads
+    -- the sequence tuple under its buffer lock. A plain SELECT FROM the sequence does neither:
+    -- it can see the value nextval() writes 32 ahead for a moment while it WAL-logs, or the end
+    -- of a block of preloaded ids: a floor that high would skip events.
+    v_seq := observers._event_id_high();
     IF pg_current_xact_id_if_assigned() IS NULL THEN
         v_xid := pg_current_xact_id();   -- assigned now, after the read: the pair is valid
     END IF;                              -- else the caller wrote earlier: record no pair

@@ -114,7 +114,7 @@ BEGIN
         CONTINUE WHEN v_label IS NOT DISTINCT FROM r.was ->> 'label'
                   AND v_key IS NOT DISTINCT FROM r.ordering_key
                   AND v_cols IS NOT DISTINCT FROM r.columns;
-        v_until := coalesce(pg_sequence_last_value('observers.event_id_seq'), 0);
+        v_until := observers._event_id_high();
         -- two renames without an event in between: the first one's names are the right ones
         INSERT INTO observers.observer_names (observer_id, until_id, table_label, ordering_key)
         VALUES (r.id, v_until, r.was ->> 'label',

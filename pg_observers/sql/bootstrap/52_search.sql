@@ -59,7 +59,7 @@ DECLARE
     v_xids  xid8[];
     v_seqs  bigint[];
 BEGIN
-    v_seq := coalesce(pg_sequence_last_value('observers.event_id_seq'::regclass), 0);
+    v_seq := observers._event_id_high();   -- as batch_open reads it (20_worker_api.sql)
     IF pg_current_xact_id_if_assigned() IS NULL THEN
         v_xid := pg_current_xact_id();
     END IF;

@@ -23,6 +23,8 @@ GRANT SELECT ON observers.observer, observers.checkpoint, observers.leader_lease
 -- Observer conditions are compiled (at creation) and evaluated (at capture) with these rights.
 GRANT INSERT ON observers.event TO observers_capture;
 GRANT USAGE ON SEQUENCE observers.event_id_seq TO observers_capture;
+-- the default of observers.event.id (the SPI path of conditions inserts with it)
+GRANT EXECUTE ON FUNCTION observers._event_id() TO observers_capture;
 
 -- capture() runs as its owner, observers_capture, but is not declared SECURITY DEFINER: the code
 -- switches to the owner itself for the duration of the call (capture/session.rs), as the

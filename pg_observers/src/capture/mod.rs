@@ -29,13 +29,14 @@
 
 mod changed;
 mod filter;
+pub mod ids;
 mod jsonb;
 pub mod notify;
 pub mod plan_cache;
 pub mod query;
 mod raw;
 mod session;
-mod writer;
+pub mod writer;
 
 use crate::error::raise;
 use jsonb::RowJsonb;
@@ -53,6 +54,7 @@ use std::ffi::{c_char, CStr};
 use std::ptr;
 
 pub fn init() {
+    ids::init();
     plan_cache::init();
     notify::init();
     session::init();

@@ -100,6 +100,9 @@ unsafe extern "C-unwind" {
         bistate: pg_sys::BulkInsertState,
     );
     pub fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+    pub fn LWLockAcquire(lock: *mut pg_sys::LWLock, mode: pg_sys::LWLockMode::Type) -> bool;
+    pub fn LWLockRelease(lock: *mut pg_sys::LWLock);
+    pub fn LockRelationOid(relid: pg_sys::Oid, lockmode: pg_sys::LOCKMODE);
     pub fn construct_array(
         elems: *mut Datum,
         nelems: c_int,

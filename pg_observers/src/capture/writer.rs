@@ -8,7 +8,9 @@
 //!   the partition bounds (the DEFAULT partition when no daily partition covers the time);
 //! * insert the rows with `heap_multi_insert` (one WAL record per page, as COPY does) and their
 //!   entries into every index of that partition (`ExecInsertIndexTuples`);
-//! * `id` from `nextval(observers.event_id_seq)` per event, `txid` the top-level transaction id.
+//! * `id` drawn at flush for the queued events (`ids`: from shared memory when the library is
+//!   preloaded, else `nextval(observers.event_id_seq)` per event), `txid` the top-level
+//!   transaction id.
 //!
 //! observers.event has no triggers, rules, RLS or CHECK constraints (the extension owns it);
 //! its columns are checked against the expected layout before writing.
@@ -244,6 +246,15 @@ unsafe fn relation_oid(nsp: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
         }
         oid
     }
+}
+
+/// The OID of observers.event_id_seq, looked up by name.
+///
+/// # Safety
+/// Inside a transaction.
+pub unsafe fn event_id_sequence() -> pg_sys::Oid {
+    // SAFETY: inside a transaction (contract).
+    unsafe { outbox_oids().1 }
 }
 
 /// The OIDs of observers.event and its sequence, looked up by name (once per backend, and again
@@ -687,9 +698,8 @@ impl Writer {
                 *values.add(i) = f.unwrap_or(pg_sys::Datum::from(0));
                 *isnull.add(i) = f.is_none();
             }
-            let seq = self.seq;
+            // the id is drawn at flush (`ids::assign`), for all the queued rows at once
             raw::guarded(|| {
-                *values = pg_sys::Datum::from(raw::nextval_internal(seq, false));
                 raw::ExecStoreVirtualTuple(slot);
             });
             self.used += 1;
@@ -711,9 +721,13 @@ impl Writer {
             // in it needs dropping (slices and references to what `self` owns)
             let used = self.used;
             let slots: &[*mut pg_sys::TupleTableSlot] = &self.slots[..used];
-            let (leaf, cid, chunk_context) = (self.leaf, self.cid, self.chunk_context);
+            let (leaf, cid, chunk_context, seq) =
+                (self.leaf, self.cid, self.chunk_context, self.seq);
             let indexes = &self.indexes;
             raw::guarded(|| {
+                // the ids, in queue order: one block of shared ids for all of them when the
+                // library is preloaded, else one nextval each (capture/ids.rs)
+                super::ids::assign(seq, slots);
                 // virtual slots: the heap tuples are formed in the current (chunk) context
                 let old = pg_sys::CurrentMemoryContext;
                 pg_sys::CurrentMemoryContext = chunk_context;

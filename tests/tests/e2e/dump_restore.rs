@@ -161,15 +161,18 @@ async fn dump_and_restore_keeps_observers_dead_letters_redeliveries_and_ids() {
         src_installation,
         "the installation id is kept: webhook-ids stay what they were"
     );
-    assert_eq!(
-        scalar_i64(
-            &dst.client,
-            "SELECT last_value FROM observers.event_id_seq",
-            &[]
-        )
-        .await,
-        Some(max_event),
-        "the event id sequence is kept"
+    // the sequence is at or above every id handed out: with the library preloaded it stands at
+    // the end of the block of ids the source was handing out (capture/ids.rs)
+    let restored_seq = scalar_i64(
+        &dst.client,
+        "SELECT last_value FROM observers.event_id_seq",
+        &[],
+    )
+    .await
+    .unwrap_or(0);
+    assert!(
+        restored_seq >= max_event,
+        "the event id sequence is kept: {restored_seq} < {max_event}"
     );
     assert_eq!(
         text(
