@@ -393,7 +393,9 @@ DECLARE
     v_op        text;
     v_name      text;
     v_rel       regclass;
-    v_args      text := format('%L, %L, %L', o.id::text, o.name, coalesce(o.condition, ''));
+    -- the observer id only: the capture function reads the name and condition from the
+    -- registry once per backend (every trigger argument is copied for every statement)
+    v_args      text := format('%L', o.id::text);
     v_when      text;
 BEGIN
     SELECT c.relkind = 'r' AND NOT c.relispartition

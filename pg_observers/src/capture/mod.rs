@@ -80,22 +80,19 @@ unsafe fn trigger_args(trigger: &pg_sys::Trigger) -> TriggerArgs<'_> {
     // SAFETY: `trigger` is the current trigger call's Trigger: `tgname` and the `tgnargs` strings
     // of `tgargs` are live NUL-terminated strings for the call.
     unsafe {
-        if trigger.tgnargs != 3 || trigger.tgargs.is_null() {
+        if trigger.tgnargs != 1 || trigger.tgargs.is_null() {
             let tgname = CStr::from_ptr(trigger.tgname).to_string_lossy();
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!(
-                    "trigger \"{tgname}\" passes {} arguments to observers.capture(); it expects (observer id, observer name, condition)",
+                    "trigger \"{tgname}\" passes {} arguments to observers.capture(); it expects one, the observer id",
                     trigger.tgnargs
                 ),
-                Some("Capture triggers are managed by observers.create_observer(); do not create them by hand."),
+                Some("Capture triggers are managed by observers.create_observer(); do not create them by hand. observers.repair_observer(name) re-creates them."),
             );
         }
-        let arg = |i: usize| CStr::from_ptr(*trigger.tgargs.add(i) as *const c_char);
         TriggerArgs {
-            id: arg(0),
-            name: arg(1),
-            condition: arg(2),
+            id: CStr::from_ptr(*trigger.tgargs as *const c_char),
         }
     }
 }
@@ -144,7 +141,7 @@ unsafe fn capture_impl(td: *mut pg_sys::TriggerData) {
         // (An error before the try below aborts the (sub)transaction, which restores the user.)
         let guard = SessionGuard::enter(trigger.tgfoid);
         plan_cache::process_invalidations();
-        let cached = plan_cache::lookup(trigger.tgoid, tdr.tg_relation, &args);
+        let cached = plan_cache::lookup(trigger.tgoid, tdr.tg_relation);
         let written = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
             let entry = match cached.clone() {
                 Some(e) => e,
@@ -443,6 +440,13 @@ unsafe fn run_spi(
 /// Re-raise an error of the capture statement naming the observer, so that the application
 /// developer who sees it in their write knows where it comes from and how to stop it.
 fn rethrow_with_context(e: CaughtError, args: &TriggerArgs, rel: pg_sys::Relation) -> u64 {
+    let id = args.id.to_string_lossy();
+    // the name as the registry gave it when the trigger's entry was (being) built
+    let name = id
+        .parse::<i32>()
+        .ok()
+        .and_then(plan_cache::observer_name)
+        .unwrap_or_else(|| format!("with id {id}"));
     let report = match &e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
         CaughtError::RustPanic { .. } => e.rethrow(),
@@ -463,14 +467,12 @@ fn rethrow_with_context(e: CaughtError, args: &TriggerArgs, rel: pg_sys::Relatio
     if passthrough {
         e.rethrow();
     }
-    let name = args.name.to_string_lossy();
     // SAFETY: the relation is open for the duration of the trigger call.
     let table = unsafe { CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy() };
     let mut out = ErrorReport::new(
         code,
         format!(
-            "observer \"{name}\" (id {}) could not capture a change of table {table}: {}",
-            args.id.to_string_lossy(),
+            "observer \"{name}\" (id {id}) could not capture a change of table {table}: {}",
             report.message()
         ),
         "observers.capture",

@@ -48,7 +48,6 @@ pub struct Entry {
     pub path: Path,
     /// UPDATE only: the columns compared to compute `changed`.
     pub columns: Vec<Column>,
-    condition: Vec<u8>,
     shape: Vec<(pg_sys::Oid, i32, bool)>,
     /// statement-level triggers: the slot that reads the transition table, made at the first
     /// capture over a private copy of the row type (TopMemoryContext) and kept with the entry
@@ -288,28 +287,92 @@ unsafe fn shape_matches(shape: &[(pg_sys::Oid, i32, bool)], tupdesc: pg_sys::Tup
     }
 }
 
-/// The trigger's arguments: (observer id, observer name, condition or '').
+/// The trigger's argument: the observer id. The observer's name and condition are read from the
+/// registry when the trigger's entry is built (`registry_row`): PostgreSQL copies every trigger
+/// of a table with its arguments for every statement on it, and two more arguments per trigger
+/// cost ~650 CPU instructions per statement. A new condition re-creates the triggers (new OIDs,
+/// new entries: create_observer), so an entry never outlives its condition.
 pub struct TriggerArgs<'a> {
     pub id: &'a CStr,
-    pub name: &'a CStr,
-    pub condition: &'a CStr,
 }
 
-/// The cached entry for `tgoid`, if it is still valid for `rel` and `args`.
+thread_local! {
+    /// observer id -> name, as read from the registry by `build` (for error messages)
+    static NAMES: RefCell<HashMap<i32, String>> = RefCell::new(HashMap::new());
+}
+
+/// The name of observer `id`, if this backend has read it from the registry.
+pub fn observer_name(id: i32) -> Option<String> {
+    NAMES.with(|n| n.borrow().get(&id).cloned())
+}
+
+/// (name, condition) of observer `id` in `observers.observer`, read with the latest snapshot (not
+/// the transaction's: a REPEATABLE READ writer that started before the observer was replaced
+/// must not cache the old condition under the new trigger), without privilege checks (the
+/// capture role may not read the registry; nothing of it reaches a condition).
+///
+/// # Safety
+/// Inside a transaction.
+unsafe fn registry_row(observer_id: i32) -> Option<(String, Option<String>)> {
+    // SAFETY: inside a transaction (contract): the registry is opened with AccessShareLock and
+    // closed, the snapshot registered and unregistered, the scan ended; the tuple's columns are
+    // read while the scan holds it.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"observers".as_ptr(), false);
+        let relid = pg_sys::get_relname_relid(c"observer".as_ptr(), nsp);
+        if relid == pg_sys::InvalidOid {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "observers.observer does not exist",
+                Some("Is the pg_observers extension installed in this database? (CREATE EXTENSION pg_observers)"),
+            );
+        }
+        let attnum = |name: &CStr| pg_sys::get_attnum(relid, name.as_ptr());
+        let (id_att, name_att, condition_att) =
+            (attnum(c"id"), attnum(c"name"), attnum(c"condition"));
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            id_att,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_INT4EQ),
+            pg_sys::Datum::from(observer_id),
+        );
+        let scan =
+            pg_sys::systable_beginscan(rel, pg_sys::InvalidOid, false, snapshot, 1, &mut key);
+        let tuple = pg_sys::systable_getnext(scan);
+        let row = if tuple.is_null() {
+            None
+        } else {
+            let text_at = |att: i16| {
+                let mut isnull = false;
+                let datum = pg_sys::heap_getattr(tuple, att as i32, (*rel).rd_att, &mut isnull);
+                (!isnull).then(|| String::from_datum(datum, false).unwrap_or_default())
+            };
+            Some((
+                text_at(name_att).unwrap_or_default(),
+                text_at(condition_att),
+            ))
+        };
+        pg_sys::systable_endscan(scan);
+        pg_sys::UnregisterSnapshot(snapshot);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        row
+    }
+}
+
+/// The cached entry for `tgoid`, if it is still valid for `rel`.
 ///
 /// # Safety
 /// `rel` must be the trigger's open relation.
-pub unsafe fn lookup(
-    tgoid: pg_sys::Oid,
-    rel: pg_sys::Relation,
-    args: &TriggerArgs,
-) -> Option<Rc<Entry>> {
+pub unsafe fn lookup(tgoid: pg_sys::Oid, rel: pg_sys::Relation) -> Option<Rc<Entry>> {
     let entry = CACHE.with(|c| c.borrow().get(&tgoid).cloned())?;
     // SAFETY: `rel` is the trigger's open relation (this function's contract): `rd_id` and `rd_att`
     // are valid.
     let valid = unsafe {
         entry.relid == (*rel).rd_id
-            && entry.condition == args.condition.to_bytes()
             && shape_matches(&entry.shape, (*rel).rd_att)
             && entry
                 .condition()
@@ -355,12 +418,12 @@ pub unsafe fn build(
                 Some("Capture triggers are managed by observers.create_observer(); do not create them by hand."),
             ),
         };
-        let condition_text = args.condition.to_string_lossy();
-        let condition = if condition_text.trim().is_empty() {
-            None
-        } else {
-            Some(condition_text.as_ref())
-        };
+        // a trigger whose observer is gone (made by hand, or left behind) captures as before,
+        // without a condition; status() reports it (capture integrity)
+        let (name, condition_text) =
+            registry_row(observer_id).unwrap_or_else(|| (format!("with id {observer_id}"), None));
+        NAMES.with(|n| n.borrow_mut().insert(observer_id, name));
+        let condition = condition_text.as_deref().filter(|c| !c.trim().is_empty());
 
         let level = if row_level {
             Level::Row
@@ -441,7 +504,6 @@ pub unsafe fn build(
             observer_id,
             path,
             columns,
-            condition: args.condition.to_bytes().to_vec(),
             shape,
             reader: Cell::new(ptr::null_mut()),
         });

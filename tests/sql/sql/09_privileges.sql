@@ -33,7 +33,7 @@ SELECT observers.lease_acquire('default', 'x', '1 minute');
 INSERT INTO shop.orders VALUES (2, 'card 5555');
 -- ... but cannot attach the capture function to a table of its own
 CREATE TABLE shop.own (id int);
-CREATE TRIGGER t AFTER INSERT ON shop.own FOR EACH ROW EXECUTE FUNCTION observers.capture('1', 'orders', '');
+CREATE TRIGGER t AFTER INSERT ON shop.own FOR EACH ROW EXECUTE FUNCTION observers.capture('1');
 -- nor set the retention
 SET observers.retention = '1 day';
 RESET ROLE;

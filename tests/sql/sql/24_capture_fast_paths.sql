@@ -152,4 +152,28 @@ SELECT count(*) AS events, count(DISTINCT e.id) AS distinct_ids FROM observers.e
 SELECT observers.drop_observer('nest');
 DROP CAST (fp.mood AS json);
 
+-- 5. The triggers carry only the observer id; the condition is read from the registry with the
+-- latest snapshot. A REPEATABLE READ transaction that began before the observer was replaced
+-- uses the new condition (reading the registry with its own snapshot would cache the old one
+-- under the new trigger, for the life of the backend).
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS dblink;
+RESET client_min_messages;
+CREATE TABLE fp.rr (v int);
+GRANT ALL ON fp.rr TO PUBLIC;
+SELECT name FROM observers.create_observer('rr', 'fp.rr', '{INSERT}', condition => 'NEW.v > 10');
+SELECT dblink_connect('rr',
+         format('host=%s port=%s dbname=%s user=%s',
+                coalesce(host(inet_server_addr()), split_part(current_setting('unix_socket_directories'), ',', 1)),
+                current_setting('port'), current_database(), current_user));
+SELECT dblink_exec('rr', 'BEGIN ISOLATION LEVEL REPEATABLE READ');
+SELECT n >= 0 AS snapshot_taken FROM dblink('rr', 'SELECT count(*) FROM observers.observer') AS t(n bigint);
+SELECT name FROM observers.create_observer('rr', 'fp.rr', '{INSERT}', condition => 'NEW.v > 100', replace => true);
+SELECT dblink_exec('rr', 'INSERT INTO fp.rr VALUES (50), (500)');
+SELECT dblink_exec('rr', 'COMMIT');
+SELECT dblink_disconnect('rr');
+SELECT e.new FROM observers.event AS e
+  JOIN observers.observer AS o ON o.id = e.observer_id AND o.name = 'rr' ORDER BY e.id;
+SELECT observers.drop_observer('rr');
+
 DROP SCHEMA fp CASCADE;
