@@ -41,6 +41,11 @@ unsafe extern "C-unwind" {
     ) -> bool;
     pub fn MemoryContextReset(context: pg_sys::MemoryContext);
     pub fn ExecStoreVirtualTuple(slot: *mut pg_sys::TupleTableSlot) -> *mut pg_sys::TupleTableSlot;
+    pub fn ExecStoreHeapTuple(
+        tuple: pg_sys::HeapTuple,
+        slot: *mut pg_sys::TupleTableSlot,
+        should_free: bool,
+    ) -> *mut pg_sys::TupleTableSlot;
     pub fn slot_getsomeattrs_int(slot: *mut pg_sys::TupleTableSlot, attnum: c_int);
     pub fn palloc(size: pg_sys::Size) -> *mut c_void;
     pub fn pfree(pointer: *mut c_void);

@@ -55,6 +55,10 @@ pub struct Event {
 struct SlotPool {
     tupdesc: pg_sys::TupleDesc,
     slots: Vec<*mut pg_sys::TupleTableSlot>,
+    /// heap tuple slots a multi-row flush hands to `heap_multi_insert`, holding tuples formed
+    /// from the virtual slots' values (a virtual slot would be materialized, its values copied,
+    /// before the tuple is formed: ~450 instructions per row)
+    heap_slots: Vec<*mut pg_sys::TupleTableSlot>,
     /// text datums 'INSERT', 'UPDATE', 'DELETE'
     ops: [pg_sys::Datum; 3],
 }
@@ -90,6 +94,7 @@ impl SlotPool {
             SlotPool {
                 tupdesc,
                 slots: Vec::new(),
+                heap_slots: Vec::new(),
                 ops,
             }
         }
@@ -109,6 +114,23 @@ impl SlotPool {
                 pg_sys::CurrentMemoryContext = old;
             }
             self.slots[i]
+        }
+    }
+
+    /// The first `n` heap tuple slots (made on first use, like `slot`).
+    unsafe fn heap_slots(&mut self, n: usize) -> Vec<*mut pg_sys::TupleTableSlot> {
+        // SAFETY: as `slot`: made in TopMemoryContext over the pool's descriptor.
+        unsafe {
+            while self.heap_slots.len() < n {
+                let old = pg_sys::CurrentMemoryContext;
+                pg_sys::CurrentMemoryContext = pool_context();
+                self.heap_slots.push(pg_sys::MakeSingleTupleTableSlot(
+                    self.tupdesc,
+                    &pg_sys::TTSOpsHeapTuple,
+                ));
+                pg_sys::CurrentMemoryContext = old;
+            }
+            self.heap_slots[..n].to_vec()
         }
     }
 
@@ -724,6 +746,21 @@ impl Writer {
             let (leaf, cid, chunk_context, seq) =
                 (self.leaf, self.cid, self.chunk_context, self.seq);
             let indexes = &self.indexes;
+            // several rows: heap tuple slots for heap_multi_insert (taken before the guarded
+            // region: no RefCell borrow inside it). Nothing that runs while they are in use can
+            // capture (the heap insert runs no user code; the slots are cleared before the index
+            // entries, where an index someone added could).
+            let heap_slots = if used > 1 {
+                POOL.with(|p| {
+                    p.borrow_mut()
+                        .as_mut()
+                        .expect("pool created by Writer::open")
+                        .heap_slots(used)
+                })
+            } else {
+                Vec::new()
+            };
+            let heap_slots = &heap_slots[..];
             raw::guarded(|| {
                 // the ids, in queue order: one block of shared ids for all of them when the
                 // library is preloaded, else one nextval each (capture/ids.rs)
@@ -748,14 +785,28 @@ impl Writer {
                     (*slot).tts_tableOid = (*leaf).rd_id;
                     (*slot).tts_tid = (*tuple).t_self;
                 } else {
+                    for (&slot, &heap_slot) in slots.iter().zip(heap_slots) {
+                        let tuple = raw::heap_form_tuple(
+                            (*slot).tts_tupleDescriptor,
+                            (*slot).tts_values,
+                            (*slot).tts_isnull,
+                        );
+                        // should_free: the slot owns the tuple, so fetching it copies nothing
+                        raw::ExecStoreHeapTuple(tuple, heap_slot, true);
+                    }
                     pg_sys::heap_multi_insert(
                         leaf,
-                        slots.as_ptr().cast_mut(),
+                        heap_slots.as_ptr().cast_mut(),
                         used as i32,
                         cid,
                         0,
                         ptr::null_mut(),
                     );
+                    for (&slot, &heap_slot) in slots.iter().zip(heap_slots) {
+                        (*slot).tts_tableOid = (*leaf).rd_id;
+                        (*slot).tts_tid = (*heap_slot).tts_tid;
+                        raw::exec_clear_tuple(heap_slot);
+                    }
                 }
                 match indexes {
                     Indexes::Direct(indexes) => {
