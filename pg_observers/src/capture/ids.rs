@@ -139,7 +139,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
 /// Does this server hand out ids from shared memory (the library is preloaded)?
 pub fn shared() -> bool {
     // SAFETY: read of a pointer set once before any backend started.
-    unsafe { !(*&raw const SHARED).is_null() }
+    unsafe { !SHARED.is_null() }
 }
 
 /// This database's slot for sequence `seq`, if any. Under the lock.
