@@ -318,15 +318,7 @@ unsafe fn registry_row(observer_id: i32) -> Option<(String, Option<String>)> {
     // closed, the snapshot registered and unregistered, the scan ended; the tuple's columns are
     // read while the scan holds it.
     unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"observers".as_ptr(), false);
-        let relid = pg_sys::get_relname_relid(c"observer".as_ptr(), nsp);
-        if relid == pg_sys::InvalidOid {
-            raise(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                "observers.observer does not exist",
-                Some("Is the pg_observers extension installed in this database? (CREATE EXTENSION pg_observers)"),
-            );
-        }
+        let relid = super::writer::observers_relation(c"observer");
         let attnum = |name: &CStr| pg_sys::get_attnum(relid, name.as_ptr());
         let (id_att, name_att, condition_att) =
             (attnum(c"id"), attnum(c"name"), attnum(c"condition"));

@@ -279,10 +279,13 @@ pub unsafe fn event_id_sequence() -> pg_sys::Oid {
     unsafe { outbox_oids().1 }
 }
 
-/// The OIDs of observers.event and its sequence, looked up by name (once per backend, and again
-/// after an invalidation of the outbox).
-unsafe fn outbox_oids() -> (pg_sys::Oid, pg_sys::Oid) {
-    // SAFETY: inside a transaction (callers: `Writer::open`): catalog look-ups by name.
+/// The OID of relation `observers.<name>`, looked up by name (an error that says to install the
+/// extension when it is missing).
+///
+/// # Safety
+/// Inside a transaction.
+pub(super) unsafe fn observers_relation(name: &CStr) -> pg_sys::Oid {
+    // SAFETY: inside a transaction (contract): catalog look-ups by name.
     unsafe {
         let nsp = pg_sys::get_namespace_oid(c"observers".as_ptr(), true);
         if nsp == pg_sys::InvalidOid {
@@ -292,9 +295,18 @@ unsafe fn outbox_oids() -> (pg_sys::Oid, pg_sys::Oid) {
                 Some("Is the pg_observers extension installed in this database? (CREATE EXTENSION pg_observers)"),
             );
         }
+        relation_oid(nsp, name)
+    }
+}
+
+/// The OIDs of observers.event and its sequence, looked up by name (once per backend, and again
+/// after an invalidation of the outbox).
+unsafe fn outbox_oids() -> (pg_sys::Oid, pg_sys::Oid) {
+    // SAFETY: inside a transaction (callers: `Writer::open`): catalog look-ups by name.
+    unsafe {
         (
-            relation_oid(nsp, c"event"),
-            relation_oid(nsp, c"event_id_seq"),
+            observers_relation(c"event"),
+            observers_relation(c"event_id_seq"),
         )
     }
 }
