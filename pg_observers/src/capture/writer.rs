@@ -67,6 +67,27 @@ thread_local! {
     static POOL: std::cell::RefCell<Option<SlotPool>> = const { std::cell::RefCell::new(None) };
 }
 
+/// A new slot of `ops` over `desc`, made in `context` (a guarded pgrx call; CurrentMemoryContext
+/// is put back).
+///
+/// # Safety
+/// `desc` lives at least as long as `context`.
+unsafe fn make_slot(
+    desc: pg_sys::TupleDesc,
+    ops: &'static pg_sys::TupleTableSlotOps,
+    context: pg_sys::MemoryContext,
+) -> *mut pg_sys::TupleTableSlot {
+    // SAFETY: `desc` outlives the slot (contract); the context switch is undone before returning
+    // (an error aborts the transaction, which resets CurrentMemoryContext).
+    unsafe {
+        let old = pg_sys::CurrentMemoryContext;
+        pg_sys::CurrentMemoryContext = context;
+        let slot = pg_sys::MakeSingleTupleTableSlot(desc, ops);
+        pg_sys::CurrentMemoryContext = old;
+        slot
+    }
+}
+
 unsafe fn pool_context() -> pg_sys::MemoryContext {
     // SAFETY: reads a backend-local global (TopMemoryContext is set for the whole life of the
     // backend).
@@ -101,17 +122,11 @@ impl SlotPool {
     }
 
     unsafe fn slot(&mut self, i: usize) -> *mut pg_sys::TupleTableSlot {
-        // SAFETY: `tupdesc` is the pool's own copy (TopMemoryContext); the slot is made there and
-        // CurrentMemoryContext is put back.
+        // SAFETY: `tupdesc` is the pool's own copy (TopMemoryContext); slots are made there.
         unsafe {
             while self.slots.len() <= i {
-                let old = pg_sys::CurrentMemoryContext;
-                pg_sys::CurrentMemoryContext = pool_context();
-                self.slots.push(pg_sys::MakeSingleTupleTableSlot(
-                    self.tupdesc,
-                    &pg_sys::TTSOpsVirtual,
-                ));
-                pg_sys::CurrentMemoryContext = old;
+                let slot = make_slot(self.tupdesc, &pg_sys::TTSOpsVirtual, pool_context());
+                self.slots.push(slot);
             }
             self.slots[i]
         }
@@ -122,13 +137,8 @@ impl SlotPool {
         // SAFETY: as `slot`: made in TopMemoryContext over the pool's descriptor.
         unsafe {
             while self.heap_slots.len() < n {
-                let old = pg_sys::CurrentMemoryContext;
-                pg_sys::CurrentMemoryContext = pool_context();
-                self.heap_slots.push(pg_sys::MakeSingleTupleTableSlot(
-                    self.tupdesc,
-                    &pg_sys::TTSOpsHeapTuple,
-                ));
-                pg_sys::CurrentMemoryContext = old;
+                let slot = make_slot(self.tupdesc, &pg_sys::TTSOpsHeapTuple, pool_context());
+                self.heap_slots.push(slot);
             }
             self.heap_slots[..n].to_vec()
         }
@@ -695,14 +705,8 @@ impl Writer {
                 } else if self.used < self.slots.len() {
                     self.slots[self.used]
                 } else {
-                    // nested writer: a slot of its own, over the pool's row type (a guarded pgrx
-                    // call; nothing here needs dropping)
-                    let old = pg_sys::CurrentMemoryContext;
-                    pg_sys::CurrentMemoryContext = self.owner_context;
-                    let slot =
-                        pg_sys::MakeSingleTupleTableSlot(pool.tupdesc, &pg_sys::TTSOpsVirtual);
-                    pg_sys::CurrentMemoryContext = old;
-                    slot
+                    // nested writer: a slot of its own, over the pool's row type
+                    make_slot(pool.tupdesc, &pg_sys::TTSOpsVirtual, self.owner_context)
                 };
                 (slot, op)
             });
