@@ -441,12 +441,9 @@ unsafe fn run_spi(
 /// developer who sees it in their write knows where it comes from and how to stop it.
 fn rethrow_with_context(e: CaughtError, args: &TriggerArgs, rel: pg_sys::Relation) -> u64 {
     let id = args.id.to_string_lossy();
-    // the name as the registry gave it when the trigger's entry was (being) built
-    let name = id
-        .parse::<i32>()
-        .ok()
-        .and_then(plan_cache::observer_name)
-        .unwrap_or_else(|| format!("with id {id}"));
+    // the name as the registry gave it when the trigger's entry was (being) built; none for a
+    // trigger whose observer is not in the registry
+    let name = id.parse::<i32>().ok().and_then(plan_cache::observer_name);
     let report = match &e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
         CaughtError::RustPanic { .. } => e.rethrow(),
@@ -469,17 +466,27 @@ fn rethrow_with_context(e: CaughtError, args: &TriggerArgs, rel: pg_sys::Relatio
     }
     // SAFETY: the relation is open for the duration of the trigger call.
     let table = unsafe { CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy() };
+    let (who, hint) = match name {
+        Some(name) => (
+            format!("observer \"{name}\" (id {id})"),
+            format!(
+                "Fix the observer (observers.create_observer(..., replace => true)) or stop it: SELECT observers.disable_observer('{name}');"
+            ),
+        ),
+        None => (
+            format!("observer id {id} (not in observers.observer)"),
+            "This capture trigger's observer does not exist: drop the trigger, or create the observer again.".to_string(),
+        ),
+    };
     let mut out = ErrorReport::new(
         code,
         format!(
-            "observer \"{name}\" (id {id}) could not capture a change of table {table}: {}",
+            "{who} could not capture a change of table {table}: {}",
             report.message()
         ),
         "observers.capture",
     )
-    .set_hint(format!(
-        "Fix the observer (observers.create_observer(..., replace => true)) or stop it: SELECT observers.disable_observer('{name}');"
-    ));
+    .set_hint(hint);
     if let Some(detail) = report.detail() {
         out = out.set_detail(detail);
     }

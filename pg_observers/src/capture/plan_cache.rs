@@ -412,9 +412,13 @@ pub unsafe fn build(
         };
         // a trigger whose observer is gone (made by hand, or left behind) captures as before,
         // without a condition; status() reports it (capture integrity)
-        let (name, condition_text) =
-            registry_row(observer_id).unwrap_or_else(|| (format!("with id {observer_id}"), None));
-        NAMES.with(|n| n.borrow_mut().insert(observer_id, name));
+        let condition_text = match registry_row(observer_id) {
+            Some((name, condition)) => {
+                NAMES.with(|n| n.borrow_mut().insert(observer_id, name));
+                condition
+            }
+            None => None,
+        };
         let condition = condition_text.as_deref().filter(|c| !c.trim().is_empty());
 
         let level = if row_level {
