@@ -45,7 +45,7 @@ start_faked() {
   # without shared_preload_libraries: the main run (scripts/test.sh) preloads pg_observers, these
   # runs cover a server that only did CREATE EXTENSION (event ids from nextval: capture/ids.rs)
   LD_PRELOAD=$lib FAKETIME="$fake" FAKETIME_DONT_FAKE_MONOTONIC=1 \
-    PGCLUSTER_PRELOAD=0 PGCLUSTER_FSYNC=off scripts/pgcluster.sh start "$dir" "$port" "timezone=$zone" >/dev/null
+    PGCLUSTER_PRELOAD=0 PGCLUSTER_FSYNC=off scripts/pgcluster.sh start "$dir" "$port" "timezone=$zone" "observers.verify_tuples=on" >/dev/null
   PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres \
     psql -X -At -d postgres -c "SELECT 'server clock: ' || now() AT TIME ZONE 'UTC' || ' UTC'"
 }

@@ -15,7 +15,8 @@ cd "$top"
 port=${TEST_PGPORT:-25432}
 dir=${TEST_PGDATA:-/tmp/fraiseql-observers-test-cluster}
 scripts/pgcluster.sh destroy "$dir"          # a test run always starts from a fresh cluster
-PGCLUSTER_FSYNC=off scripts/pgcluster.sh start "$dir" "$port"
+# observers.verify_tuples: every outbox row capture forms is checked against heap_form_tuple
+PGCLUSTER_FSYNC=off scripts/pgcluster.sh start "$dir" "$port" "observers.verify_tuples=on"
 keep=${KEEP_CLUSTER:-0}
 cleanup() { [ "$keep" = 1 ] || scripts/pgcluster.sh destroy "$dir"; }
 trap cleanup EXIT

@@ -19,6 +19,11 @@ pub static NOTIFY_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static RETENTION: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"7 days"));
 
+/// `observers.verify_tuples`: form every outbox row twice, directly (capture/tuple.rs) and with
+/// PostgreSQL's `heap_form_tuple`, and raise an error if they differ. A check for the test
+/// suite (the test clusters turn it on); it roughly doubles what forming a row costs.
+pub static VERIFY_TUPLES: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 pub const NOTIFY_CHANNEL: &std::ffi::CStr = c"observers_wakeup";
 
 pub fn init() {
@@ -42,6 +47,15 @@ pub fn init() {
         c"An interval such as '7 days'. Partitions holding events that some worker group has \
           not processed yet are kept regardless.",
         &RETENTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"observers.verify_tuples",
+        c"Check every outbox row capture writes against PostgreSQL's heap_form_tuple.",
+        c"For tests: capture forms outbox rows itself (faster than heap_form_tuple); with this on \
+          it also forms each with heap_form_tuple and raises an error if the two differ.",
+        &VERIFY_TUPLES,
         GucContext::Suset,
         GucFlags::default(),
     );

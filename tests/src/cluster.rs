@@ -312,6 +312,7 @@ fn write_conf(data: &Path, port: u16) -> Result<(), ClusterError> {
          full_page_writes = off\n\
          log_min_messages = warning\n\
          log_line_prefix = '%m [%p] %d '\n\
+         observers.verify_tuples = on\n\
          {preload}",
         dir = data.display(),
         // pg_observers preloaded: event ids from shared memory (capture/ids.rs), as the docs

@@ -36,6 +36,7 @@ pub mod plan_cache;
 pub mod query;
 mod raw;
 mod session;
+mod tuple;
 pub mod writer;
 
 use crate::error::raise;

@@ -48,6 +48,7 @@ unsafe extern "C-unwind" {
     ) -> *mut pg_sys::TupleTableSlot;
     pub fn slot_getsomeattrs_int(slot: *mut pg_sys::TupleTableSlot, attnum: c_int);
     pub fn palloc(size: pg_sys::Size) -> *mut c_void;
+    pub fn palloc0(size: pg_sys::Size) -> *mut c_void;
     pub fn pfree(pointer: *mut c_void);
     pub fn JsonbValueToJsonb(val: *mut pg_sys::JsonbValue) -> *mut pg_sys::Jsonb;
     pub fn pg_detoast_datum(datum: *mut pg_sys::varlena) -> *mut pg_sys::varlena;

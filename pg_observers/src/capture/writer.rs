@@ -61,6 +61,9 @@ struct SlotPool {
     heap_slots: Vec<*mut pg_sys::TupleTableSlot>,
     /// text datums 'INSERT', 'UPDATE', 'DELETE'
     ops: [pg_sys::Datum; 3],
+    /// header template when the row type is the one capture/tuple.rs forms directly (else
+    /// rows are formed by `heap_form_tuple`)
+    template: Option<super::tuple::Template>,
 }
 
 thread_local! {
@@ -117,6 +120,8 @@ impl SlotPool {
                 slots: Vec::new(),
                 heap_slots: Vec::new(),
                 ops,
+                template: super::tuple::layout_matches(tupdesc)
+                    .then(|| super::tuple::Template::new(tupdesc, ops[0])),
             }
         }
     }
@@ -379,6 +384,36 @@ unsafe fn route(
             );
         }
         (*(*partdesc).oids.add(part_index as usize), range)
+    }
+}
+
+/// The outbox heap tuple for a queued slot's values, formed in CurrentMemoryContext: directly
+/// (capture/tuple.rs) when the row type allows it, else by `heap_form_tuple`; with `verify`
+/// (observers.verify_tuples) compared with `heap_form_tuple`'s, the first difference kept in
+/// `mismatch`. Inside a `raw::guarded` region.
+#[inline(always)]
+unsafe fn form_tuple(
+    slot: *mut pg_sys::TupleTableSlot,
+    template: Option<&super::tuple::Template>,
+    verify: bool,
+    mismatch: &mut Option<(usize, usize, usize)>,
+) -> pg_sys::HeapTuple {
+    // SAFETY: `slot` is a queued virtual slot over the pool's descriptor (callers: `flush`).
+    unsafe {
+        let (desc, values, isnull) = (
+            (*slot).tts_tupleDescriptor,
+            (*slot).tts_values,
+            (*slot).tts_isnull,
+        );
+        match template.and_then(|t| super::tuple::form(t, values, isnull)) {
+            Some(tuple) => {
+                if verify && mismatch.is_none() {
+                    *mismatch = super::tuple::verify(desc, values, isnull, tuple);
+                }
+                tuple
+            }
+            None => raw::heap_form_tuple(desc, values, isnull),
+        }
     }
 }
 
@@ -766,16 +801,20 @@ impl Writer {
             // region: no RefCell borrow inside it). Nothing that runs while they are in use can
             // capture (the heap insert runs no user code; the slots are cleared before the index
             // entries, where an index someone added could).
-            let heap_slots = if used > 1 {
-                POOL.with(|p| {
-                    p.borrow_mut()
-                        .as_mut()
-                        .expect("pool created by Writer::open")
-                        .heap_slots(used)
-                })
-            } else {
-                Vec::new()
-            };
+            let (heap_slots, template) = POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                let pool = p.as_mut().expect("pool created by Writer::open");
+                let heap_slots = if used > 1 {
+                    pool.heap_slots(used)
+                } else {
+                    Vec::new()
+                };
+                (heap_slots, pool.template)
+            });
+            let template = template.as_ref();
+            let verify = crate::gucs::VERIFY_TUPLES.get();
+            let mut mismatch = None;
+            let mismatch_ref = &mut mismatch;
             let heap_slots = &heap_slots[..];
             raw::guarded(|| {
                 // the ids, in queue order: one block of shared ids for all of them when the
@@ -791,22 +830,14 @@ impl Writer {
                     // materializing the slot first). The outbox and its partitions are heap
                     // tables: the extension creates them.
                     let slot = slots[0];
-                    let tuple = raw::heap_form_tuple(
-                        (*slot).tts_tupleDescriptor,
-                        (*slot).tts_values,
-                        (*slot).tts_isnull,
-                    );
+                    let tuple = form_tuple(slot, template, verify, mismatch_ref);
                     (*tuple).t_tableOid = (*leaf).rd_id;
                     raw::heap_insert(leaf, tuple, cid, 0, ptr::null_mut());
                     (*slot).tts_tableOid = (*leaf).rd_id;
                     (*slot).tts_tid = (*tuple).t_self;
                 } else {
                     for (&slot, &heap_slot) in slots.iter().zip(heap_slots) {
-                        let tuple = raw::heap_form_tuple(
-                            (*slot).tts_tupleDescriptor,
-                            (*slot).tts_values,
-                            (*slot).tts_isnull,
-                        );
+                        let tuple = form_tuple(slot, template, verify, mismatch_ref);
                         // should_free: the slot owns the tuple, so fetching it copies nothing
                         raw::ExecStoreHeapTuple(tuple, heap_slot, true);
                     }
@@ -883,6 +914,19 @@ impl Writer {
             });
             self.written += self.used as u64;
             self.used = 0;
+            if let Some((ours, want, at)) = mismatch {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!(
+                        "pg_observers formed an outbox row that differs from heap_form_tuple's \
+                         ({ours} bytes vs {want}, first difference at byte {at})"
+                    ),
+                    Some(
+                        "observers.verify_tuples found a bug in capture/tuple.rs: report it; \
+                          SET observers.verify_tuples = off does not fix it",
+                    ),
+                );
+            }
         }
     }
 

@@ -176,4 +176,30 @@ SELECT e.new FROM observers.event AS e
   JOIN observers.observer AS o ON o.id = e.observer_id AND o.name = 'rr' ORDER BY e.id;
 SELECT observers.drop_observer('rr');
 
+-- 6. Outbox rows are formed by capture/tuple.rs, not heap_form_tuple. With
+-- observers.verify_tuples on, every row is also formed by heap_form_tuple and an error is raised
+-- if the two differ in any byte. Every shape: 1-row and multi-row statements; INSERT (old and
+-- changed NULL), UPDATE (all set), DELETE (new and changed NULL); payloads under 127 bytes
+-- (1-byte varlena header), over it (4-byte header, int-aligned), and over 2 kB (toasted when the
+-- row is inserted); a change whose changed list is empty.
+SET observers.verify_tuples = on;
+CREATE TABLE fp.shapes (id int PRIMARY KEY, t text);
+GRANT ALL ON fp.shapes TO PUBLIC;
+SELECT name FROM observers.create_observer('shapes', 'fp.shapes');
+INSERT INTO fp.shapes VALUES (1, 'a');
+INSERT INTO fp.shapes VALUES (2, repeat('b', 200)), (3, repeat('c', 5000)), (4, NULL);
+UPDATE fp.shapes SET t = repeat('d', 120) WHERE id = 1;
+UPDATE fp.shapes SET t = t WHERE id = 2;
+UPDATE fp.shapes SET t = upper(t) WHERE id IN (3, 4);
+DELETE FROM fp.shapes WHERE id = 1;
+DELETE FROM fp.shapes;
+SELECT e.op, coalesce(e.new, e.old)->>'id' AS row_id, e.changed,
+       length(e.new->>'t') AS new_t_len, left(e.new->>'t', 2) AS new_t,
+       length(e.old->>'t') AS old_t_len, left(e.old->>'t', 2) AS old_t
+  FROM observers.event AS e
+  JOIN observers.observer AS o ON o.id = e.observer_id AND o.name = 'shapes'
+ ORDER BY e.id;
+SELECT observers.drop_observer('shapes');
+RESET observers.verify_tuples;
+
 DROP SCHEMA fp CASCADE;
