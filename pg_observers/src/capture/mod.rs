@@ -247,14 +247,55 @@ unsafe fn payload(
     // deforming the row and building the payload create nothing that needs dropping.
     unsafe {
         let context = writer.payload_context();
-        raw::guarded(|| {
-            raw::slot_getallattrs(slot);
-            let old = pg_sys::CurrentMemoryContext;
-            pg_sys::CurrentMemoryContext = context;
-            let datum = json.build((*slot).tts_values, (*slot).tts_isnull);
-            pg_sys::CurrentMemoryContext = old;
-            datum
-        })
+        raw::guarded(|| build_payload(context, json, slot))
+    }
+}
+
+/// The payload of the row in `slot`, built in `context`; inside a `raw::guarded` region.
+///
+/// # Safety
+/// As for `payload`; `context` is the writer's payload context.
+#[inline(always)]
+unsafe fn build_payload(
+    context: pg_sys::MemoryContext,
+    json: &RowJsonb,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> pg_sys::Datum {
+    // SAFETY: contract above; CurrentMemoryContext is put back (an error aborts the transaction).
+    unsafe {
+        raw::slot_getallattrs(slot);
+        let old = pg_sys::CurrentMemoryContext;
+        pg_sys::CurrentMemoryContext = context;
+        let datum = json.build((*slot).tts_values, (*slot).tts_isnull);
+        pg_sys::CurrentMemoryContext = old;
+        datum
+    }
+}
+
+/// Read the next row of a transition table into `slot`; at the end, give the slot back (drop
+/// it if it was made for this call) and return false. Inside a `raw::guarded` region.
+///
+/// # Safety
+/// `store` is a live transition table and `slot` the reader `entry.reader` returned for it.
+#[inline(always)]
+unsafe fn next_row(
+    store: *mut pg_sys::Tuplestorestate,
+    slot: *mut pg_sys::TupleTableSlot,
+    owned: bool,
+    entry: &plan_cache::Entry,
+) -> bool {
+    // SAFETY: contract above.
+    unsafe {
+        let more = raw::tuplestore_gettupleslot(store, true, false, slot);
+        if !more {
+            if owned {
+                raw::ExecDropSingleTupleTableSlot(slot);
+            } else {
+                raw::exec_clear_tuple(slot);
+                entry.release_reader();
+            }
+        }
+        more
     }
 }
 
@@ -344,45 +385,65 @@ unsafe fn write_direct(
                 // the slot is given back (or dropped, if it was made for this call) in the
                 // guarded call that finds the end of the table; after an error the transaction's
                 // end frees the entry's slot for the next capture
-                while raw::guarded(|| {
-                    let more = raw::tuplestore_gettupleslot(store, true, false, slot);
-                    if !more {
-                        if owned {
-                            raw::ExecDropSingleTupleTableSlot(slot);
-                        } else {
-                            raw::exec_clear_tuple(slot);
-                            entry.release_reader();
-                        }
-                    }
-                    more
-                }) {
-                    if let Some(c) = condition {
-                        let passes = if op == Op::Insert {
-                            c.passes(rel, slot, ptr::null_mut())
-                        } else {
-                            c.passes(rel, ptr::null_mut(), slot)
-                        };
-                        if !passes {
-                            continue;
-                        }
-                    }
-                    let writer = writer.get_or_insert_with(|| {
+                if condition.is_none() {
+                    // every row becomes an event: the writer is opened before the first row
+                    // (unless the table is empty), and reading a row and building its payload
+                    // share one guarded region (a guard costs ~100 instructions a row)
+                    if raw::guarded(|| raw::tuplestore_tuple_count(store)) > 0 {
                         json.begin_call();
-                        writer::Writer::open()
-                    });
-                    let datum = payload(writer, json, slot);
-                    let (new, old) = if op == Op::Insert {
-                        (Some(datum), None)
-                    } else {
-                        (None, Some(datum))
-                    };
-                    writer.push(writer::Event {
-                        observer_id: entry.observer_id,
-                        op: opname,
-                        new,
-                        old,
-                        changed: None,
-                    });
+                        writer = Some(writer::Writer::open());
+                    }
+                    let context = writer.as_ref().map(|w| w.payload_context());
+                    while let Some(datum) = raw::guarded(|| {
+                        // a row means the table was not empty: the writer is open
+                        next_row(store, slot, owned, entry)
+                            .then(|| build_payload(context.unwrap_or(ptr::null_mut()), json, slot))
+                    }) {
+                        let (new, old) = if op == Op::Insert {
+                            (Some(datum), None)
+                        } else {
+                            (None, Some(datum))
+                        };
+                        if let Some(w) = writer.as_mut() {
+                            w.push(writer::Event {
+                                observer_id: entry.observer_id,
+                                op: opname,
+                                new,
+                                old,
+                                changed: None,
+                            });
+                        }
+                    }
+                } else {
+                    while raw::guarded(|| next_row(store, slot, owned, entry)) {
+                        if let Some(c) = condition {
+                            let passes = if op == Op::Insert {
+                                c.passes(rel, slot, ptr::null_mut())
+                            } else {
+                                c.passes(rel, ptr::null_mut(), slot)
+                            };
+                            if !passes {
+                                continue;
+                            }
+                        }
+                        let writer = writer.get_or_insert_with(|| {
+                            json.begin_call();
+                            writer::Writer::open()
+                        });
+                        let datum = payload(writer, json, slot);
+                        let (new, old) = if op == Op::Insert {
+                            (Some(datum), None)
+                        } else {
+                            (None, Some(datum))
+                        };
+                        writer.push(writer::Event {
+                            observer_id: entry.observer_id,
+                            op: opname,
+                            new,
+                            old,
+                            changed: None,
+                        });
+                    }
                 }
             }
             writer.map_or(0, |w| w.finish())

@@ -93,6 +93,7 @@ unsafe extern "C-unwind" {
     ) -> c_int;
     pub fn tuplestore_select_read_pointer(state: *mut pg_sys::Tuplestorestate, ptr: c_int);
     pub fn tuplestore_rescan(state: *mut pg_sys::Tuplestorestate);
+    pub fn tuplestore_tuple_count(state: *mut pg_sys::Tuplestorestate) -> i64;
     pub fn heap_form_tuple(
         desc: pg_sys::TupleDesc,
         values: *const Datum,

@@ -771,10 +771,10 @@ impl Writer {
                 *values.add(i) = f.unwrap_or(pg_sys::Datum::from(0));
                 *isnull.add(i) = f.is_none();
             }
-            // the id is drawn at flush (`ids::assign`), for all the queued rows at once
-            raw::guarded(|| {
-                raw::ExecStoreVirtualTuple(slot);
-            });
+            // the id is drawn at flush (`ids::assign`), for all the queued rows at once.
+            // ExecStoreVirtualTuple only sets the slot's flags and nvalid: it cannot raise an
+            // error, so it needs no guard (a guard costs ~100 instructions a row)
+            raw::ExecStoreVirtualTuple(slot);
             self.used += 1;
             if self.used == CHUNK {
                 self.flush();
