@@ -245,18 +245,36 @@ impl RowJsonb {
         // every `c.index` is in bounds, and each non-null value has the type `c.kind` was
         // categorized from.
         unsafe {
+            // Integers become numerics in this frame's buffer, and an object of up to
+            // STACK_COLUMNS columns is assembled in this frame's pair array: no palloc per row
+            // for either (they are copied into the jsonb before `build` returns). On the stack,
+            // not in `self`: a nested capture (a user output function writing to an observed
+            // table) may run `build` of this same builder while this one is half done.
+            let mut ints = [[0u8; INT_NUMERIC_MAX]; STACK_COLUMNS];
+            let mut stack_pairs =
+                [const { std::mem::MaybeUninit::<pg_sys::JsonbPair>::uninit() }; STACK_COLUMNS];
+            let n = self.columns.len();
+            let ints_ptr = ints.as_mut_ptr();
             let value_of = |position: usize, c: &JsonColumn| {
                 if *isnull.add(c.index) {
                     null_value()
                 } else {
-                    self.convert(position, &c.kind, *values.add(c.index))
+                    let buf = if position < STACK_COLUMNS {
+                        ints_ptr.add(position)
+                    } else {
+                        ptr::null_mut()
+                    };
+                    self.convert(position, &c.kind, *values.add(c.index), buf)
                 }
             };
             if self.all_scalar {
                 // keys unique and already in jsonb order: build the object value directly
-                let n = self.columns.len();
-                let pairs = raw::palloc(n.max(1) * std::mem::size_of::<pg_sys::JsonbPair>())
-                    as *mut pg_sys::JsonbPair;
+                let pairs = if n <= STACK_COLUMNS {
+                    stack_pairs.as_mut_ptr().cast::<pg_sys::JsonbPair>()
+                } else {
+                    raw::palloc(n * std::mem::size_of::<pg_sys::JsonbPair>())
+                        as *mut pg_sys::JsonbPair
+                };
                 for (position, c) in self.columns.iter().enumerate() {
                     let key_bytes = c.key.as_bytes();
                     pairs.add(position).write(pg_sys::JsonbPair {
@@ -290,11 +308,14 @@ impl RowJsonb {
         }
     }
 
+    /// The JSON value of one non-null column value. `int_buf`, when not null, receives an
+    /// integer's numeric (it must outlive the returned value's use).
     unsafe fn convert(
         &self,
         position: usize,
         kind: &Kind,
         value: pg_sys::Datum,
+        int_buf: *mut [u8; INT_NUMERIC_MAX],
     ) -> pg_sys::JsonbValue {
         // SAFETY: `value` is a non-null datum of the type `kind` was categorized from (callers:
         // `build`, under its contract, inside its guarded region); the FmgrInfos were set up by
@@ -313,7 +334,12 @@ impl RowJsonb {
                         4 => value.value() as i32 as i64,
                         _ => value.value() as i64,
                     };
-                    numeric_value(int64_numeric(n))
+                    let out = if int_buf.is_null() {
+                        raw::palloc(INT_NUMERIC_MAX) as *mut u8
+                    } else {
+                        int_buf.cast::<u8>()
+                    };
+                    numeric_value(int64_numeric(n, out))
                 }
                 Kind::Numeric { typoutput } => {
                     let num = raw::pg_detoast_datum(value.cast_mut_ptr()) as pg_sys::Numeric;
@@ -383,11 +409,11 @@ impl RowJsonb {
     }
 }
 
-/// `int64_to_numeric(n)`: the same bytes, written directly (PostgreSQL 15's numeric.c:
-/// `int64_to_numericvar` then `make_result`: base-10000 digits, most significant first, trailing
-/// zero digits dropped, dscale 0, always the short format, 0 as no digits with weight 0),
-/// allocated in the current memory context. Inside a `raw::guarded` region.
-unsafe fn int64_numeric(n: i64) -> pg_sys::Numeric {
+/// `int64_to_numeric(n)`: the same bytes, written directly into `out` (PostgreSQL 15's
+/// numeric.c: `int64_int64_to_numericvar` then `make_result`: base-10000 digits, most significant
+/// first, trailing zero digits dropped, dscale 0, always the short format, 0 as no digits with
+/// weight 0). `out` has room for INT_NUMERIC_MAX bytes.
+unsafe fn int64_numeric(n: i64, out: *mut u8) -> pg_sys::Numeric {
     const NUMERIC_SHORT: u16 = 0x8000;
     const NUMERIC_SHORT_SIGN_MASK: u16 = 0x2000;
     // a u64 holds at most 5 base-10000 digits
@@ -407,10 +433,9 @@ unsafe fn int64_numeric(n: i64) -> pg_sys::Numeric {
     }
     let ndigits = count - low;
     let len = 4 + 2 + 2 * ndigits;
-    // SAFETY: inside a guarded region (contract): palloc raises on out of memory; `len` bytes
-    // are written, the 4-byte varlena header, the short header and the digits.
+    // SAFETY: `out` has room for INT_NUMERIC_MAX >= `len` bytes (contract): the 4-byte varlena
+    // header, the short header and the digits.
     unsafe {
-        let out = raw::palloc(len) as *mut u8;
         (out as *mut u32).write_unaligned((len as u32) << 2);
         let sign = if n < 0 { NUMERIC_SHORT_SIGN_MASK } else { 0 };
         (out.add(4) as *mut u16).write_unaligned(NUMERIC_SHORT | sign | weight);
@@ -420,6 +445,11 @@ unsafe fn int64_numeric(n: i64) -> pg_sys::Numeric {
         out as pg_sys::Numeric
     }
 }
+
+/// Columns whose JSON pairs and integer numerics `build` keeps in its own stack frame.
+const STACK_COLUMNS: usize = 32;
+/// Size of an int8's numeric: varlena header, short header, at most 5 base-10000 digits.
+const INT_NUMERIC_MAX: usize = 4 + 2 + 2 * 5;
 
 // jsonb's on-disk format (utils/jsonb.h, PostgreSQL 15)
 const JB_FOBJECT: u32 = 0x2000_0000;
