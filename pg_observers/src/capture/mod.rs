@@ -288,14 +288,31 @@ unsafe fn next_row(
     unsafe {
         let more = raw::tuplestore_gettupleslot(store, true, false, slot);
         if !more {
-            if owned {
-                raw::ExecDropSingleTupleTableSlot(slot);
-            } else {
-                raw::exec_clear_tuple(slot);
-                entry.release_reader();
-            }
+            release_reader(slot, owned, entry);
         }
         more
+    }
+}
+
+/// Give the transition-table reader slot back to its entry (drop it if it was made for this
+/// call). Inside a `raw::guarded` region.
+///
+/// # Safety
+/// `slot` is the reader `entry.reader` returned, not given back yet.
+#[inline(always)]
+unsafe fn release_reader(
+    slot: *mut pg_sys::TupleTableSlot,
+    owned: bool,
+    entry: &plan_cache::Entry,
+) {
+    // SAFETY: contract above.
+    unsafe {
+        if owned {
+            raw::ExecDropSingleTupleTableSlot(slot);
+        } else {
+            raw::exec_clear_tuple(slot);
+            entry.release_reader();
+        }
     }
 }
 
@@ -372,7 +389,7 @@ unsafe fn write_direct(
             // opens and locks nothing
             let mut writer: Option<writer::Writer> = None;
             if !store.is_null() {
-                let (slot, owned) = raw::guarded(|| {
+                let (slot, owned, count) = raw::guarded(|| {
                     let (slot, owned) = entry.reader(rel);
                     // our own read pointer: other observers' triggers read the same transition
                     // table
@@ -380,39 +397,50 @@ unsafe fn write_direct(
                         raw::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
                     raw::tuplestore_select_read_pointer(store, reader);
                     raw::tuplestore_rescan(store);
-                    (slot, owned)
+                    let count = raw::tuplestore_tuple_count(store);
+                    if count == 0 {
+                        release_reader(slot, owned, entry);
+                    }
+                    (slot, owned, count)
                 });
                 // the slot is given back (or dropped, if it was made for this call) in the
-                // guarded call that finds the end of the table; after an error the transaction's
-                // end frees the entry's slot for the next capture
-                if condition.is_none() {
-                    // every row becomes an event: the writer is opened before the first row
-                    // (unless the table is empty), and reading a row and building its payload
-                    // share one guarded region (a guard costs ~100 instructions a row)
-                    if raw::guarded(|| raw::tuplestore_tuple_count(store)) > 0 {
-                        json.begin_call();
-                        writer = Some(writer::Writer::open());
-                    }
-                    let context = writer.as_ref().map(|w| w.payload_context());
-                    while let Some(datum) = raw::guarded(|| {
-                        // a row means the table was not empty: the writer is open
-                        next_row(store, slot, owned, entry)
-                            .then(|| build_payload(context.unwrap_or(ptr::null_mut()), json, slot))
-                    }) {
+                // guarded call that reads the last row or finds the end of the table; after an
+                // error the transaction's end frees the entry's slot for the next capture
+                if count == 0 {
+                    // nothing to capture (e.g. INSERT ... SELECT of no rows): nothing opened
+                } else if condition.is_none() {
+                    // every row becomes an event: the writer is opened before the first row, and
+                    // reading a row, building its payload and (after the last) giving the slot
+                    // back share one guarded region (a guard costs ~100 instructions)
+                    json.begin_call();
+                    let writer = writer.insert(writer::Writer::open());
+                    let context = writer.payload_context();
+                    for i in 1..=count {
+                        let datum = raw::guarded(|| {
+                            if !raw::tuplestore_gettupleslot(store, true, false, slot) {
+                                // fewer rows than counted (cannot happen): stop there
+                                release_reader(slot, owned, entry);
+                                return None;
+                            }
+                            let datum = build_payload(context, json, slot);
+                            if i == count {
+                                release_reader(slot, owned, entry);
+                            }
+                            Some(datum)
+                        });
+                        let Some(datum) = datum else { break };
                         let (new, old) = if op == Op::Insert {
                             (Some(datum), None)
                         } else {
                             (None, Some(datum))
                         };
-                        if let Some(w) = writer.as_mut() {
-                            w.push(writer::Event {
-                                observer_id: entry.observer_id,
-                                op: opname,
-                                new,
-                                old,
-                                changed: None,
-                            });
-                        }
+                        writer.push(writer::Event {
+                            observer_id: entry.observer_id,
+                            op: opname,
+                            new,
+                            old,
+                            changed: None,
+                        });
                     }
                 } else {
                     while raw::guarded(|| next_row(store, slot, owned, entry)) {

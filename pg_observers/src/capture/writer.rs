@@ -387,6 +387,32 @@ unsafe fn route(
     }
 }
 
+/// Close the outbox partition, its parent (if opened) and their indexes, keeping the locks until
+/// the transaction ends. Inside a `raw::guarded` region.
+///
+/// # Safety
+/// What `Writer::open` opened, not closed yet.
+unsafe fn close_relations(indexes: &Indexes, leaf: pg_sys::Relation, parent: pg_sys::Relation) {
+    // SAFETY: contract above.
+    unsafe {
+        match indexes {
+            Indexes::Direct(indexes) => {
+                for &(index, _, _) in indexes {
+                    raw::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+                }
+            }
+            Indexes::Executor { estate, rri } => {
+                pg_sys::ExecCloseIndices(*rri);
+                pg_sys::FreeExecutorState(*estate);
+            }
+        }
+        raw::relation_close(leaf, pg_sys::NoLock as pg_sys::LOCKMODE);
+        if !parent.is_null() {
+            raw::relation_close(parent, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+}
+
 /// The outbox heap tuple for a queued slot's values, formed in CurrentMemoryContext: directly
 /// (capture/tuple.rs) when the row type allows it, else by `heap_form_tuple`; with `verify`
 /// (observers.verify_tuples) compared with `heap_form_tuple`'s, the first difference kept in
@@ -783,11 +809,23 @@ impl Writer {
     }
 
     unsafe fn flush(&mut self) {
+        // SAFETY: as for `flush_and_close`.
+        unsafe { self.flush_and_close(false) }
+    }
+
+    /// Write the queued rows; with `close`, then close the relations `open` opened (in the same
+    /// guarded region: `finish`).
+    unsafe fn flush_and_close(&mut self, close: bool) {
         // SAFETY: `self` was opened in this transaction and its slots hold `used` queued rows;
         // the heap insert runs in the chunk context, which is reset afterwards, and
-        // CurrentMemoryContext is put back.
+        // CurrentMemoryContext is put back. The relations are closed at most once (`finish`).
         unsafe {
+            let parent = self.parent;
             if self.used == 0 {
+                if close {
+                    let (indexes, leaf) = (&self.indexes, self.leaf);
+                    raw::guarded(|| close_relations(indexes, leaf, parent));
+                }
                 return;
             }
             // one guarded region for the heap insert, the index entries and the cleanup: nothing
@@ -911,6 +949,9 @@ impl Writer {
                     raw::exec_clear_tuple(slot);
                 }
                 raw::MemoryContextReset(chunk_context);
+                if close {
+                    close_relations(indexes, leaf, parent);
+                }
             });
             self.written += self.used as u64;
             self.used = 0;
@@ -938,25 +979,8 @@ impl Writer {
         // SAFETY: called once, in the transaction that opened the writer (contract): each resource
         // opened by `open` is released exactly once; locks are kept until the transaction ends.
         unsafe {
-            self.flush();
-            let (indexes, leaf, parent) = (&self.indexes, self.leaf, self.parent);
-            raw::guarded(|| {
-                match indexes {
-                    Indexes::Direct(indexes) => {
-                        for &(index, _, _) in indexes {
-                            raw::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-                        }
-                    }
-                    Indexes::Executor { estate, rri } => {
-                        pg_sys::ExecCloseIndices(*rri);
-                        pg_sys::FreeExecutorState(*estate);
-                    }
-                }
-                raw::relation_close(leaf, pg_sys::NoLock as pg_sys::LOCKMODE);
-                if !parent.is_null() {
-                    raw::relation_close(parent, pg_sys::NoLock as pg_sys::LOCKMODE);
-                }
-            });
+            // the last rows and the closing share one guarded region
+            self.flush_and_close(true);
             if self.shared_context {
                 CHUNK_CONTEXT_BUSY.with(|b| b.set(false));
             } else {
