@@ -270,6 +270,13 @@ END $$;
 SELECT current_user;
 SELECT observers.drop_observer('whoami');
 
+-- 14. observers.verify_tuples (compare every outbox row with heap_form_tuple's) is a superuser
+-- setting: an application role can neither turn it on (to slow capture) nor off.
+SET ROLE regress_tb_app;
+SET observers.verify_tuples = on;
+SET observers.verify_tuples = off;
+RESET ROLE;
+
 DROP SCHEMA tb CASCADE;
 DROP SCHEMA tb_private CASCADE;
 DROP ROLE regress_tb_worker;
