@@ -272,6 +272,22 @@ unsafe fn build_payload(
     }
 }
 
+/// The event of one transition-table row: its payload is `new` for INSERT, `old` for DELETE.
+fn row_event(entry: &plan_cache::Entry, op: Op, datum: pg_sys::Datum) -> writer::Event {
+    let (new, old) = if op == Op::Insert {
+        (Some(datum), None)
+    } else {
+        (None, Some(datum))
+    };
+    writer::Event {
+        observer_id: entry.observer_id,
+        op: op.as_cstr(),
+        new,
+        old,
+        changed: None,
+    }
+}
+
 /// Read the next row of a transition table into `slot`; at the end, give the slot back (drop
 /// it if it was made for this call) and return false. Inside a `raw::guarded` region.
 ///
@@ -429,18 +445,7 @@ unsafe fn write_direct(
                             Some(datum)
                         });
                         let Some(datum) = datum else { break };
-                        let (new, old) = if op == Op::Insert {
-                            (Some(datum), None)
-                        } else {
-                            (None, Some(datum))
-                        };
-                        writer.push(writer::Event {
-                            observer_id: entry.observer_id,
-                            op: opname,
-                            new,
-                            old,
-                            changed: None,
-                        });
+                        writer.push(row_event(entry, op, datum));
                     }
                 } else {
                     while raw::guarded(|| next_row(store, slot, owned, entry)) {
@@ -459,18 +464,7 @@ unsafe fn write_direct(
                             writer::Writer::open()
                         });
                         let datum = payload(writer, json, slot);
-                        let (new, old) = if op == Op::Insert {
-                            (Some(datum), None)
-                        } else {
-                            (None, Some(datum))
-                        };
-                        writer.push(writer::Event {
-                            observer_id: entry.observer_id,
-                            op: opname,
-                            new,
-                            old,
-                            changed: None,
-                        });
+                        writer.push(row_event(entry, op, datum));
                     }
                 }
             }
