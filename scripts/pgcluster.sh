@@ -41,9 +41,9 @@ shared_buffers = 256MB
 fsync = ${PGCLUSTER_FSYNC:-on}
 log_min_messages = warning
 EOF
-    # pg_observers hands out event ids from shared memory when preloaded (capture/ids.rs, about
-    # a tenth of a 1-row capture's cost); PGCLUSTER_PRELOAD=0 runs without it, as a server that
-    # only did CREATE EXTENSION does (the timeless SQL tests run that way).
+    # pg_observers preloaded (its event id counter's shared memory reserved at start-up,
+    # capture/ids.rs); PGCLUSTER_PRELOAD=0 runs without it, as a server that only did CREATE
+    # EXTENSION does (the timeless SQL tests run that way).
     if [ "${PGCLUSTER_PRELOAD:-1}" = 1 ]; then
       echo "shared_preload_libraries = 'pg_observers'" >>"$dir/postgresql.conf"
     fi

@@ -28,8 +28,7 @@ fn probe_condition(table_oid: pg_sys::Oid, condition: &str, op: &str) {
 }
 
 /// The next event id: the default of `observers.event.id` (hand-written inserts, and the SPI path
-/// of conditions). Ids come from shared memory when the library is preloaded, else from
-/// `nextval` (`capture/ids.rs`).
+/// of conditions). Ids come from the counter in shared memory (`capture/ids.rs`).
 #[pg_extern(name = "_event_id", volatile, parallel_unsafe)]
 fn event_id() -> i64 {
     // SAFETY: called from SQL, inside a transaction.

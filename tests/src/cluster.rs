@@ -315,8 +315,8 @@ fn write_conf(data: &Path, port: u16) -> Result<(), ClusterError> {
          observers.verify_tuples = on\n\
          {preload}",
         dir = data.display(),
-        // pg_observers preloaded: event ids from shared memory (capture/ids.rs), as the docs
-        // recommend; OBSERVERS_TEST_PRELOAD=0 runs the tests without it
+        // pg_observers preloaded (the event id counter's shared memory reserved at start-up,
+        // capture/ids.rs); OBSERVERS_TEST_PRELOAD=0 runs the tests without it
         preload = if std::env::var("OBSERVERS_TEST_PRELOAD").as_deref() == Ok("0") {
             ""
         } else {

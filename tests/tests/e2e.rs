@@ -36,6 +36,8 @@ mod dump_restore;
 #[path = "e2e/email.rs"]
 mod email;
 
+#[path = "e2e/event_ids.rs"]
+mod event_ids;
 #[path = "e2e/examples.rs"]
 mod examples;
 #[path = "e2e/failover.rs"]

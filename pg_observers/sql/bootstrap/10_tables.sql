@@ -30,8 +30,8 @@ COMMENT ON TABLE observers.observer IS
 -- Event ids. CACHE 1 on purpose: per-backend caches would hand a later writer of the same row
 -- a smaller id than the earlier writer and break the in-batch commit order. Ids are drawn with
 -- observers._event_id() (the column default; the capture trigger draws them the same way in
--- code): with shared_preload_libraries = 'pg_observers' from a counter in shared memory that
--- reserves blocks of this sequence, else with nextval (capture/ids.rs, docs/ARCHITECTURE.md).
+-- code): from a counter in shared memory that reserves blocks of this sequence (capture/ids.rs,
+-- docs/ARCHITECTURE.md).
 CREATE SEQUENCE observers.event_id_seq AS bigint CACHE 1;
 
 -- The outbox: one row per (row change, matching observer). Append-only; old days are dropped

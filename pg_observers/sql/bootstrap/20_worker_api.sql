@@ -189,8 +189,8 @@ $$;
 --
 -- Where a batch's ids start, without an index on txid ("id floors"):
 -- every event of the batch (visible in snap_hi, not in snap_lo) was written by a transaction T
--- with T.xid >= pg_snapshot_xmin(snap_lo), and T got its xid before its capture trigger called
--- nextval (the trigger runs AFTER the row was written). batch_open reads the sequence *before*
+-- with T.xid >= pg_snapshot_xmin(snap_lo), and T got its xid before its capture trigger drew
+-- the ids (the trigger runs AFTER the row was written). batch_open reads the sequence *before*
 -- its own transaction gets an xid X, and records the pair (X, seq). Any transaction with an xid
 -- greater than X got it after that read, so all its events have ids greater than seq. Hence,
 -- for the latest recorded pair with X < pg_snapshot_xmin(snap_lo), every event of the batch has
@@ -219,10 +219,9 @@ DECLARE
 BEGIN
     -- First, before this transaction writes anything: the last id handed out, then our own xid.
     -- _event_id_high() reads it under the lock ids are handed out with (capture/ids.rs): the
-    -- shared counter when the library is preloaded, else pg_sequence_last_value(), which reads
-    -- the sequence tuple under its buffer lock. A plain SELECT FROM the sequence does neither:
-    -- it can see the value nextval() writes 32 ahead for a moment while it WAL-logs, or the end
-    -- of a block of preloaded ids: a floor that high would skip events.
+    -- shared counter, or pg_sequence_last_value() when this database has no block of ids in
+    -- shared memory. A plain SELECT FROM the sequence does not: it sees the end of the current
+    -- block of ids: a floor that high would skip events.
     v_seq := observers._event_id_high();
     IF pg_current_xact_id_if_assigned() IS NULL THEN
         v_xid := pg_current_xact_id();   -- assigned now, after the read: the pair is valid

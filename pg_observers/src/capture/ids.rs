@@ -1,5 +1,4 @@
-//! Event ids: `observers.event_id_seq`, handed out in blocks from shared memory when the library
-//! is preloaded.
+//! Event ids: `observers.event_id_seq`, handed out in blocks from a counter in shared memory.
 //!
 //! Ids must grow in the order they are drawn, across every backend of the database, and every
 //! id must be drawn after its transaction got its xid: delivery's id floors rely on it
@@ -7,13 +6,13 @@
 //! earlier one. `nextval` on a `CACHE 1` sequence does that, for ~3,100 CPU instructions per id
 //! plus ~600 to release the sequence's lock at commit (a tenth of what a 1-row capture adds).
 //!
-//! With `shared_preload_libraries = 'pg_observers'` the backends share one counter per database
-//! instead, in shared memory, under one LWLock: taking ids is a compare and an add. The counter
-//! hands out a block of ids that was first reserved from the sequence (`nextval`, then `setval`
-//! to the block's last id, both WAL-logged before any id of the block is used), so:
+//! The backends of a server share one counter per database instead, in shared memory, under one
+//! LWLock: taking ids is a compare and an add. The counter hands out a block of ids that was
+//! first reserved from the sequence (`nextval`, then `setval` to the block's last id, both
+//! WAL-logged before any id of the block is used), so:
 //! * the sequence is always at or above every id handed out, and a new block starts above it:
 //!   after a restart or a crash (shared memory is empty again) ids continue above everything
-//!   used before, as they do when the server runs without the preload later;
+//!   used before;
 //! * ids stay ordered by the time they are drawn: one counter, one lock, and a block is reserved
 //!   and installed under that lock;
 //! * a WAL record of the block's reservation precedes every commit that uses one of its ids, so
@@ -23,16 +22,28 @@
 //! this database has no block in shared memory, the sequence's last value, read under the lock
 //! as well so that no block can be reserved in between.
 //!
-//! Without the preload, everything goes through the sequence, one `nextval` per id, as before.
+//! The counter needs no `shared_preload_libraries`: the first backend that draws an id creates it
+//! with `ShmemInitStruct`, under `AddinShmemInitLock`, in the few kilobytes of shared memory
+//! PostgreSQL keeps spare for structures made after start-up (it is listed in
+//! `pg_shmem_allocations` as "pg_observers event ids"), with an LWLock of a tranche it registers;
+//! every other backend finds it there by name. Every backend of every server therefore draws from
+//! the same counter, preloaded or not: a backend drawing with `nextval` while others draw from a
+//! block would hand out ids above the block's later ones, so there is no such fallback. Preloading
+//! the library only reserves the struct's space at start-up instead of taking it from the spare
+//! (`shmem_request_hook`). If the spare is used up (it is shared with the lock table's growth),
+//! creating the counter fails with "not enough shared memory for data structure" and the write
+//! that needed an id fails with it, losing nothing; preloading avoids that (docs/OPERATIONS.md).
+//!
 //! Every writer of `observers.event` draws its ids here: the capture trigger, and the column's
 //! default (`observers._event_id()`, used by the SPI path of conditions and by hand-written
-//! inserts). `nextval('observers.event_id_seq')` called by hand while the library is preloaded
-//! would return an id of the current block: don't (docs/OPERATIONS.md).
+//! inserts). `nextval('observers.event_id_seq')` called by hand returns an id above the current
+//! block, which later ids of the block are below: don't (docs/OPERATIONS.md).
 
 use super::raw;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::Cell;
+use std::ffi::c_int;
 use std::ptr;
 
 /// Ids reserved from the sequence at a time (a multi-row statement reserves more if it needs
@@ -58,88 +69,93 @@ struct Slot {
 
 #[repr(C)]
 struct Shared {
-    lock: *mut pg_sys::LWLock,
+    lock: pg_sys::LWLock,
+    tranche: c_int,
     clock: u64,
     slots: [Slot; SLOTS],
 }
 
-const NAME: &std::ffi::CStr = c"pg_observers event ids";
+/// The struct's name in PostgreSQL's shared memory index (and its LWLock tranche's name). A new
+/// layout of `Shared` needs a new name: a server running an older build's backends beside a
+/// newer one's would otherwise share a struct of the wrong size.
+const NAME: &std::ffi::CStr = c"pg_observers event ids v2";
 
-/// Set in the postmaster by the shared memory start-up hook (inherited by every backend), or
-/// null when the library is not preloaded.
+/// This backend's pointer to the shared struct, once attached (`attach`).
 static mut SHARED: *mut Shared = ptr::null_mut();
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
-static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
 thread_local! {
     /// the slot this backend found its counter in last time (checked under the lock)
     static SLOT_HINT: Cell<usize> = const { Cell::new(0) };
 }
 
-/// From `_PG_init`: ask for the shared memory when the library is being preloaded.
+/// From `_PG_init`: when the library is being preloaded, reserve the struct's space at start-up
+/// (it is created by the first backend that needs it either way, see `attach`).
 pub fn init() {
     // SAFETY: _PG_init runs in the postmaster (preloading) or in a backend, single-threaded; the
-    // hooks are chained as PostgreSQL documents.
+    // hook is chained as PostgreSQL documents.
     unsafe {
         if !pg_sys::process_shared_preload_libraries_in_progress {
             return;
         }
         PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
         pg_sys::shmem_request_hook = Some(shmem_request);
-        PREV_STARTUP_HOOK = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(shmem_startup);
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn shmem_request() {
-    // SAFETY: called by the postmaster in shmem_request_hook, where these requests are allowed.
+    // SAFETY: called by the postmaster in shmem_request_hook, where this request is allowed.
     unsafe {
         if let Some(prev) = PREV_REQUEST_HOOK {
             prev();
         }
         pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
-        pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), 1);
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_startup() {
-    // SAFETY: called in shmem_startup_hook (postmaster start and crash restart) under
-    // AddinShmemInitLock, as PostgreSQL's extensions do; the struct is initialized once.
+/// The shared struct: found by name, or created and initialized by the first backend that asks.
+///
+/// # Safety
+/// Inside a `raw::guarded` region: an error (no shared memory left) aborts the transaction,
+/// which releases `AddinShmemInitLock`.
+unsafe fn attach() -> *mut Shared {
+    // SAFETY: SHARED is this backend's own (single-threaded); ShmemInitStruct is called under
+    // AddinShmemInitLock as PostgreSQL's extensions do, so exactly one backend initializes the
+    // struct and every other one sees it initialized; the main shared memory segment is mapped
+    // at the same address in every backend, so the pointer stays valid for the backend's life
+    // (a crash restart ends every backend).
     unsafe {
-        if let Some(prev) = PREV_STARTUP_HOOK {
-            prev();
+        if !SHARED.is_null() {
+            return SHARED;
         }
         // AddinShmemInitLock is MainLWLockArray[21] (storage/lwlocknames.h)
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        raw::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
-        let shared =
-            pg_sys::ShmemInitStruct(NAME.as_ptr(), std::mem::size_of::<Shared>(), &mut found)
-                .cast::<Shared>();
+        let shared = raw::ShmemInitStruct(NAME.as_ptr(), std::mem::size_of::<Shared>(), &mut found)
+            .cast::<Shared>();
         if !found {
-            shared.write(Shared {
-                lock: &raw mut (*pg_sys::GetNamedLWLockTranche(NAME.as_ptr())).lock,
-                clock: 0,
-                slots: [Slot {
+            let tranche = raw::LWLockNewTrancheId();
+            (&raw mut (*shared).tranche).write(tranche);
+            (&raw mut (*shared).clock).write(0);
+            (&raw mut (*shared).slots).write(
+                [Slot {
                     db: pg_sys::InvalidOid,
                     seq: pg_sys::InvalidOid,
                     next: 0,
                     end: 0,
                     stamp: 0,
                 }; SLOTS],
-            });
+            );
+            raw::LWLockInitialize(&raw mut (*shared).lock, tranche);
         }
+        raw::LWLockRelease(init_lock);
+        // names the lock's wait event in pg_stat_activity (backend-local)
+        raw::LWLockRegisterTranche((*shared).tranche, NAME.as_ptr());
         SHARED = shared;
-        pg_sys::LWLockRelease(init_lock);
+        shared
     }
-}
-
-/// Does this server hand out ids from shared memory (the library is preloaded)?
-pub fn shared() -> bool {
-    // SAFETY: read of a pointer set once before any backend started.
-    unsafe { !SHARED.is_null() }
 }
 
 /// This database's slot for sequence `seq`, if any. Under the lock.
@@ -175,18 +191,18 @@ unsafe fn take_from_block(shared: *mut Shared, seq: pg_sys::Oid, n: i64) -> Opti
     }
 }
 
-/// The first of `n` consecutive new ids of sequence `seq` (the library is preloaded).
+/// The first of `n` consecutive new ids of sequence `seq`.
 ///
 /// # Safety
 /// Inside a transaction, in a `raw::guarded` region (or under pgrx's guard): an error aborts the
 /// transaction, which releases the lock.
 unsafe fn take_shared(seq: pg_sys::Oid, n: i64) -> i64 {
-    // SAFETY: SHARED is set (caller checked `shared()`); the lock is held only around reads and
-    // writes of the shared struct, and around the reservation (see below); an error releases it
-    // (LWLockReleaseAll at abort).
+    // SAFETY: `attach` gives the shared struct; the lock is held only around reads and writes of
+    // it, and around the reservation (see below); an error releases it (LWLockReleaseAll at
+    // abort).
     unsafe {
-        let shared = SHARED;
-        let lock = (*shared).lock;
+        let shared = attach();
+        let lock = &raw mut (*shared).lock;
         raw::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let taken = take_from_block(shared, seq, n);
         raw::LWLockRelease(lock);
@@ -256,15 +272,9 @@ unsafe fn set_sequence(seq: pg_sys::Oid, value: i64) {
 pub unsafe fn assign(seq: pg_sys::Oid, slots: &[*mut pg_sys::TupleTableSlot]) {
     // SAFETY: as the contract says; each slot's values array has the id at index 0.
     unsafe {
-        if shared() {
-            let first = take_shared(seq, slots.len() as i64);
-            for (i, &slot) in slots.iter().enumerate() {
-                *(*slot).tts_values = pg_sys::Datum::from(first + i as i64);
-            }
-        } else {
-            for &slot in slots {
-                *(*slot).tts_values = pg_sys::Datum::from(raw::nextval_internal(seq, false));
-            }
+        let first = take_shared(seq, slots.len() as i64);
+        for (i, &slot) in slots.iter().enumerate() {
+            *(*slot).tts_values = pg_sys::Datum::from(first + i as i64);
         }
     }
 }
@@ -275,15 +285,7 @@ pub unsafe fn assign(seq: pg_sys::Oid, slots: &[*mut pg_sys::TupleTableSlot]) {
 /// Inside a transaction.
 pub unsafe fn next(seq: pg_sys::Oid) -> i64 {
     // SAFETY: inside a transaction (contract); the raw calls are under one guard.
-    unsafe {
-        raw::guarded(|| {
-            if shared() {
-                take_shared(seq, 1)
-            } else {
-                raw::nextval_internal(seq, false)
-            }
-        })
-    }
+    unsafe { raw::guarded(|| take_shared(seq, 1)) }
 }
 
 /// The last id handed out so far (0 if none): every id drawn after this returns is greater.
@@ -298,15 +300,13 @@ pub unsafe fn high(seq: pg_sys::Oid) -> i64 {
                 .unwrap_or(0)
         }
     };
-    if !shared() {
-        return last_value();
-    }
-    // SAFETY: SHARED is set; the sequence's lock is taken before ours (see take_shared); an error
-    // releases the LWLock (LWLockReleaseAll at abort).
+    // SAFETY: `attach` (under its own guard) gives the shared struct; the sequence's lock is
+    // taken before ours (see take_shared); an error releases the LWLock (LWLockReleaseAll at
+    // abort).
     unsafe {
+        let shared = raw::guarded(|| attach());
         pg_sys::LockRelationOid(seq, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let shared = SHARED;
-        let lock = (*shared).lock;
+        let lock = &raw mut (*shared).lock;
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let value = match find(shared, seq) {
             Some(i) => (*shared).slots[i].next - 1,

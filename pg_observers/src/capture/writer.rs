@@ -8,8 +8,8 @@
 //!   the partition bounds (the DEFAULT partition when no daily partition covers the time);
 //! * insert the rows with `heap_multi_insert` (one WAL record per page, as COPY does) and their
 //!   entries into every index of that partition (`ExecInsertIndexTuples`);
-//! * `id` drawn at flush for the queued events (`ids`: from shared memory when the library is
-//!   preloaded, else `nextval(observers.event_id_seq)` per event), `txid` the top-level
+//! * `id` drawn at flush for the queued events (`ids`: from a counter in shared memory that
+//!   reserves blocks of `observers.event_id_seq`), `txid` the top-level
 //!   transaction id.
 //!
 //! observers.event has no triggers, rules, RLS or CHECK constraints (the extension owns it);
@@ -855,8 +855,8 @@ impl Writer {
             let mismatch_ref = &mut mismatch;
             let heap_slots = &heap_slots[..];
             raw::guarded(|| {
-                // the ids, in queue order: one block of shared ids for all of them when the
-                // library is preloaded, else one nextval each (capture/ids.rs)
+                // the ids, in queue order, from the counter in shared memory: one take for
+                // all of them (capture/ids.rs)
                 super::ids::assign(seq, slots);
                 // virtual slots: the heap tuples are formed in the current (chunk) context
                 let old = pg_sys::CurrentMemoryContext;

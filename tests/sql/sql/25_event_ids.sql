@@ -1,7 +1,8 @@
--- Event ids (capture/ids.rs). scripts/test.sh runs this on a server with
--- shared_preload_libraries = 'pg_observers' (ids from a counter in shared memory that reserves
--- blocks of observers.event_id_seq) and scripts/test-sql-timeless.sh on servers without it (one
--- nextval per id): the expected output is the same for both.
+-- Event ids (capture/ids.rs): from a counter in shared memory that reserves blocks of
+-- observers.event_id_seq. scripts/test.sh runs this on a server with
+-- shared_preload_libraries = 'pg_observers' (the counter's space reserved at start-up) and
+-- scripts/test-sql-timeless.sh on servers without it (the counter made by the first backend
+-- that draws an id): the expected output is the same for both.
 \set SHOW_CONTEXT never
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS pg_observers CASCADE;
@@ -27,6 +28,9 @@ SELECT count(*) AS events,
        bool_and(prev IS NULL OR prev < id) AS ids_grow_in_the_order_written
   FROM (SELECT e.id, lag(e.id) OVER (ORDER BY (e.new ->> 'id')::int) AS prev
           FROM observers.event AS e) AS s;
+
+-- with or without the preload, the ids come from one counter in shared memory
+SELECT count(*) AS counters_in_shared_memory FROM pg_shmem_allocations WHERE name = 'pg_observers event ids v2';
 
 -- the high mark is the last id handed out: a floor read now is below every later id
 SELECT observers._event_id_high() = (SELECT max(id) FROM observers.event) AS high_is_the_last_id;
