@@ -18,7 +18,7 @@
 # primary key with BENCH_CLIENTS_1 clients on tables preloaded with BENCH_ROWS (200,000) rows
 # (random keys: a DELETE may find its row already deleted), BENCH_SECONDS (10) per run,
 # BENCH_ROUNDS (5) rounds; the variants alternate inside each round to spread the machine's
-# noise evenly. Every run starts from emptied (and, for UPDATE/DELETE, preloaded) tables after a
+# noise evenly, in an order rotated every round; BENCH_VARIANTS limits the variants run. Every run starts from emptied (and, for UPDATE/DELETE, preloaded) tables after a
 # CHECKPOINT. Observers capture INSERT, UPDATE and DELETE. Prints tps per run, and per variant the
 # median over rounds of the ratio plain/variant measured within the same round (1.00 = no
 # overhead). Nothing here asserts a threshold.
@@ -171,26 +171,38 @@ declare -A results
 one_variants=(plain observed observed_nonotify observed_notify_each plpgsql pgq)
 hundred_variants=(plain observed plpgsql pgq)
 row_variants=(plain observed plpgsql pgq)
+# BENCH_VARIANTS="plain observed pgq" runs only those (plain is always run: ratios need it),
+# e.g. to afford more rounds in the same time
+if [ -n "${BENCH_VARIANTS:-}" ]; then
+  keep() { local v; for v in "$@"; do case " plain $BENCH_VARIANTS " in *" $v "*) echo "$v" ;; esac; done; }
+  mapfile -t one_variants < <(keep "${one_variants[@]}")
+  mapfile -t hundred_variants < <(keep "${hundred_variants[@]}")
+  mapfile -t row_variants < <(keep "${row_variants[@]}")
+fi
 
 echo "pg_observers capture benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $("$bindir/postgres" --version)"
 echo "installed $so: $build"
 echo "server: synchronous_commit=$("${psql[@]}" -d "$db" -Atc 'SHOW synchronous_commit'), fsync=$("${psql[@]}" -d "$db" -Atc 'SHOW fsync'), shared_buffers=$("${psql[@]}" -d "$db" -Atc 'SHOW shared_buffers'); $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "pgbench -n -M prepared -j $threads -T $seconds, $rounds rounds, variants alternating within each round"
+echo "pgbench -n -M prepared -j $threads -T $seconds, $rounds rounds, variants alternating within each round (their order rotated every round)"
 echo
 
+# rotate LIST... by N: the variants' order changes every round, so that no variant always runs
+# first (right after the previous workload) or last
+rotate() { local n=$1; shift; local a=("$@") i; for i in "${!a[@]}"; do echo "${a[$(((i + n) % ${#a[@]}))]}"; done; }
+
 for r in $(seq 1 "$rounds"); do
-  for v in "${one_variants[@]}"; do
+  for v in $(rotate "$r" "${one_variants[@]}"); do
     tps=$(run "$v" one "$clients1")
     results["one,$v"]+="$tps "
     printf '  round %s  1-row   x%-2s %-22s %10.0f tps\n' "$r" "$clients1" "$v" "$tps"
   done
-  for v in "${hundred_variants[@]}"; do
+  for v in $(rotate "$r" "${hundred_variants[@]}"); do
     tps=$(run "$v" hundred "$clients100")
     results["hundred,$v"]+="$tps "
     printf '  round %s  100-row x%-2s %-22s %10.0f stmt/s\n' "$r" "$clients100" "$v" "$tps"
   done
   for w in update delete; do
-    for v in "${row_variants[@]}"; do
+    for v in $(rotate "$r" "${row_variants[@]}"); do
       tps=$(run "$v" "$w" "$clients1")
       results["$w,$v"]+="$tps "
       printf '  round %s  %-7s x%-2s %-22s %10.0f tps\n' "$r" "$w" "$clients1" "$v" "$tps"
