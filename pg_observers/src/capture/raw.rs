@@ -110,7 +110,11 @@ unsafe extern "C-unwind" {
     pub fn LWLockAcquire(lock: *mut pg_sys::LWLock, mode: pg_sys::LWLockMode::Type) -> bool;
     pub fn LWLockRelease(lock: *mut pg_sys::LWLock);
     pub fn LockRelationOid(relid: pg_sys::Oid, lockmode: pg_sys::LOCKMODE);
-    pub fn ShmemInitStruct(name: *const c_char, size: pg_sys::Size, found: *mut bool) -> *mut c_void;
+    pub fn ShmemInitStruct(
+        name: *const c_char,
+        size: pg_sys::Size,
+        found: *mut bool,
+    ) -> *mut c_void;
     pub fn LWLockNewTrancheId() -> c_int;
     pub fn LWLockInitialize(lock: *mut pg_sys::LWLock, tranche_id: c_int);
     pub fn LWLockRegisterTranche(tranche_id: c_int, tranche_name: *const c_char);

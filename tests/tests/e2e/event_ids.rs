@@ -106,7 +106,11 @@ async fn without_preload_ids_come_from_shared_memory_and_continue_above_after_a_
         .unwrap()
         .get(0);
     // SAFETY: sending a signal to a process id read from the server.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 {pid}");
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "kill -9 {pid}"
+    );
     drop(other);
     // the crash restart ends this session too (wait for it before reconnecting)
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
