@@ -467,6 +467,18 @@ pub fn with_database(url: &str, db: &str) -> String {
     }
 }
 
+/// A private cluster of one test (`Cluster::start` on a blocking thread), for tests that stop,
+/// restart or reconfigure PostgreSQL or need a cluster where the extension was never installed.
+/// Panics when it cannot start. Removed when the last `Arc` is dropped.
+pub async fn private_cluster() -> std::sync::Arc<Cluster> {
+    std::sync::Arc::new(
+        tokio::task::spawn_blocking(Cluster::start)
+            .await
+            .expect("cluster start thread")
+            .expect("private cluster"),
+    )
+}
+
 /// A database made for one test, with `pg_observers` installed.
 pub struct TestDb {
     pub name: String,

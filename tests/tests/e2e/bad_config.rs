@@ -1,10 +1,8 @@
 //! SPEC §3/§8: bad configuration is rejected with an error that says where and what; an
 //! unreachable database at start is retried (and said so) until it comes up.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use observers_tests::cluster::Cluster;
 use observers_tests::receiver::Receiver;
 use observers_tests::util::wait_observer_ready;
 use observers_tests::worker::{run_cli, write_temp_file, Worker};
@@ -197,12 +195,7 @@ async fn missing_env_var_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_database_at_start_is_retried_until_it_comes_up() {
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking(Cluster::start)
-            .await
-            .unwrap()
-            .expect("private cluster"),
-    );
+    let cluster = observers_tests::cluster::private_cluster().await;
     let db = observers_tests::fresh_db_on(&cluster.url(), "db_down_at_start").await;
     db.client
         .batch_execute("CREATE TABLE public.later (id serial PRIMARY KEY, label text)")

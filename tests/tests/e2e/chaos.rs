@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use observers_tests::chaos::{lease_holder, median_and_worst, what_the_receiver_saw, StreamWriter};
-use observers_tests::cluster::{connect, Cluster};
+use observers_tests::cluster::connect;
 use observers_tests::receiver::{Receiver, Reply};
 use observers_tests::util::wait_observer_ready;
 use observers_tests::worker::Worker;
@@ -110,12 +110,7 @@ async fn wait_new_leader(url: &str, old: &str, epoch: i64) -> Option<(String, i6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_three_workers_kill9_freeze_restart_and_sigterm_lose_nothing() {
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking(Cluster::start)
-            .await
-            .unwrap()
-            .expect("private cluster"),
-    );
+    let cluster = observers_tests::cluster::private_cluster().await;
     let db = observers_tests::fresh_db_on(&cluster.url(), "chaos").await;
     let rx = Receiver::start().await.unwrap();
     rx.set_default(

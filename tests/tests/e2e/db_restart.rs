@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use observers_tests::cluster::{connect, Cluster};
+use observers_tests::cluster::connect;
 use observers_tests::receiver::{Receiver, Reply};
 use observers_tests::util::wait_observer_ready;
 
@@ -45,12 +45,7 @@ async fn writer(url: String, name: &'static str, stop: Arc<AtomicBool>) -> usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_restart_mid_stream_loses_nothing_and_worker_keeps_going() {
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking(Cluster::start)
-            .await
-            .unwrap()
-            .expect("private cluster"),
-    );
+    let cluster = observers_tests::cluster::private_cluster().await;
     let db = observers_tests::fresh_db_on(&cluster.url(), "db_restart").await;
     let rx = Receiver::start().await.unwrap();
     // A slightly slow receiver and few permits: the worker has a backlog when the database goes.

@@ -3,10 +3,9 @@
 //! in order, and a crash restart (a backend killed with SIGKILL: the postmaster throws shared
 //! memory away and makes it anew) starts a new block above every id handed out before.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use observers_tests::cluster::{connect, connect_retry, pg_error, Cluster};
+use observers_tests::cluster::{connect, connect_retry, pg_error};
 use tokio_postgres::Client;
 
 const STRUCT: &str = "pg_observers event ids v2";
@@ -38,12 +37,7 @@ fn strictly_increasing(v: &[i64]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_preload_ids_come_from_shared_memory_and_continue_above_after_a_crash_restart() {
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking(Cluster::start)
-            .await
-            .unwrap()
-            .expect("private cluster"),
-    );
+    let cluster = observers_tests::cluster::private_cluster().await;
     let admin = connect(&cluster.url()).await.unwrap();
     admin
         .batch_execute("ALTER SYSTEM RESET shared_preload_libraries")

@@ -304,12 +304,7 @@ async fn a_renewal_that_hangs_counts_as_failed() {
 /// because it reconnected first. Delivery goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_does_not_move_the_lease() {
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking(observers_tests::cluster::Cluster::start)
-            .await
-            .unwrap()
-            .expect("private cluster"),
-    );
+    let cluster = observers_tests::cluster::private_cluster().await;
     let db = observers_tests::fresh_db_on(&cluster.url(), "failover_db_restart").await;
     let rx = observers_tests::receiver::Receiver::start().await.unwrap();
     rx.set_default("/orders", Reply::ok());

@@ -1,19 +1,12 @@
 //! `CREATE EXTENSION pg_observers` as users run it: several databases of one fresh cluster
 //! installing at the same time (parallel test suites, multi-tenant setups).
 
-use std::sync::Arc;
-
-use observers_tests::cluster::{connect, pg_error, with_database, Cluster};
+use observers_tests::cluster::{connect, pg_error, with_database};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_create_extension_in_several_databases() {
     // A fresh cluster: the extension's cluster-wide roles do not exist yet.
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking(Cluster::start)
-            .await
-            .unwrap()
-            .expect("private cluster"),
-    );
+    let cluster = observers_tests::cluster::private_cluster().await;
     let admin = connect(&cluster.url()).await.unwrap();
     let names: Vec<String> = (0..4).map(|i| format!("install_{i}")).collect();
     for n in &names {

@@ -5,10 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use observers_tests::cluster::{free_port, Cluster, TestDb};
+use observers_tests::cluster::{free_port, TestDb};
 use observers_tests::receiver::Reply;
 use observers_tests::util::{config_head, poll, wait_observer_ready};
 use observers_tests::worker::{run_cli, workspace_root, Worker};
@@ -424,12 +423,7 @@ async fn a_real_prometheus_scrapes_the_worker_and_loads_the_alert_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_database_and_metrics_keep_answering() {
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking(Cluster::start)
-            .await
-            .unwrap()
-            .expect("private cluster"),
-    );
+    let cluster = observers_tests::cluster::private_cluster().await;
     let db = observers_tests::fresh_db_on(&cluster.url(), "metrics_ready").await;
     let rx = observers_tests::Receiver::start().await.unwrap();
     db.client
